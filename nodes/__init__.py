@@ -1,0 +1,1 @@
+"""latentgraph nodes: everything about diffusion (models, sampling, the node library); nothing about HTTP."""

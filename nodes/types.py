@@ -1,0 +1,64 @@
+"""Socket types: the names on node inputs and outputs, and what flows along each.
+
+Names follow ComfyUI so its workflows and clients work unchanged. The values are plain Python/torch
+objects in ComfyUI's shapes:
+
+    IMAGE         float tensor [B, H, W, C], 0..1
+    MASK          float tensor [B, H, W], 1 = masked
+    LATENT        dict {"samples": [B, 4, H/8, W/8], optional "noise_mask", "batch_index"}
+    CONDITIONING  list of [context [B, T, D], {"pooled_output": [B, P], ...extras}] entries
+    MODEL / CLIP / VAE   handles defined by nodes.sdxl / nodes.checkpoints
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class SocketType:
+    name: str
+    description: str = ""
+
+    @property
+    def is_primitive(self) -> bool:
+        return self.name in _PRIMITIVES
+
+    def __str__(self) -> str:
+        return self.name
+
+
+INT = SocketType("INT", "whole number")
+FLOAT = SocketType("FLOAT", "real number")
+STRING = SocketType("STRING", "text")
+BOOLEAN = SocketType("BOOLEAN", "on/off")
+_PRIMITIVES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+
+IMAGE = SocketType("IMAGE", "pictures, float [B, H, W, C] in 0..1")
+MASK = SocketType("MASK", "masks, float [B, H, W], 1 = masked")
+LATENT = SocketType("LATENT", "latents {'samples': [B, 4, H/8, W/8]}")
+CONDITIONING = SocketType("CONDITIONING", "text conditioning entries [context, {pooled_output, ...}]")
+MODEL = SocketType("MODEL", "a denoising UNet with its noise schedule")
+CLIP = SocketType("CLIP", "text encoders and tokenizers")
+VAE = SocketType("VAE", "the latent autoencoder")
+SAMPLER = SocketType("SAMPLER", "a sampling algorithm")
+SIGMAS = SocketType("SIGMAS", "a noise-level schedule, 1-D tensor")
+NOISE = SocketType("NOISE", "an initial-noise source")
+ANY = SocketType("*", "any type")
+
+_BY_PYTHON = {int: INT, float: FLOAT, str: STRING, bool: BOOLEAN}
+
+
+def socket_type_of(annotation) -> SocketType:
+    """Map an input annotation (int/float/str/bool or a SocketType) to its socket type."""
+    if isinstance(annotation, SocketType):
+        return annotation
+    if annotation in _BY_PYTHON:
+        return _BY_PYTHON[annotation]
+    raise TypeError(f"input annotation must be int, float, str, bool or a SocketType, not {annotation!r}")
+
+
+def compatible(output_type: str, input_type: str) -> bool:
+    """ComfyUI's rule: '*' matches anything, otherwise the comma-separated type sets must overlap."""
+    if output_type == "*" or input_type == "*":
+        return True
+    return bool(set(output_type.split(",")) & set(input_type.split(",")))

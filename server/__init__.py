@@ -1,0 +1,1 @@
+"""latentgraph server: graphs, queues, caches, devices and HTTP; nothing about diffusion."""
