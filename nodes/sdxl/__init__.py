@@ -1,0 +1,1 @@
+"""SDXL torch modules: UNet, VAE, text encoders, conditioning embedders, configs."""

@@ -1,0 +1,204 @@
+"""The SDXL UNet (sgm ``openaimodel.UNetModel``) as plain modules whose state-dict keys are exactly the
+original checkpoint's (``model.diffusion_model.`` stripped). Structure and layer details: sdxl.md §2."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configs import UNetConfig
+from .embeddings import timestep_embedding
+
+
+class GroupNorm32(nn.GroupNorm):
+    """GroupNorm computed in fp32 and cast back (ResBlocks and the output head)."""
+
+    def __init__(self, channels: int):
+        super().__init__(32, channels, eps=1e-5)
+
+    def forward(self, x):
+        return super().forward(x.float()).type(x.dtype)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, ch_in: int, ch_out: int, emb_ch: int):
+        super().__init__()
+        self.in_layers = nn.Sequential(GroupNorm32(ch_in), nn.SiLU(), nn.Conv2d(ch_in, ch_out, 3, padding=1))
+        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_ch, ch_out))
+        self.out_layers = nn.Sequential(GroupNorm32(ch_out), nn.SiLU(), nn.Dropout(0.0),
+                                        nn.Conv2d(ch_out, ch_out, 3, padding=1))
+        self.skip_connection = nn.Identity() if ch_in == ch_out else nn.Conv2d(ch_in, ch_out, 1)
+
+    def forward(self, x, emb):
+        h = self.in_layers(x)
+        h = h + self.emb_layers(emb).type(h.dtype)[:, :, None, None]
+        return self.skip_connection(x) + self.out_layers(h)
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, dim: int, context_dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(context_dim, dim, bias=False)
+        self.to_v = nn.Linear(context_dim, dim, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(0.0))
+
+    def forward(self, x, context=None):
+        context = x if context is None else context
+        b, n, c = x.shape
+        q, k, v = (t.view(b, -1, self.heads, c // self.heads).transpose(1, 2)
+                   for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, c))
+
+
+class GEGLU(nn.Module):
+    def __init__(self, dim: int, inner: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, 2 * inner)
+
+    def forward(self, x):
+        value, gate = self.proj(x).chunk(2, dim=-1)  # value half first
+        return value * F.gelu(gate)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.net = nn.Sequential(GEGLU(dim, 4 * dim), nn.Dropout(0.0), nn.Linear(4 * dim, dim))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class BasicTransformerBlock(nn.Module):
+    def __init__(self, dim: int, context_dim: int, heads: int):
+        super().__init__()
+        self.attn1 = CrossAttention(dim, dim, heads)
+        self.ff = FeedForward(dim)
+        self.attn2 = CrossAttention(dim, context_dim, heads)
+        self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
+
+    def forward(self, x, context):
+        x = self.attn1(self.norm1(x)) + x
+        x = self.attn2(self.norm2(x), context) + x
+        return self.ff(self.norm3(x)) + x
+
+
+class SpatialTransformer(nn.Module):
+    """GroupNorm → Linear proj_in on flattened tokens → blocks → Linear proj_out → residual."""
+
+    def __init__(self, ch: int, depth: int, context_dim: int, head_channels: int):
+        super().__init__()
+        self.norm = nn.GroupNorm(32, ch, eps=1e-6)
+        self.proj_in = nn.Linear(ch, ch)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(ch, context_dim, ch // head_channels) for _ in range(depth))
+        self.proj_out = nn.Linear(ch, ch)
+
+    def forward(self, x, context):
+        b, c, h, w = x.shape
+        t = self.proj_in(self.norm(x).flatten(2).transpose(1, 2))
+        for block in self.transformer_blocks:
+            t = block(t, context)
+        return self.proj_out(t).transpose(1, 2).reshape(b, c, h, w) + x
+
+
+class Downsample(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.op = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.op(x)
+
+
+class Upsample(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x, size=None):
+        # Upsample to the matching skip's size so latents not divisible by 2^levels still work.
+        return self.conv(F.interpolate(x, size=size, scale_factor=None if size else 2.0, mode="nearest"))
+
+
+class TimestepEmbedSequential(nn.Sequential):
+    """Passes each layer the inputs it takes: ResBlocks get emb, transformers get context."""
+
+    def forward(self, x, emb, context, out_size=None):
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, SpatialTransformer):
+                x = layer(x, context)
+            elif isinstance(layer, Upsample):
+                x = layer(x, out_size)
+            else:
+                x = layer(x)
+        return x
+
+
+class UNetModel(nn.Module):
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        self.config = cfg
+        c, emb_ch, hc = cfg.model_channels, cfg.time_embed_dim, cfg.num_head_channels
+        self.time_embed = nn.Sequential(nn.Linear(c, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+        self.label_emb = nn.Sequential(nn.Sequential(
+            nn.Linear(cfg.adm_in_channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch)))
+
+        def level_block(ch_in, ch_out, depth):
+            layers = [ResBlock(ch_in, ch_out, emb_ch)]
+            if depth:
+                layers.append(SpatialTransformer(ch_out, depth, cfg.context_dim, hc))
+            return layers
+
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(cfg.in_channels, c, 3, padding=1))])
+        skip_chs, ch = [c], c
+        for level, (ch_out, depth) in enumerate(zip(cfg.channels, cfg.transformer_depth)):
+            for _ in range(cfg.num_res_blocks):
+                self.input_blocks.append(TimestepEmbedSequential(*level_block(ch, ch_out, depth)))
+                ch = ch_out
+                skip_chs.append(ch)
+            if level < len(cfg.channels) - 1:
+                self.input_blocks.append(TimestepEmbedSequential(Downsample(ch)))
+                skip_chs.append(ch)
+
+        middle = [ResBlock(ch, ch, emb_ch)]
+        if cfg.transformer_depth_middle:
+            middle.append(SpatialTransformer(ch, cfg.transformer_depth_middle, cfg.context_dim, hc))
+        self.middle_block = TimestepEmbedSequential(*middle, ResBlock(ch, ch, emb_ch))
+
+        self.output_blocks = nn.ModuleList()
+        for level in reversed(range(len(cfg.channels))):
+            ch_out, depth = cfg.channels[level], cfg.transformer_depth[level]
+            for i in range(cfg.num_res_blocks + 1):
+                layers = level_block(ch + skip_chs.pop(), ch_out, depth)
+                ch = ch_out
+                if level and i == cfg.num_res_blocks:
+                    layers.append(Upsample(ch))
+                self.output_blocks.append(TimestepEmbedSequential(*layers))
+
+        self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.out[2].weight.dtype
+
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x [B, 4, h, w], timesteps [B] (fractional allowed), context [B, T, context_dim], y [B, adm] → ε̂."""
+        dtype = self.dtype
+        t_emb = timestep_embedding(timesteps.expand(x.shape[0]), self.config.model_channels).to(dtype)
+        emb = self.time_embed(t_emb) + self.label_emb(y.to(dtype))
+        h, context = x.to(dtype), context.to(dtype)
+        skips = []
+        for block in self.input_blocks:
+            h = block(h, emb, context)
+            skips.append(h)
+        h = self.middle_block(h, emb, context)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb, context,
+                      out_size=skips[-1].shape[-2:] if skips else None)
+        return self.out(h).type(x.dtype)

@@ -1,0 +1,263 @@
+"""The SDXL KL autoencoder (sgm ``autoencoder.AutoencoderKL`` with ``model.Encoder``/``Decoder``), keys as in
+the original checkpoint with ``first_stage_model.`` stripped (sdxl.md §6), plus the image-level helpers the
+nodes use: scaling, the [0,1]↔[-1,1] change, the fp16 upcast and tiled encode/decode."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configs import VAEConfig
+
+
+def _norm(ch: int) -> nn.GroupNorm:
+    return nn.GroupNorm(32, ch, eps=1e-6)
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, ch_in: int, ch_out: int):
+        super().__init__()
+        self.norm1 = _norm(ch_in)
+        self.conv1 = nn.Conv2d(ch_in, ch_out, 3, padding=1)
+        self.norm2 = _norm(ch_out)
+        self.dropout = nn.Dropout(0.0)
+        self.conv2 = nn.Conv2d(ch_out, ch_out, 3, padding=1)
+        if ch_in != ch_out:
+            self.nin_shortcut = nn.Conv2d(ch_in, ch_out, 1)
+
+    def forward(self, x):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return (self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x) + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all positions with 1×1-conv projections."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.norm = _norm(ch)
+        self.q, self.k, self.v = (nn.Conv2d(ch, ch, 1) for _ in range(3))
+        self.proj_out = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        n = self.norm(x)
+        q, k, v = (p(n).flatten(2).transpose(1, 2)[:, None] for p in (self.q, self.k, self.v))
+        out = F.scaled_dot_product_attention(q, k, v)[:, 0].transpose(1, 2).reshape(b, c, h, w)
+        return x + self.proj_out(out)
+
+
+class Downsample(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2)
+
+    def forward(self, x):
+        return self.conv(F.pad(x, (0, 1, 0, 1)))  # asymmetric: right and bottom only
+
+
+class Upsample(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class _Mid(nn.Module):
+    def __init__(self, ch: int):
+        super().__init__()
+        self.block_1, self.attn_1, self.block_2 = ResnetBlock(ch, ch), AttnBlock(ch), ResnetBlock(ch, ch)
+
+    def forward(self, x):
+        return self.block_2(self.attn_1(self.block_1(x)))
+
+
+class _Level(nn.Module):
+    def __init__(self, blocks: list[nn.Module], resample: nn.Module | None, resample_name: str):
+        super().__init__()
+        self.block = nn.ModuleList(blocks)
+        self.attn = nn.ModuleList()  # SDXL has no attention inside levels; kept for the key layout
+        if resample is not None:
+            setattr(self, resample_name, resample)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        chs = [cfg.ch * m for m in cfg.ch_mult]
+        self.conv_in = nn.Conv2d(cfg.in_channels, cfg.ch, 3, padding=1)
+        self.down, ch = nn.ModuleList(), cfg.ch
+        for i, ch_out in enumerate(chs):
+            blocks = []
+            for _ in range(cfg.num_res_blocks):
+                blocks.append(ResnetBlock(ch, ch_out))
+                ch = ch_out
+            self.down.append(_Level(blocks, Downsample(ch) if i < len(chs) - 1 else None, "downsample"))
+        self.mid = _Mid(ch)
+        self.norm_out = _norm(ch)
+        self.conv_out = nn.Conv2d(ch, 2 * cfg.z_channels, 3, padding=1)
+
+    def forward(self, x):
+        h = self.conv_in(x)
+        for level in self.down:
+            for block in level.block:
+                h = block(h)
+            if hasattr(level, "downsample"):
+                h = level.downsample(h)
+        return self.conv_out(F.silu(self.norm_out(self.mid(h))))
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        chs = [cfg.ch * m for m in cfg.ch_mult]
+        ch = chs[-1]
+        self.conv_in = nn.Conv2d(cfg.z_channels, ch, 3, padding=1)
+        self.mid = _Mid(ch)
+        levels = [None] * len(chs)
+        for i in reversed(range(len(chs))):  # up.{n-1} runs first
+            blocks = []
+            for _ in range(cfg.num_res_blocks + 1):
+                blocks.append(ResnetBlock(ch, chs[i]))
+                ch = chs[i]
+            levels[i] = _Level(blocks, Upsample(ch) if i else None, "upsample")
+        self.up = nn.ModuleList(levels)
+        self.norm_out = _norm(ch)
+        self.conv_out = nn.Conv2d(ch, cfg.out_channels, 3, padding=1)
+
+    def forward(self, z):
+        h = self.mid(self.conv_in(z))
+        for level in reversed(self.up):
+            for block in level.block:
+                h = block(h)
+            if hasattr(level, "upsample"):
+                h = level.upsample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class AutoencoderKL(nn.Module):
+    """Pixels in [-1, 1] NCHW ↔ unscaled latents."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.config = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.quant_conv = nn.Conv2d(2 * cfg.z_channels, 2 * cfg.z_channels, 1)
+        self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 1)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.quant_conv.weight.dtype
+
+    def encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior (mean, logvar), logvar clamped to [-30, 20]."""
+        mean, logvar = self.quant_conv(self.encoder(pixels.to(self.dtype))).chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
+    def encode_mean(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.encode(pixels)[0]
+
+    def encode_sample(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        mean, logvar = self.encode(pixels)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return mean + torch.exp(0.5 * logvar) * noise
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.post_quant_conv(z.to(self.dtype)))
+
+
+# ---- image-level helpers -------------------------------------------------------------------------------
+
+def _compute_dtype(vae: AutoencoderKL) -> torch.dtype:
+    # The SDXL VAE overflows in fp16 (sdxl.md §6); bf16 and fp32 are fine.
+    return torch.float32 if vae.dtype == torch.float16 else vae.dtype
+
+
+def _run(vae: AutoencoderKL, fn, x: torch.Tensor) -> torch.Tensor:
+    dtype = _compute_dtype(vae)
+    if dtype == vae.dtype:
+        return fn(x.to(dtype))
+    original = vae.dtype
+    vae.to(dtype)
+    try:
+        return fn(x.to(dtype))
+    finally:
+        vae.to(original)
+
+
+def _blend_mask(h: int, w: int, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
+    """Weights that ramp linearly over the overlaps on the sides that have a neighbour tile."""
+    def ramp(n, lo, hi):
+        r = torch.ones(n)
+        if lo:
+            r[:lo] = torch.linspace(0, 1, lo + 2)[1:-1]
+        if hi:
+            r[n - hi:] = torch.linspace(1, 0, hi + 2)[1:-1]
+        return r
+    return ramp(h, top, bottom)[:, None] * ramp(w, left, right)[None, :]
+
+
+def _starts(size: int, tile: int, overlap: int) -> list[int]:
+    if size <= tile:
+        return [0]
+    stride = tile - overlap
+    starts = list(range(0, size - tile, stride)) + [size - tile]
+    return sorted(set(starts))
+
+
+def tiled_apply(fn, x: torch.Tensor, tile: int, overlap: int, scale: float, out_channels: int) -> torch.Tensor:
+    """Run ``fn`` on overlapping ``tile``² windows of x (input units) and blend the outputs (scaled by ``scale``)
+    with linear ramps over the overlaps."""
+    b, _, h, w = x.shape
+    out_h, out_w = round(h * scale), round(w * scale)
+    out = torch.zeros(b, out_channels, out_h, out_w, dtype=torch.float32, device=x.device)
+    weight = torch.zeros(1, 1, out_h, out_w, dtype=torch.float32, device=x.device)
+    ys, xs = _starts(h, tile, overlap), _starts(w, tile, overlap)
+    for y0 in ys:
+        for x0 in xs:
+            y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+            piece = fn(x[:, :, y0:y1, x0:x1]).float()
+            oy0, ox0 = round(y0 * scale), round(x0 * scale)
+            ph, pw = piece.shape[-2:]
+            # overlap with the previous / next tile on each side, in output units
+            top = round((ys[ys.index(y0) - 1] + tile - y0) * scale) if y0 != ys[0] else 0
+            left = round((xs[xs.index(x0) - 1] + tile - x0) * scale) if x0 != xs[0] else 0
+            bottom = round((y1 - ys[ys.index(y0) + 1]) * scale) if y0 != ys[-1] else 0
+            right = round((x1 - xs[xs.index(x0) + 1]) * scale) if x0 != xs[-1] else 0
+            mask = _blend_mask(ph, pw, top, bottom, left, right).to(x.device)
+            out[:, :, oy0:oy0 + ph, ox0:ox0 + pw] += piece * mask
+            weight[:, :, oy0:oy0 + ph, ox0:ox0 + pw] += mask
+    return out / weight
+
+
+def vae_decode(vae: AutoencoderKL, latent: torch.Tensor, tiled: bool = False, tile: int = 64,
+               overlap: int = 16) -> torch.Tensor:
+    """Scaled latent [B, 4, h, w] → image [B, H, W, 3] in [0, 1]. Tiles are in latent pixels."""
+    z = latent / vae.config.scaling_factor
+    f = vae.config.downscale
+    if tiled:
+        x = tiled_apply(lambda t: _run(vae, vae.decode, t), z, tile, overlap, f, vae.config.out_channels)
+    else:
+        x = _run(vae, vae.decode, z)
+    return ((x.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+
+
+def vae_encode(vae: AutoencoderKL, image: torch.Tensor, tiled: bool = False, tile: int = 512,
+               overlap: int = 128) -> torch.Tensor:
+    """Image [B, H, W, C] in [0, 1] → scaled latent (posterior mean). Tiles are in image pixels.
+    Sizes that are not multiples of the VAE factor are cropped to one (top-left kept)."""
+    f = vae.config.downscale
+    h, w = image.shape[1] // f * f, image.shape[2] // f * f
+    if not (h and w):
+        raise ValueError(f"VAE encode: image {tuple(image.shape[1:3])} is smaller than {f} pixels")
+    pixels = image[:, :h, :w, :3].permute(0, 3, 1, 2) * 2 - 1
+    if tiled:
+        tile, overlap = tile // f * f, overlap // f * f
+        z = tiled_apply(lambda t: _run(vae, vae.encode_mean, t), pixels, tile, overlap, 1 / f, vae.config.z_channels)
+    else:
+        z = _run(vae, vae.encode_mean, pixels)
+    return z.float() * vae.config.scaling_factor
