@@ -1,0 +1,360 @@
+"""SDXL's two text encoders (SDXL report §2.1): CLIP ViT-L/14 and OpenCLIP ViT-bigG/14, text towers only.
+
+CLIP-L runs through ``transformers.CLIPTextModel`` and gives its penultimate hidden state (no final LN).
+bigG runs through open_clip's own ``TextTransformer`` modules and gives the input of its last resblock
+(no ``ln_final``) plus the pooled projection ``ln_final(last)[argmax id] @ text_projection``. open_clip ≥ 3
+is batch-first, so nothing is permuted. Long prompts are encoded window by window and concatenated on the
+token axis; prompt weights act per token as ``z = (z − z_empty)·w + z_empty``.
+
+Both towers are built on the meta device and filled with ``load_state_dict(assign=True)``, so loading
+never holds two copies of the weights.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nodes.sdxl.tokenizer import CONTEXT, EOT, PAD_BIGG, PAD_CLIP_L, SOT, ClipTokenizer, shared_tokenizer, window
+
+
+@dataclass(frozen=True)
+class TextTowerConfig:
+    width: int
+    layers: int
+    heads: int
+    mlp_width: int
+    context: int = CONTEXT
+    vocab: int = 49408
+    proj_dim: int = 0  # bigG only: text_projection [width, proj_dim]
+
+
+CLIP_L = TextTowerConfig(width=768, layers=12, heads=12, mlp_width=3072)
+BIGG = TextTowerConfig(width=1280, layers=32, heads=20, mlp_width=5120, proj_dim=1280)
+
+# Head counts are not in the weights. Real towers use 64 channels per head; the tiny demo/test towers
+# (width 32, nodes.sdxl.configs TINY_CLIP_L_WIDTH / TINY_BIGG_WIDTH) use 4 heads of 8 channels.
+HEADS_BY_WIDTH = {768: 12, 1280: 20, 32: 4}
+
+KINDS = {"sdxl_base": ("clip_l", "clip_g"), "sdxl_refiner": ("clip_g",)}
+LAYOUT_PREFIXES = {
+    "original": {"clip_l": "clip_l.", "clip_g": "clip_g."},
+    "diffusers": {"clip_l": "text_encoder.", "clip_g": "text_encoder_2."},
+}
+SINGLE_FILE_PREFIXES = {
+    "sdxl_base": {"clip_l": "conditioner.embedders.0.transformer.", "clip_g": "conditioner.embedders.1.model."},
+    "sdxl_refiner": {"clip_g": "conditioner.embedders.0.model."},
+}
+_UNUSED = ("embeddings.position_ids", "logit_scale")  # in checkpoints, never used for inference
+
+
+def heads_for(width: int, what: str) -> int:
+    if width in HEADS_BY_WIDTH:
+        return HEADS_BY_WIDTH[width]
+    if width % 64 == 0:
+        return width // 64
+    raise ValueError(f"{what}: cannot tell the attention head count for width {width} "
+                     f"(known widths {sorted(HEADS_BY_WIDTH)}, otherwise 64 channels per head)")
+
+
+# --- building the towers -------------------------------------------------------------------------------
+
+def build_clip_l(cfg: TextTowerConfig):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    config = CLIPTextConfig(
+        hidden_size=cfg.width, intermediate_size=cfg.mlp_width, num_attention_heads=cfg.heads,
+        num_hidden_layers=cfg.layers, max_position_embeddings=cfg.context, vocab_size=cfg.vocab,
+        hidden_act="quick_gelu", layer_norm_eps=1e-5, bos_token_id=SOT, eos_token_id=EOT, pad_token_id=1,
+    )
+    return CLIPTextModel(config)
+
+
+def build_bigg(cfg: TextTowerConfig, dtype: torch.dtype = torch.float32):
+    # open_clip's package import drags in torchvision, so it is imported only when a tower is built.
+    from open_clip.transformer import LayerNorm, LayerNormFp32, TextTransformer
+
+    return TextTransformer(
+        context_length=cfg.context, vocab_size=cfg.vocab, width=cfg.width, heads=cfg.heads, layers=cfg.layers,
+        mlp_ratio=cfg.mlp_width / cfg.width, output_dim=cfg.proj_dim, act_layer=nn.GELU,
+        norm_layer=LayerNormFp32 if dtype in (torch.float16, torch.bfloat16) else LayerNorm,
+    )
+
+
+def _clip_l_state_names(model) -> bool:
+    """True when this transformers version keeps the ``text_model.`` prefix (it was flattened in 5.x)."""
+    return hasattr(model, "text_model")
+
+
+def _layers(sd: dict, pattern: str) -> int:
+    return len({int(m.group(1)) for k in sd if (m := re.match(pattern, k))})
+
+
+def clip_l_config(sd: dict[str, torch.Tensor]) -> TextTowerConfig:
+    """Config of a CLIP-L-style tower from its (flattened, HF-named) state dict."""
+    tok = _need(sd, "embeddings.token_embedding.weight", "CLIP-L")
+    return TextTowerConfig(
+        width=tok.shape[1], vocab=tok.shape[0], layers=_layers(sd, r"encoder\.layers\.(\d+)\."),
+        heads=heads_for(tok.shape[1], "CLIP-L"), mlp_width=_need(sd, "encoder.layers.0.mlp.fc1.weight", "CLIP-L").shape[0],
+        context=_need(sd, "embeddings.position_embedding.weight", "CLIP-L").shape[0],
+    )
+
+
+def bigg_config(sd: dict[str, torch.Tensor]) -> TextTowerConfig:
+    """Config of a bigG-style tower from its open_clip-named state dict."""
+    tok = _need(sd, "token_embedding.weight", "bigG")
+    return TextTowerConfig(
+        width=tok.shape[1], vocab=tok.shape[0], layers=_layers(sd, r"transformer\.resblocks\.(\d+)\."),
+        heads=heads_for(tok.shape[1], "bigG"), mlp_width=_need(sd, "transformer.resblocks.0.mlp.c_fc.weight", "bigG").shape[0],
+        context=_need(sd, "positional_embedding", "bigG").shape[0], proj_dim=_need(sd, "text_projection", "bigG").shape[1],
+    )
+
+
+def _need(sd: dict, key: str, what: str) -> torch.Tensor:
+    if key not in sd:
+        raise KeyError(f"{what} text encoder: weight {key!r} is missing ({len(sd)} keys present)")
+    return sd[key]
+
+
+# --- key layouts ---------------------------------------------------------------------------------------
+
+def _strip_text_model(sd: dict) -> dict:
+    return {k.removeprefix("text_model."): v for k, v in sd.items()}
+
+
+_HF_TO_OPEN_CLIP = [
+    (r"^embeddings\.token_embedding\.weight$", "token_embedding.weight"),
+    (r"^embeddings\.position_embedding\.weight$", "positional_embedding"),
+    (r"^final_layer_norm\.", "ln_final."),
+    (r"^encoder\.layers\.(\d+)\.layer_norm1\.", r"transformer.resblocks.\1.ln_1."),
+    (r"^encoder\.layers\.(\d+)\.layer_norm2\.", r"transformer.resblocks.\1.ln_2."),
+    (r"^encoder\.layers\.(\d+)\.self_attn\.out_proj\.", r"transformer.resblocks.\1.attn.out_proj."),
+    (r"^encoder\.layers\.(\d+)\.mlp\.fc1\.", r"transformer.resblocks.\1.mlp.c_fc."),
+    (r"^encoder\.layers\.(\d+)\.mlp\.fc2\.", r"transformer.resblocks.\1.mlp.c_proj."),
+]
+
+
+def hf_to_open_clip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HF ``CLIPTextModelWithProjection`` keys → open_clip text-tower keys (SDXL report layout, §11.1)."""
+    sd = _strip_text_model(sd)
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, value in sd.items():
+        if m := re.match(r"^encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$", key):
+            qkv.setdefault((m.group(1), m.group(3)), {})[m.group(2)] = value
+            continue
+        if key == "text_projection.weight":  # Linear weight [out, in]; open_clip multiplies x @ W
+            out["text_projection"] = value.t().contiguous()
+            continue
+        for pattern, repl in _HF_TO_OPEN_CLIP:
+            if re.match(pattern, key):
+                key = re.sub(pattern, repl, key)
+                break
+        out[key] = value
+    for (layer, kind), parts in qkv.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise KeyError(f"bigG text encoder: layer {layer} has only {sorted(parts)} of its q/k/v {kind}s")
+        out[f"transformer.resblocks.{layer}.attn.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return out
+
+
+def _split(state_dict: dict, kind: str, layout: str) -> dict[str, dict[str, torch.Tensor]]:
+    """Group the flat state dict by tower; every key must belong to a tower this kind has."""
+    if kind not in KINDS:
+        raise ValueError(f"text encoders: unknown model kind {kind!r} (expected one of {sorted(KINDS)})")
+    if layout not in LAYOUT_PREFIXES:
+        raise ValueError(f"text encoders: unknown layout {layout!r} (expected one of {sorted(LAYOUT_PREFIXES)})")
+    prefixes = {tower: LAYOUT_PREFIXES[layout][tower] for tower in KINDS[kind]}
+    parts: dict[str, dict[str, torch.Tensor]] = {tower: {} for tower in prefixes}
+    stray = []
+    for key, value in state_dict.items():
+        tower = next((t for t, p in prefixes.items() if key.startswith(p)), None)
+        if tower is None:
+            stray.append(key)
+        elif not key.endswith(_UNUSED):
+            parts[tower][key[len(prefixes[tower]):]] = value
+    if stray:
+        raise KeyError(f"{kind} text encoders ({layout} layout): {len(stray)} keys belong to no text encoder of this "
+                       f"model, e.g. {stray[:3]} (expected prefixes {sorted(prefixes.values())})")
+    for tower, sd in parts.items():
+        if not sd:
+            raise KeyError(f"{kind} text encoders ({layout} layout): no weights with prefix {prefixes[tower]!r}")
+    return parts
+
+
+def _fill(model: nn.Module, sd: dict[str, torch.Tensor], what: str, dtype, device) -> None:
+    """Strictly load ``sd`` into a meta-built ``model``; name missing/unexpected keys on failure."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd]
+    unexpected = [k for k in sd if k not in expected]
+    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if k in sd and sd[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        raise KeyError(f"{what} text encoder: {len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected "
+                       f"keys {unexpected[:3]}, {len(wrong)} shape mismatches {wrong[:3]}")
+    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in sd.items()}, strict=True, assign=True)
+    model.eval().requires_grad_(False)
+
+
+def load_clip_l(sd: dict[str, torch.Tensor], dtype, device):
+    sd = _strip_text_model(sd)
+    with torch.device("meta"):
+        model = build_clip_l(clip_l_config(sd))
+    if _clip_l_state_names(model):
+        sd = {f"text_model.{k}": v for k, v in sd.items()}
+    _fill(model, sd, "CLIP-L", dtype, device)
+    emb = model.text_model.embeddings if _clip_l_state_names(model) else model.embeddings
+    emb.position_ids = torch.arange(emb.position_embedding.weight.shape[0], device=device)[None]  # non-persistent
+    return model
+
+
+def load_bigg(sd: dict[str, torch.Tensor], dtype, device):
+    with torch.device("meta"):
+        model = build_bigg(bigg_config(sd), dtype)
+    _fill(model, sd, "bigG", dtype, device)
+    model.attn_mask = model.build_causal_mask().to(device)  # non-persistent
+    return model
+
+
+def build_text_encoders(kind: str, state_dict: dict[str, torch.Tensor], layout: str, dtype=torch.float32,
+                        device="cpu") -> "SDXLTextEncoders":
+    """Text encoders of an SDXL base ("sdxl_base": CLIP-L + bigG) or refiner ("sdxl_refiner": bigG).
+
+    ``state_dict`` keys: layout "original" → ``clip_l.text_model.…`` and ``clip_g.<open_clip keys>``;
+    layout "diffusers" → ``text_encoder.<HF CLIPTextModel keys>`` and ``text_encoder_2.<HF
+    CLIPTextModelWithProjection keys>``. ``position_ids`` and ``logit_scale`` are dropped; anything
+    else missing or unexpected is an error."""
+    parts = _split(state_dict, kind, layout)
+    clip_l = load_clip_l(parts["clip_l"], dtype, device) if "clip_l" in parts else None
+    g = parts["clip_g"]
+    bigg = load_bigg(hf_to_open_clip(g) if layout == "diffusers" else g, dtype, device)
+    return SDXLTextEncoders(clip_l, bigg)
+
+
+def full_size_state_shapes(kind: str) -> dict[str, tuple[int, ...]]:
+    """Key → shape of the full-size text encoders in the original single-file layout, built on meta."""
+    prefixes = SINGLE_FILE_PREFIXES[kind]
+    shapes: dict[str, tuple[int, ...]] = {}
+    with torch.device("meta"):
+        if "clip_l" in prefixes:
+            model = build_clip_l(CLIP_L)
+            sd = model.state_dict()
+            if not _clip_l_state_names(model):
+                sd = {f"text_model.{k}": v for k, v in sd.items()}
+            sd["text_model.embeddings.position_ids"] = torch.empty(1, CLIP_L.context)
+            shapes.update({prefixes["clip_l"] + k: tuple(v.shape) for k, v in sd.items()})
+        sd = build_bigg(BIGG).state_dict()
+        sd["logit_scale"] = torch.empty(())
+        shapes.update({prefixes["clip_g"] + k: tuple(v.shape) for k, v in sd.items()})
+    return shapes
+
+
+# --- encoding ------------------------------------------------------------------------------------------
+
+class SDXLTextEncoders:
+    """The value on a CLIP socket: tokenizer plus the towers a checkpoint has. Outputs are float32."""
+
+    def __init__(self, clip_l: nn.Module | None, bigg: nn.Module | None, tokenizer: ClipTokenizer | None = None):
+        self.clip_l, self.bigg = clip_l, bigg
+        self.tokenizer = tokenizer or shared_tokenizer()
+        self._empty: dict[str, torch.Tensor] = {}
+
+    @property
+    def has_clip_l(self) -> bool:
+        return self.clip_l is not None
+
+    @property
+    def has_bigg(self) -> bool:
+        return self.bigg is not None
+
+    @property
+    def device(self) -> torch.device:
+        return next((self.bigg or self.clip_l).parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next((self.bigg or self.clip_l).parameters()).dtype
+
+    def to(self, device=None, dtype=None) -> "SDXLTextEncoders":
+        for tower in (self.clip_l, self.bigg):
+            if tower is not None:
+                tower.to(device=device, dtype=dtype)
+        self._empty.clear()
+        return self
+
+    def tokenize(self, text: str) -> dict[str, list]:
+        """Weighted 77-token windows per tower present: {"l": [...], "g": [...]}."""
+        out = {}
+        if self.has_clip_l:
+            out["l"] = self.tokenizer.tokenize_weighted(text, PAD_CLIP_L)
+        if self.has_bigg:
+            out["g"] = self.tokenizer.tokenize_weighted(text, PAD_BIGG)
+        return out
+
+    # Raw tower calls on a batch of windows [n, 77] ------------------------------------------------------
+    def _clip_l_hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.clip_l(input_ids=ids, output_hidden_states=True).hidden_states[-2]
+
+    def _bigg_hidden_pooled(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.bigg
+        x = t.token_embedding(ids) + t.positional_embedding.to(t.token_embedding.weight.dtype)
+        *first, last = t.transformer.resblocks
+        for block in first:
+            x = block(x, attn_mask=t.attn_mask)
+        penultimate = x
+        x = t.ln_final(last(x, attn_mask=t.attn_mask))
+        pooled = x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)] @ t.text_projection
+        return penultimate, pooled
+
+    def _weighted(self, name: str, windows: list, run, pad_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encode windows in one batch, apply per-token weights against the empty prompt, join windows."""
+        ids = torch.tensor([[i for i, _ in w] for w in windows], device=self.device)
+        weights = torch.tensor([[x for _, x in w] for w in windows], device=self.device)[..., None]
+        hidden, pooled = run(ids)
+        hidden = hidden.float()
+        if (weights != 1.0).any():
+            if name not in self._empty:
+                empty_ids = torch.tensor([[i for i, _ in window([], pad_id)]], device=self.device)
+                self._empty[name] = run(empty_ids)[0].float()
+            empty = self._empty[name]
+            hidden = torch.where(weights != 1.0, (hidden - empty) * weights + empty, hidden)
+        pooled = None if pooled is None else pooled[:1].float()
+        return hidden.reshape(1, -1, hidden.shape[-1]), pooled
+
+    @torch.inference_mode()
+    def encode_clip_l(self, text: str | list) -> torch.Tensor:
+        """CLIP-L penultimate hidden states, [1, 77·n, 768]. ``text`` may be pre-tokenized windows."""
+        self._require(self.has_clip_l, "CLIP-L")
+        windows = self.tokenizer.tokenize_weighted(text, PAD_CLIP_L) if isinstance(text, str) else text
+        return self._weighted("l", windows, lambda ids: (self._clip_l_hidden(ids), None), PAD_CLIP_L)[0]
+
+    @torch.inference_mode()
+    def encode_bigg(self, text: str | list) -> tuple[torch.Tensor, torch.Tensor]:
+        """bigG penultimate hidden states [1, 77·n, 1280] and pooled [1, 1280] (from the first window)."""
+        self._require(self.has_bigg, "bigG")
+        windows = self.tokenizer.tokenize_weighted(text, PAD_BIGG) if isinstance(text, str) else text
+        return self._weighted("g", windows, self._bigg_hidden_pooled, PAD_BIGG)
+
+    def encode(self, text_l: str, text_g: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """SDXL base conditioning: context [1, 77·n, 768+1280] (channel concat) and pooled bigG [1, 1280].
+
+        When the two prompts need different numbers of windows the shorter one is padded with empty windows."""
+        self._require(self.has_clip_l and self.has_bigg, "CLIP-L and bigG")
+        wl = self.tokenizer.tokenize_weighted(text_l, PAD_CLIP_L)
+        wg = self.tokenizer.tokenize_weighted(text_g, PAD_BIGG)
+        n = max(len(wl), len(wg))
+        wl += [window([], PAD_CLIP_L)] * (n - len(wl))
+        wg += [window([], PAD_BIGG)] * (n - len(wg))
+        hidden_g, pooled = self.encode_bigg(wg)
+        return torch.cat([self.encode_clip_l(wl), hidden_g], dim=-1), pooled
+
+    def encode_refiner(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """SDXL refiner conditioning: bigG context [1, 77·n, 1280] and pooled [1, 1280]."""
+        return self.encode_bigg(text)
+
+    def _require(self, ok: bool, what: str) -> None:
+        if not ok:
+            have = [n for n, t in (("CLIP-L", self.clip_l), ("bigG", self.bigg)) if t is not None]
+            raise ValueError(f"CLIP input: this model's text encoders ({', '.join(have)}) do not include {what}")
