@@ -1,0 +1,200 @@
+"""Image nodes under ComfyUI's names: load, make, scale, crop, invert, save and preview pictures."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import string
+
+import torch
+from PIL import Image, ImageOps, ImageSequence
+
+from ..images import CROP_METHODS, UPSCALE_METHODS, pil_to_tensor, resize, save_png, target_size
+from ..node import Input, Output, Result, node
+from ..types import IMAGE, MASK
+
+MAX_RESOLUTION = 16384
+_IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def input_images(env) -> list[str]:
+    """Image files directly inside the input folder: the choices of LoadImage's combo."""
+    folder = env.input_dir
+    if not folder or not os.path.isdir(folder):
+        return []
+    return sorted(f for f in os.listdir(folder)
+                  if f.lower().endswith(_IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f)))
+
+
+def _inside(folder: str, name: str) -> str:
+    """Join a user-given name to a folder, refusing anything that escapes it ('../', absolute paths)."""
+    root = os.path.realpath(folder)
+    path = os.path.realpath(os.path.join(root, name))
+    if os.path.commonpath([root, path]) != root:
+        raise ValueError(f"{name!r} points outside {folder}")
+    return path
+
+
+@node(category="image", outputs=[Output(IMAGE), Output(MASK)], display_name="Load Image")
+class LoadImage:
+    """Load a picture from the input folder; the mask is 1 − alpha (all zeros, 64×64, without alpha)."""
+    image: str = Input(choices=input_images, image_upload=True, description="a file in the input folder")
+
+    @classmethod
+    def fingerprint(cls, values, env):
+        # The same name can hold new pixels: key the cache on the file's bytes.
+        try:
+            with open(_inside(env.input_dir or ".", values["image"]), "rb") as f:
+                return hashlib.file_digest(f, "sha256").hexdigest()
+        except OSError:
+            return None  # run() reports the missing file with the node's name
+
+    def run(self, ctx):
+        folder = ctx.env.input_dir or "."
+        path = _inside(folder, self.image)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"LoadImage: image {self.image!r} not found in {folder}")
+        with Image.open(path) as img:
+            images, alphas = [], []
+            for frame in ImageSequence.Iterator(img):
+                frame = ImageOps.exif_transpose(frame)
+                if frame.mode == "I":  # 16-bit greyscale
+                    frame = frame.point(lambda v: v * (1 / 255))
+                if images and frame.size != (images[0].shape[1], images[0].shape[0]):
+                    continue  # ComfyUI skips animation frames of another size too
+                images.append(pil_to_tensor(frame.convert("RGB")))
+                alphas.append(_alpha(frame))
+        image = torch.stack(images)
+        if all(a is None for a in alphas):
+            mask = torch.zeros(len(images), 64, 64)
+        else:
+            mask = torch.stack([1.0 - a if a is not None else torch.zeros(image.shape[1:3]) for a in alphas])
+        return image, mask
+
+
+def _alpha(frame: Image.Image) -> torch.Tensor | None:
+    if "A" in frame.getbands():
+        return pil_to_tensor(frame.getchannel("A"))
+    if frame.mode == "P" and "transparency" in frame.info:
+        return pil_to_tensor(frame.convert("RGBA").getchannel("A"))
+    return None
+
+
+@node(category="image", outputs=[Output(IMAGE)], display_name="EmptyImage")
+class EmptyImage:
+    """A batch of images filled with one colour (0xRRGGBB)."""
+    width: int = Input(default=512, min=1, max=MAX_RESOLUTION, step=1)
+    height: int = Input(default=512, min=1, max=MAX_RESOLUTION, step=1)
+    batch_size: int = Input(default=1, min=1, max=4096)
+    color: int = Input(default=0, min=0, max=0xFFFFFF, step=1, display="color")
+
+    def run(self, ctx):
+        rgb = torch.tensor([(self.color >> 16) & 0xFF, (self.color >> 8) & 0xFF, self.color & 0xFF]) / 255.0
+        return (rgb.expand(self.batch_size, self.height, self.width, 3).clone(),)
+
+
+@node(category="image/upscaling", outputs=[Output(IMAGE)], display_name="Upscale Image")
+class ImageScale:
+    """Resize to width×height (0 keeps the aspect ratio from the other side), optionally centre-cropping first."""
+    image: IMAGE = Input()
+    upscale_method: str = Input(default="nearest-exact", choices=UPSCALE_METHODS)
+    width: int = Input(default=512, min=0, max=MAX_RESOLUTION, step=1)
+    height: int = Input(default=512, min=0, max=MAX_RESOLUTION, step=1)
+    crop: str = Input(default="disabled", choices=CROP_METHODS)
+
+    def run(self, ctx):
+        _, h, w, _ = self.image.shape
+        width, height = target_size(h, w, self.width, self.height)
+        return (resize(self.image, width, height, self.upscale_method, self.crop),)
+
+
+@node(category="image/upscaling", outputs=[Output(IMAGE)], display_name="Upscale Image By")
+class ImageScaleBy:
+    """Resize by a factor."""
+    image: IMAGE = Input()
+    upscale_method: str = Input(default="nearest-exact", choices=UPSCALE_METHODS)
+    scale_by: float = Input(default=1.0, min=0.01, max=8.0, step=0.01)
+
+    def run(self, ctx):
+        _, h, w, _ = self.image.shape
+        width, height = max(1, round(w * self.scale_by)), max(1, round(h * self.scale_by))
+        return (resize(self.image, width, height, self.upscale_method),)
+
+
+@node(category="image/transform", outputs=[Output(IMAGE)], display_name="Image Crop")
+class ImageCrop:
+    """Cut out a width×height window at (x, y); the window is clipped to the picture."""
+    image: IMAGE = Input()
+    width: int = Input(default=512, min=1, max=MAX_RESOLUTION, step=1)
+    height: int = Input(default=512, min=1, max=MAX_RESOLUTION, step=1)
+    x: int = Input(default=0, min=0, max=MAX_RESOLUTION, step=1)
+    y: int = Input(default=0, min=0, max=MAX_RESOLUTION, step=1)
+
+    def run(self, ctx):
+        _, h, w, _ = self.image.shape
+        x, y = min(self.x, w - 1), min(self.y, h - 1)
+        return (self.image[:, y:y + self.height, x:x + self.width, :],)
+
+
+@node(category="image", outputs=[Output(IMAGE)], display_name="Invert Image")
+class ImageInvert:
+    """Invert the colours."""
+    image: IMAGE = Input(description="the picture to invert")
+
+    def run(self, ctx):
+        return (1.0 - self.image,)
+
+
+def _png_text(ctx) -> dict[str, str]:
+    """The metadata every saved PNG carries: the API prompt and each extra_pnginfo entry (normally `workflow`)."""
+    text = {"prompt": json.dumps(ctx.prompt)} if ctx.prompt else {}
+    for key, value in ctx.extra_pnginfo.items():
+        text[key] = json.dumps(value)
+    return text
+
+
+def _next_counter(folder: str, base: str) -> int:
+    pattern = re.compile(re.escape(base) + r"_(\d{5,})_\.png$")
+    found = [int(m.group(1)) for f in os.listdir(folder) if (m := pattern.match(f))]
+    return max(found, default=0) + 1
+
+
+def _save_batch(ctx, images, folder: str, prefix: str, kind: str, compress_level: int) -> Result:
+    path = _inside(folder, prefix)
+    subfolder = os.path.relpath(os.path.dirname(path), os.path.realpath(folder))
+    subfolder = "" if subfolder == "." else subfolder
+    base = os.path.basename(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    text = _png_text(ctx)
+    counter = _next_counter(os.path.dirname(path), base)
+    saved = []
+    for i, image in enumerate(images):
+        filename = f"{base}_{counter + i:05}_.png"
+        save_png(os.path.join(os.path.dirname(path), filename), image, text, compress_level)
+        saved.append({"filename": filename, "subfolder": subfolder, "type": kind})
+        ctx.progress(i + 1, len(images))
+    return Result(ui={"images": saved})
+
+
+@node(category="image", output_node=True, display_name="Save Image",
+      hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"})
+class SaveImage:
+    """Write the images as PNGs into the output folder, with the workflow embedded so they load back as graphs."""
+    images: IMAGE = Input(description="the images to save")
+    filename_prefix: str = Input(default="ComfyUI", description="file name start; may include a subfolder ('run1/img')")
+
+    def run(self, ctx):
+        return _save_batch(ctx, self.images, ctx.env.output_dir or "output", self.filename_prefix, "output", 4)
+
+
+@node(category="image", output_node=True, display_name="Preview Image",
+      hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"})
+class PreviewImage:
+    """Show the images without keeping them: they go to the temporary folder."""
+    images: IMAGE = Input()
+
+    def run(self, ctx):
+        prefix = "ComfyUI_temp_" + "".join(random.choices(string.ascii_lowercase, k=5))
+        return _save_batch(ctx, self.images, ctx.env.temp_dir or "temp", prefix, "temp", 1)
