@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from nodes.sdxl.configs import TINY_BIGG_WIDTH, TINY_CLIP_L_WIDTH
 from nodes.sdxl.tokenizer import CONTEXT, EOT, PAD_BIGG, PAD_CLIP_L, SOT, ClipTokenizer, shared_tokenizer, window
 
 
@@ -35,8 +36,9 @@ CLIP_L = TextTowerConfig(width=768, layers=12, heads=12, mlp_width=3072)
 BIGG = TextTowerConfig(width=1280, layers=32, heads=20, mlp_width=5120, proj_dim=1280)
 
 # Head counts are not in the weights. Real towers use 64 channels per head; the tiny demo/test towers
-# (width 32, nodes.sdxl.configs TINY_CLIP_L_WIDTH / TINY_BIGG_WIDTH) use 4 heads of 8 channels.
-HEADS_BY_WIDTH = {768: 12, 1280: 20, 32: 4}
+# (width 32) use TINY_TEXT_HEADS heads of 8 channels.
+TINY_TEXT_HEADS = 4
+HEADS_BY_WIDTH = {768: 12, 1280: 20, TINY_CLIP_L_WIDTH: TINY_TEXT_HEADS, TINY_BIGG_WIDTH: TINY_TEXT_HEADS}
 
 KINDS = {"sdxl_base": ("clip_l", "clip_g"), "sdxl_refiner": ("clip_g",)}
 LAYOUT_PREFIXES = {
