@@ -1,0 +1,281 @@
+"""The `latentgraph` command: run, validate and list nodes headless; start the server; make the demo model.
+
+Every failure a user can cause (missing file, bad JSON, invalid graph, a node raising) ends in a readable
+message on stderr and a non-zero exit status, never a traceback."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import uuid
+from typing import Any
+
+from nodes.node import Environment, load_builtin_nodes
+
+from .executor import Executor, Hooks
+from .graph import load_prompt, read_png_workflow, set_ui_widget, validate
+
+EXIT_INVALID = 1   # the graph is invalid or a node failed
+EXIT_USAGE = 2     # the file could not be read, or arguments are wrong
+
+
+class CLIError(Exception):
+    """A user-facing problem; printed without a traceback."""
+
+
+# -- shared steps ------------------------------------------------------------------------------------------------
+
+def read_workflow(path: str) -> Any:
+    """JSON from a .json file, or the workflow embedded in a PNG."""
+    if not os.path.isfile(path):
+        raise CLIError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"\x89PNG"):
+        try:
+            return read_png_workflow(path)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CLIError(f"{path}: not valid JSON ({exc})") from None
+
+
+def environment(args) -> Environment:
+    return Environment(models_dir=args.models, input_dir=args.input,
+                       output_dir=getattr(args, "out", None) or "output",
+                       temp_dir=os.path.join(tempfile.gettempdir(), "latentgraph"))
+
+
+def parse_set(item: str, prompt: dict, registry) -> tuple[str, str, Any]:
+    """'NODE.INPUT=VALUE' → (node, input, value); the value is typed by the input (JSON for numbers/booleans)."""
+    target, sep, raw = item.partition("=")
+    node_id, dot, name = target.rpartition(".")
+    if not sep or not dot or not node_id or not name:
+        raise CLIError(f"--set {item!r}: expected NODE_ID.INPUT=VALUE")
+    if node_id not in prompt:
+        raise CLIError(f"--set {item!r}: the workflow has no node {node_id} (nodes: {', '.join(prompt)})")
+    spec = registry.get(prompt[node_id].get("class_type"))
+    inp = spec.inputs.get(name) if spec else None
+    if spec is not None and inp is None:
+        raise CLIError(f"--set {item!r}: {spec.type_name} has no input {name!r} (inputs: {', '.join(spec.inputs)})")
+    if inp is not None and (inp.is_combo or inp.type.name == "STRING"):
+        return node_id, name, raw
+    try:
+        return node_id, name, json.loads(raw)
+    except json.JSONDecodeError:
+        return node_id, name, raw
+
+
+def apply_sets(items: list[str], prompt: dict, workflow: dict | None, registry) -> dict | None:
+    """Change inputs in the prompt and, where possible, in the UI workflow that will be embedded in outputs."""
+    for item in items:
+        node_id, name, value = parse_set(item, prompt, registry)
+        prompt[node_id].setdefault("inputs", {})[name] = value
+        if workflow is not None and not set_ui_widget(workflow, node_id, name, value, registry):
+            print(f"note: {node_id}.{name} is not a widget of the saved workflow; outputs will embed only the prompt",
+                  file=sys.stderr)
+            workflow = None
+    return workflow
+
+
+def load(args, registry) -> tuple[dict, dict | None]:
+    try:
+        prompt, workflow = load_prompt(read_workflow(args.workflow), registry)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CLIError(f"{args.workflow}: not a workflow ({exc})") from None
+    return prompt, workflow
+
+
+# -- commands ----------------------------------------------------------------------------------------------------
+
+def cmd_validate(args) -> int:
+    registry = load_builtin_nodes()
+    prompt, _ = load(args, registry)
+    report = validate(prompt, registry, environment(args))
+    failed = not report.ok or bool(report.node_errors)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    elif failed:
+        print("\n".join(report.lines()), file=sys.stderr)
+    else:
+        print(f"ok: {len(prompt)} nodes, outputs {', '.join(report.outputs)}")
+    return EXIT_INVALID if failed else 0
+
+
+class _Progress:
+    """tqdm bars: one over the graph's nodes, one over the running node's steps."""
+
+    def __init__(self, total: int, prompt: dict, quiet: bool):
+        from tqdm import tqdm
+
+        self.tqdm, self.prompt, self.quiet = tqdm, prompt, quiet
+        self.nodes = tqdm(total=total, unit="node", file=sys.stderr, disable=quiet, dynamic_ncols=True)
+        self.steps = None
+        self.running = False
+
+    def cached(self, ids: list[str]) -> None:
+        self.nodes.update(len(ids))
+
+    def node_start(self, node_id: str) -> None:
+        self._finish_node()
+        self.running = True
+        self.nodes.set_description(f"#{node_id} {self.prompt[node_id]['class_type']}")
+
+    def progress(self, node_id: str, value: int, total: int, preview: Any) -> None:
+        if total <= 1:
+            return
+        if self.steps is None or self.steps.total != total:
+            self._close_steps()
+            self.steps = self.tqdm(total=total, unit="step", file=sys.stderr, disable=self.quiet, leave=False,
+                                   position=1, dynamic_ncols=True)
+        self.steps.update(value - self.steps.n)
+
+    def _finish_node(self) -> None:
+        if self.running:
+            self.nodes.update(1)
+            self.running = False
+        self._close_steps()
+
+    def _close_steps(self) -> None:
+        if self.steps is not None:
+            self.steps.close()
+            self.steps = None
+
+    def close(self) -> None:
+        self._finish_node()
+        self.nodes.close()
+
+    def hooks(self) -> Hooks:
+        return Hooks(on_cached=self.cached, on_node_start=self.node_start, on_progress=self.progress)
+
+
+def cmd_run(args) -> int:
+    registry = load_builtin_nodes()
+    prompt, workflow = load(args, registry)
+    workflow = apply_sets(args.set or [], prompt, workflow, registry)
+    env = environment(args)
+    report = validate(prompt, registry, env)
+    if not report.ok:
+        print("\n".join(report.lines()), file=sys.stderr)
+        return EXIT_INVALID
+    for line in report.lines():
+        print(f"warning: skipped output: {line}", file=sys.stderr)
+    os.makedirs(env.output_dir, exist_ok=True)
+    extra = {"extra_pnginfo": {"workflow": workflow}} if workflow is not None else {}
+    bars = _Progress(len(report.values), prompt, args.quiet)
+    interrupt = threading.Event()
+    try:
+        result = Executor(registry, env).run(prompt, report.outputs, prompt_id=str(uuid.uuid4()), extra_data=extra,
+                                             hooks=bars.hooks(), interrupt=interrupt, values=report.values)
+    except KeyboardInterrupt:
+        bars.close()
+        print("interrupted", file=sys.stderr)
+        return 130
+    bars.close()
+    if result.status != "success":
+        err = result.error
+        print(f"node {err['node_id']} ({err['node_type']}) failed: {err.get('exception_message', result.status)}",
+              file=sys.stderr)
+        return EXIT_INVALID
+    for ui in result.outputs.values():
+        for image in ui.get("images", []):
+            folder = env.output_dir if image.get("type") == "output" else env.temp_dir
+            print(os.path.join(folder, image.get("subfolder", ""), image["filename"]))
+    print(f"done in {result.seconds:.2f}s: {len(result.executed)} nodes run, {len(result.cached)} cached",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_nodes(args) -> int:
+    registry = load_builtin_nodes()
+    env = environment(args)
+    if args.json:
+        print(json.dumps({name: spec.schema(env) for name, spec in sorted(registry.items())}, indent=2))
+        return 0
+    for name, spec in sorted(registry.items(), key=lambda kv: (kv[1].category, kv[0])):
+        inputs = ", ".join(spec.inputs)
+        outputs = ", ".join(o.label for o in spec.outputs) or "(output node)"
+        print(f"{spec.category:24} {name:28} ({inputs}) -> {outputs}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from . import app
+
+    return app.run(args) or 0
+
+
+def cmd_make_demo_model(args) -> int:
+    from nodes import demo
+
+    path = demo.make_demo_models(args.dir)
+    print(path if path is not None else args.dir)
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------------------------
+
+def _folders(p: argparse.ArgumentParser, out: bool = False) -> None:
+    p.add_argument("--models", default=os.environ.get("LATENTGRAPH_MODELS", "models"),
+                   help="model folder (default: $LATENTGRAPH_MODELS or ./models)")
+    p.add_argument("--input", default="input", help="folder LoadImage reads from (default: ./input)")
+    if out:
+        p.add_argument("--out", default="output", help="folder outputs are written to (default: ./output)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="latentgraph", description="Node-graph workflows for SDXL latent diffusion.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run a workflow (UI or API JSON, or a PNG with an embedded workflow)")
+    p.add_argument("workflow")
+    p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="change an input (repeatable)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    _folders(p, out=True)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check a workflow without running it (exit 1 on errors)")
+    p.add_argument("workflow")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (ComfyUI node_errors shape)")
+    _folders(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("nodes", help="list the node types")
+    p.add_argument("--json", action="store_true", help="print the /object_info schemas")
+    _folders(p)
+    p.set_defaults(func=cmd_nodes)
+
+    p = sub.add_parser("serve", help="start the HTTP server and canvas")
+    try:
+        from . import app
+    except Exception:  # no server yet, or it fails to import: every other command must still work
+        app = None
+    if app is not None and hasattr(app, "add_arguments"):
+        app.add_arguments(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("make-demo-model", help="write the small demo checkpoint into DIR")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_make_demo_model)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CLIError as exc:
+        print(f"latentgraph {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ImportError as exc:
+        print(f"latentgraph {args.command}: not available yet ({exc})", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"latentgraph {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
