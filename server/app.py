@@ -1,0 +1,199 @@
+"""The aiohttp application: configuration, the shared state the routes use, startup and shutdown.
+
+``latentgraph serve`` calls :func:`add_arguments` to build its parser and :func:`run` to start. Tests build the
+app with :func:`create_app` and a :class:`Config`.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from . import routes
+from .models import ModelResidency
+from .queue import PromptQueue
+from .security import is_loopback, make_middlewares
+from .worker import Worker
+from .ws import Hub
+
+log = logging.getLogger("latentgraph.server")
+
+REPO = Path(__file__).resolve().parent.parent
+TOKEN_ENV = "LATENTGRAPH_TOKEN"
+MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
+
+
+@dataclass
+class Config:
+    host: str = "127.0.0.1"
+    port: int = 8188
+    models_dir: Path = Path("models")
+    output_dir: Path = Path("output")
+    input_dir: Path = Path("input")
+    data_dir: Path = Path("data")
+    token: str | None = None
+    debug: bool = False
+    devices: list[str] = field(default_factory=lambda: ["auto"])
+    max_upload_bytes: int = 100 * 1024 * 1024
+    max_body_bytes: int = 32 * 1024 * 1024
+    web_dir: Path = REPO / "web"
+    workflows_dir: Path = REPO / "workflows"
+    cache_entries: int = 256
+    cache_bytes: int = 4 * 1024 ** 3
+
+    @property
+    def temp_dir(self) -> Path:
+        return self.data_dir / "temp"
+
+
+class State:
+    """What the routes share: config, node registry, queue, websocket hub, workers."""
+
+    def __init__(self, config: Config, registry: dict | None = None):
+        from nodes.node import Environment, load_builtin_nodes
+
+        self.config = config
+        for d in (config.models_dir, config.output_dir, config.input_dir, config.data_dir, config.temp_dir):
+            Path(d).mkdir(parents=True, exist_ok=True)
+        self.env = Environment(models_dir=str(config.models_dir), input_dir=str(config.input_dir),
+                               output_dir=str(config.output_dir), temp_dir=str(config.temp_dir))
+        self.registry = registry if registry is not None else load_builtin_nodes()
+        self.queue = PromptQueue(Path(config.data_dir) / "queue.sqlite3")
+        if self.queue.recovered:
+            log.warning("%d prompt(s) were running when the server stopped; they are in history as %r and can be "
+                        "re-queued with POST /queue {\"requeue\": [ids]}: %s", len(self.queue.recovered),
+                        "interrupted by server restart", ", ".join(self.queue.recovered))
+        self.hub = Hub()
+        self.hub.on_connect = self._on_connect
+        self.workers = [self._make_worker(d) for d in resolve_devices(config.devices)]
+
+    def _make_worker(self, device: str) -> Worker:
+        from .cache import OutputCache
+        from .executor import Executor
+
+        resources = ModelResidency(device)
+        cache = OutputCache(self.config.cache_entries, self.config.cache_bytes)
+        executor = Executor(self.registry, self.env, cache=cache, resources=resources)
+        return Worker(device, self.queue, executor, self.hub, resources, on_queue_change=self.status_changed)
+
+    # -- status broadcasts --------------------------------------------------------------------
+    def status_payload(self) -> dict:
+        return {"status": {"exec_info": {"queue_remaining": self.queue.remaining()}}}
+
+    def broadcast_status(self) -> None:
+        self.hub.send("status", self.status_payload())
+
+    def status_changed(self) -> None:
+        """Called from worker threads."""
+        if self.hub.loop is not None and not self.hub.loop.is_closed():
+            self.hub.loop.call_soon_threadsafe(self.broadcast_status)
+
+    def _on_connect(self, sid: str) -> list:
+        msgs = [("status", {**self.status_payload(), "sid": sid})]
+        for w in self.workers:  # a client reconnecting mid-prompt learns which node runs
+            item = w.current
+            if item is not None and item.extra_data.get("client_id") == sid and w.current_node is not None:
+                msgs.append(("executing", {"node": w.current_node, "display_node": w.current_node,
+                                           "prompt_id": item.prompt_id}))
+        return msgs
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self, app: web.Application) -> None:
+        self.hub.loop = asyncio.get_running_loop()
+        for w in self.workers:
+            w.start()
+
+    async def stop(self, app: web.Application) -> None:
+        for w in self.workers:
+            w.stop()
+        for w in self.workers:
+            await asyncio.get_running_loop().run_in_executor(None, w.join, 10)
+        await self.hub.close_all()
+        self.queue.close()
+
+
+STATE = web.AppKey("latentgraph_state", State)
+
+
+def resolve_devices(devices: list[str]) -> list[str]:
+    """``auto`` means every CUDA device (one worker each), else the CPU."""
+    if devices != ["auto"]:
+        return devices
+    import torch
+
+    if torch.cuda.is_available():
+        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    return ["cpu"]
+
+
+def create_app(config: Config, registry: dict | None = None) -> web.Application:
+    """The application; `registry` overrides the built-in nodes (tests add instrumented ones)."""
+    app = web.Application(middlewares=make_middlewares(config.token, config.debug),
+                          client_max_size=config.max_body_bytes)
+    state = State(config, registry)
+    app[STATE] = state
+    routes.setup(app, state)
+    app.on_startup.append(state.start)
+    app.on_cleanup.append(state.stop)
+    return app
+
+
+# -- the `latentgraph serve` command --------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    parser.add_argument("--port", type=int, default=8188)
+    parser.add_argument("--models", default="models", help="models folder (checkpoints/, vae/, loras/ ...)")
+    parser.add_argument("--output", default="output", help="where saved images go")
+    parser.add_argument("--input", default="input", help="where uploaded/loadable images live")
+    parser.add_argument("--data", default="data", help="queue and history database, previews, settings")
+    parser.add_argument("--token", default=None,
+                        help=f"require this token on every request (default: ${TOKEN_ENV}); "
+                             "mandatory when --host is not a loopback address")
+    parser.add_argument("--device", action="append", dest="devices",
+                        help="compute device(s), e.g. cuda:0 (repeatable; default: every GPU, else cpu)")
+    parser.add_argument("--max-upload-mb", type=int, default=100, help="largest accepted upload")
+    parser.add_argument("--debug", action="store_true", help="send tracebacks to clients; verbose logs")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    token = args.token or os.environ.get(TOKEN_ENV) or None
+    return Config(host=args.host, port=args.port, models_dir=Path(args.models), output_dir=Path(args.output),
+                  input_dir=Path(args.input), data_dir=Path(args.data), token=token, debug=args.debug,
+                  devices=args.devices or ["auto"], max_upload_bytes=args.max_upload_mb * 1024 * 1024)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_args(args)
+    logging.basicConfig(level=logging.DEBUG if config.debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not is_loopback(config.host) and not config.token:
+        print(f"refusing to listen on {config.host} without a token: pass --token or set ${TOKEN_ENV} "
+              "(or bind 127.0.0.1)", file=sys.stderr)
+        return 2
+    ensure_demo_models(config.models_dir / "checkpoints")
+    app = create_app(config)
+    where = f"http://{config.host}:{config.port}/"
+    log.info("latentgraph serving %s%s", where, " (token required: open /?token=<token> once)" if config.token else "")
+    web.run_app(app, host=config.host, port=config.port, print=None, access_log=None)
+    return 0
+
+
+def ensure_demo_models(checkpoints: Path) -> None:
+    """Without any checkpoint, write the tiny random-weight demo models so every workflow can run (as noise)."""
+    checkpoints.mkdir(parents=True, exist_ok=True)
+    if any(p.suffix in MODEL_SUFFIXES for p in checkpoints.rglob("*")):
+        return
+    try:
+        from nodes.demo import make_demo_models
+    except ImportError:
+        log.warning("no checkpoint in %s and no demo model generator available", checkpoints)
+        return
+    make_demo_models(checkpoints)
+    log.warning("no real checkpoint found: wrote random-weight demo models to %s. They produce noise, not pictures. "
+                "Put real SDXL checkpoints (e.g. sd_xl_base_1.0.safetensors) in that folder.", checkpoints)

@@ -1,0 +1,171 @@
+"""A worker thread per device: takes prompts from the queue, runs them with the executor, reports over /ws.
+
+The event loop never waits on a prompt: the worker calls the executor on its own thread and hands every
+websocket message to the loop with ``call_soon_threadsafe`` (through the hub). Between prompts it applies
+``/free`` requests, so models are never unloaded under a running node.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+import traceback
+from typing import Any
+
+from .queue import PromptQueue, QueueItem
+from .ws import Hub
+
+log = logging.getLogger("latentgraph.worker")
+
+PREVIEW_MAX_SIZE = 512
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Worker(threading.Thread):
+    def __init__(self, name: str, queue: PromptQueue, executor, hub: Hub, resources=None, on_queue_change=None):
+        super().__init__(name=f"worker-{name}", daemon=True)
+        self.queue = queue
+        self.executor = executor
+        self.hub = hub
+        self.resources = resources
+        self.on_queue_change = on_queue_change or (lambda: None)
+        self.interrupt_event = threading.Event()
+        self.current: QueueItem | None = None
+        self.current_node: str | None = None
+        self._free_request: dict[str, bool] = {}
+        self._free_lock = threading.Lock()
+        self._halt = threading.Event()
+
+    # -- control (any thread) -----------------------------------------------------------------
+    def interrupt(self, prompt_id: str | None = None) -> bool:
+        current = self.current
+        if current is None or (prompt_id is not None and prompt_id != current.prompt_id):
+            return False
+        self.interrupt_event.set()
+        return True
+
+    def request_free(self, unload_models: bool, free_memory: bool) -> None:
+        with self._free_lock:
+            self._free_request["unload_models"] = self._free_request.get("unload_models", False) or unload_models
+            self._free_request["free_memory"] = self._free_request.get("free_memory", False) or free_memory
+        self.queue.wake()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.interrupt_event.set()
+        self.queue.wake()
+
+    # -- the thread ---------------------------------------------------------------------------
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self._apply_free()
+            item = self.queue.take(timeout=1.0)
+            if item is not None and not self._halt.is_set():
+                self._execute(item)
+
+    def _apply_free(self) -> None:
+        with self._free_lock:
+            request, self._free_request = self._free_request, {}
+        if request.get("unload_models") or request.get("free_memory"):
+            if self.resources is not None:
+                self.resources.free()
+            log.info("models unloaded%s", "" if self.resources is not None else " (no residency table)")
+        if request.get("free_memory"):
+            cache = getattr(self.executor, "cache", None)
+            if cache is not None:
+                cache.clear()
+            log.info("node output cache cleared")
+
+    def _execute(self, item: QueueItem) -> None:
+        from .executor import Hooks  # the executor module is H1's; imported late to keep startup light
+
+        pid = item.prompt_id
+        sid = item.extra_data.get("client_id") or None
+        messages: list[list] = []
+        self.current, self.current_node = item, None
+        self.interrupt_event.clear()
+
+        def emit(type_: str, data: dict, record: bool = False) -> None:
+            if record:
+                messages.append([type_, data])
+            self.hub.send_threadsafe(type_, data, sid)
+
+        def on_start(prompt_id):
+            emit("execution_start", {"prompt_id": pid, "timestamp": now_ms()}, record=True)
+
+        def on_cached(node_ids):
+            emit("execution_cached", {"nodes": list(node_ids), "prompt_id": pid, "timestamp": now_ms()}, record=True)
+
+        def on_node_start(node_id):
+            self.current_node = node_id
+            emit("executing", {"node": node_id, "display_node": node_id, "prompt_id": pid})
+
+        def on_progress(node_id, value, max_, preview=None):
+            emit("progress", {"value": value, "max": max_, "prompt_id": pid, "node": node_id})
+            if preview is not None:
+                jpeg = encode_preview(preview)
+                if jpeg is not None:
+                    self.hub.send_preview_threadsafe(jpeg, sid, {
+                        "node_id": node_id, "display_node_id": node_id, "parent_node_id": None,
+                        "real_node_id": node_id, "prompt_id": pid})
+
+        def on_executed(node_id, ui):
+            emit("executed", {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": pid})
+
+        hooks = Hooks(on_start=on_start, on_cached=on_cached, on_node_start=on_node_start,
+                      on_progress=on_progress, on_executed=on_executed)
+        started = time.perf_counter()
+        try:
+            report = self.executor.run(item.prompt, item.outputs_to_execute, prompt_id=pid,
+                                       extra_data=item.extra_data, hooks=hooks, interrupt=self.interrupt_event)
+            status, outputs, error = report.status, report.outputs or {}, report.error
+            executed, cached = list(report.executed or []), list(report.cached or [])
+        except Exception as exc:  # an executor bug must not kill the worker or lose the prompt's record
+            log.exception("executor failed on prompt %s", pid)
+            status, outputs, executed, cached = "error", {}, [], []
+            error = {"prompt_id": pid, "node_id": self.current_node, "node_type": None, "executed": [],
+                     "exception_message": str(exc), "exception_type": type(exc).__name__,
+                     "traceback": traceback.format_exception(exc), "current_inputs": {}, "current_outputs": {}}
+        seconds = time.perf_counter() - started
+
+        if status == "success":
+            emit("execution_success", {"prompt_id": pid, "timestamp": now_ms()}, record=True)
+        elif status == "interrupted":
+            node = self.current_node
+            payload = {"node_id": node, "node_type": _class_of(item, node), "executed": executed, **(error or {})}
+            emit("execution_interrupted", {**payload, "prompt_id": pid, "timestamp": now_ms()}, record=True)
+        else:
+            emit("execution_error", {**(error or {}), "prompt_id": pid, "timestamp": now_ms()}, record=True)
+        self.queue.finish(pid, {"status_str": "success" if status == "success" else "error",
+                                "completed": status == "success", "messages": messages},
+                          outputs, {nid: _meta(nid) for nid in outputs})
+        self.current, self.current_node = None, None
+        emit("executing", {"node": None, "display_node": None, "prompt_id": pid})
+        self.on_queue_change()
+        log.info("prompt %s: %s, %d executed, %d cached, %.2f s", pid, status, len(executed), len(cached), seconds)
+
+
+def _class_of(item: QueueItem, node_id: Any) -> str | None:
+    node = item.prompt.get(node_id) if node_id is not None else None
+    return node.get("class_type") if isinstance(node, dict) else None
+
+
+def _meta(node_id: str) -> dict:
+    return {"node_id": node_id, "display_node": node_id, "parent_node": None, "real_node_id": node_id}
+
+
+def encode_preview(image) -> bytes | None:
+    """A PIL image as a JPEG no larger than 512 px on its long side (ComfyUI's preview cap)."""
+    try:
+        image = image.convert("RGB")
+        image.thumbnail((PREVIEW_MAX_SIZE, PREVIEW_MAX_SIZE))
+        buf = io.BytesIO()
+        image.save(buf, format="JPEG", quality=95)
+        return buf.getvalue()
+    except (AttributeError, OSError, ValueError):
+        log.warning("could not encode a preview image of type %s", type(image).__name__)
+        return None
