@@ -74,14 +74,14 @@ def build_clip_l(cfg: TextTowerConfig):
     return CLIPTextModel(config)
 
 
-def build_bigg(cfg: TextTowerConfig, dtype: torch.dtype = torch.float32):
+def build_bigg(cfg: TextTowerConfig):
     # open_clip's package import drags in torchvision, so it is imported only when a tower is built.
-    from open_clip.transformer import LayerNorm, LayerNormFp32, TextTransformer
+    from open_clip.transformer import LayerNorm, TextTransformer
 
     return TextTransformer(
         context_length=cfg.context, vocab_size=cfg.vocab, width=cfg.width, heads=cfg.heads, layers=cfg.layers,
         mlp_ratio=cfg.mlp_width / cfg.width, output_dim=cfg.proj_dim, act_layer=nn.GELU,
-        norm_layer=LayerNormFp32 if dtype in (torch.float16, torch.bfloat16) else LayerNorm,
+        norm_layer=LayerNorm,
     )
 
 
@@ -214,7 +214,7 @@ def load_clip_l(sd: dict[str, torch.Tensor], dtype, device):
 
 def load_bigg(sd: dict[str, torch.Tensor], dtype, device):
     with torch.device("meta"):
-        model = build_bigg(bigg_config(sd), dtype)
+        model = build_bigg(bigg_config(sd))
     _fill(model, sd, "bigG", dtype, device)
     model.attn_mask = model.build_causal_mask().to(device)  # non-persistent
     return model
@@ -325,14 +325,14 @@ class SDXLTextEncoders:
         pooled = None if pooled is None else pooled[:1].float()
         return hidden.reshape(1, -1, hidden.shape[-1]), pooled
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: callers may edit the outputs in place
     def encode_clip_l(self, text: str | list) -> torch.Tensor:
         """CLIP-L penultimate hidden states, [1, 77·n, 768]. ``text`` may be pre-tokenized windows."""
         self._require(self.has_clip_l, "CLIP-L")
         windows = self.tokenizer.tokenize_weighted(text, PAD_CLIP_L) if isinstance(text, str) else text
         return self._weighted("l", windows, lambda ids: (self._clip_l_hidden(ids), None), PAD_CLIP_L)[0]
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def encode_bigg(self, text: str | list) -> tuple[torch.Tensor, torch.Tensor]:
         """bigG penultimate hidden states [1, 77·n, 1280] and pooled [1, 1280] (from the first window)."""
         self._require(self.has_bigg, "bigG")
