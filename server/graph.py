@@ -18,6 +18,7 @@ from PIL import Image
 
 from nodes.node import Environment, InputError, NodeSpec
 from nodes.types import INT, compatible
+from server.subgraphs import flatten as flatten_subgraphs
 
 # -- UI → API ----------------------------------------------------------------------------------------------------
 
@@ -179,6 +180,7 @@ def ui_to_api(workflow: dict, registry: dict[str, NodeSpec]) -> dict:
     """Convert a UI workflow (format 0.4) to an API prompt, as the canvas does before queueing it.
 
     Unknown node types are kept (without widget values) so that validation reports them by id."""
+    workflow = flatten_subgraphs(workflow)  # schema v1 subgraphs → plain nodes (server/subgraphs.py)
     graph = _UIGraph(workflow)
     prompt = {}
     for node_id, node in graph.nodes.items():

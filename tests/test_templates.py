@@ -1,0 +1,188 @@
+"""Workflows people share: schema-v1 files with subgraphs (hand-built here), and every template of the MIT
+`comfyui-workflow-templates-json` package (installed by the test extra, never copied into the repo)."""
+import collections
+import json
+import os
+
+import pytest
+
+from server.graph import ui_to_api, validate
+from server.subgraphs import SubgraphError, flatten
+
+SUB, INNER = "5a1e0c2d-0000-4000-8000-00000000000a", "5a1e0c2d-0000-4000-8000-00000000000b"
+
+
+def link(id, origin, oslot, target, tslot, type):
+    return {"id": id, "origin_id": origin, "origin_slot": oslot, "target_id": target, "target_slot": tslot, "type": type}
+
+
+def sock(name, type, link=None, widget=False):
+    entry = {"name": name, "type": type, "link": link}
+    if widget:
+        entry["widget"] = {"name": name}
+    return entry
+
+
+def node(id, type, widgets=None, inputs=(), mode=0, **extra):
+    out = {"id": id, "type": type, "pos": [0, 0], "size": [100, 100], "flags": {}, "order": 0, "mode": mode,
+           "inputs": list(inputs), "outputs": [], "properties": {}, **extra}
+    if widgets is not None:
+        out["widgets_values"] = widgets
+    return out
+
+
+def definition(id, name, nodes, links, inputs, outputs):
+    """A subgraph definition in the v1 layout: boundary nodes -10 (inputs) and -20 (outputs)."""
+    def slots(entries):
+        return [{"id": f"{id}-{n}", "name": n, "type": t, "linkIds": ids} for n, t, ids in entries]
+    return {"id": id, "version": 1, "name": name, "revision": 0, "config": {}, "extra": {}, "groups": [],
+            "state": {"lastGroupId": 0, "lastNodeId": 20, "lastLinkId": 20, "lastRerouteId": 0},
+            "inputNode": {"id": -10, "bounding": [0, 0, 10, 10]}, "outputNode": {"id": -20, "bounding": [0, 0, 10, 10]},
+            "inputs": slots(inputs), "outputs": slots(outputs), "widgets": [], "nodes": nodes, "links": links}
+
+
+def v1_workflow(instances, top_links, extra_nodes=()):
+    """Image → [instance(s) of SUB] → SaveImage. SUB scales its image input to `width` × its own height 16 and
+    hands it to a nested subgraph INNER, which inverts it."""
+    inner = definition(INNER, "invert", [node(3, "ImageInvert", [], [sock("image", "IMAGE", 1)])],
+                       [link(1, -10, 0, 3, 0, "IMAGE"), link(2, 3, 0, -20, 0, "IMAGE")],
+                       [("image", "IMAGE", [1])], [("IMAGE", "IMAGE", [2])])
+    sub = definition(SUB, "scale and invert", [
+        node(5, "ImageScale", ["nearest-exact", 24, 16, "disabled"],
+             [sock("image", "IMAGE", 11), sock("width", "INT", 12, widget=True)]),
+        node(6, INNER, None, [sock("image", "IMAGE", 13)]),
+    ], [link(11, -10, 0, 5, 0, "IMAGE"), link(12, -10, 1, 5, 1, "INT"), link(13, 5, 0, 6, 0, "IMAGE"),
+        link(14, 6, 0, -20, 0, "IMAGE")],
+        [("image", "IMAGE", [11]), ("width", "INT", [12])], [("IMAGE", "IMAGE", [14])])
+    nodes = [node(1, "EmptyImage", [64, 32, 1, 0]), *instances, *extra_nodes]
+    return {"id": "0", "revision": 0, "version": 1, "config": {}, "extra": {}, "groups": [], "reroutes": [],
+            "state": {"lastGroupId": 0, "lastNodeId": 40, "lastLinkId": 40, "lastRerouteId": 0},
+            "nodes": nodes, "links": top_links, "definitions": {"subgraphs": [sub, inner]}}
+
+
+def instance(id, image_link, width=None, mode=0, out_links=()):
+    return node(id, SUB, [width] if width is not None else [],
+                [sock("image", "IMAGE", image_link), sock("width", "INT", widget=True)], mode=mode,
+                outputs=[{"name": "IMAGE", "type": "IMAGE", "links": list(out_links)}])
+
+
+def test_subgraphs_are_inlined_with_path_ids(registry):
+    wf = v1_workflow([instance(2, 21, width=48, out_links=[22])],
+                     [link(21, 1, 0, 2, 0, "IMAGE"), link(22, 2, 0, 9, 0, "IMAGE")],
+                     [node(9, "SaveImage", ["sub"], [sock("images", "IMAGE", 22)])])
+    prompt = ui_to_api(wf, registry)
+    assert set(prompt) == {"1", "2:5", "2:6:3", "9"}
+    assert prompt["2:5"]["inputs"] == {"image": ["1", 0], "width": 48, "height": 16, "upscale_method": "nearest-exact",
+                                       "crop": "disabled"}
+    assert prompt["2:6:3"]["inputs"] == {"image": ["2:5", 0]}
+    assert prompt["9"]["inputs"]["images"] == ["2:6:3", 0]
+    assert validate(prompt, registry).ok
+
+
+def test_inner_widget_value_stands_when_the_instance_keeps_none(registry):
+    wf = v1_workflow([instance(2, 21, out_links=[22])],
+                     [link(21, 1, 0, 2, 0, "IMAGE"), link(22, 2, 0, 9, 0, "IMAGE")],
+                     [node(9, "SaveImage", ["sub"], [sock("images", "IMAGE", 22)])])
+    assert ui_to_api(wf, registry)["2:5"]["inputs"]["width"] == 24
+
+
+def test_linked_instance_widget_input_and_two_instances(registry):
+    """A primitive linked to the instance's widget input reaches the inner node; each instance gets its own ids."""
+    wf = v1_workflow([instance(2, 21, width=48, out_links=[23]), instance(3, 23, width=40, out_links=[24])],
+                     [link(21, 1, 0, 2, 0, "IMAGE"), link(23, 2, 0, 3, 0, "IMAGE"),
+                      link(24, 3, 0, 9, 0, "IMAGE"), link(25, 8, 0, 3, 1, "INT")],
+                     [node(8, "PrimitiveNode", [56, "fixed"], outputs=[{"name": "INT", "type": "INT", "links": [25]}]),
+                      node(9, "SaveImage", ["sub"], [sock("images", "IMAGE", 24)])])
+    wf["nodes"][2]["inputs"][1]["link"] = 25
+    prompt = ui_to_api(wf, registry)
+    assert prompt["3:5"]["inputs"]["image"] == ["2:6:3", 0]
+    assert prompt["3:5"]["inputs"]["width"] == 56
+    assert prompt["2:5"]["inputs"]["width"] == 48
+    assert prompt["9"]["inputs"]["images"] == ["3:6:3", 0]
+
+
+def test_bypassed_instance_passes_its_input_through_and_muted_one_drops(registry):
+    wf = v1_workflow([instance(2, 21, width=48, mode=4, out_links=[22])],
+                     [link(21, 1, 0, 2, 0, "IMAGE"), link(22, 2, 0, 9, 0, "IMAGE")],
+                     [node(9, "SaveImage", ["sub"], [sock("images", "IMAGE", 22)])])
+    prompt = ui_to_api(wf, registry)
+    assert set(prompt) == {"1", "9"} and prompt["9"]["inputs"]["images"] == ["1", 0]
+    wf["nodes"][1]["mode"] = 2
+    prompt = ui_to_api(wf, registry)
+    assert "images" not in prompt["9"]["inputs"]
+    assert validate(prompt, registry).node_errors["9"]["errors"][0]["type"] == "required_input_missing"
+
+
+def test_bypassed_inner_node_and_reroute_across_the_boundary(registry):
+    """Bypass inside the subgraph passes the boundary's input on; a Reroute outside is walked through."""
+    wf = v1_workflow([instance(2, 21, width=48, out_links=[22])],
+                     [link(21, 1, 0, 2, 0, "IMAGE"), link(22, 2, 0, 7, 0, "IMAGE"), link(26, 7, 0, 9, 0, "IMAGE")],
+                     [node(7, "Reroute", None, [sock("", "*", 22)]),
+                      node(9, "SaveImage", ["sub"], [sock("images", "IMAGE", 26)])])
+    inner = wf["definitions"]["subgraphs"][1]
+    inner["nodes"][0]["mode"] = 4
+    prompt = ui_to_api(wf, registry)
+    assert "2:6:3" not in prompt and prompt["9"]["inputs"]["images"] == ["2:5", 0]
+
+
+def test_dangling_subgraph_output_drops_the_consumer_input(registry):
+    """Real files have instance outputs whose inner link is gone; the consumer then has no input (as the canvas)."""
+    wf = v1_workflow([instance(2, 21, width=48, out_links=[22])],
+                     [link(21, 1, 0, 2, 0, "IMAGE"), link(22, 2, 0, 9, 0, "IMAGE")],
+                     [node(9, "SaveImage", ["sub"], [sock("images", "IMAGE", 22)])])
+    sub = wf["definitions"]["subgraphs"][0]
+    sub["links"] = [x for x in sub["links"] if x["target_id"] != -20]
+    assert "images" not in ui_to_api(wf, registry)["9"]["inputs"]
+
+
+def test_recursive_definition_is_an_error(registry):
+    wf = v1_workflow([instance(2, 21, width=48)], [link(21, 1, 0, 2, 0, "IMAGE")])
+    wf["definitions"]["subgraphs"][1]["nodes"].append(node(4, SUB, []))
+    with pytest.raises(SubgraphError, match="contains itself"):
+        flatten(wf)
+
+
+def test_workflow_without_subgraphs_is_returned_unchanged():
+    wf = {"nodes": [node(1, "EmptyImage", [8, 8, 1, 0])], "links": [], "version": 0.4}
+    assert flatten(wf) is wf
+
+
+# -- every ComfyUI template -------------------------------------------------------------------------------------
+
+def template_dir():
+    pkg = pytest.importorskip("comfyui_workflow_templates_json", reason="test extra comfyui-workflow-templates-json")
+    return os.path.join(os.path.dirname(pkg.__file__), "templates")
+
+
+def template_names(folder):
+    with open(os.path.join(folder, "index.json")) as f:
+        return [t["name"] for category in json.load(f) for t in category["templates"]]
+
+
+def test_every_template_converts_and_is_classified(registry):
+    folder = template_dir()
+    names = template_names(folder)
+    assert len(names) >= 600
+    runnable, missing_by_template, uses = [], {}, collections.Counter()
+    for name in names:
+        with open(os.path.join(folder, name + ".json")) as f:
+            workflow = json.load(f)
+        prompt = ui_to_api(workflow, registry)  # must not raise
+        assert prompt, name
+        for node_id, entry in prompt.items():
+            for value in entry["inputs"].values():  # every link points at a node that is in the prompt
+                if isinstance(value, list):
+                    assert str(value[0]) in prompt, (name, node_id, value)
+        missing = sorted({e["class_type"] for e in prompt.values() if e["class_type"] not in registry})
+        if missing:
+            missing_by_template[name] = missing
+            uses.update(missing)
+        else:
+            runnable.append(name)
+    print(f"\ntemplates: {len(names)} converted, {len(runnable)} use only our node types, "
+          f"{len(missing_by_template)} need missing node types ({len(uses)} distinct)")
+    print("top missing classes (templates needing each):",
+          ", ".join(f"{c} {n}" for c, n in uses.most_common(15)))
+    print("runnable:", ", ".join(sorted(runnable)))
+    assert {"image_sdxl_simple", "sdxl_simple_example", "sdxl_refiner_prompt_example"} <= set(runnable) or \
+        "KSampler" not in registry, "the SDXL templates need only the ComfyUI SDXL node set"
