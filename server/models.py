@@ -68,7 +68,7 @@ class ModelResidency:
             self._entries.move_to_end(key)
             if not entry.on_device:
                 self._make_room(entry.size, keep=key)
-                module.to(self.device)
+                self._move(module, self.device)
                 entry.on_device = True
                 self.loads += 1
             self._trim_ram(keep=key)
@@ -132,9 +132,12 @@ class ModelResidency:
                 del self._entries[key]
                 self.drops += 1
 
+    def _move(self, module: torch.nn.Module, device: torch.device) -> None:
+        module.to(device)
+
     def _to_cpu(self, entry: _Entry) -> None:
         if entry.on_device and not self.on_cpu:
-            entry.module.to("cpu")
+            self._move(entry.module, torch.device("cpu"))
             self.offloads += 1
         entry.on_device = self.on_cpu
 

@@ -144,8 +144,8 @@ class Worker(threading.Thread):
                                 "completed": status == "success", "messages": messages},
                           outputs, {nid: _meta(nid) for nid in outputs})
         self.current, self.current_node = None, None
+        self.on_queue_change()  # as ComfyUI: the status broadcast, then `executing` null ends the prompt
         emit("executing", {"node": None, "display_node": None, "prompt_id": pid})
-        self.on_queue_change()
         log.info("prompt %s: %s, %d executed, %d cached, %.2f s", pid, status, len(executed), len(cached), seconds)
 
 

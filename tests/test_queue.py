@@ -1,0 +1,90 @@
+"""The SQLite queue: order, persistence across reopen, recovery of cut-off prompts, requeue, history paging."""
+from __future__ import annotations
+
+import threading
+
+from server.queue import RESTART_MESSAGE, PromptQueue
+
+P = {"1": {"class_type": "X", "inputs": {}}}
+
+
+def test_order_front_and_explicit_numbers(tmp_path):
+    q = PromptQueue(tmp_path / "q.db")
+    assert q.put("a", P, {}, ["1"]) == 1
+    assert q.put("b", P, {}, ["1"]) == 2
+    assert q.put("c", P, {}, ["1"], front=True) == -3
+    assert q.put("d", P, {}, ["1"], number=1.5) == 1.5
+    q.put("e", P, {}, ["1"], number=2)  # tie with b: submission order decides
+    assert [i.prompt_id for i in q.pending()] == ["c", "a", "d", "b", "e"]
+    assert [q.take().prompt_id for _ in range(5)] == ["c", "a", "d", "b", "e"]
+    assert q.take(timeout=0.01) is None
+    q.close()
+
+
+def test_duplicate_id_refused(tmp_path):
+    q = PromptQueue(tmp_path / "q.db")
+    q.put("a", P, {}, ["1"])
+    try:
+        q.put("a", P, {}, ["1"])
+    except KeyError:
+        pass
+    else:
+        raise AssertionError("duplicate id accepted")
+    assert len(q.pending()) == 1
+
+
+def test_reopen_keeps_pending_and_history_and_recovers_running(tmp_path):
+    q = PromptQueue(tmp_path / "q.db")
+    for pid in "abc":
+        q.put(pid, P, {"client_id": "x"}, ["1"])
+    running = q.take()
+    done = q.take()
+    q.finish(done.prompt_id, {"status_str": "success", "completed": True, "messages": []},
+             {"1": {"images": [{"filename": "f.png", "subfolder": "", "type": "output"}]}}, {})
+    del q  # no close: as if the process died
+
+    q = PromptQueue(tmp_path / "q.db")
+    assert q.recovered == [running.prompt_id]
+    assert [i.prompt_id for i in q.pending()] == ["c"] and q.running() == []
+    assert q.pending()[0].extra_data == {"client_id": "x"}
+    cut = q.history_item("a")
+    assert cut.status["status_str"] == "error" and cut.status["completed"] is False
+    assert cut.status["messages"][0][1]["exception_message"] == RESTART_MESSAGE
+    assert q.history_item("b").outputs["1"]["images"][0]["filename"] == "f.png"
+    # numbers keep counting after a reopen
+    assert q.put("d", P, {}, ["1"]) == 4
+    # the cut-off prompt can run again, under the same id, after what is queued
+    assert q.requeue("a") and not q.requeue("a") and not q.requeue("zzz")
+    assert [i.prompt_id for i in q.pending()] == ["c", "d", "a"]
+    assert q.history_item("a") is None
+
+
+def test_history_paging_and_deletes(tmp_path):
+    q = PromptQueue(tmp_path / "q.db")
+    for i in range(5):
+        q.put(str(i), P, {}, ["1"])
+        q.take()
+        q.finish(str(i), {"status_str": "success", "completed": True, "messages": []}, {}, {})
+    ids = lambda entries: [e.item.prompt_id for e in entries]  # noqa: E731
+    assert ids(q.history()) == ["0", "1", "2", "3", "4"]
+    assert ids(q.history(2)) == ["3", "4"]
+    assert ids(q.history(2, 1)) == ["1", "2"]
+    assert ids(q.history(10, 3)) == ["3", "4"]
+    assert q.history()[0].as_dict()["prompt"] == [1, "0", P, {}, ["1"]]
+    assert q.delete(["1", "9"], "done") == 1
+    assert q.delete(["2"], "pending") == 0
+    assert q.clear("done") == 4 and q.history() == []
+
+
+def test_pause_blocks_take_and_wake_releases(tmp_path):
+    q = PromptQueue(tmp_path / "q.db")
+    q.set_paused(True)
+    q.put("a", P, {}, ["1"])
+    assert q.take(timeout=0.01) is None and q.remaining() == 1
+    got = []
+    t = threading.Thread(target=lambda: got.append(q.take(timeout=5)))
+    t.start()
+    q.set_paused(False)
+    t.join(5)
+    assert got[0].prompt_id == "a" and q.state_of("a") == "running"
+    q.close()
