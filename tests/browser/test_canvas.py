@@ -1,0 +1,232 @@
+"""The canvas in real Chromium against a live server: build and run a graph with the mouse, refused
+connections, undo/redo, save/reload/open, PNG drop and validation-error highlighting."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
+
+pytestmark = pytest.mark.browser
+
+SLOT_JS = """([id, kind, name]) => {
+  const n = app.graph.getNodeById(id);
+  const slots = kind === "out" ? n.outputs : n.inputs;
+  const i = slots.findIndex((s) => s.name === name);
+  if (i < 0) throw new Error(`node ${id} has no ${kind} slot ${name}`);
+  const p = kind === "out" ? n.getOutputPos(i) : n.getInputPos(i);
+  const [x, y] = app.canvas.ds.convertOffsetToCanvas(p);
+  const r = app.canvas.canvas.getBoundingClientRect();
+  return [r.left + x, r.top + y];
+}"""
+
+TO_SCREEN_JS = """([gx, gy]) => {
+  const [x, y] = app.canvas.ds.convertOffsetToCanvas([gx, gy]);
+  const r = app.canvas.canvas.getBoundingClientRect();
+  return [r.left + x, r.top + y];
+}"""
+
+
+def state(page) -> str:
+    return page.evaluate("app.state()")
+
+
+def new_tab(page):
+    page.click("#new-tab")
+    page.wait_for_function("app.graph._nodes.length === 0")
+
+
+def drag_node(page, type_name: str, x: int, y: int) -> int:
+    """Drag a node type from the library onto the canvas at (x, y) canvas pixels; returns its id."""
+    before = page.evaluate("app.graph._nodes.length")
+    page.locator(f'.lib-node[data-type="{type_name}"]').drag_to(
+        page.locator("#graph-canvas"), target_position={"x": x, "y": y})
+    page.wait_for_function(f"app.graph._nodes.length === {before + 1}")
+    node = page.evaluate("(() => { const n = app.graph._nodes.at(-1); return [n.id, n.type]; })()")
+    assert node[1] == type_name
+    return node[0]
+
+
+def mouse_drag(page, start, end):
+    page.mouse.move(*start)
+    page.mouse.down()
+    page.mouse.move(*end, steps=12)
+    page.mouse.up()
+    page.wait_for_timeout(50)
+
+
+def wire(page, src: int, output: str, dst: int, input_name: str):
+    mouse_drag(page, page.evaluate(SLOT_JS, [src, "out", output]), page.evaluate(SLOT_JS, [dst, "in", input_name]))
+
+
+def links(page) -> list:
+    return json.loads(state(page))["links"]
+
+
+def click_widget_arrow(page, node_id: int, widget: str, side: str = "right"):
+    """Click the increment (right) or decrement (left) arrow of a number widget."""
+    point = page.evaluate("""([id, name, side]) => {
+      const n = app.graph.getNodeById(id);
+      const w = n.widgets.find((x) => x.name === name);
+      const x = side === "right" ? n.pos[0] + n.size[0] - 22 : n.pos[0] + 22;
+      return [x, n.pos[1] + w.y + 10];
+    }""", [node_id, widget, side])
+    page.mouse.click(*page.evaluate(TO_SCREEN_JS, point))
+
+
+def widget_value(page, node_id: int, widget: str):
+    return page.evaluate("([id, name]) => app.graph.getNodeById(id).widgets.find((w) => w.name === name).value",
+                         [node_id, widget])
+
+
+def test_build_from_empty_canvas_and_run(page):
+    (ARTIFACTS / "load_seconds.txt").write_text(f"{page.load_seconds:.3f}\n")
+    page.shot("loaded")
+    new_tab(page)
+    page.shot("empty-canvas")
+    source = drag_node(page, "EmptyImage", 120, 160)
+    save = drag_node(page, "SaveImage", 480, 160)
+    page.shot("nodes-dropped")
+    wire(page, source, "IMAGE", save, "images")
+    assert [link[1:5] for link in links(page)] == [[source, 0, save, 0]]
+    page.shot("wired")
+    page.click("#queue-button")
+    page.wait_for_function(
+        """(id) => { const img = app.graph.getNodeById(id).lg?.images?.[0];
+                     return img && img.complete && img.naturalWidth > 0; }""", arg=save, timeout=60000)
+    page.click('.side-tabs button[data-panel="gallery-panel"]')
+    gallery = page.locator("#gallery img").first
+    gallery.wait_for(timeout=10000)
+    assert page.evaluate("document.querySelector('#gallery img').naturalWidth") == 512
+    page.shot("image-on-save-node-and-gallery")
+    gallery.click()
+    page.locator("#lightbox img").wait_for()
+    page.shot("full-size")
+
+
+def test_mismatched_connection_is_refused_with_a_hint(page):
+    new_tab(page)
+    number = drag_node(page, "PrimitiveInt", 120, 160)
+    save = drag_node(page, "SaveImage", 480, 160)
+    wire(page, number, "INT", save, "images")
+    assert links(page) == []
+    hint = page.locator(".toast.warn", has_text="Connection refused")
+    hint.wait_for()
+    assert "INT" in hint.inner_text() and "IMAGE" in hint.inner_text()
+    page.shot("refused-hint")
+
+
+def test_undo_redo_restores_exact_graph_json(page):
+    new_tab(page)
+    states = [state(page)]
+
+    def edit(step):
+        step()
+        page.wait_for_timeout(100)
+        now = state(page)
+        assert now != states[-1], "the edit changed nothing"
+        states.append(now)
+
+    ids = {}
+    edit(lambda: ids.setdefault("src", drag_node(page, "EmptyImage", 120, 160)))
+    edit(lambda: ids.setdefault("dst", drag_node(page, "SaveImage", 480, 200)))
+
+    def move():
+        x, y = page.evaluate("(id) => { const n = app.graph.getNodeById(id); return [n.pos[0] + 60, n.pos[1] - 15]; }",
+                             ids["dst"])
+        start = page.evaluate(TO_SCREEN_JS, [x, y])
+        mouse_drag(page, start, (start[0] + 40, start[1] + 60))
+
+    edit(move)
+    edit(lambda: wire(page, ids["src"], "IMAGE", ids["dst"], "images"))
+    width = widget_value(page, ids["src"], "width")
+    edit(lambda: click_widget_arrow(page, ids["src"], "width"))
+    assert widget_value(page, ids["src"], "width") == width + 1
+
+    def delete():
+        x, y = page.evaluate("(id) => { const n = app.graph.getNodeById(id); return [n.pos[0] + 60, n.pos[1] - 15]; }",
+                             ids["src"])
+        page.mouse.click(*page.evaluate(TO_SCREEN_JS, [x, y]))
+        page.keyboard.press("Delete")
+
+    edit(delete)
+    page.shot("after-edits")
+    for expected in reversed(states[:-1]):
+        page.keyboard.press("Control+z")
+        assert state(page) == expected
+    page.shot("all-undone")
+    for expected in states[1:]:
+        page.keyboard.press("Control+Shift+z")
+        assert state(page) == expected
+    page.shot("all-redone")
+
+
+def test_save_reload_open_gives_identical_json(page, tmp_path):
+    before = state(page)
+    assert json.loads(before)["nodes"], "the first visit opens a shipped workflow"
+    click_widget_arrow(page, page.evaluate("app.graph._nodes[0].id"), "width")
+    page.wait_for_timeout(100)
+    edited = state(page)
+    assert edited != before
+    assert page.locator(".tab.active .dirty").inner_text() == "●"
+    page.shot("edited-unsaved")
+    with page.expect_download() as download:
+        page.keyboard.press("Control+s")
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    assert json.loads(saved.read_text()) == json.loads(edited)
+    assert page.locator(".tab.active .dirty").inner_text() == ""
+    page.reload()
+    page.wait_for_function("window.app && window.app.ready")
+    assert state(page) == edited, "the open tab survives a reload"
+    new_tab(page)
+    with page.expect_file_chooser() as chooser:
+        page.click("#open-button")
+    chooser.value.set_files(str(saved))
+    page.wait_for_function("app.graph._nodes.length > 0")
+    assert state(page) == edited
+    assert page.locator(".tab").count() == 3
+    page.shot("reopened")
+
+
+def test_dropping_a_server_png_restores_its_workflow(page):
+    queued = state(page)
+    page.keyboard.press("Control+Enter")
+    page.click('.side-tabs button[data-panel="gallery-panel"]')
+    page.locator("#gallery img").first.wait_for(timeout=60000)
+    new_tab(page)
+    page.shot("before-drop")
+    page.evaluate("""async () => {
+      const url = document.querySelector("#gallery img").src;
+      const blob = await (await fetch(url)).blob();
+      const dt = new DataTransfer();
+      dt.items.add(new File([blob], "output.png", { type: "image/png" }));
+      const wrap = document.getElementById("canvas-wrap");
+      for (const type of ["dragenter", "dragover", "drop"]) {
+        wrap.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true,
+                                                 clientX: 600, clientY: 400 }));
+      }
+    }""")
+    page.wait_for_function("app.graph._nodes.length > 0")
+    assert json.loads(state(page)) == json.loads(queued)
+    page.shot("png-dropped")
+
+
+def test_server_validation_error_highlights_the_node(page):
+    new_tab(page)
+    source = drag_node(page, "EmptyImage", 120, 160)
+    save = drag_node(page, "SaveImage", 480, 160)
+    page.click("#queue-button")
+    message = page.locator(".toast.error", has_text="Required input is missing")
+    message.wait_for()
+    errors = page.evaluate("(ids) => ids.map((id) => app.graph.getNodeById(id).lg?.errors ?? [])", [source, save])
+    assert errors[0] == []
+    assert [e["extra_info"]["input_name"] for e in errors[1]] == ["images"]
+    title = page.evaluate("(id) => app.graph.getNodeById(id).title", save)
+    assert f"{title} #{save} [images]" in message.inner_text()
+    page.shot("validation-error")
+    wire(page, source, "IMAGE", save, "images")
+    page.click("#queue-button")
+    page.wait_for_function("(id) => app.graph.getNodeById(id).lg.errors.length === 0", arg=save)

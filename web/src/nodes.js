@@ -1,0 +1,252 @@
+// Node classes built from the server's /object_info schema: sockets, widgets (number, slider,
+// combo, text, toggle, seed with "control after generate", upload) and what a node draws on
+// top of litegraph: output images, live previews, the progress bar and validation errors.
+import { LGraphCanvas, LGraphNode, LiteGraph } from "litegraph";
+
+export const TYPE_COLORS = {
+  MODEL: "#b39ddb", CLIP: "#ffd54f", VAE: "#ff7070", CONDITIONING: "#ffa94d", LATENT: "#ff9cf9",
+  IMAGE: "#64b5f6", MASK: "#81c784", SAMPLER: "#ecb4b4", SIGMAS: "#cdffcd", NOISE: "#b0b0b0",
+  INT: "#7ec8e3", FLOAT: "#9ad29a", STRING: "#c8c8c8", BOOLEAN: "#d9d99a",
+};
+export const CONTROL_VALUES = ["fixed", "increment", "decrement", "randomize"];
+const PRIMITIVES = new Set(["INT", "FLOAT", "STRING", "BOOLEAN"]);
+const IMAGE_AREA = 220; // room reserved on output nodes so results never resize (and so never "edit") the node
+const MAX_SAFE_SEED = Number.MAX_SAFE_INTEGER;
+
+export function applyTypeColors(canvas) {
+  Object.assign(LGraphCanvas.link_type_colors, TYPE_COLORS);
+  canvas.default_connection_color_byType = { ...TYPE_COLORS };
+}
+
+/** Per-node runtime state the canvas draws but never serialises. */
+export function runtime(node) {
+  node.lg ??= { images: [], preview: null, progress: null, executing: false, errors: [] };
+  return node.lg;
+}
+
+function comboValues(type, opts) {
+  if (Array.isArray(type)) return type;
+  if (type === "COMBO") return opts.options ?? [];
+  return null;
+}
+
+function decimals(step) {
+  const s = String(step ?? 0.01);
+  return s.includes(".") ? s.split(".")[1].length : 0;
+}
+
+function addWidgetFor(node, name, type, opts, onChange) {
+  const values = comboValues(type, opts);
+  const label = { label: name };
+  if (values) {
+    return node.addWidget("combo", name, opts.default ?? values[0] ?? "", onChange, { ...label, values });
+  }
+  if (type === "INT" || type === "FLOAT") {
+    const isInt = type === "INT";
+    const step = opts.step ?? (isInt ? 1 : 0.01);
+    const o = { ...label, min: opts.min, max: isInt && opts.max > MAX_SAFE_SEED ? MAX_SAFE_SEED : opts.max,
+      step2: step, precision: isInt ? 0 : decimals(opts.round || step) };
+    const kind = opts.display === "slider" && o.min != null && o.max != null ? "slider" : "number";
+    const fix = (v, ...rest) => {
+      const w = node.widgets.find((x) => x.name === name);
+      if (isInt && w) w.value = Math.round(v);
+      onChange(w?.value ?? v, ...rest);
+    };
+    return node.addWidget(kind, name, opts.default ?? 0, fix, o);
+  }
+  if (type === "STRING") {
+    return node.addWidget("text", name, opts.default ?? "", onChange, { ...label, multiline: !!opts.multiline });
+  }
+  if (type === "BOOLEAN") {
+    return node.addWidget("toggle", name, opts.default ?? false, onChange,
+      { ...label, on: opts.label_on ?? "true", off: opts.label_off ?? "false" });
+  }
+  return null;
+}
+
+function isSeed(name, type, opts) {
+  return type === "INT" && (opts.control_after_generate || name === "seed" || name === "noise_seed");
+}
+
+/** Apply each seed widget's control ("after generate") once a prompt was queued. */
+export function applySeedControls(graph) {
+  for (const node of graph._nodes) {
+    for (const w of node.widgets ?? []) {
+      const control = w.lgControl;
+      if (!control) continue;
+      const seed = w;
+      const { min = 0, max = MAX_SAFE_SEED } = seed.options;
+      const mode = control.value;
+      if (mode === "increment") seed.value = Math.min(max, seed.value + 1);
+      else if (mode === "decrement") seed.value = Math.max(min, seed.value - 1);
+      else if (mode === "randomize") seed.value = min + Math.floor(Math.random() * (Math.min(max, 2 ** 50) - min));
+    }
+  }
+}
+
+function buildNode(node, info, hooks) {
+  node.serialize_widgets = true;
+  const changed = () => hooks.onWidgetChange(node);
+  const order = info.input_order ?? {};
+  for (const group of ["required", "optional"]) {
+    const specs = info.input?.[group] ?? {};
+    const names = order[group] ?? Object.keys(specs);
+    for (const name of names) {
+      const [type, opts = {}] = specs[name];
+      const widgetable = (comboValues(type, opts) || PRIMITIVES.has(type)) && !opts.forceInput;
+      const slotType = comboValues(type, opts) ? "COMBO" : type;
+      if (!widgetable) {
+        node.addInput(name, slotType, group === "optional" ? { shape: LiteGraph.SlotShape?.HollowCircle } : {});
+        continue;
+      }
+      const w = addWidgetFor(node, name, type, opts, changed);
+      if (w && opts.tooltip) w.tooltip = opts.tooltip;
+      // A widget input can also take a link; the server lets the link win.
+      node.addInput(name, slotType, { widget: { name } });
+      if (isSeed(name, type, opts)) {
+        w.lgControl = node.addWidget("combo", "control_after_generate", "randomize", changed,
+          { label: "control after generate", values: CONTROL_VALUES });
+      }
+      if (opts.image_upload) addUploadWidget(node, name, hooks);
+    }
+  }
+  info.output.forEach((type, i) => node.addOutput(info.output_name?.[i] ?? type, type));
+  node.size = node.computeSize();
+}
+
+function addUploadWidget(node, target, hooks) {
+  node.addWidget("button", "upload", "image", () => {
+    const input = Object.assign(document.createElement("input"), { type: "file", accept: "image/*" });
+    input.onchange = async () => {
+      if (!input.files[0]) return;
+      const name = await hooks.upload(input.files[0]);
+      setComboValue(node, target, name);
+      hooks.onWidgetChange(node);
+    };
+    input.click();
+  }, { label: "choose file to upload" });
+}
+
+export function setComboValue(node, name, value) {
+  const w = node.widgets.find((x) => x.name === name);
+  if (!w.options.values.includes(value)) w.options.values.push(value);
+  w.value = value;
+}
+
+/** Register one litegraph node type per server node class. */
+export function registerNodes(objectInfo, hooks) {
+  for (const [typeName, info] of Object.entries(objectInfo)) {
+    const withImages = info.output_node || Object.values(info.input?.required ?? {})
+      .some(([, o]) => o?.image_upload);
+    class ServerNode extends LGraphNode {
+      constructor(title) {
+        super(title ?? info.display_name ?? typeName);
+        buildNode(this, info, hooks);
+      }
+      computeSize(out) {
+        const size = super.computeSize(out);
+        if (withImages) size[1] += IMAGE_AREA;
+        return size;
+      }
+      onWidgetChanged() { hooks.onWidgetChange(this); }
+      onDrawBackground(ctx) { drawImages(this, ctx); }
+      onDrawForeground(ctx) { drawState(this, ctx); }
+    }
+    ServerNode.title = info.display_name || typeName;
+    ServerNode.nodeData = info;
+    LiteGraph.registerNodeType(typeName, ServerNode);
+    ServerNode.category = info.category ?? "";
+    ServerNode.description = info.description ?? "";
+  }
+}
+
+function widgetsBottom(node) {
+  let y = 0;
+  for (const w of node.widgets ?? []) y = Math.max(y, (w.y ?? 0) + (w.computedHeight ?? LiteGraph.NODE_WIDGET_HEIGHT));
+  const slots = Math.max(node.inputs.filter((i) => !i.widget).length, node.outputs.length);
+  return Math.max(y, slots * LiteGraph.NODE_SLOT_HEIGHT) + 6;
+}
+
+function fit(img, x, y, w, h) {
+  const s = Math.min(w / img.naturalWidth, h / img.naturalHeight);
+  const dw = img.naturalWidth * s, dh = img.naturalHeight * s;
+  return [x + (w - dw) / 2, y + (h - dh) / 2, dw, dh];
+}
+
+function drawImages(node, ctx) {
+  const st = runtime(node);
+  const img = st.preview ?? st.images.at(-1);
+  if (!img?.complete || !img.naturalWidth) return;
+  const top = widgetsBottom(node);
+  const h = node.size[1] - top - 4;
+  if (h > 24) {
+    ctx.drawImage(img, ...fit(img, 4, top, node.size[0] - 8, h));
+  } else {
+    // Nodes without room (e.g. the sampler's live preview) show it just below themselves.
+    ctx.drawImage(img, ...fit(img, 0, node.size[1] + 6, node.size[0], 256));
+  }
+}
+
+function drawState(node, ctx) {
+  const st = runtime(node);
+  const titleH = LiteGraph.NODE_TITLE_HEIGHT;
+  const [w, h] = node.size;
+  if (st.executing) {
+    ctx.strokeStyle = "#3fbf6a";
+    ctx.lineWidth = 3;
+    ctx.strokeRect(-3, -titleH - 3, w + 6, h + titleH + 6);
+  }
+  if (st.progress != null) {
+    ctx.fillStyle = "#1a1a1a";
+    ctx.fillRect(0, h - 5, w, 5);
+    ctx.fillStyle = "#3fbf6a";
+    ctx.fillRect(0, h - 5, w * st.progress, 5);
+  }
+  if (!st.errors.length) return;
+  ctx.strokeStyle = "#e5484d";
+  ctx.lineWidth = 3;
+  ctx.strokeRect(-3, -titleH - 3, w + 6, h + titleH + 6);
+  ctx.font = "12px system-ui, sans-serif";
+  st.errors.forEach((err, i) => {
+    const name = err.extra_info?.input_name;
+    markInput(node, ctx, name);
+    ctx.fillStyle = "#ff8a8d";
+    ctx.fillText(`⚠ ${err.message}`, 0, h + 16 + i * 15);
+  });
+}
+
+function markInput(node, ctx, name) {
+  if (!name) return;
+  ctx.strokeStyle = "#e5484d";
+  ctx.lineWidth = 2;
+  const w = node.widgets?.find((x) => x.name === name);
+  if (w) {
+    ctx.strokeRect(10, w.y, node.size[0] - 20, w.computedHeight ?? LiteGraph.NODE_WIDGET_HEIGHT);
+    return;
+  }
+  const index = node.inputs.findIndex((i) => i.name === name);
+  if (index < 0) return;
+  const [x, y] = node.getInputPos(index);
+  ctx.beginPath();
+  ctx.arc(x - node.pos[0], y - node.pos[1], 8, 0, Math.PI * 2);
+  ctx.stroke();
+}
+
+/** Frontend-only node types found in ComfyUI-style workflows; the server drops them when converting. */
+export function registerFrontendNodes(hooks) {
+  for (const type of ["Note", "MarkdownNote"]) {
+    class NoteNode extends LGraphNode {
+      constructor(title) {
+        super(title ?? type);
+        this.serialize_widgets = true;
+        this.color = "#432";
+        this.bgcolor = "#653";
+        this.addWidget("text", "text", "", () => hooks.onWidgetChange(this), { multiline: true });
+        this.size = [320, 120];
+      }
+    }
+    NoteNode.title = type;
+    LiteGraph.registerNodeType(type, NoteNode);
+    NoteNode.category = "utils";
+  }
+}

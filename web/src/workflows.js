@@ -1,0 +1,225 @@
+// Workflow tabs: each tab holds a UI-format workflow (ComfyUI v0.4 JSON), its undo stacks and the
+// state last saved, so the tab bar can mark unsaved changes. Tabs live in localStorage, so a page
+// reload loses nothing. Also: save (download), open (file picker / drop) of JSON and PNG.
+import { LiteGraph } from "litegraph";
+import { pngTextChunks } from "./png.js";
+import { UndoHistory } from "./history.js";
+
+const STORAGE_KEY = "latentgraph.tabs";
+
+/** The graph's workflow JSON as a canonical string: nodes by id (clicking a node raises it, which
+ * is no edit) and without the viewport. */
+export function graphState(graph) {
+  const data = graph.serialize({ sortNodes: true });
+  if (data.extra) delete data.extra.ds;
+  return JSON.stringify(data);
+}
+
+export class Workspace {
+  constructor({ graph, canvas, toast }) {
+    this.graph = graph;
+    this.canvas = canvas;
+    this.toast = toast;
+    this.tabs = [];
+    this.active = null;
+    this.history = new UndoHistory(() => graphState(graph), (s) => this.#load(s), (s) => this.#changed(s));
+    this.tabBar = document.getElementById("tabs");
+    this.persistTimer = null;
+  }
+
+  get tab() { return this.tabs.find((t) => t.id === this.active); }
+
+  /** Restore the tabs of the last visit; false when there were none. */
+  restore() {
+    let saved;
+    try { saved = JSON.parse(localStorage.getItem(STORAGE_KEY)); } catch { saved = null; }
+    if (!saved?.tabs?.length) return false;
+    this.tabs = saved.tabs.map((t) => ({ ...t, undo: [], redo: [] }));
+    this.switchTo(this.tabs.some((t) => t.id === saved.active) ? saved.active : this.tabs[0].id);
+    return true;
+  }
+
+  /** Open a workflow (object, or null for an empty canvas) in a new tab. */
+  open(name, workflow = null) {
+    this.#stash();
+    const id = crypto.randomUUID();
+    this.#load(workflow ? JSON.stringify(workflow) : null);
+    const state = graphState(this.graph);
+    this.tabs.push({ id, name, state, saved: workflow ? state : null, undo: [], redo: [] });
+    this.active = id;
+    this.history.reset(state);
+    this.fitView();
+    this.render();
+    this.persist();
+    return id;
+  }
+
+  /** Show every node, at most at 100 %. */
+  fitView() {
+    const nodes = this.graph._nodes;
+    if (!nodes.length) return;
+    const title = LiteGraph.NODE_TITLE_HEIGHT;
+    const x0 = Math.min(...nodes.map((n) => n.pos[0])), y0 = Math.min(...nodes.map((n) => n.pos[1] - title));
+    const x1 = Math.max(...nodes.map((n) => n.pos[0] + n.size[0])), y1 = Math.max(...nodes.map((n) => n.pos[1] + n.size[1]));
+    const el = this.canvas.canvas;
+    const [cw, ch] = [el.clientWidth, el.clientHeight];
+    const ds = this.canvas.ds;
+    ds.scale = Math.max(0.1, Math.min(1, (0.9 * cw) / (x1 - x0), (0.9 * ch) / (y1 - y0)));
+    ds.offset = [cw / (2 * ds.scale) - (x0 + x1) / 2, ch / (2 * ds.scale) - (y0 + y1) / 2];
+    this.canvas.setDirty(true, true);
+  }
+
+  switchTo(id) {
+    if (id === this.active) return;
+    this.#stash();
+    this.active = id;
+    const tab = this.tab;
+    this.#load(tab.state);
+    this.history.reset(tab.state, tab.undo, tab.redo);
+    this.render();
+    this.persist();
+  }
+
+  close(id) {
+    const index = this.tabs.findIndex((t) => t.id === id);
+    const tab = this.tabs[index];
+    if (this.isDirty(tab) && !confirm(`Close "${tab.name}" without saving?`)) return;
+    this.tabs.splice(index, 1);
+    if (!this.tabs.length) return void this.open("Unsaved workflow");
+    if (id === this.active) {
+      this.active = null;
+      this.switchTo(this.tabs[Math.min(index, this.tabs.length - 1)].id);
+    } else this.render();
+    this.persist();
+  }
+
+  isDirty(tab) { return tab.saved !== tab.state; }
+
+  /** Download the active workflow as JSON and mark it saved. */
+  save() {
+    this.history.checkpoint();
+    const tab = this.tab;
+    const blob = new Blob([JSON.stringify(JSON.parse(tab.state), null, 2)], { type: "application/json" });
+    const a = Object.assign(document.createElement("a"), {
+      href: URL.createObjectURL(blob), download: tab.name.endsWith(".json") ? tab.name : `${tab.name}.json`,
+    });
+    a.click();
+    setTimeout(() => URL.revokeObjectURL(a.href), 1000);
+    tab.saved = tab.state;
+    this.render();
+    this.persist();
+  }
+
+  /** Open a .json workflow or a .png carrying one; returns false when the file holds none. */
+  async openFile(file) {
+    const name = file.name.replace(/\.(json|png)$/i, "");
+    if (file.type === "image/png" || /\.png$/i.test(file.name)) {
+      const chunks = await pngTextChunks(await file.arrayBuffer());
+      if (chunks.workflow) return this.open(name, JSON.parse(chunks.workflow));
+      if (chunks.prompt) return this.#openApiPrompt(name, JSON.parse(chunks.prompt));
+      return false;
+    }
+    const data = JSON.parse(await file.text());
+    if (Array.isArray(data.nodes)) return this.open(name, data);
+    const prompt = data.prompt && typeof data.prompt === "object" ? data.prompt : data;
+    if (Object.values(prompt).every((n) => n?.class_type)) return this.#openApiPrompt(name, prompt);
+    throw new Error(`${file.name} is neither a UI workflow nor an API prompt`);
+  }
+
+  /** Rebuild a graph from an API-format prompt (a PNG with only `prompt`), laid out by depth. */
+  #openApiPrompt(name, prompt) {
+    this.open(name);
+    const nodes = {};
+    const missing = [];
+    for (const [id, spec] of Object.entries(prompt)) {
+      const node = LiteGraph.createNode(spec.class_type);
+      if (!node) { missing.push(spec.class_type); continue; }
+      if (/^\d+$/.test(id)) node.id = Number(id);
+      if (spec._meta?.title) node.title = spec._meta.title;
+      this.graph.add(node);
+      nodes[id] = node;
+    }
+    const depth = {};
+    const depthOf = (id, seen = new Set()) => {
+      if (depth[id] !== undefined || seen.has(id)) return depth[id] ?? 0;
+      seen.add(id);
+      const links = Object.values(prompt[id]?.inputs ?? {}).filter(Array.isArray);
+      depth[id] = links.length ? 1 + Math.max(...links.map(([src]) => depthOf(String(src), seen))) : 0;
+      return depth[id];
+    };
+    const columns = {};
+    for (const [id, node] of Object.entries(nodes)) {
+      for (const [input, value] of Object.entries(prompt[id].inputs ?? {})) {
+        const src = Array.isArray(value) ? nodes[String(value[0])] : null;
+        if (src) src.connect(value[1], node, node.inputs.findIndex((i) => i.name === input));
+        else {
+          const w = node.widgets?.find((x) => x.name === input);
+          if (w) w.value = value?.__value__ ?? value;
+        }
+      }
+      const d = depthOf(id);
+      columns[d] = (columns[d] ?? 0);
+      node.pos = [40 + d * 340, 40 + columns[d]];
+      columns[d] += node.size[1] + 60;
+    }
+    if (missing.length) this.toast(`Unknown node types skipped: ${missing.join(", ")}`, "warn");
+    this.history.reset();
+    this.#changed(graphState(this.graph));
+    return this.active;
+  }
+
+  #stash() {
+    const tab = this.tab;
+    if (!tab) return;
+    this.history.checkpoint();
+    tab.state = this.history.current;
+    tab.undo = this.history.undoStack;
+    tab.redo = this.history.redoStack;
+  }
+
+  #load(state) {
+    this.canvas.deselectAll?.();
+    if (state) this.graph.configure(JSON.parse(state));
+    else this.graph.clear();
+    this.canvas.setDirty(true, true);
+  }
+
+  #changed(state) {
+    const tab = this.tab;
+    if (!tab) return;
+    tab.state = state;
+    this.render();
+    this.persist();
+  }
+
+  persist() {
+    clearTimeout(this.persistTimer);
+    this.persistTimer = setTimeout(() => {
+      const tabs = this.tabs.map(({ id, name, state, saved }) => ({ id, name, state, saved }));
+      try {
+        localStorage.setItem(STORAGE_KEY, JSON.stringify({ tabs, active: this.active }));
+      } catch (err) {
+        this.toast(`Could not keep tabs in local storage: ${err.message}`, "warn");
+      }
+    }, 100);
+  }
+
+  render() {
+    this.tabBar.replaceChildren(...this.tabs.map((tab) => {
+      const el = document.createElement("div");
+      el.className = `tab${tab.id === this.active ? " active" : ""}`;
+      el.dataset.id = tab.id;
+      el.title = tab.name;
+      const label = Object.assign(document.createElement("span"), { className: "name", textContent: tab.name });
+      const dirty = Object.assign(document.createElement("span"), {
+        className: "dirty", textContent: this.isDirty(tab) ? "●" : "", title: "unsaved changes",
+      });
+      const close = Object.assign(document.createElement("button"), { className: "close", textContent: "×" });
+      close.title = "Close tab";
+      close.onclick = (e) => { e.stopPropagation(); this.close(tab.id); };
+      el.onclick = () => this.switchTo(tab.id);
+      el.append(label, dirty, close);
+      return el;
+    }));
+  }
+}
