@@ -158,6 +158,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", action="append", dest="devices",
                         help="compute device(s), e.g. cuda:0 (repeatable; default: every GPU, else cpu)")
     parser.add_argument("--max-upload-mb", type=int, default=100, help="largest accepted upload")
+    parser.add_argument("--no-demo-models", action="store_true",
+                        help="do not write the random-weight demo checkpoints when no checkpoint exists")
     parser.add_argument("--debug", action="store_true", help="send tracebacks to clients; verbose logs")
 
 
@@ -176,7 +178,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"refusing to listen on {config.host} without a token: pass --token or set ${TOKEN_ENV} "
               "(or bind 127.0.0.1)", file=sys.stderr)
         return 2
-    ensure_demo_models(config.models_dir / "checkpoints")
+    if not args.no_demo_models:
+        ensure_demo_models(config.models_dir / "checkpoints")
     app = create_app(config)
     where = f"http://{config.host}:{config.port}/"
     log.info("latentgraph serving %s%s", where, " (token required: open /?token=<token> once)" if config.token else "")
@@ -187,13 +190,18 @@ def run(args: argparse.Namespace) -> int:
 def ensure_demo_models(checkpoints: Path) -> None:
     """Without any checkpoint, write the tiny random-weight demo models so every workflow can run (as noise)."""
     checkpoints.mkdir(parents=True, exist_ok=True)
-    if any(p.suffix in MODEL_SUFFIXES for p in checkpoints.rglob("*")):
-        return
-    try:
-        from nodes.demo import make_demo_models
-    except ImportError:
-        log.warning("no checkpoint in %s and no demo model generator available", checkpoints)
-        return
-    make_demo_models(checkpoints)
-    log.warning("no real checkpoint found: wrote random-weight demo models to %s. They produce noise, not pictures. "
-                "Put real SDXL checkpoints (e.g. sd_xl_base_1.0.safetensors) in that folder.", checkpoints)
+
+    def found():
+        return [p.relative_to(checkpoints) for p in checkpoints.rglob("*") if p.suffix in MODEL_SUFFIXES]
+
+    if not found():
+        try:
+            from nodes.demo import make_demo_models
+        except ImportError:
+            log.warning("no checkpoint in %s and no demo model generator available", checkpoints)
+            return
+        make_demo_models(checkpoints)
+    if all(p.parts[0].startswith("demo_") for p in found()):
+        log.warning("no real checkpoint found: only the random-weight demo models are in %s. They produce noise, "
+                    "not pictures. Put real SDXL checkpoints (e.g. sd_xl_base_1.0.safetensors) in that folder.",
+                    checkpoints)

@@ -91,9 +91,9 @@ def free_port() -> int:
 
 
 def start_server(tmp_path: Path, port: int, *extra: str, log_name: str = "server.log") -> subprocess.Popen:
-    args = [PYTHON, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+    args = [PYTHON, "-c", "import sys; from server.cli import main; sys.exit(main())", "serve", "--host", "127.0.0.1", "--port", str(port),
             "--models", str(tmp_path / "models"), "--output", str(tmp_path / "output"),
-            "--input", str(tmp_path / "input"), "--data", str(tmp_path / "data"), *extra]
+            "--input", str(tmp_path / "input"), "--data", str(tmp_path / "data"), "--no-demo-models", *extra]
     log = open(tmp_path / log_name, "ab")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("LATENTGRAPH_TOKEN", None)

@@ -1,0 +1,68 @@
+"""kill -9 a live server with prompts queued and one running; restart it on the same --data: nothing is lost."""
+from __future__ import annotations
+
+import signal
+import time
+import urllib.request
+
+from server_helpers import free_port, http_json, image_prompt, slow_prompt, start_server
+
+
+def wait_for(predicate, timeout=120.0, every=0.1):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out")
+
+
+def test_kill_9_loses_no_queued_prompt(tmp_path):
+    port = free_port()
+    proc = start_server(tmp_path, port)
+    try:
+        # one prompt finishes before the crash: its image must stay viewable afterwards
+        done = http_json(port, "/prompt", {"prompt": image_prompt(prefix="before")})["prompt_id"]
+        wait_for(lambda: done in http_json(port, f"/history/{done}"))
+        image = http_json(port, f"/history/{done}")[done]["outputs"]["9"]["images"][0]
+
+        slow = http_json(port, "/prompt", {"prompt": slow_prompt(2048)})["prompt_id"]
+        wait_for(lambda: [i[1] for i in http_json(port, "/queue")["queue_running"]] == [slow], every=0.02)
+        queued = [http_json(port, "/prompt", {"prompt": image_prompt(color=i, prefix=f"q{i}")})["prompt_id"]
+                  for i in range(5)]
+        queued.append(http_json(port, "/prompt", {"prompt": image_prompt(color=99, prefix="front"),
+                                                  "front": True})["prompt_id"])
+        pending = [i[1] for i in http_json(port, "/queue")["queue_pending"]]
+        assert pending == [queued[-1]] + queued[:-1]
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    assert proc.returncode == -signal.SIGKILL
+
+    proc = start_server(tmp_path, port, log_name="server2.log")
+    try:
+        # every queued prompt is there (in the same order) or already running/done, and all of them run
+        wait_for(lambda: all(pid in http_json(port, f"/history/{pid}") for pid in queued))
+        history = http_json(port, "/history")
+        for pid in queued:
+            assert history[pid]["status"]["status_str"] == "success", history[pid]["status"]
+        finish_order = [pid for pid in history if pid in queued]
+        assert finish_order == [queued[-1]] + queued[:-1]
+
+        # the prompt that was running is reported as cut off by the restart, and can be re-queued
+        cut = history[slow]["status"]
+        assert cut["status_str"] == "error" and cut["completed"] is False
+        assert cut["messages"][-1][1]["exception_message"] == "interrupted by server restart"
+        assert "interrupted by server restart" in (tmp_path / "server2.log").read_text()
+        http_json(port, "/queue", {"requeue": [slow]})
+        wait_for(lambda: http_json(port, f"/history/{slow}").get(slow, {}).get("status", {}).get("completed"))
+
+        # the output from before the crash is still listed and viewable
+        assert history[done]["outputs"]["9"]["images"][0] == image
+        url = f"http://127.0.0.1:{port}/view?filename={image['filename']}&subfolder={image['subfolder']}&type=output"
+        with urllib.request.urlopen(url) as resp:
+            assert resp.status == 200 and resp.read(8) == b"\x89PNG\r\n\x1a\n"
+    finally:
+        proc.terminate()
+        proc.wait(20)
