@@ -1,0 +1,226 @@
+"""Model sampling (how a noise level σ maps to the network's input, timestep and output) and the schedulers.
+
+A ``ModelSampling`` is everything a sampler needs to know about a model's parameterisation, and nothing about
+its weights. SDXL is ``DiscreteEps``: the scaled-linear DDPM schedule over 1000 timesteps with ε-prediction
+(sdxl.md §5). A v-prediction or rectified-flow model implements the same six methods.
+
+Schedulers turn (model sampling, steps) into a descending float32 σ list that ends with 0 (sdxl.md §7); the names
+and formulas are the ones ComfyUI users know.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+class ModelSampling:
+    """The interface. Subclasses set ``sigmas`` (an ascending float32 table indexed by discrete timestep)."""
+
+    sigmas: torch.Tensor
+
+    @property
+    def sigma_min(self) -> float:
+        return float(self.sigmas[0])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.sigmas[-1])
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The timestep the network is conditioned on at noise level ``sigma``."""
+        raise NotImplementedError
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        """The noise level of a (possibly fractional) timestep."""
+        raise NotImplementedError
+
+    def calculate_input(self, sigma: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Scale the noisy sample ``x`` (σ-space) to what the network expects."""
+        raise NotImplementedError
+
+    def calculate_denoised(self, sigma: torch.Tensor, model_output: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Turn the network's raw output into the denoised estimate D(x; σ)."""
+        raise NotImplementedError
+
+    def noise_scaling(self, sigma, noise: torch.Tensor, latent: torch.Tensor, max_denoise: bool) -> torch.Tensor:
+        """The starting sample: ``latent`` noised to ``sigma`` with unit-variance ``noise``."""
+        raise NotImplementedError
+
+    def inverse_noise_scaling(self, sigma, latent: torch.Tensor) -> torch.Tensor:
+        """Map the sampler's final x back to a latent (identity for σ-space models)."""
+        return latent
+
+    def truncated(self, max_timestep: int) -> "ModelSampling":
+        """The same model restricted to timesteps 0..max_timestep, so schedulers span only that range (SDEdit)."""
+        raise NotImplementedError
+
+    def percent_to_sigma(self, percent: float) -> float:
+        """ComfyUI's timestep-range percent (0 = start of sampling, 1 = end) as a σ."""
+        if percent <= 0.0:
+            return math.inf
+        if percent >= 1.0:
+            return 0.0
+        return float(self.sigma(torch.tensor((1.0 - percent) * (len(self.sigmas) - 1))))
+
+
+def _bcast(sigma, x: torch.Tensor) -> torch.Tensor:
+    """σ as a tensor shaped to broadcast over x's non-batch dims."""
+    sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+    return sigma.reshape(sigma.shape + (1,) * (x.ndim - sigma.ndim))
+
+
+class DiscreteEps(ModelSampling):
+    """SDXL's schedule: β scaled-linear from ``linear_start`` to ``linear_end`` over ``num_timesteps``, ε-prediction.
+
+    ``integer_timesteps=True`` (default, ComfyUI's rule): the UNet gets the integer timestep whose table σ is nearest
+    in log σ; σ itself is not snapped. ``False``: the fractional timestep by log-σ interpolation between neighbours
+    (k-diffusion ``quantize=False``, diffusers with Karras/exponential sigmas). They agree for σ taken from the table.
+    """
+
+    def __init__(self, linear_start: float = 0.00085, linear_end: float = 0.012, num_timesteps: int = 1000,
+                 integer_timesteps: bool = True, sigmas: torch.Tensor | None = None):
+        if sigmas is None:
+            betas = torch.linspace(linear_start ** 0.5, linear_end ** 0.5, num_timesteps, dtype=torch.float64) ** 2
+            alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+            sigmas = ((1.0 - alphas_cumprod) / alphas_cumprod) ** 0.5
+        self.sigmas = sigmas.to(torch.float32)
+        self.log_sigmas = self.sigmas.log()
+        self.integer_timesteps = integer_timesteps
+
+    def truncated(self, max_timestep: int) -> "DiscreteEps":
+        return DiscreteEps(sigmas=self.sigmas[: max_timestep + 1], integer_timesteps=self.integer_timesteps)
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        sigma = torch.as_tensor(sigma, dtype=torch.float32)
+        log_sigma = sigma.to(self.log_sigmas.device).float().log().reshape(-1)
+        dists = log_sigma[None, :] - self.log_sigmas[:, None]  # [T, N]
+        if self.integer_timesteps:
+            t = dists.abs().argmin(dim=0).float()
+        else:
+            n = len(self.log_sigmas)
+            low = (dists >= 0).sum(dim=0).sub(1).clamp(0, n - 2)
+            lo, hi = self.log_sigmas[low], self.log_sigmas[low + 1]
+            w = ((log_sigma - lo) / (hi - lo)).clamp(0, 1)
+            t = low.float() + w
+        return t.reshape(sigma.shape).to(sigma.device)
+
+    def sigma(self, t: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=torch.float32)
+        tt = t.to(self.log_sigmas.device).float().clamp(0, len(self.sigmas) - 1)
+        low, high = tt.floor().long(), tt.ceil().long()
+        w = tt - low
+        log_sigma = (1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]
+        return log_sigma.exp().to(t.device)
+
+    def calculate_input(self, sigma, x):
+        return x / (_bcast(sigma, x) ** 2 + 1.0) ** 0.5
+
+    def calculate_denoised(self, sigma, model_output, x):
+        return x - model_output * _bcast(sigma, x)
+
+    def noise_scaling(self, sigma, noise, latent, max_denoise):
+        # Full txt2img starts from the DDPM prior x_T scaled to σ-space: ε·√(1+σ²); partial runs add ε·σ.
+        sigma = _bcast(sigma, noise)
+        scale = (1.0 + sigma ** 2) ** 0.5 if max_denoise else sigma
+        return latent + noise * scale
+
+
+# --- schedulers ---------------------------------------------------------------------------------------------------
+
+def _append_zero(sigmas) -> torch.Tensor:
+    sigmas = torch.as_tensor(sigmas, dtype=torch.float64).reshape(-1)
+    return torch.cat([sigmas, sigmas.new_zeros(1)]).to(torch.float32)
+
+
+def _timestep_spaced(ms: ModelSampling, steps: int, drop_last: bool) -> torch.Tensor:
+    start, end = float(ms.timestep(torch.tensor(ms.sigma_max))), float(ms.timestep(torch.tensor(ms.sigma_min)))
+    ts = torch.linspace(start, end, steps + 1 if drop_last else steps, dtype=torch.float64)
+    if drop_last:
+        ts = ts[:-1]
+    return _append_zero(ms.sigma(ts.float()))
+
+
+def normal_scheduler(ms: ModelSampling, steps: int) -> torch.Tensor:
+    """σ at evenly spaced timesteps from t(σ_max) to t(σ_min) inclusive."""
+    return _timestep_spaced(ms, steps, drop_last=False)
+
+
+def sgm_uniform_scheduler(ms: ModelSampling, steps: int) -> torch.Tensor:
+    """Like normal, but spaced over steps+1 points with the last (σ_min) left out, as sgm's discretisation."""
+    return _timestep_spaced(ms, steps, drop_last=True)
+
+
+def karras_scheduler(ms: ModelSampling, steps: int, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. 2022 (eq. 5): evenly spaced in σ^(1/ρ) between σ_max and σ_min."""
+    ramp = torch.linspace(0, 1, steps, dtype=torch.float64)
+    lo, hi = ms.sigma_min ** (1 / rho), ms.sigma_max ** (1 / rho)
+    return _append_zero((hi + ramp * (lo - hi)) ** rho)
+
+
+def exponential_scheduler(ms: ModelSampling, steps: int) -> torch.Tensor:
+    """Evenly spaced in log σ between σ_max and σ_min."""
+    return _append_zero(torch.linspace(math.log(ms.sigma_max), math.log(ms.sigma_min), steps, dtype=torch.float64).exp())
+
+
+def simple_scheduler(ms: ModelSampling, steps: int) -> torch.Tensor:
+    """Table σ at evenly spaced table positions counted from the top (999, 899, … for 10 steps)."""
+    n = len(ms.sigmas)
+    return _append_zero(torch.stack([ms.sigmas[-(1 + int(i * n / steps))] for i in range(steps)]))
+
+
+def ddim_uniform_scheduler(ms: ModelSampling, steps: int) -> torch.Tensor:
+    """DDIM's uniform timesteps 1, 1+s, 1+2s, … (s = T // steps), reversed; may give one more σ than steps."""
+    n = len(ms.sigmas)
+    stride = max(n // steps, 1)
+    return _append_zero(ms.sigmas[1:n:stride].flip(0))
+
+
+def kl_optimal_scheduler(ms: ModelSampling, steps: int) -> torch.Tensor:
+    """'Align Your Steps' (Sabour et al. 2024) KL-optimal schedule: evenly spaced in arctan σ."""
+    w = torch.linspace(0, 1, steps, dtype=torch.float64)
+    return _append_zero(torch.tan(w * math.atan(ms.sigma_min) + (1 - w) * math.atan(ms.sigma_max)))
+
+
+SCHEDULERS = {
+    "simple": simple_scheduler,
+    "sgm_uniform": sgm_uniform_scheduler,
+    "karras": karras_scheduler,
+    "exponential": exponential_scheduler,
+    "ddim_uniform": ddim_uniform_scheduler,
+    "normal": normal_scheduler,
+    "kl_optimal": kl_optimal_scheduler,
+}
+SCHEDULER_NAMES = list(SCHEDULERS)  # ComfyUI's order, leaving out beta and linear_quadratic (not implemented)
+
+# ComfyUI computes these samplers' schedules for steps+1 and drops the penultimate σ.
+DISCARD_PENULTIMATE_SIGMA_SAMPLERS = frozenset({"dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"})
+
+
+def get_sigmas(model_sampling: ModelSampling, scheduler: str, steps: int) -> torch.Tensor:
+    """The σ list (float32, descending, ending with 0) of ``scheduler`` for ``steps`` steps."""
+    if scheduler not in SCHEDULERS:
+        raise ValueError(f"scheduler: {scheduler!r} is not one of {SCHEDULER_NAMES}")
+    if steps < 1:
+        raise ValueError(f"steps: must be at least 1, got {steps}")
+    return SCHEDULERS[scheduler](model_sampling, steps)
+
+
+def ksampler_sigmas(model_sampling: ModelSampling, scheduler: str, steps: int, denoise: float = 1.0,
+                    sampler_name: str = "euler") -> torch.Tensor:
+    """The schedule ComfyUI's KSampler runs.
+
+    ``denoise < 1`` computes ``int(steps / denoise)`` steps and keeps the last ``steps + 1`` σ (so img2img runs
+    ``steps`` steps from a lower start); ``denoise <= 0`` gives an empty schedule (nothing to do). dpm_2-type
+    samplers compute one step more and drop the penultimate σ so their final Euler step starts from σ_min.
+    """
+    if denoise <= 0.0:
+        return torch.zeros(0, dtype=torch.float32)
+    full = denoise > 0.9999
+    n = steps if full else int(steps / denoise)
+    if sampler_name in DISCARD_PENULTIMATE_SIGMA_SAMPLERS:
+        sigmas = get_sigmas(model_sampling, scheduler, n + 1)
+        sigmas = torch.cat([sigmas[:-2], sigmas[-1:]])
+    else:
+        sigmas = get_sigmas(model_sampling, scheduler, n)
+    return sigmas if full else sigmas[-(steps + 1):]
