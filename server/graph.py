@@ -18,6 +18,7 @@ from PIL import Image
 
 from nodes.node import Environment, InputError, NodeSpec
 from nodes.types import INT, compatible
+from server.missing import explain as explain_missing
 from server.subgraphs import flatten as flatten_subgraphs
 
 # -- UI → API ----------------------------------------------------------------------------------------------------
@@ -429,8 +430,14 @@ def _id_order(node_id: str):
 
 def validate(prompt: Any, registry: dict[str, NodeSpec], env: Environment | None = None,
              outputs: list[str] | None = None) -> Validation:
-    """Check a prompt before running it; every problem found is reported (see the module docstring)."""
+    """Check a prompt before running it; every problem found is reported (see the module docstring).
+    Missing node types and model files get their own error types (server/missing.py)."""
     env = env or Environment()
+    return explain_missing(_validate(prompt, registry, env, outputs), prompt, registry, env)
+
+
+def _validate(prompt: Any, registry: dict[str, NodeSpec], env: Environment,
+              outputs: list[str] | None) -> Validation:
     if not isinstance(prompt, dict):
         return Validation(False, _error("invalid_prompt", "The prompt must be a JSON object of nodes"))
     check = _Checker(prompt, registry, env)

@@ -1,10 +1,17 @@
 """Workflows people share: schema-v1 files with subgraphs (hand-built here), and every template of the MIT
 `comfyui-workflow-templates-json` package (installed by the test extra, never copied into the repo)."""
+import asyncio
 import collections
 import json
-import os
 
 import pytest
+from PIL import Image
+from server_helpers import make_config
+from template_helpers import (SDXL_TEMPLATES, expected_checkpoints, load_template, place_demo_checkpoints,
+                              template_names)
+
+from server.app import STATE, create_app
+from server.cli import main
 
 from server.graph import ui_to_api, validate
 from server.subgraphs import SubgraphError, flatten
@@ -149,25 +156,12 @@ def test_workflow_without_subgraphs_is_returned_unchanged():
 
 # -- every ComfyUI template -------------------------------------------------------------------------------------
 
-def template_dir():
-    pkg = pytest.importorskip("comfyui_workflow_templates_json", reason="test extra comfyui-workflow-templates-json")
-    return os.path.join(os.path.dirname(pkg.__file__), "templates")
-
-
-def template_names(folder):
-    with open(os.path.join(folder, "index.json")) as f:
-        return [t["name"] for category in json.load(f) for t in category["templates"]]
-
-
 def test_every_template_converts_and_is_classified(registry):
-    folder = template_dir()
-    names = template_names(folder)
+    names = template_names()
     assert len(names) >= 600
     runnable, missing_by_template, uses = [], {}, collections.Counter()
     for name in names:
-        with open(os.path.join(folder, name + ".json")) as f:
-            workflow = json.load(f)
-        prompt = ui_to_api(workflow, registry)  # must not raise
+        prompt = ui_to_api(load_template(name), registry)  # must not raise
         assert prompt, name
         for node_id, entry in prompt.items():
             for value in entry["inputs"].values():  # every link points at a node that is in the prompt
@@ -184,5 +178,73 @@ def test_every_template_converts_and_is_classified(registry):
     print("top missing classes (templates needing each):",
           ", ".join(f"{c} {n}" for c, n in uses.most_common(15)))
     print("runnable:", ", ".join(sorted(runnable)))
-    assert {"image_sdxl_simple", "sdxl_simple_example", "sdxl_refiner_prompt_example"} <= set(runnable) or \
-        "KSampler" not in registry, "the SDXL templates need only the ComfyUI SDXL node set"
+    assert set(SDXL_TEMPLATES) <= set(runnable), "the SDXL templates need only the ComfyUI SDXL node set"
+
+
+# -- the SDXL templates run end to end on the demo checkpoints ---------------------------------------------------
+
+def shrunk(workflow: dict) -> dict:
+    """The template with a 64×64 latent and 3 steps (switching to the refiner at 2), so tiny models run in seconds;
+    every node, link and widget otherwise as shipped."""
+    workflow = json.loads(json.dumps(workflow))
+    for n in workflow["nodes"]:
+        values = n.get("widgets_values")
+        if n["type"] == "EmptyLatentImage":
+            values[:2] = [64, 64]
+        elif n["type"] == "PrimitiveNode" and values and values[0] in (25, 20):  # total steps / switch step
+            values[0] = {25: 3, 20: 2}[values[0]]
+        elif n["type"] == "KSampler":
+            values[2] = 3
+    return workflow
+
+
+def saved_pngs(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.endswith(".png")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SDXL_TEMPLATES)
+def test_sdxl_template_runs_headless(name, tmp_path, capsys):
+    workflow = shrunk(load_template(name))
+    place_demo_checkpoints(tmp_path / "models", expected_checkpoints(workflow))
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps(workflow))
+    code = main(["run", str(path), "--models", str(tmp_path / "models"), "--out", str(tmp_path / "out"), "-q"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    (png,) = saved_pngs(out)
+    with Image.open(png) as img:
+        assert img.size == (64, 64)
+        assert json.loads(img.text["workflow"])["nodes"] == workflow["nodes"]  # the shared file, embedded unchanged
+        prompt = json.loads(img.text["prompt"])
+    assert {e["class_type"] for e in prompt.values()} >= {"CheckpointLoaderSimple", "VAEDecode", "SaveImage"}
+
+
+@pytest.mark.slow
+async def test_sdxl_templates_run_through_the_server(aiohttp_client, tmp_path):
+    """POST /prompt with each template as shared (UI JSON) and as the canvas would send it (API + workflow)."""
+    client = await aiohttp_client(create_app(make_config(tmp_path)))
+    names = set().union(*(expected_checkpoints(load_template(n)) for n in SDXL_TEMPLATES))
+    place_demo_checkpoints(tmp_path / "models", names)
+    registry = client.app[STATE].registry
+    for name in SDXL_TEMPLATES:
+        workflow = shrunk(load_template(name))
+        for body in ({"prompt": workflow},
+                     {"prompt": ui_to_api(workflow, registry), "extra_data": {"extra_pnginfo": {"workflow": workflow}}}):
+            resp = await client.post("/api/prompt", json=body)
+            data = await resp.json()
+            assert resp.status == 200 and data["node_errors"] == {}, (name, data)
+            entry = await wait_history(client, data["prompt_id"])
+            assert entry["status"]["status_str"] == "success", (name, entry["status"])
+            (image,) = [i for ui in entry["outputs"].values() for i in ui["images"]]
+            resp = await client.get("/api/view", params=image)
+            assert resp.status == 200 and (await resp.read()).startswith(b"\x89PNG")
+
+
+async def wait_history(client, prompt_id, timeout=120.0):
+    for _ in range(int(timeout / 0.1)):
+        data = await (await client.get(f"/api/history/{prompt_id}")).json()
+        if prompt_id in data:
+            return data[prompt_id]
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"prompt {prompt_id} did not finish")

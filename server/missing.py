@@ -1,0 +1,124 @@
+"""Say plainly what a shared workflow lacks: node types we do not have, and model files not installed.
+
+ComfyUI reports a missing node type as a generic ``invalid_prompt`` and a missing model as ``value_not_in_list``
+on a combo (comfyui-compat.md §16). ``explain`` rewrites a validation result so that
+
+- every node of an unknown class gets a ``missing_node_type`` error, and the top-level error lists each missing
+  class with the node ids that use it (``extra_info.missing_node_types = {class: [ids]}``);
+- a model-file combo (``ckpt_name``, ``vae_name`` …) whose file is absent gets a ``missing_model`` error naming
+  the file and the folder it is expected in — and, when exactly one installed checkpoint of the same family
+  (SDXL base / SDXL refiner) exists, naming that one as the likely substitute.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from nodes.node import Environment, NodeSpec
+
+# input name → folder under <models>, as ComfyUI names them (folder_paths), so shared workflows map unchanged
+MODEL_FOLDERS = {
+    "ckpt_name": "checkpoints", "vae_name": "vae", "lora_name": "loras", "unet_name": "diffusion_models",
+    "clip_name": "text_encoders", "clip_name1": "text_encoders", "clip_name2": "text_encoders",
+    "control_net_name": "controlnet", "style_model_name": "style_models", "upscale_model_name": "upscale_models",
+    "model_name": "upscale_models", "embedding_name": "embeddings", "gligen_name": "gligen",
+    "hypernetwork_name": "hypernetworks",
+}
+FAMILY_NAMES = {"sdxl_base": "SDXL base", "sdxl_refiner": "SDXL refiner"}
+
+
+def missing_node_types(prompt: dict, registry: dict[str, NodeSpec]) -> dict[str, list[str]]:
+    """{class_type: [node ids]} for every node whose class is not in the registry, in prompt order."""
+    out: dict[str, list[str]] = {}
+    for node_id, node in prompt.items():
+        kind = node.get("class_type") if isinstance(node, dict) else None
+        if isinstance(kind, str) and kind not in registry:
+            out.setdefault(kind, []).append(str(node_id))
+    return out
+
+
+def describe_missing_nodes(missing: dict[str, list[str]]) -> str:
+    return "; ".join(f"{kind} (node{'s' if len(ids) > 1 else ''} {', '.join(ids)})" for kind, ids in missing.items())
+
+
+def checkpoint_family(path: str) -> str | None:
+    """"sdxl_base" / "sdxl_refiner" for an installed checkpoint (file header or diffusers folder), else None."""
+    from nodes.checkpoints import detect, read_shapes
+    try:
+        if os.path.isdir(path):
+            has_l = os.path.isdir(os.path.join(path, "text_encoder"))
+            return "sdxl_base" if has_l else "sdxl_refiner" if os.path.isdir(os.path.join(path, "unet")) else None
+        return detect(read_shapes(path))
+    except (OSError, ValueError):  # unreadable or not SDXL (UnsupportedCheckpoint is a ValueError): no family
+        return None
+
+
+def family_from_name(name: str) -> str | None:
+    """Guess the family of a file we do not have from its name (the only thing a shared workflow carries)."""
+    low = os.path.basename(name).lower().replace("-", "_")
+    if "refiner" in low:
+        return "sdxl_refiner"
+    if "sdxl" in low or "sd_xl" in low or "_xl_" in low or low.startswith("xl"):
+        return "sdxl_base"
+    return None
+
+
+def suggestion(env: Environment, folder: str, name: str, installed: list[str]) -> tuple[str | None, str]:
+    """(substitute file or None, sentence to append) for a missing model `name` in `folder`."""
+    if folder == "checkpoints":
+        family = family_from_name(name)
+        root = os.path.join(env.models_dir or "models", folder)
+        same = [f for f in installed if family and checkpoint_family(os.path.join(root, f)) == family]
+        if family and len(same) == 1:
+            return same[0], f"; the only installed {FAMILY_NAMES[family]} checkpoint is {same[0]!r}"
+        return None, ""
+    if len(installed) == 1:
+        return installed[0], f"; the only file installed there is {installed[0]!r}"
+    return None, ""
+
+
+def _model_error(err: dict, node_id: str, env: Environment) -> dict:
+    info = err["extra_info"]
+    name, value = info.get("input_name"), info.get("received_value")
+    folder = MODEL_FOLDERS[name]
+    config = info.get("input_config") or []
+    installed = list(config[0]) if config and isinstance(config[0], list) else []
+    where = os.path.join(env.models_dir or "models", folder)
+    substitute, hint = suggestion(env, folder, str(value), installed)
+    message = f"Model file {value!r} is not installed: expected in {where} (input {name} of node {node_id}){hint}"
+    return {"type": "missing_model", "message": message, "details": err["details"],
+            "extra_info": {**info, "file": value, "folder": folder, "path": where, "installed": installed,
+                           "suggestion": substitute}}
+
+
+def explain(result: Any, prompt: dict, registry: dict[str, NodeSpec], env: Environment | None = None) -> Any:
+    """Rewrite a ``server.graph.Validation`` in place with missing-node and missing-model errors; returns it."""
+    env = env or Environment()
+    missing = missing_node_types(prompt, registry) if isinstance(prompt, dict) else {}
+    models = []
+    for node_id, entry in result.node_errors.items():
+        errors = entry["errors"]
+        for i, err in enumerate(errors):
+            kind = entry.get("class_type")
+            if err["type"] == "invalid_prompt" and kind in missing:
+                errors[i] = {"type": "missing_node_type", "message": f"Node type {kind!r} is not installed",
+                             "details": f"node {node_id} ({kind})", "extra_info": {"class_type": kind}}
+            elif err["type"] == "value_not_in_list" and err["extra_info"].get("input_name") in MODEL_FOLDERS:
+                errors[i] = _model_error(err, node_id, env)
+                models.append({"node_id": node_id, **{k: errors[i]["extra_info"][k] for k in
+                                                      ("input_name", "file", "folder", "suggestion")}})
+    if missing:
+        # ComfyUI (PR #12194) answers this type with the first missing node's id, class and title, which its
+        # frontend turns into the missing-nodes dialog; the full map is ours
+        text = describe_missing_nodes(missing)
+        first_kind, first_ids = next(iter(missing.items()))
+        title = ((prompt.get(first_ids[0]) or {}).get("_meta") or {}).get("title") or first_kind
+        result.error = {"type": "missing_node_type",
+                        "message": f"Cannot execute because these node types are not installed: {text}",
+                        "details": text, "extra_info": {"node_id": first_ids[0], "class_type": first_kind,
+                                                        "node_title": title, "missing_node_types": missing}}
+    elif models and result.error is not None:
+        result.error["extra_info"] = {**result.error.get("extra_info", {}), "missing_models": models}
+        files = ", ".join(f"{m['file']} ({m['folder']})" for m in models)
+        result.error["message"] = f"{result.error['message']}: missing model files: {files}"
+    return result
