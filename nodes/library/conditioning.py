@@ -1,0 +1,167 @@
+"""Conditioning: SDXL's micro-conditioning (size, crop, target size, aesthetic score) and ComfyUI's operations on
+CONDITIONING lists.
+
+CONDITIONING is a list of ``[context [B, T, D], extras]`` entries (nodes.types). The SDXL scalars travel as
+ComfyUI's extras keys (``width, height, crop_w, crop_h, target_width, target_height, aesthetic_score``); the
+sampler turns them into the UNet's vector input ``y`` with nodes.sdxl.conditioning (pooled bigG ‖ a 256-d
+Fourier embedding of each scalar, height before width, top before left). A key left out means the paper's
+inference default: original size = target size = the output image's size, crop (0, 0), aesthetic score 6.0
+for the positive prompt and 2.5 for the negative one.
+
+Every operation returns new entries and never changes its input: outputs are cached and shared.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..node import Input, Output, node
+from ..types import CONDITIONING
+
+MAX_RESOLUTION = 16384
+
+
+# -- shared functions ---------------------------------------------------------------------------------------------
+
+def with_extras(conditioning: list, **extras) -> list:
+    """Copies of the entries with `extras` set; a value of None removes the key (back to the default)."""
+    out = []
+    for context, old in conditioning:
+        new = dict(old)
+        for key, value in extras.items():
+            if value is None:
+                new.pop(key, None)
+            else:
+                new[key] = value
+        out.append([context, new])
+    return out
+
+
+def set_sizes(conditioning: list, width=None, height=None, crop_w=None, crop_h=None, target_width=None,
+              target_height=None) -> list:
+    """Original size, crop (left = crop_w, top = crop_h) and target size; None leaves a key as it is."""
+    given = {"width": width, "height": height, "crop_w": crop_w, "crop_h": crop_h,
+             "target_width": target_width, "target_height": target_height}
+    return with_extras(conditioning, **{k: v for k, v in given.items() if v is not None})
+
+
+def set_aesthetic(conditioning: list, score: float) -> list:
+    return with_extras(conditioning, aesthetic_score=score)
+
+
+def combine(a: list, b: list) -> list:
+    """Both lists' entries: the sampler evaluates each and averages the predictions (ComfyUI's Combine)."""
+    return list(a) + list(b)
+
+
+def concat_tokens(to: list, source: list, what: str = "ConditioningConcat") -> list:
+    """Each `to` entry's context followed on the TOKEN axis by the first `source` entry's context; `to`'s pooled
+    vector and extras are kept."""
+    if not source:
+        return list(to)
+    extra = source[0][0]
+    out = []
+    for context, extras in to:
+        if context.shape[-1] != extra.shape[-1]:
+            raise ValueError(f"{what}: conditioning_to has {context.shape[-1]} channels per token but conditioning_from "
+                             f"has {extra.shape[-1]}; both must come from the same kind of text encoder")
+        add = extra.to(context.dtype)
+        if add.shape[0] != context.shape[0]:
+            add = add.expand(context.shape[0], -1, -1)
+        out.append([torch.cat([context, add], dim=1), dict(extras)])
+    return out
+
+
+def zero_out(conditioning: list) -> list:
+    """Zeros in place of the context and the pooled vector (the sgm / diffusers 'zeroed negative')."""
+    out = []
+    for context, extras in conditioning:
+        new = dict(extras)
+        if new.get("pooled_output") is not None:
+            new["pooled_output"] = torch.zeros_like(new["pooled_output"])
+        out.append([torch.zeros_like(context), new])
+    return out
+
+
+def timestep_range(conditioning: list, start: float, end: float) -> list:
+    return with_extras(conditioning, start_percent=start, end_percent=end)
+
+
+# -- fine-grained nodes -------------------------------------------------------------------------------------------
+
+@node(category="sdxl/conditioning", outputs=[Output(CONDITIONING)], display_name="SDXL Size & Crop Conditioning")
+class SDXLSizeConditioning:
+    """SDXL's micro-conditioning on image size and cropping (SDXL report §2.2): the original image size
+    c_size, the crop's top-left corner c_crop and the target size, each embedded as 256 Fourier features and
+    added to the UNet's vector input. At inference the paper uses original = target = the output size and crop
+    (0, 0): that is what 0 means here (the sampler fills in the latent's size). The refiner uses the original
+    size and crop but has no target size."""
+    conditioning: CONDITIONING = Input()
+    original_width: int = Input(default=0, min=0, max=MAX_RESOLUTION, step=8, description="0 = output width")
+    original_height: int = Input(default=0, min=0, max=MAX_RESOLUTION, step=8, description="0 = output height")
+    crop_left: int = Input(default=0, min=0, max=MAX_RESOLUTION, step=8)
+    crop_top: int = Input(default=0, min=0, max=MAX_RESOLUTION, step=8)
+    target_width: int = Input(default=0, min=0, max=MAX_RESOLUTION, step=8, description="0 = output width")
+    target_height: int = Input(default=0, min=0, max=MAX_RESOLUTION, step=8, description="0 = output height")
+
+    def run(self, ctx):
+        def size(v):
+            return v or None  # 0 → key removed → the sampler uses the output size
+
+        cond = with_extras(self.conditioning, width=size(self.original_width), height=size(self.original_height),
+                           target_width=size(self.target_width), target_height=size(self.target_height))
+        return (with_extras(cond, crop_w=self.crop_left, crop_h=self.crop_top),)
+
+
+@node(category="sdxl/conditioning", outputs=[Output(CONDITIONING)], display_name="SDXL Aesthetic Score (refiner)")
+class SDXLAestheticScore:
+    """The refiner's aesthetic-score conditioning (SDXL report §2.5): a LAION aesthetic score embedded like the
+    sizes. Inference uses 6.0 for the positive prompt and 2.5 for the negative one."""
+    conditioning: CONDITIONING = Input()
+    aesthetic_score: float = Input(default=6.0, min=0.0, max=1000.0, step=0.01,
+                                   description="6.0 for the positive prompt, 2.5 for the negative")
+
+    def run(self, ctx):
+        return (set_aesthetic(self.conditioning, self.aesthetic_score),)
+
+
+# -- ComfyUI nodes ------------------------------------------------------------------------------------------------
+
+@node(category="conditioning", outputs=[Output(CONDITIONING)], display_name="Conditioning (Combine)")
+class ConditioningCombine:
+    """Both conditionings' entries in one list; the sampler applies them separately and averages."""
+    conditioning_1: CONDITIONING = Input()
+    conditioning_2: CONDITIONING = Input()
+
+    def run(self, ctx):
+        return (combine(self.conditioning_1, self.conditioning_2),)
+
+
+@node(category="conditioning", outputs=[Output(CONDITIONING)], display_name="Conditioning (Concat)")
+class ConditioningConcat:
+    """Append conditioning_from's tokens to each conditioning_to entry (TOKEN axis: 77 + 77 → 154 tokens).
+    Not SDXL's dual-encoder concat, which is on the channel axis (see SDXL Dual-Encoder Channel Concat)."""
+    conditioning_to: CONDITIONING = Input()
+    conditioning_from: CONDITIONING = Input()
+
+    def run(self, ctx):
+        return (concat_tokens(self.conditioning_to, self.conditioning_from),)
+
+
+@node(category="advanced/conditioning", outputs=[Output(CONDITIONING)], display_name="ConditioningZeroOut")
+class ConditioningZeroOut:
+    """Zero the context and the pooled vector (keeps the size extras)."""
+    conditioning: CONDITIONING = Input()
+
+    def run(self, ctx):
+        return (zero_out(self.conditioning),)
+
+
+@node(category="advanced/conditioning", outputs=[Output(CONDITIONING)], display_name="ConditioningSetTimestepRange")
+class ConditioningSetTimestepRange:
+    """Apply the conditioning only between start and end (fractions of the sampling run)."""
+    conditioning: CONDITIONING = Input()
+    start: float = Input(default=0.0, min=0.0, max=1.0, step=0.001)
+    end: float = Input(default=1.0, min=0.0, max=1.0, step=0.001)
+
+    def run(self, ctx):
+        return (timestep_range(self.conditioning, self.start, self.end),)

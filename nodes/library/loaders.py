@@ -1,0 +1,219 @@
+"""Loaders: SDXL checkpoints (single file or diffusers folder, base or refiner) and standalone VAEs.
+
+A loaded checkpoint is shared: the executor caches the loader's outputs by content key (file name plus the
+``fingerprint`` below, so a replaced file reloads), and when a residency service is present (``ctx.resources``,
+server.models) the weights are registered there under the same key, so another workflow naming the same file gets
+the same modules without reading them again.
+
+The fine-grained loader (category sdxl/loaders) and ComfyUI's CheckpointLoaderSimple / VAELoader call the same
+functions (``load_sdxl`` / ``load_vae_file``).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from ..checkpoints import load_checkpoint, load_vae
+from ..node import Environment, Input, Output, node
+from ..sampling.schedules import DiscreteEps
+from ..sdxl.model import SDXLModel
+from ..types import CLIP, MODEL, VAE
+
+WEIGHT_SUFFIXES = (".safetensors", ".sft")
+
+
+# -- finding files ------------------------------------------------------------------------------------------------
+
+def model_folder(env: Environment, kind: str) -> str:
+    """<models>/<kind> (kind: "checkpoints", "vae")."""
+    return os.path.join(env.models_dir or "models", kind)
+
+
+def _is_diffusers_folder(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "model_index.json")) or os.path.isdir(os.path.join(path, "unet"))
+
+
+def _is_vae_folder(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json")) or os.path.isdir(os.path.join(path, "vae"))
+
+
+def list_models(env: Environment, kind: str, folder_ok=_is_diffusers_folder) -> list[str]:
+    """Weight files under <models>/<kind> (relative paths, '/'-separated, subfolders included) and model folders
+    (diffusers layout) directly recognised by ``folder_ok``; a recognised folder is listed, not walked into."""
+    root = model_folder(env, kind)
+    if not os.path.isdir(root):
+        return []
+    found = []
+    for here, dirs, files in os.walk(root, followlinks=True):
+        rel = os.path.relpath(here, root)
+        for d in list(dirs):
+            if folder_ok(os.path.join(here, d)):
+                found.append(d if rel == "." else f"{rel}/{d}".replace(os.sep, "/"))
+                dirs.remove(d)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for f in files:
+            if f.lower().endswith(WEIGHT_SUFFIXES):
+                found.append(f if rel == "." else f"{rel}/{f}".replace(os.sep, "/"))
+    return sorted(found)
+
+
+def checkpoint_names(env: Environment) -> list[str]:
+    return list_models(env, "checkpoints")
+
+
+def vae_names(env: Environment) -> list[str]:
+    return list_models(env, "vae", _is_vae_folder)
+
+
+def resolve(env: Environment, kind: str, name: str, what: str) -> str:
+    """The path of `name` inside <models>/<kind>; refuses names that escape the folder. `what` names the
+    node and input for messages."""
+    root = os.path.realpath(model_folder(env, kind))
+    path = os.path.realpath(os.path.join(root, name))
+    if os.path.commonpath([root, path]) != root:
+        raise ValueError(f"{what}: {name!r} points outside {root}")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what}: {name!r} not found in {root}")
+    return path
+
+
+def file_fingerprint(path: str) -> tuple:
+    """Size and modification time of a file, or of every file in a folder: a replaced model changes it."""
+    if os.path.isfile(path):
+        st = os.stat(path)
+        return (st.st_size, st.st_mtime_ns)
+    entries = []
+    for here, _, files in os.walk(path):
+        for f in sorted(files):
+            st = os.stat(os.path.join(here, f))
+            entries.append((os.path.relpath(os.path.join(here, f), path), st.st_size, st.st_mtime_ns))
+    return tuple(sorted(entries))
+
+
+def _fingerprint(env: Environment, kind: str, name: str):
+    try:
+        path = resolve(env, kind, name, "")
+    except (OSError, ValueError):
+        return None  # run() reports the missing file with the node's name
+    return (path, file_fingerprint(path))
+
+
+# -- loading ------------------------------------------------------------------------------------------------------
+
+class LoadedCheckpoint(nn.Module):
+    """One checkpoint's modules in one container, so the residency service can account for and share them."""
+
+    def __init__(self, ckpt):
+        super().__init__()
+        self.kind = ckpt.kind
+        self.unet = ckpt.unet
+        self.vae = ckpt.vae
+        self.clip_l = ckpt.text.clip_l
+        self.bigg = ckpt.text.bigg
+        self.text = ckpt.text  # SDXLTextEncoders wrapping the two towers above (a plain object, not a module)
+
+
+def _weights_dtype(resources) -> torch.dtype:
+    return getattr(resources, "dtype", None) or torch.float32
+
+
+def load_sdxl(ctx, name: str, what: str = "CheckpointLoaderSimple: ckpt_name") -> tuple:
+    """(MODEL, CLIP, VAE) of the checkpoint `name` in <models>/checkpoints: an SDXLModel, the SDXLTextEncoders
+    and the AutoencoderKL. Weights are read into CPU RAM in the residency service's dtype; samplers and encoders
+    move them to the device when they run."""
+    path = resolve(ctx.env, "checkpoints", name, what)
+    dtype = _weights_dtype(ctx.resources)
+
+    def build():
+        return LoadedCheckpoint(load_checkpoint(path, "cpu", dtype))
+
+    if ctx.resources is not None:
+        loaded = ctx.resources.cached(("checkpoint", path, file_fingerprint(path), str(dtype)), build)
+    else:
+        loaded = build()
+    model = SDXLModel(loaded.unet, loaded.kind, DiscreteEps(), name=name)
+    return model, loaded.text, loaded.vae
+
+
+def load_vae_file(ctx, name: str, what: str = "VAELoader: vae_name") -> nn.Module:
+    path = resolve(ctx.env, "vae", name, what)
+    dtype = _weights_dtype(ctx.resources)
+
+    def build():
+        return load_vae(path, "cpu", dtype)
+
+    if ctx.resources is not None:
+        return ctx.resources.cached(("vae", path, file_fingerprint(path), str(dtype)), build)
+    return build()
+
+
+def on_device(ctx, module: nn.Module) -> nn.Module:
+    """Make `module` resident on the compute device the residency service assigns (CPU without one)."""
+    return ctx.resources.load(module) if ctx.resources is not None else module
+
+
+def device_of(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+# -- fine-grained nodes -------------------------------------------------------------------------------------------
+
+@node(category="sdxl/loaders", outputs=[Output(MODEL, "MODEL", "the UNet (base or refiner) with its noise schedule"),
+                                        Output(CLIP, "CLIP", "the text encoders: CLIP-L + OpenCLIP bigG (base) or bigG (refiner)"),
+                                        Output(VAE, "VAE", "the latent autoencoder")],
+      display_name="Load SDXL Checkpoint")
+class SDXLCheckpointLoader:
+    """Load an SDXL base or refiner checkpoint from <models>/checkpoints: an original single .safetensors file or a
+    diffusers folder. Base or refiner is told from the tensors' names and shapes."""
+    ckpt_name: str = Input(choices=checkpoint_names, description="a file or diffusers folder in <models>/checkpoints")
+
+    @classmethod
+    def fingerprint(cls, values, env):
+        return _fingerprint(env, "checkpoints", values["ckpt_name"])
+
+    def run(self, ctx):
+        return load_sdxl(ctx, self.ckpt_name, "SDXLCheckpointLoader: ckpt_name")
+
+
+@node(category="sdxl/loaders", outputs=[Output(VAE)], display_name="Load SDXL VAE")
+class SDXLVAELoader:
+    """Load a standalone VAE from <models>/vae (original or diffusers layout, single file or folder)."""
+    vae_name: str = Input(choices=vae_names, description="a file or diffusers folder in <models>/vae")
+
+    @classmethod
+    def fingerprint(cls, values, env):
+        return _fingerprint(env, "vae", values["vae_name"])
+
+    def run(self, ctx):
+        return (load_vae_file(ctx, self.vae_name, "SDXLVAELoader: vae_name"),)
+
+
+# -- ComfyUI nodes ------------------------------------------------------------------------------------------------
+
+@node(category="loaders", outputs=[Output(MODEL, "MODEL"), Output(CLIP, "CLIP"), Output(VAE, "VAE")],
+      display_name="Load Checkpoint")
+class CheckpointLoaderSimple:
+    """Load a diffusion model checkpoint (SDXL base or refiner; single file or diffusers folder)."""
+    ckpt_name: str = Input(choices=checkpoint_names, description="The name of the checkpoint (model) to load.")
+
+    @classmethod
+    def fingerprint(cls, values, env):
+        return _fingerprint(env, "checkpoints", values["ckpt_name"])
+
+    def run(self, ctx):
+        return load_sdxl(ctx, self.ckpt_name)
+
+
+@node(category="loaders", outputs=[Output(VAE)], display_name="Load VAE")
+class VAELoader:
+    """Load a standalone VAE."""
+    vae_name: str = Input(choices=vae_names)
+
+    @classmethod
+    def fingerprint(cls, values, env):
+        return _fingerprint(env, "vae", values["vae_name"])
+
+    def run(self, ctx):
+        return (load_vae_file(ctx, self.vae_name),)
