@@ -39,7 +39,7 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -59,30 +59,47 @@ def _wait_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180.0
     raise RuntimeError(f"latentgraph serve did not answer within {timeout}s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    """Base URL of a live server with its own temporary models/output/input/data folders."""
-    root = tmp_path_factory.mktemp("latentgraph")
-    dirs = {name: root / name for name in ("models", "output", "input", "data")}
+def start_server(root: Path, port: int, data: str = "data") -> subprocess.Popen:
+    """Start `latentgraph serve` on 127.0.0.1:port with folders under root; returns once it answers."""
+    dirs = {name: root / name for name in ("models", "output", "input", data)}
     for d in dirs.values():
-        d.mkdir()
-    port = _free_port()
-    log = root / "server.log"
+        d.mkdir(exist_ok=True)
+    log = root / f"server-{port}.log"
     cmd = [sys.executable, "-c", "import sys; from server.cli import main; sys.exit(main())", "serve",
            "--host", "127.0.0.1", "--port", str(port), "--models", str(dirs["models"]),
-           "--output", str(dirs["output"]), "--input", str(dirs["input"]), "--data", str(dirs["data"])]
-    with open(log, "w") as out:
+           "--output", str(dirs["output"]), "--input", str(dirs["input"]), "--data", str(dirs[data])]
+    with open(log, "a") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
     try:
-        _wait_up(url, proc, log)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _wait_up(f"http://127.0.0.1:{port}/", proc, log)
+    except Exception:
+        stop_server(proc)
+        raise
+    return proc
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def server_root(tmp_path_factory):
+    """Folders shared by the test servers (the demo models are written once)."""
+    return tmp_path_factory.mktemp("latentgraph")
+
+
+@pytest.fixture(scope="session")
+def server(server_root):
+    """Base URL of a live server with its own temporary models/output/input/data folders."""
+    port = free_port()
+    proc = start_server(server_root, port)
+    yield f"http://127.0.0.1:{port}/"
+    stop_server(proc)
 
 
 @pytest.fixture(scope="session")
@@ -96,17 +113,34 @@ def chromium():
 
 
 @pytest.fixture
-def page(chromium, server, request):
-    """A fresh browser context (empty local storage) showing the canvas, ready to use."""
+def context(chromium):
+    """A fresh browser context: empty local storage, 1280x800."""
     context = chromium.new_context(viewport=VIEWPORT, accept_downloads=True)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.shot = Shots(page, request.node.name)
-    page.load_seconds = load(page, server)
-    yield page
+    yield context
     context.close()
+
+
+@pytest.fixture
+def open_canvas(context, request):
+    """Open the canvas of the server at `url` in a new page of `context`; the page gets `.shot(step)`
+    (numbered screenshots) and `.load_seconds`. Uncaught page errors fail the test."""
+    errors: list[str] = []
+
+    def _open(url: str):
+        page = context.new_page()
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.shot = Shots(page, request.node.name)
+        page.load_seconds = load(page, url)
+        return page
+
+    yield _open
     assert not errors, f"uncaught errors in the page: {errors}"
+
+
+@pytest.fixture
+def page(open_canvas, server):
+    """The canvas of the session's server, ready to use."""
+    return open_canvas(server)
 
 
 def load(page, url: str) -> float:
@@ -133,3 +167,29 @@ class Shots:
         self.page.wait_for_timeout(150)  # let the canvas draw its next frame
         self.page.screenshot(path=str(path))
         return path
+
+
+class RestartableServer:
+    """A server of its own (own queue database) that a test may stop and start again on the same port."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.proc = None
+
+    def start(self):
+        self.proc = start_server(self.root, self.port, data="data-restartable")
+
+    def stop(self):
+        stop_server(self.proc)
+
+
+@pytest.fixture
+def restartable_server(server_root, server):
+    # Depends on `server` so the demo models already exist and start-up is quick.
+    srv = RestartableServer(server_root)
+    srv.start()
+    yield srv
+    if srv.proc.poll() is None:
+        srv.stop()

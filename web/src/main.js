@@ -276,13 +276,14 @@ function setupShortcuts() {
 function setupCanvas() {
   applyTypeColors(canvas);
   canvas.show_info = false;
+  canvas.render_canvas_border = false;
   const fit = () => canvas.resize(wrap.clientWidth, wrap.clientHeight);
   new ResizeObserver(fit).observe(wrap);
   fit();
   canvas.canvas.addEventListener("pointerdown", () => canvas.canvas.focus());
   const status = document.getElementById("status-line");
   setInterval(() => {
-    status.textContent = `${graph._nodes.length} nodes · ${Math.round(canvas.ds.scale * 100)}%`;
+    status.textContent = `${graph._nodes.length} node${graph._nodes.length === 1 ? "" : "s"} · ${Math.round(canvas.ds.scale * 100)}%`;
   }, 500);
   watchRefusedLinks();
   attachMinimap(document.getElementById("minimap"), canvas);

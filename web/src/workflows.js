@@ -48,7 +48,8 @@ export class Workspace {
     this.tabs.push({ id, name, state, saved: workflow ? state : null, undo: [], redo: [] });
     this.active = id;
     this.history.reset(state);
-    this.fitView();
+    if (workflow) this.fitView();
+    else Object.assign(this.canvas.ds, { scale: 1, offset: [0, 0] });
     this.render();
     this.persist();
     return id;
@@ -76,6 +77,8 @@ export class Workspace {
     const tab = this.tab;
     this.#load(tab.state);
     this.history.reset(tab.state, tab.undo, tab.redo);
+    if (tab.view) Object.assign(this.canvas.ds, { scale: tab.view.scale, offset: [...tab.view.offset] });
+    else this.fitView();
     this.render();
     this.persist();
   }
@@ -175,6 +178,7 @@ export class Workspace {
     tab.state = this.history.current;
     tab.undo = this.history.undoStack;
     tab.redo = this.history.redoStack;
+    tab.view = { scale: this.canvas.ds.scale, offset: [...this.canvas.ds.offset] };
   }
 
   #load(state) {
