@@ -12,6 +12,7 @@ on a combo (comfyui-compat.md §16). ``explain`` rewrites a validation result so
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 from nodes.node import Environment, NodeSpec
@@ -55,10 +56,10 @@ def checkpoint_family(path: str) -> str | None:
 
 def family_from_name(name: str) -> str | None:
     """Guess the family of a file we do not have from its name (the only thing a shared workflow carries)."""
-    low = os.path.basename(name).lower().replace("-", "_")
+    low = os.path.basename(name).lower()
     if "refiner" in low:
         return "sdxl_refiner"
-    if "sdxl" in low or "sd_xl" in low or "_xl_" in low or low.startswith("xl"):
+    if re.search(r"sd[_-]?xl|(^|[^a-z])xl|xl([^a-z]|$)", low):  # sd_xl_base, sdxl-turbo, juggernautXL_v9
         return "sdxl_base"
     return None
 
