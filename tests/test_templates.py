@@ -156,7 +156,7 @@ def test_workflow_without_subgraphs_is_returned_unchanged():
 
 # -- every ComfyUI template -------------------------------------------------------------------------------------
 
-def test_every_template_converts_and_is_classified(registry):
+def test_every_template_converts_and_is_classified(registry, env):
     names = template_names()
     assert len(names) >= 600
     runnable, missing_by_template, uses = [], {}, collections.Counter()
@@ -168,12 +168,18 @@ def test_every_template_converts_and_is_classified(registry):
                 if isinstance(value, list):
                     assert str(value[0]) in prompt, (name, node_id, value)
         missing = sorted({e["class_type"] for e in prompt.values() if e["class_type"] not in registry})
+        report = validate(prompt, registry, env)
         if missing:
             missing_by_template[name] = missing
             uses.update(missing)
+            assert report.error["type"] == "missing_node_type", name
+            assert sorted(report.error["extra_info"]["missing_node_types"]) == missing, name
         else:
             runnable.append(name)
-    print(f"\ntemplates: {len(names)} converted, {len(runnable)} use only our node types, "
+            # with our node set the only thing such a template may lack is its model files
+            errors = {e["type"] for entry in report.node_errors.values() for e in entry["errors"]}
+            assert errors <= {"missing_model"}, (name, report.node_errors)
+    print(f"\ntemplates: {len(names)} converted, {len(runnable)} valid with our node set (model files aside), "
           f"{len(missing_by_template)} need missing node types ({len(uses)} distinct)")
     print("top missing classes (templates needing each):",
           ", ".join(f"{c} {n}" for c, n in uses.most_common(15)))
