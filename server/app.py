@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import routes
+from . import frontend_compat, routes
 from .models import ModelResidency
 from .queue import PromptQueue
 from .security import is_loopback, make_middlewares
@@ -27,6 +27,7 @@ log = logging.getLogger("latentgraph.server")
 REPO = Path(__file__).resolve().parent.parent
 TOKEN_ENV = "LATENTGRAPH_TOKEN"
 MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
+STATUS_WINDOW = 0.01  # seconds; see State.broadcast_status
 
 
 @dataclass
@@ -71,12 +72,17 @@ class State:
                         "interrupted by server restart", ", ".join(self.queue.recovered))
         self.hub = Hub()
         self.hub.on_connect = self._on_connect
+        self._status_pending = False
         self.workers = [self._make_worker(d) for d in resolve_devices(config.devices)]
 
     def _make_worker(self, device: str) -> Worker:
         from .cache import OutputCache
         from .executor import Executor
 
+        if device == "cpu":  # leave a core to the event loop so HTTP and websockets stay responsive
+            import torch
+
+            torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
         resources = ModelResidency(device)
         cache = OutputCache(self.config.cache_entries, self.config.cache_bytes)
         executor = Executor(self.registry, self.env, cache=cache, resources=resources)
@@ -87,12 +93,22 @@ class State:
         return {"status": {"exec_info": {"queue_remaining": self.queue.remaining()}}}
 
     def broadcast_status(self) -> None:
+        """Tell every client the queue changed. A burst of changes (200 submissions at once) is coalesced into
+        one message per STATUS_WINDOW carrying the latest count: clients only show the number, and 50 sockets ×
+        200 redundant frames would cost the event loop more than the submissions themselves."""
+        if self._status_pending:
+            return
+        self._status_pending = True
+        self.hub.loop.call_later(STATUS_WINDOW, self._send_status)
+
+    def _send_status(self) -> None:
+        self._status_pending = False
         self.hub.send("status", self.status_payload())
 
     def status_changed(self) -> None:
-        """Called from worker threads."""
+        """Called from worker threads when a prompt ends: sent at once, before that prompt's final message."""
         if self.hub.loop is not None and not self.hub.loop.is_closed():
-            self.hub.loop.call_soon_threadsafe(self.broadcast_status)
+            self.hub.loop.call_soon_threadsafe(self.hub.send, "status", self.status_payload())
 
     def _on_connect(self, sid: str) -> list:
         msgs = [("status", {**self.status_payload(), "sid": sid})]
@@ -138,6 +154,7 @@ def create_app(config: Config, registry: dict | None = None) -> web.Application:
                           client_max_size=config.max_body_bytes)
     state = State(config, registry)
     app[STATE] = state
+    frontend_compat.setup(app, state)  # routes the official ComfyUI frontend needs; before the static catch-all
     routes.setup(app, state)
     app.on_startup.append(state.start)
     app.on_cleanup.append(state.stop)
@@ -161,13 +178,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-demo-models", action="store_true",
                         help="do not write the random-weight demo checkpoints when no checkpoint exists")
     parser.add_argument("--debug", action="store_true", help="send tracebacks to clients; verbose logs")
+    frontend_compat.add_arguments(parser)  # --frontend latentgraph|comfyui
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
     token = args.token or os.environ.get(TOKEN_ENV) or None
-    return Config(host=args.host, port=args.port, models_dir=Path(args.models), output_dir=Path(args.output),
-                  input_dir=Path(args.input), data_dir=Path(args.data), token=token, debug=args.debug,
-                  devices=args.devices or ["auto"], max_upload_bytes=args.max_upload_mb * 1024 * 1024)
+    config = Config(host=args.host, port=args.port, models_dir=Path(args.models), output_dir=Path(args.output),
+                    input_dir=Path(args.input), data_dir=Path(args.data), token=token, debug=args.debug,
+                    devices=args.devices or ["auto"], max_upload_bytes=args.max_upload_mb * 1024 * 1024)
+    return frontend_compat.configure(config, args)  # --frontend comfyui serves the official frontend's files
 
 
 def run(args: argparse.Namespace) -> int:
@@ -180,6 +199,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not args.no_demo_models:
         ensure_demo_models(config.models_dir / "checkpoints")
+    # The worker thread runs Python between torch calls; a shorter GIL switch interval keeps the event loop's
+    # wake-ups (HTTP, websocket fan-out) prompt while it does.
+    sys.setswitchinterval(0.001)
     app = create_app(config)
     where = f"http://{config.host}:{config.port}/"
     log.info("latentgraph serving %s%s", where, " (token required: open /?token=<token> once)" if config.token else "")

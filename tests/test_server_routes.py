@@ -91,7 +91,8 @@ async def test_prompt_validation_errors(client):
     assert resp.status == 400 and (await resp.json())["error"]["type"] == "no_prompt"
     resp = await client.post("/prompt", json={"prompt": {"1": {"class_type": "NoSuchNode", "inputs": {}}}})
     assert resp.status == 400
-    assert (await resp.json())["error"]["type"] in ("invalid_prompt", "prompt_no_outputs")
+    error = (await resp.json())["error"]
+    assert error["type"] in ("invalid_prompt", "missing_node_type") and "NoSuchNode" in error["message"]
     bad = image_prompt()
     bad["1"]["inputs"]["width"] = -5
     resp = await client.post("/prompt", json={"prompt": bad})

@@ -1,0 +1,170 @@
+"""Server load: 200 concurrent /prompt submissions and 50 websocket clients while the worker is busy.
+
+Starts a real `latentgraph serve` on 127.0.0.1 (a free port, temp folders), connects 50 /ws clients, queues a
+slow real workflow (large bicubic resizes), and once it runs fires 200 /prompt submissions at once (small
+image workflows, each different so each really executes afterwards). The slow prompt has no client_id, so its
+messages are broadcast to all 50 sockets; the small ones are spread over the 50 clients as ComfyUI clients do
+(each follows the prompts it submitted, with its client_id), and every queue change is broadcast.
+
+Prints p50/p99/max submission latency (request sent → JSON answer read) and fan-out delay (server timestamp in
+execution_start / execution_cached / execution_success → arrival at each client; ComfyUI's timestamps are whole
+ms, so delays are rounded down by < 1 ms), the ratio to the targets (p99 submission ≤ 50 ms, fan-out ≤ 20 ms),
+and the error count, which must be zero. The clients share the machine (2 cores here) with the server, so the
+fan-out numbers include the clients' own time to read 50 sockets.
+
+    .venv/bin/python benchmarks/server.py [--submissions 200] [--clients 50] [--slow-size 2048]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parent.parent
+# run as a script, this file's folder comes first on sys.path and its name would hide the `server` package
+sys.path[:1] = [str(REPO), str(REPO / "tests")]
+from server_helpers import free_port, image_prompt, slow_prompt, start_server  # noqa: E402
+
+TIMESTAMPED = ("execution_start", "execution_cached", "execution_success")
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
+
+
+class Listener:
+    def __init__(self, ws):
+        self.ws = ws
+        self.delays: list[float] = []
+        self.messages = 0
+        self.previews = 0
+        self.finished: set[str] = set()
+        self.started: set[str] = set()
+        self.expected: set[str] = set()  # the broadcast prompt and this client's own
+
+    async def run(self):
+        async for msg in self.ws:
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                self.previews += 1
+                continue
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            arrived = time.time() * 1000
+            m = json.loads(msg.data)
+            self.messages += 1
+            data = m["data"]
+            if m["type"] in TIMESTAMPED:
+                self.delays.append(arrived - data["timestamp"])
+            if m["type"] == "execution_start":
+                self.started.add(data["prompt_id"])
+            elif m["type"] == "executing" and data["node"] is None:
+                self.finished.add(data["prompt_id"])
+
+
+async def bench(args) -> int:
+    tmp = Path(tempfile.mkdtemp(prefix="lg-bench-"))
+    port = free_port()
+    proc = start_server(tmp, port)
+    base = f"http://127.0.0.1:{port}"
+    errors: list[str] = []
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            sockets = [await session.ws_connect(f"{base}/ws?clientId=bench{i}") for i in range(args.clients)]
+            listeners = [Listener(ws) for ws in sockets]
+            tasks = [asyncio.create_task(lis.run()) for lis in listeners]
+
+            async with session.post(f"{base}/prompt", json={"prompt": slow_prompt(args.slow_size)}) as r:
+                slow_id = (await r.json())["prompt_id"]
+            while slow_id not in listeners[0].started:
+                await asyncio.sleep(0.005)
+            busy_since = time.perf_counter()
+
+            for lis in listeners:
+                lis.expected.add(slow_id)
+
+            async def submit(i: int) -> float:
+                owner = i % args.clients
+                body = {"prompt": image_prompt(color=i, size=8), "client_id": f"bench{owner}"}
+                t = time.perf_counter()
+                async with session.post(f"{base}/prompt", json=body) as r:
+                    answer = await r.json()
+                    if r.status != 200 or "prompt_id" not in answer:
+                        errors.append(f"submission {i}: HTTP {r.status} {answer}")
+                    else:
+                        listeners[owner].expected.add(answer["prompt_id"])
+                return (time.perf_counter() - t) * 1000
+
+            # open the connections first (keep-alive), so the burst measures requests, not TCP handshakes
+            async def touch() -> None:
+                async with session.get(f"{base}/prompt") as r:
+                    await r.read()
+
+            await asyncio.gather(*(touch() for _ in range(args.submissions)))
+            # one at a time first: the service time of a single submission with the worker busy
+            single = [await submit(args.submissions + i) for i in range(args.sequential)]
+            t0 = time.perf_counter()
+            latencies = await asyncio.gather(*(submit(i) for i in range(args.submissions)))
+            burst = (time.perf_counter() - t0) * 1000
+            still_busy = slow_id not in listeners[0].finished
+
+            total = args.submissions + args.sequential + 1
+            deadline = time.time() + args.timeout
+            while any(lis.expected - lis.finished for lis in listeners) and time.time() < deadline:
+                await asyncio.sleep(0.05)
+            slow_seconds = time.perf_counter() - busy_since
+            for lis in listeners:
+                if lis.expected - lis.finished:
+                    errors.append(f"a client saw {len(lis.finished)}/{len(lis.expected)} of its prompts finish")
+            async with session.get(f"{base}/history") as r:
+                history = await r.json()
+            failed = [pid for pid, e in history.items() if not e["status"].get("completed")]
+            errors += [f"prompt {pid} did not succeed" for pid in failed]
+            if len(history) != total:
+                errors.append(f"history has {len(history)} entries, expected {total}")
+            for ws in sockets:
+                await ws.close()
+            await asyncio.gather(*tasks)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+    delays = [d for lis in listeners for d in lis.delays]
+    print(f"server on 127.0.0.1, {args.clients} websocket clients, {args.submissions} concurrent /prompt submissions"
+          f" ({os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end)")
+    print(f"worker busy with the slow prompt during the burst: {still_busy}; burst took {burst:.0f} ms; "
+          f"all {total} prompts done after {slow_seconds:.1f} s")
+    print(f"one at a time       p50 {pct(single, 50):6.1f} ms   p99 {pct(single, 99):6.1f} ms   "
+          f"({args.sequential} sequential submissions, worker busy)")
+    print(f"submission latency  p50 {pct(latencies, 50):6.1f} ms   p99 {pct(latencies, 99):6.1f} ms   "
+          f"max {max(latencies):6.1f} ms   (target p99 <= 50 ms: ratio {pct(latencies, 99) / 50:.2f})")
+    print(f"fan-out delay       p50 {pct(delays, 50):6.1f} ms   p99 {pct(delays, 99):6.1f} ms   "
+          f"max {max(delays):6.1f} ms   mean {statistics.fmean(delays):.1f} ms over {len(delays)} deliveries "
+          f"(target <= 20 ms: p99 ratio {pct(delays, 99) / 20:.2f})")
+    print(f"messages received {sum(lis.messages for lis in listeners)}, preview frames "
+          f"{sum(lis.previews for lis in listeners)}, errors {len(errors)}")
+    for e in errors[:10]:
+        print("  error:", e)
+    return 1 if errors else 0
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--submissions", type=int, default=200)
+    p.add_argument("--clients", type=int, default=50)
+    p.add_argument("--sequential", type=int, default=20, help="one-at-a-time submissions measured before the burst")
+    p.add_argument("--slow-size", type=int, default=2048, help="EmptyImage side of the slow prompt")
+    p.add_argument("--timeout", type=float, default=300)
+    return asyncio.run(bench(p.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
