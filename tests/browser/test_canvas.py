@@ -38,6 +38,19 @@ def new_tab(page):
     page.wait_for_function("app.graph._nodes.length === 0")
 
 
+def open_shipped(page, name: str):
+    """Open workflows/<name>.json from the Workflows picker in a new tab."""
+    page.click("#workflows-button")
+    page.locator("#workflow-list li", has_text=name).first.click()
+    page.wait_for_function("(name) => document.querySelector('.tab.active .name').textContent === name", arg=name)
+
+
+def wait_for_image_on(page, node_id: int, timeout: float = 60000):
+    page.wait_for_function(
+        """(id) => { const img = app.graph.getNodeById(id).lg?.images?.[0];
+                     return img && img.complete && img.naturalWidth > 0; }""", arg=node_id, timeout=timeout)
+
+
 def drag_node(page, type_name: str, x: int, y: int) -> int:
     """Drag a node type from the library onto the canvas at (x, y) canvas pixels; returns its id."""
     before = page.evaluate("app.graph._nodes.length")
@@ -81,9 +94,24 @@ def widget_value(page, node_id: int, widget: str):
                          [node_id, widget])
 
 
-def test_build_from_empty_canvas_and_run(page):
+def test_first_visit_opens_the_sdxl_base_workflow_ready_to_queue(page):
     (ARTIFACTS / "load_seconds.txt").write_text(f"{page.load_seconds:.3f}\n")
-    page.shot("loaded")
+    shipped = page.evaluate("app.api.workflowList()")
+    default = "sdxl_base.json" if "sdxl_base.json" in shipped else shipped[0]
+    assert page.locator(".tab.active .name").inner_text() == default.removesuffix(".json")
+    assert page.locator(".tab.active .dirty").inner_text() == "", "a freshly opened workflow is unchanged"
+    unknown = page.evaluate("app.graph._nodes.filter((n) => !n.constructor.nodeData && n.type !== 'Note').map((n) => n.type)")
+    assert unknown == []
+    page.shot("first-visit")
+    outputs = page.evaluate("app.graph._nodes.filter((n) => n.constructor.nodeData?.output_node).map((n) => n.id)")
+    assert outputs
+    page.click("#queue-button")
+    for node_id in outputs:
+        wait_for_image_on(page, node_id, timeout=240000)
+    page.shot("first-visit-run")
+
+
+def test_build_from_empty_canvas_and_run(page, server):
     new_tab(page)
     page.shot("empty-canvas")
     source = drag_node(page, "EmptyImage", 120, 160)
@@ -93,13 +121,12 @@ def test_build_from_empty_canvas_and_run(page):
     assert [link[1:5] for link in links(page)] == [[source, 0, save, 0]]
     page.shot("wired")
     page.click("#queue-button")
-    page.wait_for_function(
-        """(id) => { const img = app.graph.getNodeById(id).lg?.images?.[0];
-                     return img && img.complete && img.naturalWidth > 0; }""", arg=save, timeout=60000)
+    wait_for_image_on(page, save)
     page.click('.side-tabs button[data-panel="gallery-panel"]')
-    gallery = page.locator("#gallery img").first
+    src = page.evaluate("(id) => app.graph.getNodeById(id).lg.images[0].src", save)
+    gallery = page.locator(f'#gallery img[src="{src.removeprefix(server.rstrip("/"))}"]')
     gallery.wait_for(timeout=10000)
-    assert page.evaluate("document.querySelector('#gallery img').naturalWidth") == 512
+    assert page.evaluate("(id) => app.graph.getNodeById(id).lg.images[0].naturalWidth", save) == 512
     page.shot("image-on-save-node-and-gallery")
     gallery.click()
     page.locator("#lightbox img").wait_for()
@@ -139,9 +166,7 @@ def test_build_sdxl_base_from_empty_canvas_and_run(page):
     }""", [pos, neg, latent, sampler])
     page.shot("sdxl-wired")
     page.click("#queue-button")
-    page.wait_for_function(
-        """(id) => { const img = app.graph.getNodeById(id).lg?.images?.[0];
-                     return img && img.complete && img.naturalWidth > 0; }""", arg=save, timeout=240000)
+    wait_for_image_on(page, save, timeout=240000)
     assert page.evaluate("app.progressEvents") >= 2
     page.click('.side-tabs button[data-panel="gallery-panel"]')
     page.locator("#gallery img").first.wait_for()
@@ -206,9 +231,9 @@ def test_undo_redo_restores_exact_graph_json(page):
 
 
 def test_save_reload_open_gives_identical_json(page, tmp_path):
+    open_shipped(page, "image_basic")
     before = state(page)
-    assert json.loads(before)["nodes"], "the first visit opens a shipped workflow"
-    click_widget_arrow(page, page.evaluate("app.graph._nodes[0].id"), "width")
+    click_widget_arrow(page, page.evaluate("app.graph._nodes.find((n) => n.type === 'EmptyImage').id"), "width")
     page.wait_for_timeout(100)
     edited = state(page)
     assert edited != before
@@ -229,19 +254,20 @@ def test_save_reload_open_gives_identical_json(page, tmp_path):
     chooser.value.set_files(str(saved))
     page.wait_for_function("app.graph._nodes.length > 0")
     assert state(page) == edited
-    assert page.locator(".tab").count() == 3
+    assert page.locator(".tab").count() == 4
     page.shot("reopened")
 
 
 def test_dropping_a_server_png_restores_its_workflow(page):
+    open_shipped(page, "image_basic")
     queued = state(page)
+    save = page.evaluate("app.graph._nodes.find((n) => n.type === 'SaveImage').id")
     page.keyboard.press("Control+Enter")
-    page.click('.side-tabs button[data-panel="gallery-panel"]')
-    page.locator("#gallery img").first.wait_for(timeout=60000)
+    wait_for_image_on(page, save)
+    url = page.evaluate("(id) => app.graph.getNodeById(id).lg.images[0].src", save)
     new_tab(page)
     page.shot("before-drop")
-    page.evaluate("""async () => {
-      const url = document.querySelector("#gallery img").src;
+    page.evaluate("""async (url) => {
       const blob = await (await fetch(url)).blob();
       const dt = new DataTransfer();
       dt.items.add(new File([blob], "output.png", { type: "image/png" }));
@@ -250,7 +276,7 @@ def test_dropping_a_server_png_restores_its_workflow(page):
         wrap.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true,
                                                  clientX: 600, clientY: 400 }));
       }
-    }""")
+    }""", url)
     page.wait_for_function("app.graph._nodes.length > 0")
     assert json.loads(state(page)) == json.loads(queued)
     page.shot("png-dropped")

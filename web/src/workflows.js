@@ -166,6 +166,8 @@ export class Workspace {
       columns[d] += node.size[1] + 60;
     }
     if (missing.length) this.toast(`Unknown node types skipped: ${missing.join(", ")}`, "warn");
+    this.canvas.draw(true, true);
+    this.fitView();
     this.history.reset();
     this.#changed(graphState(this.graph));
     return this.active;
@@ -185,7 +187,9 @@ export class Workspace {
     this.canvas.deselectAll?.();
     if (state) this.graph.configure(JSON.parse(state));
     else this.graph.clear();
-    this.canvas.setDirty(true, true);
+    // Drawing lays nodes out (litegraph grows nodes too small for their widgets): do it now, so
+    // that the state recorded for a freshly opened file is the one the user sees.
+    this.canvas.draw(true, true);
   }
 
   #changed(state) {
