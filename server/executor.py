@@ -19,7 +19,6 @@ import torch
 from nodes.node import Context, Environment, Interrupted, NodeSpec, Result
 
 from .cache import OutputCache
-from .graph import is_link
 
 
 @dataclass
@@ -49,7 +48,7 @@ class _PlanError(Exception):
         self.node_id, self.node_type = node_id, node_type
 
 
-@dataclass
+@dataclass(slots=True)
 class _Node:
     spec: NodeSpec
     consts: dict
@@ -81,8 +80,9 @@ class Executor:
             inp = spec.inputs.get(name)
             if inp is None:
                 continue
-            if is_link(value):
-                links.append((name, str(value[0]), value[1]))
+            if type(value) is list and len(value) == 2 and type(value[1]) is int:  # a link (validated prompt)
+                source = value[0]
+                links.append((name, source if type(source) is str else str(source), value[1]))
             elif given is not None:
                 if name in given:
                     consts[name] = given[name]
@@ -96,7 +96,8 @@ class Executor:
         return _Node(spec, consts, links)
 
     def _order(self, prompt: dict, outputs: list[str], values: dict | None) -> dict[str, _Node]:
-        """The nodes the outputs depend on, in dependency order (iterative DFS: chains may be very long)."""
+        """The nodes the outputs depend on, in dependency order, each with its cache key (computed as the node
+        is finished, from its parents' keys; iterative DFS because chains may be thousands of nodes long)."""
         order: dict[str, _Node] = {}
         parsed: dict[str, _Node] = {}
         active: set[str] = set()  # expanded but not finished: meeting one again means a cycle
@@ -106,7 +107,8 @@ class Executor:
                 node_id, finished = stack.pop()
                 if finished:
                     active.discard(node_id)
-                    order[node_id] = parsed[node_id]
+                    item = order[node_id] = parsed[node_id]
+                    item.key = self._key(item, order)
                     continue
                 if node_id in order:
                     continue
@@ -118,13 +120,17 @@ class Executor:
                 stack.extend((source, False) for _, source, _ in item.links if source not in order)
         return order
 
-    def _keys(self, order: dict[str, _Node]) -> None:
-        for node_id, item in order.items():
-            spec = item.spec
-            material = (spec.type_name, spec.version, sorted(item.consts.items()),
-                        sorted((name, order[src].key, slot) for name, src, slot in item.links),
-                        spec.fingerprint(item.consts, self.env))
-            item.key = hashlib.blake2b(repr(material).encode(), digest_size=16).hexdigest()
+    def _key(self, item: _Node, order: dict[str, _Node]) -> str:
+        """Hash of class, version, constants, parents' keys and fingerprint. Parts are joined with a control
+        character that repr() never emits, so distinct inputs cannot run together into the same text."""
+        spec, consts = item.spec, item.consts
+        parts = [spec.type_name, spec.version]
+        parts += [f"{name}={consts[name]!r}" for name in sorted(consts)]
+        parts += [f"{name}<{order[src].key}:{slot}" for name, src, slot in sorted(item.links)]
+        extra = spec.fingerprint(consts, self.env)
+        if extra is not None:
+            parts.append(f"fingerprint={extra!r}")
+        return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
 
     def _plan(self, order: dict[str, _Node], outputs: list[str]) -> tuple[list[str], dict[str, Result]]:
         """Which nodes must run: walk back from the outputs, stopping at cached results."""
@@ -156,7 +162,6 @@ class Executor:
         report = RunReport("success")
         try:
             order = self._order(prompt, outputs, values)
-            self._keys(order)
         except _PlanError as exc:
             report.status = "error"
             report.error = self._error_payload(prompt_id, exc.node_id, exc.node_type, report, exc, {}, {})

@@ -289,6 +289,7 @@ class _Checker:
         self.node_errors: dict[str, dict] = {}
         self.values: dict[str, dict] = {}
         self.specs: dict[str, NodeSpec] = {}
+        self._links: dict[str, list[tuple[str, str]]] = {}
 
     def add(self, node_id: str, err: dict) -> None:
         node = self.prompt.get(node_id)
@@ -309,12 +310,16 @@ class _Checker:
                 self.specs[node_id] = self.registry[node["class_type"]]
 
     def links_of(self, node_id: str) -> list[tuple[str, str]]:
-        """(input name, source id) for the node's link-shaped inputs that point at existing nodes."""
-        node = self.prompt.get(node_id)
-        inputs = node.get("inputs") if isinstance(node, dict) else None
-        if not isinstance(inputs, dict):
-            return []
-        return [(name, str(v[0])) for name, v in inputs.items() if is_link(v) and str(v[0]) in self.prompt]
+        """(input name, source id) for the node's link-shaped inputs that point at existing nodes (memoised:
+        the ancestor walk and the cycle search both ask)."""
+        found = self._links.get(node_id)
+        if found is None:
+            node = self.prompt.get(node_id)
+            inputs = node.get("inputs") if isinstance(node, dict) else None
+            found = [] if not isinstance(inputs, dict) else [
+                (name, str(v[0])) for name, v in inputs.items() if is_link(v) and str(v[0]) in self.prompt]
+            self._links[node_id] = found
+        return found
 
     def check_inputs(self, node_id: str) -> None:
         spec = self.specs.get(node_id)
@@ -372,15 +377,26 @@ class _Checker:
                                      input_name=name, received_type=received, linked_node=[source, slot]))
 
 
-def _ancestors(roots: list[str], links_of) -> set[str]:
-    """Every node the roots depend on, themselves included (iterative: chains can be thousands long)."""
-    seen, stack = set(roots), list(roots)
+def _ancestors(roots: list[str], links_of) -> tuple[set[str], bool]:
+    """Every node the roots depend on, themselves included, and whether a cycle was met on the way
+    (iterative depth-first walk: chains can be thousands of nodes long)."""
+    seen: set[str] = set()
+    active: set[str] = set()  # on the current path: meeting one again closes a cycle
+    cyclic = False
+    stack = [(r, False) for r in roots]
     while stack:
-        for _, source in links_of(stack.pop()):
-            if source not in seen:
-                seen.add(source)
-                stack.append(source)
-    return seen
+        node, finished = stack.pop()
+        if finished:
+            active.discard(node)
+            continue
+        if node in seen:
+            cyclic = cyclic or node in active
+            continue
+        seen.add(node)
+        active.add(node)
+        stack.append((node, True))
+        stack.extend((source, False) for _, source in links_of(node))
+    return seen, cyclic
 
 
 def _cycles(nodes: set[str], links_of) -> list[list[str]]:
@@ -456,12 +472,14 @@ def _validate(prompt: Any, registry: dict[str, NodeSpec], env: Environment,
         return Validation(False, _error("prompt_no_outputs", "Prompt has no outputs",
                                         "add an output node such as SaveImage or PreviewImage"), unknown)
 
-    needed = {t: _ancestors([t], check.links_of) for t in targets}
+    walks = {t: _ancestors([t], check.links_of) for t in targets}
+    needed = {t: nodes for t, (nodes, _) in walks.items()}
     reachable = set().union(*needed.values())
     for node_id in prompt:
         if node_id in reachable:
             check.check_inputs(node_id)
-    for cycle in _cycles(reachable, check.links_of):
+    cycles = _cycles(reachable, check.links_of) if any(cyclic for _, cyclic in walks.values()) else []
+    for cycle in cycles:
         members = set(cycle)
         for node_id in cycle:
             name = next(n for n, s in check.links_of(node_id) if s in members)

@@ -31,7 +31,7 @@ SAVE_1 = ("SaveImage", {"images": ["1", 0], "filename_prefix": "t"})
 # (case id, workflow, expected {(node, error type, input)}, expected top-level error type)
 CASES = [
     ("api-unknown-class", api(n1=EMPTY, n2=("Upscaler9000", {"image": ["1", 0]}), n3=("SaveImage", {
-        "images": ["2", 0], "filename_prefix": "t"})), {("2", "invalid_prompt", None)}, "invalid_prompt"),
+        "images": ["2", 0], "filename_prefix": "t"})), {("2", "missing_node_type", None)}, "missing_node_type"),
     ("api-missing-class-type", {"1": {"inputs": {}}, "2": {"class_type": "SaveImage", "inputs": {
         "images": ["1", 0], "filename_prefix": "t"}}}, {("1", "invalid_prompt", None)}, "invalid_prompt"),
     ("api-required-input-missing", api(n1=EMPTY, n2=("SaveImage", {"filename_prefix": "t"})),
@@ -76,7 +76,7 @@ CASES = [
                                                                                   [("image", "IMAGE", 1)]),
                                  uinode(3, "SaveImage", ["t"], [("images", "IMAGE", 2)])],
                                 [[1, 1, 0, 2, 0, "IMAGE"], [2, 2, 0, 3, 0, "IMAGE"]]),
-     {("2", "invalid_prompt", None)}, "invalid_prompt"),
+     {("2", "missing_node_type", None)}, "missing_node_type"),
     ("ui-muted-source", ui([uinode(1, "EmptyImage", [64, 64, 1, 0], mode=2),
                             uinode(2, "SaveImage", ["t"], [("images", "IMAGE", 1)])], [[1, 1, 0, 2, 0, "IMAGE"]]),
      {("2", "required_input_missing", "images")}, "prompt_outputs_failed_validation"),
