@@ -22,32 +22,34 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
 
 def module_bytes(module: torch.nn.Module) -> int:
-    tensors = list(module.parameters()) + list(module.buffers())
-    return sum(t.numel() * t.element_size() for t in tensors)
+    return sum(_nbytes(t) for t in _tensors(module))
 
 
-@dataclass
-class _Entry:
-    module: torch.nn.Module
-    size: int
-    on_device: bool
+def _tensors(module: torch.nn.Module) -> list[torch.Tensor]:
+    return list(module.parameters()) + list(module.buffers())
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
 
 
 class ModelResidency:
+    """Entries may nest (a checkpoint container registered with `cached`, its UNet with `load`): memory is
+    counted per tensor, once, wherever it lives, and a module in use protects every entry sharing its tensors."""
+
     def __init__(self, device: str | torch.device = "cpu", device_budget: int | None = None,
                  ram_budget: int | None = None):
         self.device = torch.device(device)
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.device_budget = device_budget if device_budget is not None else _default_device_budget(self.device)
         self.ram_budget = ram_budget if ram_budget is not None else ram_total() // 2
-        self._entries: OrderedDict[Any, _Entry] = OrderedDict()  # least recently used first
+        self._entries: OrderedDict[Any, torch.nn.Module] = OrderedDict()  # least recently used first
         self._lock = threading.RLock()
         self.loads = 0       # moves onto the device
         self.offloads = 0    # moves back to CPU RAM
@@ -59,87 +61,104 @@ class ModelResidency:
         return self.device.type == "cpu"
 
     def load(self, module: torch.nn.Module, key: Any = None) -> torch.nn.Module:
-        key = id(module) if key is None else key
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is None or entry.module is not module:
-                entry = _Entry(module, module_bytes(module), on_device=self.on_cpu)
-                self._entries[key] = entry
-            self._entries.move_to_end(key)
-            if not entry.on_device:
-                self._make_room(entry.size, keep=key)
+            self._register(id(module) if key is None else key, module)
+            away = sum(_nbytes(t) for t in _tensors(module) if t.device != self.device)
+            if away and not self.on_cpu:
+                self._make_room(away, protect=module)
                 self._move(module, self.device)
-                entry.on_device = True
                 self.loads += 1
-            self._trim_ram(keep=key)
+            self._trim_ram(protect=module)
             return module
 
     def cached(self, key: Any, factory: Callable[[], torch.nn.Module]) -> torch.nn.Module:
         with self._lock:
-            entry = self._entries.get(key)
-            if entry is not None:
-                self._entries.move_to_end(key)
-                return entry.module
+            module = self._entries.get(key)
+            if module is not None:
+                self._touch(module)
+                return module
         module = factory()  # outside the lock: building can take long and touches no residency state
         self.builds += 1
         with self._lock:
-            self._entries[key] = _Entry(module, module_bytes(module), on_device=self.on_cpu)
-            self._trim_ram(keep=key)
+            self._register(key, module)
+            self._trim_ram(protect=module)
         return module
 
     def offload(self, module: torch.nn.Module) -> None:
         with self._lock:
-            for entry in self._entries.values():
-                if entry.module is module:
-                    self._to_cpu(entry)
+            if not self.on_cpu and self._device_bytes(module):
+                self._move(module, torch.device("cpu"))
+                self.offloads += 1
 
     def free(self) -> None:
         with self._lock:
-            for entry in self._entries.values():
-                self._to_cpu(entry)
+            for module in self._entries.values():
+                self.offload(module)
             self._entries.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
     def stats(self) -> dict:
         with self._lock:
-            on_device = [e.size for e in self._entries.values() if e.on_device]
-            in_ram = [e.size for e in self._entries.values() if not e.on_device or self.on_cpu]
+            device_bytes, ram_bytes = self._usage()
             return {"device": str(self.device), "models": len(self._entries),
-                    "device_bytes": sum(on_device), "device_budget": self.device_budget,
-                    "ram_bytes": sum(in_ram), "ram_budget": self.ram_budget,
+                    "device_bytes": device_bytes, "device_budget": self.device_budget,
+                    "ram_bytes": ram_bytes, "ram_budget": self.ram_budget,
                     "loads": self.loads, "offloads": self.offloads, "drops": self.drops, "builds": self.builds}
 
     # -- internals (lock held) ----------------------------------------------------------------
-    def _make_room(self, size: int, keep: Any) -> None:
-        used = sum(e.size for e in self._entries.values() if e.on_device)
-        for key, entry in self._entries.items():  # oldest first
-            if used + size <= self.device_budget:
-                break
-            if key != keep and entry.on_device:
-                self._to_cpu(entry)
-                used -= entry.size
+    def _register(self, key: Any, module: torch.nn.Module) -> None:
+        self._entries[key] = module
+        self._touch(module)
 
-    def _trim_ram(self, keep: Any) -> None:
-        def ram_used():
-            return sum(e.size for e in self._entries.values() if not e.on_device or self.on_cpu)
+    def _touch(self, module: torch.nn.Module) -> None:
+        """Mark `module` and every entry sharing tensors with it (its container, its parts) as just used."""
+        ids = {id(t) for t in _tensors(module)}
+        for key in [k for k, m in self._entries.items() if m is module or ids & {id(t) for t in _tensors(m)}]:
+            self._entries.move_to_end(key)
 
-        for key in list(self._entries):
-            if ram_used() <= self.ram_budget:
+    def _usage(self) -> tuple[int, int]:
+        """(bytes on the device, bytes in CPU RAM) over all entries, each tensor once."""
+        seen: set[int] = set()
+        device_bytes = ram_bytes = 0
+        for module in self._entries.values():
+            for t in _tensors(module):
+                if id(t) in seen:
+                    continue
+                seen.add(id(t))
+                if t.device.type == "cpu":
+                    ram_bytes += _nbytes(t)
+                else:
+                    device_bytes += _nbytes(t)
+        return device_bytes, ram_bytes
+
+    def _device_bytes(self, module: torch.nn.Module) -> int:
+        return sum(_nbytes(t) for t in _tensors(module) if t.device.type != "cpu")
+
+    def _make_room(self, incoming: int, protect: torch.nn.Module) -> None:
+        used, _ = self._usage()
+        keep = {id(t) for t in _tensors(protect)}
+        for module in list(self._entries.values()):  # least recently used first
+            if used + incoming <= self.device_budget:
                 break
-            entry = self._entries[key]
-            if key != keep and (not entry.on_device or self.on_cpu):
+            on_device = self._device_bytes(module)
+            if on_device and not keep & {id(t) for t in _tensors(module)}:
+                self._move(module, torch.device("cpu"))
+                self.offloads += 1
+                used -= on_device
+
+    def _trim_ram(self, protect: torch.nn.Module) -> None:
+        keep = {id(t) for t in _tensors(protect)}
+        for key in list(self._entries):  # least recently used first
+            if self._usage()[1] <= self.ram_budget:
+                break
+            module = self._entries[key]
+            if not keep & {id(t) for t in _tensors(module)} and not self._device_bytes(module):
                 del self._entries[key]
                 self.drops += 1
 
     def _move(self, module: torch.nn.Module, device: torch.device) -> None:
         module.to(device)
-
-    def _to_cpu(self, entry: _Entry) -> None:
-        if entry.on_device and not self.on_cpu:
-            self._move(entry.module, torch.device("cpu"))
-            self.offloads += 1
-        entry.on_device = self.on_cpu
 
 
 def _default_device_budget(device: torch.device) -> int:
