@@ -1,0 +1,146 @@
+"""Checkpoint detection and loading: single files (fp32/fp16/bf16), diffusers folders, informative errors."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from nodes.checkpoints import (CheckpointError, UnsupportedCheckpoint, detect, load_checkpoint, load_vae,
+                               read_shapes)
+from nodes.sdxl.configs import TINY_BASE_UNET, TINY_REFINER_UNET, TINY_VAE
+from tests.oracles import demo_models, rel_err
+
+
+def tensors(kind="sdxl_base"):
+    return load_file(str(demo_models()[kind]))
+
+
+def shapes_of(sd):
+    return {k: tuple(v.shape) for k, v in sd.items()}
+
+
+def unet_out(unet):
+    g = torch.Generator().manual_seed(0)
+    cfg = unet.config
+    args = (torch.randn(1, 4, 8, 8, generator=g), torch.tensor([500.0]),
+            torch.randn(1, 77, cfg.context_dim, generator=g), torch.randn(1, cfg.adm_in_channels, generator=g))
+    with torch.no_grad():
+        return unet(*args)
+
+
+@pytest.mark.parametrize("kind,cfg", [("sdxl_base", TINY_BASE_UNET), ("sdxl_refiner", TINY_REFINER_UNET)])
+def test_single_file_loads_everything(kind, cfg):
+    ck = load_checkpoint(demo_models()[kind])
+    assert ck.kind == kind and ck.unet_config == cfg and ck.vae.config == TINY_VAE
+    assert ck.dtype == torch.float32 and ck.unet.dtype == torch.float32
+    assert ck.text.has_bigg and ck.text.has_clip_l == (kind == "sdxl_base")
+    assert all(p.device.type == "cpu" and not p.requires_grad for p in ck.unet.parameters())
+    # the loaded UNet holds exactly the file's tensors
+    sd = tensors(kind)
+    assert all(torch.equal(v, sd["model.diffusion_model." + k]) for k, v in ck.unet.state_dict().items())
+
+
+def test_diffusers_folder_equals_single_file():
+    single = load_checkpoint(demo_models()["sdxl_base"])
+    folder = load_checkpoint(demo_models()["sdxl_base_diffusers"])
+    assert folder.kind == "sdxl_base" and folder.unet_config == single.unet_config
+    assert torch.equal(unet_out(folder.unet), unet_out(single.unet))
+    for a, b in zip(folder.vae.state_dict().values(), single.vae.state_dict().values()):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        ctx_a, pooled_a = folder.text.encode("a red cube", "a red cube")
+        ctx_b, pooled_b = single.text.encode("a red cube", "a red cube")
+    assert rel_err(ctx_a, ctx_b) <= 1e-5 and rel_err(pooled_a, pooled_b) <= 1e-5
+
+
+@pytest.mark.parametrize("file_dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_files_load_as_fp32_on_cpu(tmp_path, file_dtype):
+    sd = {k: v.to(file_dtype) if v.is_floating_point() else v for k, v in tensors().items()}
+    save_file(sd, str(tmp_path / "half.safetensors"))
+    ck = load_checkpoint(tmp_path / "half.safetensors")
+    assert ck.unet.dtype == torch.float32 and ck.vae.dtype == torch.float32
+    ref = load_checkpoint(demo_models()["sdxl_base"], with_text=False)
+    assert rel_err(unet_out(ck.unet), unet_out(ref.unet)) < 0.05  # only the file's rounding differs
+    half = load_checkpoint(tmp_path / "half.safetensors", dtype=file_dtype, with_text=False)
+    assert half.unet.dtype == file_dtype
+
+
+def test_detect_base_and_refiner():
+    assert detect(shapes_of(tensors("sdxl_base"))) == "sdxl_base"
+    assert detect(shapes_of(tensors("sdxl_refiner"))) == "sdxl_refiner"
+
+
+def _unsupported(shapes, *words):
+    with pytest.raises(UnsupportedCheckpoint) as e:
+        detect(shapes)
+    for w in words:
+        assert w in str(e.value)
+
+
+def test_detect_unsupported_says_what_it_found():
+    base = shapes_of(tensors())
+    inpaint = dict(base)
+    inpaint["model.diffusion_model.input_blocks.0.0.weight"] = (32, 9, 3, 3)
+    _unsupported(inpaint, "inpainting")
+    sd15 = {"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
+            "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (49408, 768)}
+    _unsupported(sd15, "Stable Diffusion 1.x")
+    sd2 = {"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
+           "cond_stage_model.model.token_embedding.weight": (49408, 1024)}
+    _unsupported(sd2, "Stable Diffusion 2.x")
+    vae_only = {k: v for k, v in base.items() if k.startswith("first_stage_model.")}
+    _unsupported(vae_only, "standalone VAE")
+    no_text = {k: v for k, v in base.items() if not k.startswith("conditioner.")}
+    _unsupported(no_text, "text encoders")
+    _unsupported({"foo.weight": (3,)}, "no UNet", "foo.weight")
+
+
+def test_errors_name_missing_and_unexpected_keys(tmp_path):
+    sd = tensors()
+    del sd["model.diffusion_model.out.2.bias"]
+    save_file(sd, str(tmp_path / "missing.safetensors"))
+    with pytest.raises(CheckpointError, match=r"UNet.*missing 1: out\.2\.bias"):
+        load_checkpoint(tmp_path / "missing.safetensors")
+    sd = tensors()
+    sd["model.diffusion_model.out.2.extra"] = torch.zeros(1)
+    save_file(sd, str(tmp_path / "extra.safetensors"))
+    with pytest.raises(CheckpointError, match=r"unexpected 1: out\.2\.extra"):
+        load_checkpoint(tmp_path / "extra.safetensors")
+    sd = tensors()
+    sd["something.else"] = torch.zeros(1)
+    save_file(sd, str(tmp_path / "stray.safetensors"))
+    with pytest.raises(CheckpointError, match="something.else"):
+        load_checkpoint(tmp_path / "stray.safetensors")
+
+
+def test_bad_files(tmp_path):
+    (tmp_path / "junk.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{oops")
+    with pytest.raises(CheckpointError, match="not a safetensors file"):
+        load_checkpoint(tmp_path / "junk.safetensors")
+    (tmp_path / "model.ckpt").write_bytes(b"pickle")
+    with pytest.raises(UnsupportedCheckpoint, match="only .safetensors"):
+        load_checkpoint(tmp_path / "model.ckpt")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "absent.safetensors")
+    with pytest.raises(UnsupportedCheckpoint, match="found no VAE"):
+        save_file({"x": torch.zeros(1)}, str(tmp_path / "x.safetensors"))
+        load_vae(tmp_path / "x.safetensors")
+
+
+def test_diffusers_folder_heads_come_from_config(tmp_path):
+    """A diffusers config with other than 64-channel heads is honoured (single files cannot say this)."""
+    import shutil
+    src = demo_models()["sdxl_base_diffusers"]
+    shutil.copytree(src / "unet", tmp_path / "unet")
+    conf = json.loads((tmp_path / "unet" / "config.json").read_text())
+    conf["attention_head_dim"] = [2, 4, 8]  # 16 channels per head
+    (tmp_path / "unet" / "config.json").write_text(json.dumps(conf))
+    from nodes.checkpoints import load_diffusers_unet
+    unet, cfg = load_diffusers_unet(tmp_path / "unet")
+    assert cfg.num_head_channels == 16
+    assert unet.input_blocks[4][1].transformer_blocks[0].attn1.heads == 4
+
+
+def test_read_shapes_matches_safetensors():
+    sd = tensors()
+    assert read_shapes(demo_models()["sdxl_base"]) == shapes_of(sd)
