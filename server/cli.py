@@ -214,8 +214,8 @@ def cmd_serve(args) -> int:
 def cmd_make_demo_model(args) -> int:
     from nodes import demo
 
-    path = demo.make_demo_models(args.dir)
-    print(path if path is not None else args.dir)
+    for path in demo.make_demo_models(args.dir).values():
+        print(path)
     return 0
 
 

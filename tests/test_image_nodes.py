@@ -125,3 +125,18 @@ def test_primitives_and_int_math(registry, env):
     assert call(registry, env, "IntMath", a=7, b=2, operation="modulo").outputs == (1,)
     assert registry["PrimitiveInt"].schema()["input"]["required"]["value"][1]["control_after_generate"] is True
     assert registry["PrimitiveString"].schema()["category"] == "utils/primitive"
+
+
+def test_filename_prefix_tokens(registry, env):
+    import datetime
+
+    from nodes.library.image import expand_prefix
+
+    prompt = {"3": {"class_type": "EmptyImage", "inputs": {"width": 640, "image": ["1", 0]}, "_meta": {"title": "Canvas"}}}
+    now = datetime.datetime(2026, 1, 2, 3, 4, 5)
+    assert expand_prefix("%date:yyyy-MM-dd%/img_%Canvas.width%", prompt, now) == "2026-01-02/img_640"
+    assert expand_prefix("%date%_%EmptyImage.width%_%3.width%", prompt, now) == "20260102030405_640_640"
+    assert expand_prefix("%Canvas.image%_%Nope.x%", prompt, now) == "%Canvas.image%_%Nope.x%"
+    result = call(registry, env, "SaveImage", prompt=prompt, images=torch.zeros(1, 2, 2, 3),
+                  filename_prefix="w%Canvas.width%")
+    assert result.ui["images"][0]["filename"] == "w640_00001_.png"

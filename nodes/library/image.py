@@ -1,6 +1,7 @@
 """Image nodes under ComfyUI's names: load, make, scale, crop, invert, save and preview pictures."""
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -155,6 +156,33 @@ def _png_text(ctx) -> dict[str, str]:
     return text
 
 
+_TOKEN = re.compile(r"%([^%/\\]+)%")
+_DATE_PARTS = (("yyyy", "%Y"), ("yy", "%y"), ("MM", "%m"), ("dd", "%d"), ("hh", "%H"), ("mm", "%M"), ("ss", "%S"))
+
+
+def expand_prefix(prefix: str, prompt: dict, now: datetime.datetime | None = None) -> str:
+    """ComfyUI's filename_prefix tokens: ``%date:yyyy-MM-dd%`` (also ``hh mm ss``; bare ``%date%`` =
+    yyyyMMddhhmmss) and ``%Node.input%`` — a constant input of the node with that title, class or id."""
+    now = now or datetime.datetime.now()
+
+    def replace(match: re.Match) -> str:
+        body = match.group(1)
+        if body == "date" or body.startswith("date:"):
+            fmt = body[5:] or "yyyyMMddhhmmss"
+            for token, code in _DATE_PARTS:
+                fmt = fmt.replace(token, code)
+            return now.strftime(fmt)
+        name, _, widget = body.rpartition(".")
+        for node_id, entry in prompt.items():
+            if name in (node_id, (entry.get("_meta") or {}).get("title"), entry.get("class_type")):
+                value = (entry.get("inputs") or {}).get(widget)
+                if value is not None and not isinstance(value, (list, dict)):
+                    return str(value)
+        return match.group(0)  # unknown token: kept as typed, like ComfyUI
+
+    return _TOKEN.sub(replace, prefix)
+
+
 def _next_counter(folder: str, base: str) -> int:
     pattern = re.compile(re.escape(base) + r"_(\d{5,})_\.png$")
     found = [int(m.group(1)) for f in os.listdir(folder) if (m := pattern.match(f))]
@@ -162,7 +190,7 @@ def _next_counter(folder: str, base: str) -> int:
 
 
 def _save_batch(ctx, images, folder: str, prefix: str, kind: str, compress_level: int) -> Result:
-    path = _inside(folder, prefix)
+    path = _inside(folder, expand_prefix(prefix, ctx.prompt))
     subfolder = os.path.relpath(os.path.dirname(path), os.path.realpath(folder))
     subfolder = "" if subfolder == "." else subfolder
     base = os.path.basename(path)
@@ -183,7 +211,8 @@ def _save_batch(ctx, images, folder: str, prefix: str, kind: str, compress_level
 class SaveImage:
     """Write the images as PNGs into the output folder, with the workflow embedded so they load back as graphs."""
     images: IMAGE = Input(description="the images to save")
-    filename_prefix: str = Input(default="ComfyUI", description="file name start; may include a subfolder ('run1/img')")
+    filename_prefix: str = Input(default="ComfyUI", description="file name start; may include a subfolder ('run1/img'),"
+                                 " %date:yyyy-MM-dd% and %Node.input% (a node's title, class or id)")
 
     def run(self, ctx):
         return _save_batch(ctx, self.images, ctx.env.output_dir or "output", self.filename_prefix, "output", 4)
