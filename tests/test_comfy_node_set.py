@@ -1,0 +1,190 @@
+"""ComfyUI's SDXL node set as `latentgraph nodes --json` lists it, checked against the reference input lists
+(comfyui-compat.md §11, §13): names, order, types, defaults, bounds, outputs and display names."""
+import json
+
+import pytest
+
+from nodes.sampling.samplers import SAMPLER_NAMES
+from nodes.sampling.schedules import SCHEDULER_NAMES
+from server.graph import ui_to_api
+from tests.sdxl_helpers import cli
+
+BIG = 2 ** 64 - 1
+MAXRES = 16384
+COMBO = "COMBO"  # a list of choices in the schema
+
+# class: (display name, [(input, type, options that must match)], outputs) — comfyui-compat.md §11
+REFERENCE = {
+    "CheckpointLoaderSimple": ("Load Checkpoint", [("ckpt_name", COMBO, {})], ["MODEL", "CLIP", "VAE"]),
+    "VAELoader": ("Load VAE", [("vae_name", COMBO, {})], ["VAE"]),
+    "CLIPTextEncode": ("CLIP Text Encode (Prompt)",
+                       [("text", "STRING", {"multiline": True, "dynamicPrompts": True}), ("clip", "CLIP", {})],
+                       ["CONDITIONING"]),
+    "CLIPTextEncodeSDXL": ("CLIPTextEncodeSDXL", [
+        ("clip", "CLIP", {}),
+        ("width", "INT", {"default": 1024, "min": 0, "max": MAXRES}),
+        ("height", "INT", {"default": 1024, "min": 0, "max": MAXRES}),
+        ("crop_w", "INT", {"default": 0, "min": 0, "max": MAXRES}),
+        ("crop_h", "INT", {"default": 0, "min": 0, "max": MAXRES}),
+        ("target_width", "INT", {"default": 1024, "min": 0, "max": MAXRES}),
+        ("target_height", "INT", {"default": 1024, "min": 0, "max": MAXRES}),
+        ("text_g", "STRING", {"multiline": True}),
+        ("text_l", "STRING", {"multiline": True})], ["CONDITIONING"]),
+    "CLIPTextEncodeSDXLRefiner": ("CLIPTextEncodeSDXLRefiner", [
+        ("ascore", "FLOAT", {"default": 6.0, "min": 0.0, "max": 1000.0, "step": 0.01}),
+        ("width", "INT", {"default": 1024, "min": 0, "max": MAXRES}),
+        ("height", "INT", {"default": 1024, "min": 0, "max": MAXRES}),
+        ("text", "STRING", {"multiline": True}),
+        ("clip", "CLIP", {})], ["CONDITIONING"]),
+    "EmptyLatentImage": ("Empty Latent Image", [
+        ("width", "INT", {"default": 512, "min": 16, "max": MAXRES, "step": 8}),
+        ("height", "INT", {"default": 512, "min": 16, "max": MAXRES, "step": 8}),
+        ("batch_size", "INT", {"default": 1, "min": 1, "max": 4096})], ["LATENT"]),
+    "KSampler": ("KSampler", [
+        ("model", "MODEL", {}),
+        ("seed", "INT", {"default": 0, "min": 0, "max": BIG, "control_after_generate": True}),
+        ("steps", "INT", {"default": 20, "min": 1, "max": 10000}),
+        ("cfg", "FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+        ("sampler_name", COMBO, {}), ("scheduler", COMBO, {}),
+        ("positive", "CONDITIONING", {}), ("negative", "CONDITIONING", {}), ("latent_image", "LATENT", {}),
+        ("denoise", "FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01})], ["LATENT"]),
+    "KSamplerAdvanced": ("KSampler (Advanced)", [
+        ("model", "MODEL", {}),
+        ("add_noise", ["enable", "disable"], {}),
+        ("noise_seed", "INT", {"default": 0, "min": 0, "max": BIG, "control_after_generate": True}),
+        ("steps", "INT", {"default": 20, "min": 1, "max": 10000}),
+        ("cfg", "FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+        ("sampler_name", COMBO, {}), ("scheduler", COMBO, {}),
+        ("positive", "CONDITIONING", {}), ("negative", "CONDITIONING", {}), ("latent_image", "LATENT", {}),
+        ("start_at_step", "INT", {"default": 0, "min": 0, "max": 10000}),
+        ("end_at_step", "INT", {"default": 10000, "min": 0, "max": 10000}),
+        ("return_with_leftover_noise", ["disable", "enable"], {})], ["LATENT"]),
+    "VAEDecode": ("VAE Decode", [("samples", "LATENT", {}), ("vae", "VAE", {})], ["IMAGE"]),
+    "VAEEncode": ("VAE Encode", [("pixels", "IMAGE", {}), ("vae", "VAE", {})], ["LATENT"]),
+    "VAEEncodeForInpaint": ("VAE Encode (for Inpainting)", [
+        ("pixels", "IMAGE", {}), ("vae", "VAE", {}), ("mask", "MASK", {}),
+        ("grow_mask_by", "INT", {"default": 6, "min": 0, "max": 64, "step": 1})], ["LATENT"]),
+    "LatentUpscale": ("Upscale Latent", [
+        ("samples", "LATENT", {}),
+        ("upscale_method", ["nearest-exact", "bilinear", "area", "bicubic", "bislerp"], {}),
+        ("width", "INT", {"default": 512, "min": 0, "max": MAXRES, "step": 8}),
+        ("height", "INT", {"default": 512, "min": 0, "max": MAXRES, "step": 8}),
+        ("crop", ["disabled", "center"], {})], ["LATENT"]),
+    "ConditioningCombine": (None, [("conditioning_1", "CONDITIONING", {}), ("conditioning_2", "CONDITIONING", {})],
+                            ["CONDITIONING"]),
+    "ConditioningConcat": (None, [("conditioning_to", "CONDITIONING", {}), ("conditioning_from", "CONDITIONING", {})],
+                           ["CONDITIONING"]),
+    "ConditioningZeroOut": (None, [("conditioning", "CONDITIONING", {})], ["CONDITIONING"]),
+    "ConditioningSetTimestepRange": (None, [
+        ("conditioning", "CONDITIONING", {}),
+        ("start", "FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001}),
+        ("end", "FLOAT", {"default": 1.0})], ["CONDITIONING"]),
+    "SaveImage": ("Save Image", [("images", "IMAGE", {}), ("filename_prefix", "STRING", {"default": "ComfyUI"})], []),
+    "PreviewImage": (None, [("images", "IMAGE", {})], []),
+    "LoadImage": ("Load Image", [("image", COMBO, {"image_upload": True})], ["IMAGE", "MASK"]),
+}
+
+# comfyui-compat.md §13, in ComfyUI's order
+COMFY_SAMPLERS = ("euler euler_cfg_pp euler_ancestral euler_ancestral_cfg_pp heun heunpp2 dpm_2 dpm_2_ancestral lms "
+                  "dpm_fast dpm_adaptive dpmpp_2s_ancestral dpmpp_2s_ancestral_cfg_pp dpmpp_sde dpmpp_sde_gpu dpmpp_2m "
+                  "dpmpp_2m_cfg_pp dpmpp_2m_sde dpmpp_2m_sde_gpu dpmpp_2m_sde_heun dpmpp_2m_sde_heun_gpu dpmpp_3m_sde "
+                  "dpmpp_3m_sde_gpu ddpm lcm ipndm ipndm_v deis res_multistep res_multistep_cfg_pp "
+                  "res_multistep_ancestral res_multistep_ancestral_cfg_pp gradient_estimation "
+                  "gradient_estimation_cfg_pp er_sde seeds_2 seeds_3 sa_solver sa_solver_pece ddim uni_pc "
+                  "uni_pc_bh2").split()
+COMFY_SCHEDULERS = "simple sgm_uniform karras exponential ddim_uniform beta normal linear_quadratic kl_optimal".split()
+
+
+@pytest.fixture(scope="module")
+def object_info(tmp_path_factory):
+    models = tmp_path_factory.mktemp("models")
+    (models / "checkpoints" / "sub").mkdir(parents=True)
+    (models / "checkpoints" / "sub" / "a.safetensors").write_bytes(b"")
+    (models / "checkpoints" / "folder" / "unet").mkdir(parents=True)
+    (models / "checkpoints" / "folder" / "model_index.json").write_text("{}")
+    (models / "vae").mkdir()
+    (models / "vae" / "v.safetensors").write_bytes(b"")
+    rc, out, err = cli("nodes", "--json", "--models", str(models))
+    assert rc == 0, err
+    return json.loads(out)
+
+
+def _inputs(entry):
+    req, opt = entry["input"]["required"], entry["input"].get("optional", {})
+    return [(name, req[name]) for name in entry["input_order"]["required"]] + \
+           [(name, opt[name]) for name in entry["input_order"].get("optional", [])]
+
+
+@pytest.mark.parametrize("class_type", sorted(REFERENCE))
+def test_comfy_node_matches_reference(object_info, class_type):
+    display, expected, outputs = REFERENCE[class_type]
+    entry = object_info[class_type]
+    got = _inputs(entry)
+    assert [name for name, _ in got] == [name for name, _, _ in expected], "input names / order"
+    for (name, spec), (_, kind, options) in zip(got, expected):
+        head, opts = spec[0], (spec[1] if len(spec) > 1 else {})
+        if kind == COMBO:
+            assert isinstance(head, list), name
+        elif isinstance(kind, list):
+            assert head == kind, name
+        else:
+            assert head == kind, name
+        for key, value in options.items():
+            assert opts.get(key) == value, f"{class_type}.{name} {key}"
+    assert entry["output"] == outputs
+    if display is not None:
+        assert entry["display_name"] == display
+    assert entry["name"] == class_type and entry["category"]
+
+
+def test_sampler_and_scheduler_choices_follow_comfyui(object_info):
+    for class_type in ("KSampler", "KSamplerAdvanced", "SDXLSampler", "SDXLRefinerSampler"):
+        req = object_info[class_type]["input"]["required"]
+        assert req["sampler_name"][0] == SAMPLER_NAMES
+        assert req["scheduler"][0] == SCHEDULER_NAMES
+    # only implemented names are advertised, in ComfyUI's relative order
+    assert SAMPLER_NAMES == [s for s in COMFY_SAMPLERS if s in SAMPLER_NAMES]
+    assert SCHEDULER_NAMES == [s for s in COMFY_SCHEDULERS if s in SCHEDULER_NAMES]
+
+
+def test_model_combos_list_files_and_diffusers_folders(object_info):
+    assert object_info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] == ["folder", "sub/a.safetensors"]
+    assert object_info["SDXLCheckpointLoader"]["input"]["required"]["ckpt_name"][0] == ["folder", "sub/a.safetensors"]
+    assert object_info["VAELoader"]["input"]["required"]["vae_name"][0] == ["v.safetensors"]
+
+
+def test_every_node_is_listed_with_category_inputs_and_outputs(object_info):
+    from nodes.node import load_builtin_nodes
+
+    assert set(object_info) == set(load_builtin_nodes())
+    for name, entry in object_info.items():
+        assert entry["category"] and entry["display_name"], name
+        assert set(entry["input_order"]["required"]) == set(entry["input"]["required"]), name
+    fine = {n for n, e in object_info.items() if e["category"].startswith("sdxl/")}
+    assert {"SDXLCheckpointLoader", "SDXLVAELoader", "SDXLClipLTextEncode", "SDXLBigGTextEncode",
+            "SDXLDualEncoderConcat", "SDXLRefinerTextConditioning", "SDXLSizeConditioning", "SDXLAestheticScore",
+            "SDXLEmptyLatent", "SDXLSampler", "SDXLRefinerSampler", "SDXLVAEDecode", "SDXLVAEEncode"} <= fine
+    assert object_info["SDXLDualEncoderConcat"]["display_name"] == "SDXL Dual-Encoder Channel Concat"
+    assert object_info["SDXLClipLTextEncode"]["output"] == ["CLIP_L_EMBEDS"]
+    assert object_info["SDXLBigGTextEncode"]["output"] == ["CLIP_G_EMBEDS"]
+
+
+def test_comfyui_widget_values_map_to_the_right_inputs():
+    """The positional widgets_values ComfyUI saves (comfyui-compat.md §9.5) land on the same inputs here."""
+    from nodes.node import load_builtin_nodes
+
+    def one(kind, widgets):
+        ui = {"nodes": [{"id": 1, "type": kind, "mode": 0, "inputs": [], "outputs": [],
+                         "widgets_values": widgets}], "links": [], "version": 0.4}
+        return ui_to_api(ui, load_builtin_nodes())["1"]["inputs"]
+
+    assert one("KSampler", [812045847300606, "randomize", 25, 7, "dpmpp_2m", "karras", 1]) == {
+        "seed": 812045847300606, "steps": 25, "cfg": 7, "sampler_name": "dpmpp_2m", "scheduler": "karras",
+        "denoise": 1}
+    assert one("KSamplerAdvanced", ["enable", 721897303308196, "randomize", 25, 8, "euler", "normal", 0, 20,
+                                    "enable"]) == {
+        "add_noise": "enable", "noise_seed": 721897303308196, "steps": 25, "cfg": 8, "sampler_name": "euler",
+        "scheduler": "normal", "start_at_step": 0, "end_at_step": 20, "return_with_leftover_noise": "enable"}
+    assert one("CLIPTextEncodeSDXL", [4096, 4096, 0, 0, 4096, 4096, "g", "l"]) == {
+        "width": 4096, "height": 4096, "crop_w": 0, "crop_h": 0, "target_width": 4096, "target_height": 4096,
+        "text_g": "g", "text_l": "l"}

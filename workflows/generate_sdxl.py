@@ -1,0 +1,315 @@
+"""Writes the shipped SDXL workflows (workflows/sdxl_*.json, UI format 0.4) from the node declarations.
+
+Run `python workflows/generate_sdxl.py` after changing a node's inputs; the JSON files are what ships (the canvas
+opens them, `latentgraph run` runs them). Widget values are laid out the way the canvas saves them
+(server.graph.widget_slots: schema order, a seed's control value after it). Defaults are small (256², a few
+steps) so the tiny demo checkpoints run in seconds on a CPU; with real checkpoints raise sizes and steps.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from nodes.node import load_builtin_nodes  # noqa: E402
+from server.graph import widget_slots  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BASE, REFINER = "demo_sdxl_base.safetensors", "demo_sdxl_refiner.safetensors"
+PROMPT = "a majestic lion jumping from a big stone at night, highly detailed"
+NEGATIVE = "blurry, low quality"
+REGISTRY = load_builtin_nodes()
+
+
+class Workflow:
+    def __init__(self, name: str):
+        self.name = name
+        self.nodes: list[dict] = []
+        self.links: list[list] = []
+
+    def _node(self, node_id: int) -> dict:
+        return next(n for n in self.nodes if n["id"] == node_id)
+
+    def _link(self, origin: int, slot: int, target: dict, target_slot: int, kind: str) -> int:
+        link_id = len(self.links) + 1
+        self.links.append([link_id, origin, slot, target["id"], target_slot, kind])
+        self._node(origin)["outputs"][slot]["links"].append(link_id)
+        return link_id
+
+    def add(self, kind: str, pos, title: str | None = None, **values) -> int:
+        """A node; keyword values are widget constants, or (node_id, output_slot) tuples for links."""
+        spec = REGISTRY[kind]
+        node = {"id": len(self.nodes) + 1, "type": kind, "pos": list(pos), "size": [320, 60 + 26 * len(spec.inputs)],
+                "flags": {}, "order": len(self.nodes), "mode": 0, "inputs": [],
+                "outputs": [{"name": o.label, "type": o.type.name, "links": [], "slot_index": i}
+                            for i, o in enumerate(spec.outputs)],
+                "properties": {"Node name for S&R": kind}}
+        if title:
+            node["title"] = title
+        self.nodes.append(node)
+        slots = widget_slots(spec)
+        widgets: list = [None] * (max(slots.values(), default=-1) + 2)
+        for name, inp in spec.inputs.items():
+            value = values.pop(name, None)
+            linked = isinstance(value, tuple)
+            if inp.is_widget:
+                const = value if value is not None and not linked else (inp.default if inp.has_default else inp.options()[0])
+                widgets[slots[name]] = const
+                if inp.control_after_generate:
+                    widgets[slots[name] + 1] = "fixed"
+            if linked or not inp.is_widget:
+                entry = {"name": name, "type": inp.type.name, "link": None}
+                if inp.is_widget:
+                    entry["widget"] = {"name": name}
+                node["inputs"].append(entry)
+                if linked:
+                    entry["link"] = self._link(value[0], value[1], node, len(node["inputs"]) - 1, inp.type.name)
+        if values:
+            raise KeyError(f"{kind} has no inputs {sorted(values)}")
+        node["widgets_values"] = widgets[: len(widgets) - 1] if widgets and widgets[-1] is None else widgets
+        return node["id"]
+
+    def primitive(self, value, kind: str, pos, title: str, targets: list[tuple[int, str]]) -> int:
+        """A PrimitiveNode feeding the widget `name` of each target (converted to an input)."""
+        node = {"id": len(self.nodes) + 1, "type": "PrimitiveNode", "pos": list(pos), "size": [300, 80], "flags": {},
+                "order": len(self.nodes), "mode": 0, "inputs": [], "title": title,
+                "outputs": [{"name": kind, "type": kind, "links": [], "slot_index": 0,
+                             "widget": {"name": targets[0][1]}}],
+                "properties": {"Run widget replace on values": False},
+                "widgets_values": [value, "fixed"] if kind == "INT" else [value]}
+        self.nodes.append(node)
+        for target_id, name in targets:
+            target = self._node(target_id)
+            entry = next((e for e in target["inputs"] if e["name"] == name), None)
+            if entry is None:
+                entry = {"name": name, "type": kind, "link": None, "widget": {"name": name}}
+                target["inputs"].append(entry)
+            entry["link"] = self._link(node["id"], 0, target, target["inputs"].index(entry), kind)
+        return node["id"]
+
+    def note(self, text: str, pos, size=(520, 200)) -> None:
+        self.nodes.append({"id": len(self.nodes) + 1, "type": "Note", "pos": list(pos), "size": list(size),
+                           "flags": {}, "order": len(self.nodes), "mode": 0, "inputs": [], "outputs": [],
+                           "properties": {}, "widgets_values": [text], "color": "#432", "bgcolor": "#653"})
+
+    def save(self) -> str:
+        data = {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"latentgraph/workflows/{self.name}")), "revision": 0,
+                "last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes,
+                "links": self.links, "groups": [], "config": {},
+                "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4}
+        path = os.path.join(HERE, f"{self.name}.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, ensure_ascii=False)
+            f.write("\n")
+        return path
+
+
+RUN = "Run headless: latentgraph run workflows/{name}.json (the demo checkpoints make noise, not pictures)."
+
+
+def base_fine_grained() -> Workflow:
+    w = Workflow("sdxl_base")
+    ckpt = w.add("SDXLCheckpointLoader", (0, 200), ckpt_name=BASE)
+    latent = w.add("SDXLEmptyLatent", (0, 420), resolution="custom", width=256, height=256)
+    conds = []
+    for i, (label, text) in enumerate((("positive", PROMPT), ("negative", NEGATIVE))):
+        y = 40 + 480 * i
+        clip_l = w.add("SDXLClipLTextEncode", (380, y), f"CLIP-L ({label})", clip=(ckpt, 1), text=text)
+        clip_g = w.add("SDXLBigGTextEncode", (380, y + 220), f"OpenCLIP bigG ({label})", clip=(ckpt, 1), text=text)
+        concat = w.add("SDXLDualEncoderConcat", (760, y + 100), clip_l=(clip_l, 0), clip_g=(clip_g, 0))
+        conds.append(w.add("SDXLSizeConditioning", (1080, y + 40), f"Size & crop ({label})", conditioning=(concat, 0),
+                           original_width=(latent, 1), original_height=(latent, 2),
+                           target_width=(latent, 1), target_height=(latent, 2)))
+    sampled = w.add("SDXLSampler", (1440, 200), model=(ckpt, 0), positive=(conds[0], 0), negative=(conds[1], 0),
+                    latent_image=(latent, 0), seed=42, steps=4, cfg=5.0)
+    image = w.add("SDXLVAEDecode", (1800, 200), samples=(sampled, 0), vae=(ckpt, 2))
+    w.add("SaveImage", (2120, 200), images=(image, 0), filename_prefix="sdxl_base")
+    w.note("SDXL base text-to-image with the pipeline's parts as nodes (SDXL report §2): CLIP-L and OpenCLIP bigG "
+           "encode the prompt separately; their penultimate hidden states are joined on the CHANNEL axis "
+           "(768 + 1280 = 2048 per token) and bigG's pooled vector goes with them; the size & crop conditioning "
+           "(original = target = output size, crop 0,0, as at inference in the paper) is embedded into the UNet's "
+           "vector input. Same prompt and seed as sdxl_base_comfy.json, which gives the identical image with "
+           "ComfyUI's nodes.\n" + RUN.format(name=w.name), (0, 900))
+    return w
+
+
+def base_comfy() -> Workflow:
+    w = Workflow("sdxl_base_comfy")
+    ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=BASE)
+    pos = w.add("CLIPTextEncode", (380, 40), "Positive", text=PROMPT, clip=(ckpt, 1))
+    neg = w.add("CLIPTextEncode", (380, 300), "Negative", text=NEGATIVE, clip=(ckpt, 1))
+    latent = w.add("EmptyLatentImage", (380, 560), width=256, height=256, batch_size=1)
+    sampled = w.add("KSampler", (760, 200), model=(ckpt, 0), seed=42, steps=4, cfg=5.0, sampler_name="euler",
+                    scheduler="normal", positive=(pos, 0), negative=(neg, 0), latent_image=(latent, 0), denoise=1.0)
+    image = w.add("VAEDecode", (1120, 200), samples=(sampled, 0), vae=(ckpt, 2))
+    w.add("SaveImage", (1420, 200), images=(image, 0), filename_prefix="sdxl_base_comfy")
+    w.note("SDXL base text-to-image with ComfyUI's nodes (same names, inputs and widget order, so this file also "
+           "opens in ComfyUI). CLIPTextEncode on an SDXL base CLIP runs both text encoders; the size conditioning "
+           "comes from the latent's size. Same prompt and seed as sdxl_base.json: identical pixels.\n"
+           + RUN.format(name=w.name), (0, 760))
+    return w
+
+
+def base_refiner() -> Workflow:
+    """comfyui-compat.md §12: two KSamplerAdvanced on one schedule; the base stops early keeping its noise."""
+    w = Workflow("sdxl_base_refiner")
+    base = w.add("CheckpointLoaderSimple", (0, 100), "Load base", ckpt_name=BASE)
+    refiner = w.add("CheckpointLoaderSimple", (0, 600), "Load refiner", ckpt_name=REFINER)
+    latent = w.add("EmptyLatentImage", (0, 350), width=256, height=256, batch_size=1)
+    texts = {}
+    for name, clip, y in (("base", base, 0), ("refiner", refiner, 520)):
+        texts[name] = (w.add("CLIPTextEncode", (380, y), f"Positive ({name})", text=PROMPT, clip=(clip, 1)),
+                       w.add("CLIPTextEncode", (380, y + 240), f"Negative ({name})", text=NEGATIVE, clip=(clip, 1)))
+    first = w.add("KSamplerAdvanced", (760, 100), "Base (steps 0 → switch, keeps its noise)", model=(base, 0),
+                  add_noise="enable", noise_seed=42, steps=5, cfg=8.0, sampler_name="euler", scheduler="normal",
+                  positive=(texts["base"][0], 0), negative=(texts["base"][1], 0), latent_image=(latent, 0),
+                  start_at_step=0, end_at_step=4, return_with_leftover_noise="enable")
+    second = w.add("KSamplerAdvanced", (1140, 100), "Refiner (switch → end, adds no noise)", model=(refiner, 0),
+                   add_noise="disable", noise_seed=42, steps=5, cfg=8.0, sampler_name="euler", scheduler="normal",
+                   positive=(texts["refiner"][0], 0), negative=(texts["refiner"][1], 0), latent_image=(first, 0),
+                   start_at_step=4, end_at_step=10000, return_with_leftover_noise="disable")
+    image = w.add("VAEDecode", (1520, 100), samples=(second, 0), vae=(refiner, 2))
+    w.add("SaveImage", (1820, 100), images=(image, 0), filename_prefix="sdxl_base_refiner")
+    w.primitive(5, "INT", (760, 640), "steps", [(first, "steps"), (second, "steps")])
+    w.primitive(4, "INT", (760, 780), "switch to the refiner at step", [(first, "end_at_step"), (second, "start_at_step")])
+    w.note("SDXL ensemble of experts (SDXL report §2.5; ComfyUI's official base + refiner wiring): both samplers share "
+           "one schedule (steps, scheduler). The base runs steps 0 → switch and returns its latent still noisy "
+           "(leftover noise); the refiner, specialised on low noise levels, runs switch → end without adding noise. "
+           "The two primitives keep steps and the switch step in one place (the official example uses 25 and 20).\n"
+           + RUN.format(name=w.name), (0, 900))
+    return w
+
+
+def refiner_sdedit() -> Workflow:
+    w = Workflow("sdxl_refiner_sdedit")
+    base = w.add("SDXLCheckpointLoader", (0, 100), "Load base", ckpt_name=BASE)
+    refiner = w.add("SDXLCheckpointLoader", (0, 700), "Load refiner", ckpt_name=REFINER)
+    latent = w.add("SDXLEmptyLatent", (0, 350), resolution="custom", width=256, height=256)
+    base_conds, refiner_conds = [], []
+    for i, (label, text, score) in enumerate((("positive", PROMPT, 6.0), ("negative", NEGATIVE, 2.5))):
+        y = 220 * i
+        clip_l = w.add("SDXLClipLTextEncode", (380, y), f"CLIP-L ({label})", clip=(base, 1), text=text)
+        clip_g = w.add("SDXLBigGTextEncode", (380, y + 440), f"bigG ({label}, base)", clip=(base, 1), text=text)
+        base_conds.append(w.add("SDXLDualEncoderConcat", (760, y), clip_l=(clip_l, 0), clip_g=(clip_g, 0)))
+        ref_g = w.add("SDXLBigGTextEncode", (380, y + 900), f"bigG ({label}, refiner)", clip=(refiner, 1), text=text)
+        ref_text = w.add("SDXLRefinerTextConditioning", (760, y + 900), clip_g=(ref_g, 0))
+        refiner_conds.append(w.add("SDXLAestheticScore", (1080, y + 900), f"Aesthetic score ({label})",
+                                   conditioning=(ref_text, 0), aesthetic_score=score))
+    sampled = w.add("SDXLSampler", (1140, 100), "Base: full text-to-image", model=(base, 0),
+                    positive=(base_conds[0], 0), negative=(base_conds[1], 0), latent_image=(latent, 0),
+                    seed=42, steps=4, cfg=5.0)
+    base_image = w.add("SDXLVAEDecode", (1520, 0), samples=(sampled, 0), vae=(base, 2))
+    w.add("SaveImage", (1840, 0), "Base image", images=(base_image, 0), filename_prefix="sdxl_sdedit_base")
+    refined = w.add("SDXLRefinerSampler", (1520, 500), "Refiner: SDEdit", model=(refiner, 0),
+                    positive=(refiner_conds[0], 0), negative=(refiner_conds[1], 0), latent_image=(sampled, 0),
+                    seed=43, steps=3, cfg=5.0, mode="sdedit", strength=0.3)
+    image = w.add("SDXLVAEDecode", (1840, 500), samples=(refined, 0), vae=(refiner, 2))
+    w.add("SaveImage", (2160, 500), "Refined image", images=(image, 0), filename_prefix="sdxl_sdedit_refined")
+    w.note("The SDXL report's refinement (§2.5): the base finishes the image; the refiner — trained on the first 200 "
+           "noise levels only — noises the base latent again to a level inside that range (strength 0.3 → "
+           "timestep 59) and denoises it with the same prompt (SDEdit). The refiner sees bigG's context alone "
+           "(1280 wide) plus an aesthetic score: 6.0 for the positive prompt, 2.5 for the negative. Both the base "
+           "and the refined image are saved.\n" + RUN.format(name=w.name), (0, 1400))
+    return w
+
+
+def _source_image(w: Workflow, ckpt: int, seed: int) -> int:
+    """A base text-to-image picture made inside the workflow, so it runs with nothing in the input folder."""
+    pos = w.add("CLIPTextEncode", (380, 0), "Source prompt", text="a red barn in a green field, blue sky", clip=(ckpt, 1))
+    neg = w.add("CLIPTextEncode", (380, 260), "Negative", text=NEGATIVE, clip=(ckpt, 1))
+    latent = w.add("EmptyLatentImage", (0, 400), width=256, height=256, batch_size=1)
+    sampled = w.add("KSampler", (760, 0), "Make the source picture", model=(ckpt, 0), seed=seed, steps=4, cfg=5.0,
+                    sampler_name="euler", scheduler="normal", positive=(pos, 0), negative=(neg, 0),
+                    latent_image=(latent, 0))
+    image = w.add("VAEDecode", (1120, 0), samples=(sampled, 0), vae=(ckpt, 2))
+    w.add("SaveImage", (1420, 0), "Source image", images=(image, 0), filename_prefix=f"{w.name}_source")
+    return image
+
+
+def img2img() -> Workflow:
+    w = Workflow("sdxl_img2img")
+    ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=BASE)
+    source = _source_image(w, ckpt, seed=7)
+    pos = w.add("CLIPTextEncode", (380, 560), "New prompt", text="a red barn in a snowy field at dusk", clip=(ckpt, 1))
+    neg = w.add("CLIPTextEncode", (380, 820), "Negative", text=NEGATIVE, clip=(ckpt, 1))
+    encoded = w.add("VAEEncode", (1120, 400), pixels=(source, 0), vae=(ckpt, 2))
+    sampled = w.add("KSampler", (1420, 560), "img2img (denoise 0.6)", model=(ckpt, 0), seed=42, steps=4, cfg=5.0,
+                    sampler_name="euler", scheduler="normal", positive=(pos, 0), negative=(neg, 0),
+                    latent_image=(encoded, 0), denoise=0.6)
+    image = w.add("VAEDecode", (1780, 560), samples=(sampled, 0), vae=(ckpt, 2))
+    w.add("SaveImage", (2080, 560), images=(image, 0), filename_prefix="sdxl_img2img")
+    w.note("Image-to-image: a picture is encoded by the VAE, noised part of the way (denoise 0.6 runs the last 60 % "
+           "of the schedule) and denoised with a new prompt. The source picture is made by the first row so the "
+           "workflow needs no input file; to start from your own picture, replace the first row with Load Image "
+           "feeding VAE Encode.\n" + RUN.format(name=w.name), (0, 1100))
+    return w
+
+
+def inpaint() -> Workflow:
+    w = Workflow("sdxl_inpaint")
+    ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=BASE)
+    source = _source_image(w, ckpt, seed=7)
+    blank = w.add("SolidMask", (0, 600), "No mask", value=0.0, width=256, height=256)
+    square = w.add("SolidMask", (0, 780), "Area to repaint", value=1.0, width=96, height=96)
+    mask = w.add("MaskComposite", (380, 640), "Mask: 96² square at (80, 80)", destination=(blank, 0),
+                 source=(square, 0), x=80, y=80, operation="add")
+    pos = w.add("CLIPTextEncode", (380, 900), "What to paint there", text="a white horse", clip=(ckpt, 1))
+    neg = w.add("CLIPTextEncode", (380, 1160), "Negative", text=NEGATIVE, clip=(ckpt, 1))
+    encoded = w.add("VAEEncodeForInpaint", (760, 640), pixels=(source, 0), vae=(ckpt, 2), mask=(mask, 0),
+                    grow_mask_by=6)
+    sampled = w.add("KSampler", (1120, 640), "Inpaint", model=(ckpt, 0), seed=42, steps=4, cfg=5.0,
+                    sampler_name="euler", scheduler="normal", positive=(pos, 0), negative=(neg, 0),
+                    latent_image=(encoded, 0), denoise=1.0)
+    image = w.add("VAEDecode", (1480, 640), samples=(sampled, 0), vae=(ckpt, 2))
+    pasted = w.add("ImageCompositeMasked", (1780, 640), "Paste the repainted area only", destination=(source, 0),
+                   source=(image, 0), x=0, y=0, resize_source=False, mask=(mask, 0))
+    w.add("SaveImage", (2100, 640), images=(pasted, 0), filename_prefix="sdxl_inpaint")
+    w.note("Inpainting: VAE Encode (for Inpainting) greys out the masked square before encoding and attaches the "
+           "(grown) mask to the latent; the sampler repaints only the masked area and keeps the rest on the input "
+           "latent at every step. The decoded result is pasted back through the mask, so pixels outside the mask "
+           "are exactly the source picture's. The source picture is made in the first row (no input file needed); "
+           "use Load Image (its mask comes from the alpha channel) for your own.\n" + RUN.format(name=w.name),
+           (0, 1450))
+    return w
+
+
+ASPECT_DEMO = [(768, 1344), (896, 1152), (1024, 1024), (1152, 896), (1344, 768), (1536, 640)]
+ASPECT_SCALE = 0.25
+
+
+def aspect_buckets() -> Workflow:
+    from nodes.library.latent import bucket_label
+
+    w = Workflow("sdxl_aspect_buckets")
+    ckpt = w.add("SDXLCheckpointLoader", (0, 200), ckpt_name=BASE)
+    conds = []
+    for i, (label, text) in enumerate((("positive", PROMPT), ("negative", NEGATIVE))):
+        y = 480 * i
+        clip_l = w.add("SDXLClipLTextEncode", (380, y), f"CLIP-L ({label})", clip=(ckpt, 1), text=text)
+        clip_g = w.add("SDXLBigGTextEncode", (380, y + 220), f"bigG ({label})", clip=(ckpt, 1), text=text)
+        conds.append(w.add("SDXLDualEncoderConcat", (760, y + 100), clip_l=(clip_l, 0), clip_g=(clip_g, 0)))
+    for i, (width, height) in enumerate(ASPECT_DEMO):
+        x = 1100 + 360 * (i % 3)
+        y = 760 * (i // 3)
+        latent = w.add("SDXLEmptyLatent", (x, y), f"Bucket {width}×{height}",
+                       resolution=bucket_label(width, height), scale=ASPECT_SCALE)
+        sampled = w.add("SDXLSampler", (x, y + 200), model=(ckpt, 0), positive=(conds[0], 0),
+                        negative=(conds[1], 0), latent_image=(latent, 0), seed=42, steps=2, cfg=5.0)
+        image = w.add("SDXLVAEDecode", (x, y + 480), samples=(sampled, 0), vae=(ckpt, 2))
+        w.add("SaveImage", (x, y + 620), images=(image, 0), filename_prefix=f"bucket_{width}x{height}")
+    w.note("SDXL's multi-aspect training (SDXL report §2.3, Appendix I): the base model was fine-tuned on buckets of "
+           "about 1024² pixels with sides in multiples of 64, from 704×1408 to 1728×576 (all 26 are in the Empty "
+           "Latent node's list). One image per bucket, same prompt and seed. For a quick CPU run the buckets are "
+           f"drawn at scale {ASPECT_SCALE} (e.g. 1024×1024 → 256×256); set scale 1.0 with a real checkpoint.\n"
+           + RUN.format(name=w.name), (0, 1000))
+    return w
+
+
+ALL = [base_fine_grained, base_comfy, base_refiner, refiner_sdedit, img2img, inpaint, aspect_buckets]
+
+if __name__ == "__main__":
+    for make in ALL:
+        print(make().save())
