@@ -1,0 +1,80 @@
+"""Shipped SDXL workflows through HTTP and /ws on the demo checkpoints: sampler progress, latent previews, and
+checkpoints that stay loaded across workflows until POST /free."""
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+
+import pytest
+from aiohttp import WSMsgType
+from oracles import demo_models
+from server_helpers import REPO, make_config
+
+from server.app import STATE, create_app
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+async def client(aiohttp_client, tmp_path):
+    paths = demo_models()
+    cfg = make_config(tmp_path)
+    cfg.models_dir.mkdir(parents=True)
+    (cfg.models_dir / "checkpoints").symlink_to(paths["sdxl_base"].parent)
+    return await aiohttp_client(create_app(cfg))
+
+
+async def run_workflow(client, ws, name: str, **changes) -> tuple[dict, list, list]:
+    workflow = json.loads((REPO / "workflows" / name).read_text())
+    resp = await client.post("/prompt", json={"prompt": workflow, "client_id": "sdxl"})
+    body = await resp.json()
+    assert resp.status == 200, body
+    msgs, frames = [], []
+    async with asyncio.timeout(300):
+        while True:
+            m = await ws.receive()
+            if m.type == WSMsgType.BINARY:
+                frames.append(m.data)
+                continue
+            msg = json.loads(m.data)
+            msgs.append(msg)
+            assert msg["type"] != "execution_error", msg["data"]["exception_message"]
+            if msg["type"] == "executing" and msg["data"]["node"] is None:
+                break
+    entry = (await (await client.get(f"/history/{body['prompt_id']}")).json())[body["prompt_id"]]
+    return entry, msgs, frames
+
+
+async def test_sdxl_workflows_progress_previews_and_resident_checkpoints(client):
+    residency = client.app[STATE].workers[0].resources
+    ws = await client.ws_connect("/ws?clientId=sdxl")
+    await ws.receive_json()
+
+    entry, msgs, frames = await run_workflow(client, ws, "sdxl_base.json")
+    assert entry["status"]["completed"]
+    progress = [m["data"] for m in msgs if m["type"] == "progress"]
+    sampler = progress[0]["node"]
+    steps = [p for p in progress if p["node"] == sampler]
+    assert [p["value"] for p in steps] == list(range(1, steps[0]["max"] + 1))
+    assert frames and all(struct.unpack(">II", f[:8]) == (1, 1) for f in frames)  # JPEG latent previews
+    (images,) = [o["images"] for o in entry["outputs"].values()]
+    view = await client.get("/view", params={"filename": images[0]["filename"], "subfolder": images[0]["subfolder"],
+                                             "type": images[0]["type"]})
+    assert view.status == 200 and view.content_type == "image/png"
+    assert residency.stats()["builds"] == 1
+
+    # another workflow on the same base checkpoint (plus the refiner): the base is not read again
+    entry, _, _ = await run_workflow(client, ws, "sdxl_base_refiner.json")
+    assert entry["status"]["completed"] and residency.stats()["builds"] == 2
+
+    # /free unloads; the next run reads the checkpoint again
+    await client.post("/free", json={"unload_models": True, "free_memory": True})
+    for _ in range(100):
+        if residency.stats()["models"] == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert residency.stats()["models"] == 0
+    entry, _, _ = await run_workflow(client, ws, "sdxl_base.json")
+    assert entry["status"]["completed"] and residency.stats()["builds"] == 3
+    await ws.close()
