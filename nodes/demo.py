@@ -190,7 +190,7 @@ def make_demo_models(out_dir, dtype: torch.dtype = torch.float32) -> dict[str, P
         unet, vae, text = build_demo_parts(kind)
         path = out / f"demo_{kind}.safetensors"
         save_file(_single_file(kind, unet, vae, text, dtype), str(path),
-                  metadata={"latentgraph": "demo", "notice": DEMO_NOTICE})
+                  metadata={"latentgraph_demo": DEMO_NOTICE})  # one entry: safetensors orders metadata at random
         paths[kind] = path
         if kind == "sdxl_base":
             paths["sdxl_base_diffusers"] = out / "demo_sdxl_base_diffusers"
