@@ -16,7 +16,7 @@ from typing import Any
 from nodes.node import Environment, load_builtin_nodes
 
 from .executor import Executor, Hooks
-from .graph import load_prompt, read_png_workflow, set_ui_widget, validate
+from .graph import load_prompt, read_png_workflow, set_ui_widget, ui_to_api, validate
 
 EXIT_INVALID = 1   # the graph is invalid or a node failed
 EXIT_USAGE = 2     # the file could not be read, or arguments are wrong
@@ -52,36 +52,63 @@ def environment(args) -> Environment:
                        temp_dir=os.path.join(tempfile.gettempdir(), "latentgraph"))
 
 
-def parse_set(item: str, prompt: dict, registry) -> tuple[str, str, Any]:
-    """'NODE.INPUT=VALUE' → (node, input, value); the value is typed by the input (JSON for numbers/booleans)."""
+def _primitive_type(workflow: dict | None, node_id: str) -> str | None:
+    """The output type of a UI PrimitiveNode (which has no API node of its own), else None."""
+    for node in (workflow or {}).get("nodes", []):
+        if str(node.get("id")) == node_id and node.get("type") == "PrimitiveNode":
+            outputs = node.get("outputs") or [{}]
+            return str(outputs[0].get("type") or "*")
+    return None
+
+
+def _typed(raw: str, text: bool) -> Any:
+    if text:
+        return raw
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw
+
+
+def parse_set(item: str, prompt: dict, registry, workflow: dict | None = None) -> tuple[str, str, Any]:
+    """'NODE.INPUT=VALUE' → (node, input, value); the value is typed by the input (JSON for numbers/booleans).
+    NODE may also be a UI PrimitiveNode, whose input is called `value`."""
     target, sep, raw = item.partition("=")
     node_id, dot, name = target.rpartition(".")
     if not sep or not dot or not node_id or not name:
         raise CLIError(f"--set {item!r}: expected NODE_ID.INPUT=VALUE")
     if node_id not in prompt:
-        raise CLIError(f"--set {item!r}: the workflow has no node {node_id} (nodes: {', '.join(prompt)})")
+        kind = _primitive_type(workflow, node_id)
+        if kind is None:
+            raise CLIError(f"--set {item!r}: the workflow has no node {node_id} (nodes: {', '.join(prompt)})")
+        if name != "value":
+            raise CLIError(f"--set {item!r}: node {node_id} is a PrimitiveNode; set {node_id}.value")
+        return node_id, name, _typed(raw, kind in ("STRING", "COMBO"))
     spec = registry.get(prompt[node_id].get("class_type"))
     inp = spec.inputs.get(name) if spec else None
     if spec is not None and inp is None:
         raise CLIError(f"--set {item!r}: {spec.type_name} has no input {name!r} (inputs: {', '.join(spec.inputs)})")
-    if inp is not None and (inp.is_combo or inp.type.name == "STRING"):
-        return node_id, name, raw
-    try:
-        return node_id, name, json.loads(raw)
-    except json.JSONDecodeError:
-        return node_id, name, raw
+    return node_id, name, _typed(raw, inp is not None and (inp.is_combo or inp.type.name == "STRING"))
 
 
-def apply_sets(items: list[str], prompt: dict, workflow: dict | None, registry) -> dict | None:
-    """Change inputs in the prompt and, where possible, in the UI workflow that will be embedded in outputs."""
-    for item in items:
-        node_id, name, value = parse_set(item, prompt, registry)
+def apply_sets(items: list[str], prompt: dict, workflow: dict | None, registry) -> tuple[dict, dict | None]:
+    """Apply --set changes. With a UI workflow they are written into its widgets and the workflow is converted
+    again, so the workflow embedded in outputs says exactly what ran; a change that is not a widget there
+    (a socket, a linked widget) goes into the prompt only, and outputs then embed only the prompt."""
+    sets = [parse_set(item, prompt, registry, workflow) for item in items]
+    prompt_only = [s for s in sets if workflow is None or not set_ui_widget(workflow, *s, registry)]
+    if workflow is not None and len(prompt_only) < len(sets):
+        prompt = ui_to_api(workflow, registry)
+    for node_id, name, value in prompt_only:
+        if node_id not in prompt:
+            raise CLIError(f"--set {node_id}.{name}: PrimitiveNode {node_id} has no value to change")
         prompt[node_id].setdefault("inputs", {})[name] = value
-        if workflow is not None and not set_ui_widget(workflow, node_id, name, value, registry):
-            print(f"note: {node_id}.{name} is not a widget of the saved workflow; outputs will embed only the prompt",
-                  file=sys.stderr)
-            workflow = None
-    return workflow
+    if workflow is not None and prompt_only:
+        changed = ", ".join(f"{n}.{i}" for n, i, _ in prompt_only)
+        print(f"note: {changed} not widgets of the saved workflow; outputs will embed only the prompt",
+              file=sys.stderr)
+        workflow = None
+    return prompt, workflow
 
 
 def load(args, registry) -> tuple[dict, dict | None]:
@@ -158,7 +185,7 @@ class _Progress:
 def cmd_run(args) -> int:
     registry = load_builtin_nodes()
     prompt, workflow = load(args, registry)
-    workflow = apply_sets(args.set or [], prompt, workflow, registry)
+    prompt, workflow = apply_sets(args.set or [], prompt, workflow, registry)
     env = environment(args)
     report = validate(prompt, registry, env)
     if not report.ok:

@@ -191,19 +191,30 @@ def ui_to_api(workflow: dict, registry: dict[str, NodeSpec]) -> dict:
 
 
 def set_ui_widget(workflow: dict, node_id: str, name: str, value: Any, registry: dict[str, NodeSpec]) -> bool:
-    """Write a widget value into a UI workflow (so an embedded workflow matches a `--set`); False if the
-    input is not a plain widget of that node."""
+    """Write a widget value into a UI workflow (then convert it again); False when `name` is not a widget of
+    that node that decides its value — a socket, or a converted widget whose link wins. A PrimitiveNode's
+    widget is called ``value``."""
     node = next((n for n in workflow.get("nodes", []) if str(n.get("id")) == str(node_id)), None)
-    spec = registry.get(node.get("type")) if node else None
-    if spec is None or not isinstance(node.get("widgets_values"), (list, dict)):
+    values = node.get("widgets_values") if node else None
+    if node is None or not isinstance(values, (list, dict)):
         return False
-    if isinstance(node["widgets_values"], dict):
-        node["widgets_values"][name] = value
+    if node.get("type") == "PrimitiveNode":
+        if name != "value" or not isinstance(values, list) or not values:
+            return False
+        values[0] = value
+        return True
+    spec = registry.get(node.get("type"))
+    linked = any(isinstance(i, dict) and i.get("link") is not None and
+                 ((i.get("widget") or {}).get("name") or i.get("name")) == name for i in node.get("inputs") or [])
+    if spec is None or linked:
+        return False
+    if isinstance(values, dict):
+        values[name] = value
         return True
     index = widget_slots(spec).get(name)
-    if index is None or index >= len(node["widgets_values"]):
+    if index is None or index >= len(values):
         return False
-    node["widgets_values"][index] = value
+    values[index] = value
     return True
 
 

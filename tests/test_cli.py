@@ -150,3 +150,36 @@ def test_nodes_listing(capsys):
         "image", "upscale_method", "width", "height", "crop"]
     code, out, _ = run(capsys, "nodes")
     assert code == 0 and "ImageInvert" in out
+
+
+def primitive_workflow() -> dict:
+    """PrimitiveNode 7 drives EmptyImage 1's converted `width` widget (stale value 999 in its slot)."""
+    return {"last_node_id": 7, "last_link_id": 2, "version": 0.4, "groups": [], "config": {}, "extra": {},
+            "nodes": [
+                {"id": 7, "type": "PrimitiveNode", "mode": 0, "inputs": [], "widgets_values": [24, "fixed"],
+                 "outputs": [{"name": "INT", "type": "INT", "links": [1], "widget": {"name": "width"}}]},
+                {"id": 1, "type": "EmptyImage", "mode": 0, "widgets_values": [999, 16, 1, 0],
+                 "inputs": [{"name": "width", "type": "INT", "link": 1, "widget": {"name": "width"}}], "outputs": []},
+                {"id": 2, "type": "SaveImage", "mode": 0, "widgets_values": ["p"],
+                 "inputs": [{"name": "images", "type": "IMAGE", "link": 2}], "outputs": []}],
+            "links": [[1, 7, 0, 1, 0, "INT"], [2, 1, 0, 2, 0, "IMAGE"]]}
+
+
+def test_set_a_primitive_node_and_a_linked_widget(tmp_path, capsys):
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(primitive_workflow()))
+    out_dir = str(tmp_path / "out")
+    code, out, err = run(capsys, "run", str(path), "--set", "7.value=40", "--out", out_dir, "-q")
+    assert code == 0, err
+    with Image.open(saved(out)[0]) as img:
+        assert img.size == (40, 16) and json.loads(img.text["workflow"])["nodes"][0]["widgets_values"] == [40, "fixed"]
+
+    # width is fed by the PrimitiveNode: the change can only go into the prompt, and the PNG says so honestly
+    code, out, err = run(capsys, "run", str(path), "--set", "1.width=50", "--out", out_dir, "-q")
+    assert code == 0 and "1.width" in err
+    with Image.open(saved(out)[0]) as img:
+        assert img.size == (50, 16) and "workflow" not in img.text
+        assert json.loads(img.text["prompt"])["1"]["inputs"]["width"] == 50
+
+    code, _, err = run(capsys, "run", str(path), "--set", "7.width=3", "--out", out_dir)
+    assert code == 2 and "set 7.value" in err
