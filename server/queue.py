@@ -168,6 +168,12 @@ class PromptQueue:
                              "WHERE prompt_id=?",
                              (time.time(), json.dumps(status), json.dumps(outputs), json.dumps(meta), prompt_id))
 
+    def release(self, prompt_id: str) -> None:
+        """Give a running prompt back to the queue, keeping its place (a graceful shutdown cut it short)."""
+        with self._lock:
+            self._db.execute("UPDATE prompts SET state='pending', started=NULL WHERE prompt_id=? AND state='running'",
+                             (prompt_id,))
+
     def wake(self) -> None:
         """Make a blocked :meth:`take` return (so a worker can look at other work, e.g. a /free request)."""
         with self._cond:

@@ -131,6 +131,11 @@ class Worker(threading.Thread):
                      "exception_message": str(exc), "exception_type": type(exc).__name__,
                      "traceback": traceback.format_exception(exc), "current_inputs": {}, "current_outputs": {}}
         seconds = time.perf_counter() - started
+        if status == "interrupted" and self._halt.is_set():
+            self.queue.release(pid)  # the server is stopping: this prompt runs again after the restart
+            self.current, self.current_node = None, None
+            log.info("prompt %s: stopped by shutdown after %.2f s; it stays queued", pid, seconds)
+            return
 
         if status == "success":
             emit("execution_success", {"prompt_id": pid, "timestamp": now_ms()}, record=True)

@@ -88,3 +88,12 @@ def test_pause_blocks_take_and_wake_releases(tmp_path):
     t.join(5)
     assert got[0].prompt_id == "a" and q.state_of("a") == "running"
     q.close()
+
+
+def test_release_puts_a_running_prompt_back_in_its_place(tmp_path):
+    q = PromptQueue(tmp_path / "q.db")
+    q.put("a", P, {}, ["1"])
+    q.put("b", P, {}, ["1"])
+    assert q.take().prompt_id == "a"
+    q.release("a")
+    assert [i.prompt_id for i in q.pending()] == ["a", "b"] and q.running() == []

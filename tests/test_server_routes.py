@@ -358,3 +358,19 @@ async def test_static_web_root(client):
     assert (await client.get(URL("/%2E%2E/pyproject.toml", encoded=True))).status in (403, 404)
     resp = await client.get("/no/such/route")
     assert resp.status == 404
+
+
+async def test_graceful_shutdown_keeps_the_running_prompt_queued(aiohttp_client, tmp_path):
+    cfg = make_config(tmp_path)
+    client = await aiohttp_client(create_app(cfg, probe_registry()))
+    GATES["shutdown"] = threading.Event()  # never set: the prompt runs until the server stops
+    res = await submit(client, image_prompt(steps=2, gate="shutdown"))
+    for _ in range(200):
+        if (await (await client.get("/queue")).json())["queue_running"]:
+            break
+        await asyncio.sleep(0.02)
+    await client.close()  # on_cleanup: workers interrupted and joined
+    client = await aiohttp_client(create_app(cfg, probe_registry()))
+    q = await (await client.get("/queue")).json()  # queued again (and maybe already restarted)
+    assert [i[1] for i in q["queue_pending"] + q["queue_running"]] == [res["prompt_id"]]
+    assert await (await client.get("/history")).json() == {}
