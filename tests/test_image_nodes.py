@@ -40,7 +40,13 @@ def test_load_image_choices_and_fingerprint(registry, env):
     path = os.path.join(env.input_dir, "c.png")
     Image.new("RGB", (2, 2)).save(path)
     open(os.path.join(env.input_dir, "notes.txt"), "w").close()
-    assert spec.inputs["image"].options(env) == ["c.png"]
+    os.makedirs(os.path.join(env.input_dir, "uploads", "mask"))
+    os.makedirs(os.path.join(env.input_dir, ".cache"))
+    Image.new("RGB", (2, 2)).save(os.path.join(env.input_dir, "uploads", "mask", "d.webp"))
+    Image.new("RGB", (2, 2)).save(os.path.join(env.input_dir, ".cache", "e.png"))
+    assert spec.inputs["image"].options(env) == ["c.png", "uploads/mask/d.webp"]
+    assert call(registry, env, "LoadImage", image="uploads/mask/d.webp").outputs[0].shape == (1, 2, 2, 3)
+    os.remove(os.path.join(env.input_dir, "uploads", "mask", "d.webp"))
     assert spec.schema(env)["input"]["required"]["image"] == [["c.png"], {"image_upload": True,
                                                                          "tooltip": "a file in the input folder"}]
     with open(path, "rb") as f:

@@ -21,12 +21,18 @@ _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", "
 
 
 def input_images(env) -> list[str]:
-    """Image files directly inside the input folder: the choices of LoadImage's combo."""
+    """Image files in the input folder and its subfolders ('sub/x.png', as uploads with a subfolder are
+    named): the choices of LoadImage's combo. Hidden folders are skipped."""
     folder = env.input_dir
     if not folder or not os.path.isdir(folder):
         return []
-    return sorted(f for f in os.listdir(folder)
-                  if f.lower().endswith(_IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f)))
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        rel = os.path.relpath(root, folder)
+        found += [f if rel == "." else f"{rel.replace(os.sep, '/')}/{f}"
+                  for f in files if f.lower().endswith(_IMAGE_EXTENSIONS)]
+    return sorted(found)
 
 
 def _inside(folder: str, name: str) -> str:
