@@ -212,13 +212,33 @@ def test_undo_redo_restores_exact_graph_json(page):
     edit(lambda: click_widget_arrow(page, ids["src"], "width"))
     assert widget_value(page, ids["src"], "width") == width + 1
 
-    def delete():
+    def select(node_id):
         x, y = page.evaluate("(id) => { const n = app.graph.getNodeById(id); return [n.pos[0] + 60, n.pos[1] - 15]; }",
-                             ids["src"])
+                             node_id)
         page.mouse.click(*page.evaluate(TO_SCREEN_JS, [x, y]))
+
+    def copy_paste():
+        select(ids["src"])
+        page.keyboard.press("Control+c")
+        page.mouse.move(300, 600)
+        page.keyboard.press("Control+v")
+
+    edit(copy_paste)
+    assert page.evaluate("app.graph._nodes.length") == 3
+
+    def group():
+        select(ids["dst"])
+        page.keyboard.press("Control+g")
+
+    edit(group)
+    assert page.evaluate("app.graph._groups.length") == 1
+
+    def delete():
+        select(ids["src"])
         page.keyboard.press("Delete")
 
     edit(delete)
+    assert page.evaluate("(id) => app.graph.getNodeById(id)", ids["src"]) is None
     page.shot("after-edits")
     for expected in reversed(states[:-1]):
         page.keyboard.press("Control+z")

@@ -277,6 +277,7 @@ function setupCanvas() {
   applyTypeColors(canvas);
   canvas.show_info = false;
   canvas.render_canvas_border = false;
+  canvas.low_quality_zoom_threshold = 0.5;
   const fit = () => canvas.resize(wrap.clientWidth, wrap.clientHeight);
   new ResizeObserver(fit).observe(wrap);
   fit();

@@ -55,13 +55,56 @@ function addWidgetFor(node, name, type, opts, onChange) {
     return node.addWidget(kind, name, opts.default ?? 0, fix, o);
   }
   if (type === "STRING") {
-    return node.addWidget("text", name, opts.default ?? "", onChange, { ...label, multiline: !!opts.multiline });
+    const w = node.addWidget("text", name, opts.default ?? "", onChange, { ...label, multiline: !!opts.multiline });
+    if (opts.multiline) makeTextArea(w);
+    return w;
   }
   if (type === "BOOLEAN") {
     return node.addWidget("toggle", name, opts.default ?? false, onChange,
       { ...label, on: opts.label_on ?? "true", off: opts.label_off ?? "false" });
   }
   return null;
+}
+
+/** A multiline text widget drawn as a box of wrapped text that takes the node's free height;
+ * clicking it opens litegraph's multiline editor. */
+function makeTextArea(widget) {
+  widget.computeLayoutSize = () => ({ minHeight: 64, maxHeight: 1e6, minWidth: 120, maxWidth: 1e6 });
+  widget.drawWidget = function (ctx, { width, showText = true }) {
+    const [x, y, w, h] = [15, this.y, width - 30, (this.computedHeight ?? 64) - 6];
+    ctx.save();
+    ctx.fillStyle = LiteGraph.WIDGET_BGCOLOR;
+    ctx.strokeStyle = LiteGraph.WIDGET_OUTLINE_COLOR;
+    ctx.beginPath();
+    ctx.roundRect(x, y, w, h, 6);
+    ctx.fill();
+    ctx.stroke();
+    if (showText) {
+      ctx.clip();
+      ctx.fillStyle = this.value ? LiteGraph.WIDGET_TEXT_COLOR : LiteGraph.WIDGET_SECONDARY_TEXT_COLOR;
+      ctx.font = "12px system-ui, sans-serif";
+      ctx.textAlign = "left";
+      const lines = wrapText(ctx, String(this.value || this.label || this.name), w - 12);
+      lines.forEach((line, i) => ctx.fillText(line, x + 6, y + 15 + i * 15));
+    }
+    ctx.restore();
+  };
+}
+
+function wrapText(ctx, text, width) {
+  const lines = [];
+  for (const para of text.split("\n")) {
+    let line = "";
+    for (const word of para.split(" ")) {
+      const next = line ? `${line} ${word}` : word;
+      if (line && ctx.measureText(next).width > width) {
+        lines.push(line);
+        line = word;
+      } else line = next;
+    }
+    lines.push(line);
+  }
+  return lines;
 }
 
 function isSeed(name, type, opts) {
@@ -241,7 +284,7 @@ export function registerFrontendNodes(hooks) {
         this.serialize_widgets = true;
         this.color = "#432";
         this.bgcolor = "#653";
-        this.addWidget("text", "text", "", () => hooks.onWidgetChange(this), { multiline: true });
+        makeTextArea(this.addWidget("text", "text", "", () => hooks.onWidgetChange(this), { multiline: true }));
         this.size = [320, 120];
       }
     }

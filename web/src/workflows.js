@@ -6,13 +6,39 @@ import { pngTextChunks } from "./png.js";
 import { UndoHistory } from "./history.js";
 
 const STORAGE_KEY = "latentgraph.tabs";
+const MIN_FIT_SCALE = 0.6; // smaller and text gets too small to read: show part of the graph instead
 
 /** The graph's workflow JSON as a canonical string: nodes by id (clicking a node raises it, which
- * is no edit) and without the viewport. */
+ * is no edit), `order` recomputed from the links, and without the viewport. */
 export function graphState(graph) {
   const data = graph.serialize({ sortNodes: true });
   if (data.extra) delete data.extra.ds;
+  setExecutionOrder(data);
   return JSON.stringify(data);
+}
+
+/** Topological order, ties broken by node id. litegraph only refreshes `order` now and then, so
+ * the same graph could otherwise serialise two ways. */
+function setExecutionOrder(data) {
+  const waiting = new Map(data.nodes.map((n) => [n.id, 0]));
+  const next = new Map(data.nodes.map((n) => [n.id, []]));
+  for (const [, from, , to] of data.links ?? []) {
+    if (!waiting.has(from) || !waiting.has(to)) continue;
+    waiting.set(to, waiting.get(to) + 1);
+    next.get(from).push(to);
+  }
+  const ready = data.nodes.filter((n) => waiting.get(n.id) === 0).map((n) => n.id);
+  const order = new Map();
+  while (ready.length) {
+    ready.sort((a, b) => a - b);
+    const id = ready.shift();
+    order.set(id, order.size);
+    for (const to of next.get(id)) {
+      waiting.set(to, waiting.get(to) - 1);
+      if (waiting.get(to) === 0) ready.push(to);
+    }
+  }
+  for (const n of data.nodes) n.order = order.get(n.id) ?? order.size; // cycles last
 }
 
 export class Workspace {
@@ -55,7 +81,8 @@ export class Workspace {
     return id;
   }
 
-  /** Show every node, at most at 100 %. */
+  /** Show every node, at most at 100 %; a graph too big to read whole is shown from its top-left
+   * corner at a readable zoom instead. */
   fitView() {
     const nodes = this.graph._nodes;
     if (!nodes.length) return;
@@ -65,8 +92,11 @@ export class Workspace {
     const el = this.canvas.canvas;
     const [cw, ch] = [el.clientWidth, el.clientHeight];
     const ds = this.canvas.ds;
-    ds.scale = Math.max(0.1, Math.min(1, (0.9 * cw) / (x1 - x0), (0.9 * ch) / (y1 - y0)));
-    ds.offset = [cw / (2 * ds.scale) - (x0 + x1) / 2, ch / (2 * ds.scale) - (y0 + y1) / 2];
+    const fit = Math.min(1, (0.92 * cw) / (x1 - x0), (0.92 * ch) / (y1 - y0));
+    ds.scale = Math.max(MIN_FIT_SCALE, fit);
+    ds.offset = fit >= MIN_FIT_SCALE
+      ? [cw / (2 * ds.scale) - (x0 + x1) / 2, ch / (2 * ds.scale) - (y0 + y1) / 2]
+      : [20 / ds.scale - x0, 20 / ds.scale - y0];
     this.canvas.setDirty(true, true);
   }
 
