@@ -25,6 +25,7 @@ MODEL_FOLDERS = {
     "model_name": "upscale_models", "embedding_name": "embeddings", "gligen_name": "gligen",
     "hypernetwork_name": "hypernetworks",
 }
+LEGACY_GROUP_PREFIXES = ("workflow>", "workflow/")
 FAMILY_NAMES = {"sdxl_base": "SDXL base", "sdxl_refiner": "SDXL refiner"}
 
 
@@ -40,6 +41,13 @@ def missing_node_types(prompt: dict, registry: dict[str, NodeSpec]) -> dict[str,
 
 def describe_missing_nodes(missing: dict[str, list[str]]) -> str:
     return "; ".join(f"{kind} (node{'s' if len(ids) > 1 else ''} {', '.join(ids)})" for kind, ids in missing.items())
+
+
+def _missing_message(kind: str) -> str:
+    if kind.startswith(LEGACY_GROUP_PREFIXES):  # old frontends' group nodes; their widget layout is not recorded
+        return (f"{kind!r} is a legacy group node, which is not supported: open the workflow in the ComfyUI "
+                "frontend and convert it to a subgraph (or ungroup it), then save again")
+    return f"Node type {kind!r} is not installed"
 
 
 def checkpoint_family(path: str) -> str | None:
@@ -102,7 +110,7 @@ def explain(result: Any, prompt: dict, registry: dict[str, NodeSpec], env: Envir
         for i, err in enumerate(errors):
             kind = entry.get("class_type")
             if err["type"] == "invalid_prompt" and kind in missing:
-                errors[i] = {"type": "missing_node_type", "message": f"Node type {kind!r} is not installed",
+                errors[i] = {"type": "missing_node_type", "message": _missing_message(kind),
                              "details": f"node {node_id} ({kind})", "extra_info": {"class_type": kind}}
             elif err["type"] == "value_not_in_list" and err["extra_info"].get("input_name") in MODEL_FOLDERS:
                 errors[i] = _model_error(err, node_id, env)

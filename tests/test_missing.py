@@ -142,3 +142,11 @@ async def test_prompt_route_reports_missing_nodes_and_models(aiohttp_client, tmp
     (err,) = data["node_errors"]["15"]["errors"]
     assert err["type"] == "missing_model" and err["extra_info"]["file"] == "sd_xl_base_1.0.safetensors"
     assert data["error"]["extra_info"]["missing_models"][0]["folder"] == "checkpoints"
+
+
+def test_legacy_group_node_is_named_as_such(registry):
+    prompt = {"1": {"class_type": "workflow>my sampler", "inputs": {}},
+              "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "t"}}}
+    report = validate(prompt, registry)
+    assert report.error["extra_info"]["missing_node_types"] == {"workflow>my sampler": ["1"]}
+    assert "legacy group node" in report.node_errors["1"]["errors"][0]["message"]
