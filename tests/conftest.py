@@ -1,11 +1,7 @@
 """Shared fixtures: the built-in node registry and a throw-away set of folders."""
-import os
-
 import pytest
 
 from nodes.node import Environment, load_builtin_nodes
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,7 @@ from nodes.node import load_builtin_nodes
 from server.cli import main
 from server.graph import ui_to_api
 
-from conftest import REPO
-
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOW = os.path.join(REPO, "workflows", "image_basic.json")
 CONSOLE_SCRIPT = os.path.join(os.path.dirname(sys.executable), "latentgraph")
 

@@ -10,7 +10,7 @@ from nodes.node import Input, NodeSpec, Output
 from nodes.types import CONDITIONING, FLOAT, INT, LATENT, MODEL, STRING
 from server.graph import is_ui_workflow, load_prompt, read_png_workflow, set_ui_widget, ui_to_api, widget_slots
 
-from conftest import REPO
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def ui(nodes, links, version=0.4):

@@ -1,12 +1,15 @@
 """Malformed workflows, API and UI formats: each must be reported with ComfyUI's error type at the right node
 and input — through the Python API and through `latentgraph validate --json`."""
 import json
+import os
 
 import pytest
 from PIL import Image
 
 from server.cli import main
 from server.graph import load_prompt, validate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def api(**nodes):
@@ -176,7 +179,5 @@ def test_errors_off_the_requested_outputs_are_ignored(registry, env):
 
 
 def test_valid_workflow_passes_cli(tmp_path, capsys):
-    from conftest import REPO
-
     assert main(["validate", f"{REPO}/workflows/image_basic.json"]) == 0
     assert "ok" in capsys.readouterr().out
