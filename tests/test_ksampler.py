@@ -253,7 +253,7 @@ def test_bad_inputs_name_the_node_and_input():
     with pytest.raises(ValueError, match="KSampler: input 'sampler_name'"):
         sample(AnalyticEps(), MS, latent(), POS, NEG, **{**ARGS, "sampler_name": "magic"})
     with pytest.raises(ValueError, match="input 'scheduler'"):
-        sample(AnalyticEps(), MS, latent(), POS, NEG, **{**ARGS, "scheduler": "beta"})
+        sample(AnalyticEps(), MS, latent(), POS, NEG, **{**ARGS, "scheduler": "linear_quadratic"})
     with pytest.raises(ValueError, match="KSamplerAdvanced: input 'negative'"):
         sample(AnalyticEps(), MS, latent(), POS, [], **{**ARGS, "cfg": 5.0}, node="KSamplerAdvanced")
     with pytest.raises(ValueError, match="noise_mask"):

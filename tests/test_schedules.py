@@ -1,11 +1,12 @@
 """SDXL's discrete schedule, the timestep rules and the schedulers, against sdxl.md §5/§7 and diffusers."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from nodes.sampling.schedules import (
-    SCHEDULER_NAMES, DiscreteEps, get_sigmas, ksampler_sigmas,
+    SCHEDULER_NAMES, DiscreteEps, beta_quantile, get_sigmas, ksampler_sigmas,
 )
 from nodes.sampling.ksampler import sdedit_sigmas
 
@@ -56,6 +57,17 @@ def test_kl_optimal_is_even_in_arctan_sigma():
     assert float(angles[0]) == pytest.approx(math.atan(MS.sigma_max), abs=1e-6)
 
 
+def test_beta_matches_scipy_quantiles():
+    stats = pytest.importorskip("scipy.stats")
+    q = np.linspace(0, 1, 257)
+    for a, b in ((0.6, 0.6), (0.5, 2.0), (2.0, 0.7)):
+        assert np.abs(beta_quantile(q, a, b) - stats.beta.ppf(q, a, b)).max() < 1e-7
+    for steps in (1, 10, 25, 60):
+        ts = np.rint(stats.beta.ppf(1 - np.linspace(0, 1, steps, endpoint=False), 0.6, 0.6) * 999).astype(int)
+        ts = [t for i, t in enumerate(ts) if i == 0 or t != ts[i - 1]]
+        assert torch.equal(get_sigmas(MS, "beta", steps)[:-1], MS.sigmas[ts])
+
+
 def test_timestep_rules_integer_and_fractional():
     karras = get_sigmas(MS, "karras", 10)[:-1]
     assert MS.timestep(karras).tolist() == [999, 916, 815, 687, 523, 327, 146, 41, 7, 0]
@@ -104,7 +116,7 @@ def test_dpm2_drops_the_penultimate_sigma(sampler):
 
 def test_bad_names_and_steps_are_named():
     with pytest.raises(ValueError, match="scheduler"):
-        get_sigmas(MS, "beta", 10)
+        get_sigmas(MS, "linear_quadratic", 10)
     with pytest.raises(ValueError, match="steps"):
         get_sigmas(MS, "karras", 0)
 

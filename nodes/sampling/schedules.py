@@ -9,8 +9,10 @@ and formulas are the ones ComfyUI users know.
 """
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 import torch
 
 
@@ -176,6 +178,48 @@ def ddim_uniform_scheduler(ms: ModelSampling, steps: int) -> torch.Tensor:
     return _append_zero(ms.sigmas[1:n:stride].flip(0))
 
 
+@functools.cache
+def _gauss_legendre_64():
+    return np.polynomial.legendre.leggauss(64)
+
+
+def _beta_cdf(x: np.ndarray, a: float, b: float) -> np.ndarray:
+    """Regularised incomplete beta I_x(a, b) for x ≤ 1/2 (64-point Gauss–Legendre after t = u^(1/a), which
+    removes the t^(a−1) singularity; (1 − t)^(b−1) is smooth there)."""
+    nodes, weights = _gauss_legendre_64()
+    upper = x ** a  # integrate (1/a)·(1 − u^(1/a))^(b−1) over [0, x^a]
+    u = (nodes[None, :] + 1) / 2 * upper[:, None]
+    integral = (weights[None, :] * (1 - u ** (1 / a)) ** (b - 1)).sum(axis=1) * upper / 2 / a
+    return integral / math.exp(math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b))
+
+
+def beta_quantile(q: np.ndarray, a: float, b: float) -> np.ndarray:
+    """The Beta(a, b) quantile function by bisection on the CDF (no scipy at run time)."""
+    def cdf(x):
+        low = x <= 0.5
+        out = np.empty_like(x)
+        out[low] = _beta_cdf(x[low], a, b)
+        out[~low] = 1 - _beta_cdf(1 - x[~low], b, a)
+        return out
+
+    lo, hi = np.zeros_like(q), np.ones_like(q)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        below = cdf(mid) < q
+        lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
+    return (lo + hi) / 2
+
+
+def beta_scheduler(ms: ModelSampling, steps: int, alpha: float = 0.6, beta: float = 0.6) -> torch.Tensor:
+    """'Beta Sampling is All You Need' (Lee et al. 2024): table timesteps at Beta(0.6, 0.6) quantiles of evenly
+    spaced levels, so steps crowd at both ends; repeated timesteps are dropped."""
+    last = len(ms.sigmas) - 1
+    levels = 1 - np.linspace(0, 1, steps, endpoint=False)
+    ts = np.rint(beta_quantile(levels, alpha, beta) * last).astype(int)
+    ts = [t for i, t in enumerate(ts) if i == 0 or t != ts[i - 1]]
+    return _append_zero(ms.sigmas[ts])
+
+
 def kl_optimal_scheduler(ms: ModelSampling, steps: int) -> torch.Tensor:
     """'Align Your Steps' (Sabour et al. 2024) KL-optimal schedule: evenly spaced in arctan σ."""
     w = torch.linspace(0, 1, steps, dtype=torch.float64)
@@ -188,10 +232,11 @@ SCHEDULERS = {
     "karras": karras_scheduler,
     "exponential": exponential_scheduler,
     "ddim_uniform": ddim_uniform_scheduler,
+    "beta": beta_scheduler,
     "normal": normal_scheduler,
     "kl_optimal": kl_optimal_scheduler,
 }
-SCHEDULER_NAMES = list(SCHEDULERS)  # ComfyUI's order, leaving out beta and linear_quadratic (not implemented)
+SCHEDULER_NAMES = list(SCHEDULERS)  # ComfyUI's order, leaving out linear_quadratic (a flow-model schedule)
 
 # ComfyUI computes these samplers' schedules for steps+1 and drops the penultimate σ.
 DISCARD_PENULTIMATE_SIGMA_SAMPLERS = frozenset({"dpm_2", "dpm_2_ancestral", "uni_pc", "uni_pc_bh2"})
