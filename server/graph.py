@@ -42,6 +42,38 @@ class _Link:
     type: str
 
 
+_LINK_KEYS = ("id", "origin_id", "origin_slot", "target_id", "target_slot")
+
+
+def _is_id(value: Any) -> bool:
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
+def check_ui_shape(workflow: dict) -> None:
+    """Refuse a UI workflow whose nodes or links are not shaped as the format says, naming the first bad
+    entry (ValueError), so conversion never trips over it half-way."""
+    for i, node in enumerate(workflow["nodes"]):
+        if not isinstance(node, dict) or not _is_id(node.get("id")) or not isinstance(node.get("type"), str):
+            raise ValueError(f"workflow node #{i} needs an 'id' and a 'type' string: {str(node)[:120]}")
+        for key in ("inputs", "outputs"):
+            entries = node.get(key)
+            if entries is not None and not (isinstance(entries, list) and all(isinstance(e, dict) for e in entries)):
+                raise ValueError(f"workflow node {node['id']} ({node['type']}): '{key}' must be a list of objects")
+        if not isinstance(node.get("widgets_values"), (list, dict, type(None))):
+            raise ValueError(f"workflow node {node['id']} ({node['type']}): 'widgets_values' must be a list")
+        if not all(_is_id(e.get("link")) or e.get("link") is None for e in node.get("inputs") or []):
+            raise ValueError(f"workflow node {node['id']} ({node['type']}): an input's 'link' must be a link id")
+    links = workflow.get("links") or []
+    if not isinstance(links, list):
+        raise ValueError("workflow 'links' must be a list")
+    for link in links:
+        fields = [link.get(k) for k in _LINK_KEYS] if isinstance(link, dict) else link
+        if not (isinstance(fields, list) and len(fields) >= 5 and all(_is_id(f) for f in fields[:5])
+                and all(isinstance(f, int) and not isinstance(f, bool) for f in (fields[2], fields[4]))):
+            raise ValueError(f"workflow link {str(link)[:120]} is not [id, origin_id, origin_slot, target_id, "
+                             "target_slot, type]")
+
+
 def _link_table(workflow: dict) -> dict[Any, _Link]:
     """Links by id; 0.4 files store arrays, version 1 files objects."""
     table = {}
@@ -181,6 +213,7 @@ def ui_to_api(workflow: dict, registry: dict[str, NodeSpec]) -> dict:
     """Convert a UI workflow (format 0.4) to an API prompt, as the canvas does before queueing it.
 
     Unknown node types are kept (without widget values) so that validation reports them by id."""
+    check_ui_shape(workflow)
     workflow = flatten_subgraphs(workflow)  # schema v1 subgraphs → plain nodes (server/subgraphs.py)
     graph = _UIGraph(workflow)
     prompt = {}
@@ -312,8 +345,9 @@ class _Checker:
 
     def check_classes(self) -> None:
         for node_id, node in self.prompt.items():
-            if not isinstance(node, dict) or "class_type" not in node:
-                self.add(node_id, _error("invalid_prompt", f"Node {node_id} has no class_type", input_name=None))
+            if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
+                self.add(node_id, _error("invalid_prompt", f"Node {node_id} has no class_type string",
+                                         input_name=None))
             elif node["class_type"] not in self.registry:
                 self.add(node_id, _error("invalid_prompt", f"Node type {node['class_type']!r} does not exist",
                                          input_name=None))
@@ -507,7 +541,7 @@ def _validate(prompt: Any, registry: dict[str, NodeSpec], env: Environment,
             valid.append(target)
     error = None
     if unknown:
-        kinds = sorted({prompt[n].get("class_type", "?") for n in unknown if isinstance(prompt[n], dict)})
+        kinds = sorted({str(prompt[n].get("class_type")) for n in unknown if isinstance(prompt[n], dict)})
         error = _error("invalid_prompt", f"Cannot execute because node types do not exist: {', '.join(kinds)}"
                        if kinds else "Cannot execute: nodes without class_type", "; ".join(
                            f"node {n}" for n in unknown))

@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import re
 
 import pytest
 from PIL import Image, PngImagePlugin
@@ -14,7 +15,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def ui(nodes, links, version=0.4):
-    return {"last_node_id": max((n["id"] for n in nodes), default=0), "last_link_id": len(links),
+    return {"last_node_id": len(nodes), "last_link_id": len(links),
             "nodes": nodes, "links": links, "groups": [], "config": {}, "extra": {}, "version": version}
 
 
@@ -227,3 +228,16 @@ def test_read_png_prefers_workflow_then_prompt(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     with pytest.raises(ValueError, match="not a readable image"):
         read_png_workflow(str(tmp_path / "bad.png"))
+
+
+@pytest.mark.parametrize("workflow,message", [
+    (ui([{"type": "EmptyImage"}], []), "node #0 needs an 'id'"),
+    (ui([node(1, "EmptyImage", 5)], []), "'widgets_values' must be a list"),
+    (ui([{**node(1, "EmptyImage"), "inputs": {"image": 1}}], []), "'inputs' must be a list of objects"),
+    (ui([node(1, "EmptyImage", [], [sock("image", "IMAGE", [1])])], []), "'link' must be a link id"),
+    (ui([node(1, "EmptyImage")], [[1, 1, "0", 2, 0, "IMAGE"]]), "is not [id, origin_id"),
+    (ui([node(1, "EmptyImage")], [{"id": 1, "origin_id": 1}]), "is not [id, origin_id"),
+])
+def test_malformed_ui_is_refused_with_a_reason(registry, workflow, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_prompt(workflow, registry)
