@@ -41,8 +41,15 @@ async def test_message_sequence_and_previews(client):
     ws = await client.ws_connect("/ws?clientId=abc")
     hello = await ws.receive_json()
     assert hello == {"type": "status", "data": {"status": {"exec_info": {"queue_remaining": 0}}, "sid": "abc"}}
+    await client.post("/queue", json={"pause": True})
     resp = await client.post("/prompt", json={"prompt": image_prompt(steps=3), "client_id": "abc"})
     pid = (await resp.json())["prompt_id"]
+    while True:  # every queue change is broadcast (the pause itself may come first, with 0)
+        queued = await ws.receive_json(timeout=5)
+        assert queued["type"] == "status" and set(queued["data"]) == {"status"}
+        if queued["data"]["status"]["exec_info"]["queue_remaining"] == 1:
+            break
+    await client.post("/queue", json={"pause": False})
     msgs, frames = await collect(ws, pid)
     kinds = [m["type"] for m in msgs if m["type"] != "status"]
     assert kinds == ["execution_start", "execution_cached",
@@ -61,7 +68,7 @@ async def test_message_sequence_and_previews(client):
     assert executed["output"]["images"][0]["type"] == "output"
     assert by["execution_success"][0]["prompt_id"] == pid
     statuses = [d["status"]["exec_info"]["queue_remaining"] for d in by["status"]]
-    assert statuses[0] == 1 and statuses[-1] == 0  # on submit, then when done
+    assert statuses[-1] == 0  # sent when the prompt ends, before its final `executing`
     # three previews: event 1 (JPEG), capped at 512 px
     assert len(frames) == 3
     event, fmt = struct.unpack(">II", frames[0][:8])
