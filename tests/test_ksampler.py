@@ -271,3 +271,16 @@ def test_preview_projects_latent_channels_to_rgb():
     assert big.size == (512, 64)
     with pytest.raises(ValueError, match="latent"):
         latent_to_rgb(torch.zeros(1, 3, 8, 8))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("sampler", ["euler", "dpmpp_2m_sde", "euler_ancestral"])
+def test_cuda_run_matches_the_cpu_run(sampler):
+    args = {**ARGS, "sampler_name": sampler, "cfg": 3.0}
+    cpu = sample(AnalyticEps(), MS, {"samples": torch.zeros(2, 4, 8, 8)}, POS, NEG, **args)["samples"]
+    eps = AnalyticEps()
+    gpu = sample(eps, MS, {"samples": torch.zeros(2, 4, 8, 8, device="cuda")}, POS, NEG, **args)["samples"]
+    assert gpu.device.type == "cuda"
+    # The same seeded CPU draw starts both runs (x_in at σ_max is the unit noise itself).
+    assert torch.allclose(eps.calls[0]["x_in"].cpu(), prepare_noise(torch.zeros(2, 4, 8, 8), 7), atol=1e-6)
+    assert torch.allclose(gpu.cpu(), cpu, atol=1e-4)
