@@ -18,6 +18,7 @@ import platform
 import sys
 import uuid
 from pathlib import Path
+from urllib.parse import quote
 
 from aiohttp import web
 
@@ -241,7 +242,7 @@ class Routes:
         if not ctype.startswith(("image/", "video/", "audio/")):  # never let a browser render HTML/JS from here
             ctype = "application/octet-stream"
         return web.FileResponse(path, headers={"Content-Type": ctype, "Cache-Control": "public, max-age=86400",
-                                               "Content-Disposition": f'filename="{path.name}"',
+                                               "Content-Disposition": f"inline; filename*=UTF-8''{quote(path.name)}",
                                                "X-Content-Type-Options": "nosniff"})
 
     async def upload_image(self, request):
