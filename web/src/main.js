@@ -325,7 +325,7 @@ async function boot() {
   window.app.ready = true;
 }
 
-window.app = { api, graph, canvas, workspace, panels, queuePrompt, addNode, state: () => graphState(graph), ready: false };
+window.app = { api, graph, canvas, workspace, panels, promptTabs, queuePrompt, addNode, state: () => graphState(graph), ready: false };
 boot().catch((err) => {
   console.error(err);
   toast(`Could not start: ${err.message}`, "error", 60000);
