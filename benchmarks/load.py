@@ -1,0 +1,131 @@
+"""Checkpoint loading: ours vs a raw safetensors read of the same file, each in its own subprocess; prints the
+time and peak RSS of each.
+
+Writes a random fp16 SDXL base checkpoint in the real single-file layout (full size: 2515 tensors, ~6.9 GB)
+to a temp dir, streaming it tensor by tensor so writing needs little memory.
+
+    python benchmarks/load.py                    # full size, load to fp16 (the file's dtype)
+    python benchmarks/load.py --dtype float32    # full size, load to fp32 (the CPU default; ~14 GB)
+    python benchmarks/load.py --tiny             # smoke run on the demo-sized model
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from nodes.checkpoints import UNET_PREFIX, VAE_PREFIX
+from nodes.sdxl.configs import SDXL_BASE_UNET, SDXL_VAE
+from nodes.sdxl.unet import UNetModel
+from nodes.sdxl.vae import AutoencoderKL
+
+CHILD = r"""
+import json, sys, time
+import torch
+
+
+def status(field):  # kB lines of /proc/self/status; VmHWM is this process's own peak (ru_maxrss is inherited)
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+
+
+path, which, dtype = sys.argv[1], sys.argv[2], getattr(torch, sys.argv[3])
+if which == "ours":
+    import open_clip, transformers  # noqa: F401  (imports are not loading)
+    from nodes.checkpoints import load_checkpoint
+    base = status("VmRSS")
+    start = time.perf_counter()
+    ck = load_checkpoint(path, dtype=dtype)
+    elapsed = time.perf_counter() - start
+    mods = (ck.unet, ck.vae, ck.text.clip_l, ck.text.bigg)
+    n = sum(p.numel() * p.element_size() for m in mods for p in m.parameters())
+else:
+    from safetensors.torch import load_file
+    base = status("VmRSS")
+    start = time.perf_counter()
+    sd = load_file(path)
+    elapsed = time.perf_counter() - start
+    n = sum(t.numel() * t.element_size() for t in sd.values())
+print(json.dumps({"seconds": elapsed, "peak_rss": status("VmHWM") - base, "bytes": n}))
+"""
+
+
+def full_shapes(tiny: bool) -> dict[str, tuple]:
+    if tiny:
+        from nodes.checkpoints import read_shapes
+        from nodes.demo import make_demo_models
+        path = make_demo_models(tempfile.mkdtemp(prefix="lg-load-"))["sdxl_base"]
+        return read_shapes(path)
+    from nodes.sdxl.text import full_size_state_shapes
+    with torch.device("meta"):
+        unet, vae = UNetModel(SDXL_BASE_UNET), AutoencoderKL(SDXL_VAE)
+    shapes = {UNET_PREFIX + k: tuple(v.shape) for k, v in unet.state_dict().items()}
+    shapes.update({VAE_PREFIX + k: tuple(v.shape) for k, v in vae.state_dict().items()})
+    shapes.update({k: tuple(v) for k, v in full_size_state_shapes("sdxl_base").items()})
+    return shapes
+
+
+def write_random_checkpoint(path: Path, shapes: dict[str, tuple]) -> int:
+    """Stream a safetensors file: fp16 N(0, 0.02) everywhere, int64 position_ids."""
+    header, offset = {}, 0
+    for k in sorted(shapes):
+        dtype = "I64" if k.endswith("position_ids") else "F16"
+        n = 1
+        for s in shapes[k]:
+            n *= s
+        size = n * (8 if dtype == "I64" else 2)
+        header[k] = {"dtype": dtype, "shape": list(shapes[k]), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    g = torch.Generator().manual_seed(0)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        for k in sorted(shapes):
+            if header[k]["dtype"] == "I64":
+                t = torch.arange(shapes[k][-1], dtype=torch.int64).expand(shapes[k]).contiguous()
+            else:
+                t = (torch.randn(shapes[k], generator=g) * 0.02).half()
+            f.write(t.numpy().tobytes())
+    return offset
+
+
+def run_child(path: Path, which: str, dtype: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", CHILD, str(path), which, dtype], capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tiny", action="store_true", help="demo-sized smoke run")
+    ap.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="lg-load-") as tmp:
+        path = Path(tmp) / "random_sdxl_base_fp16.safetensors"
+        size = write_random_checkpoint(path, full_shapes(args.tiny))
+        print(f"wrote {path.name}: {size / 1e9:.2f} GB of tensors")
+        results = {"raw": [], "ours": []}
+        for _ in range(args.repeats):  # alternate, so page-cache effects fall on both
+            for which in ("raw", "ours"):
+                results[which].append(run_child(path, which, args.dtype))
+    for which, runs in results.items():
+        sec = statistics.median(r["seconds"] for r in runs)
+        rss = max(r["peak_rss"] for r in runs)
+        print(f"{which:5s} median {sec:.2f}s  peak RSS above start {rss / 1e9:.2f} GB  weights held {runs[0]['bytes'] / 1e9:.2f} GB "
+              f"(RSS/weights {rss / runs[0]['bytes']:.3f})")
+    ours, raw = results["ours"], results["raw"]
+    print(f"time ratio ours/raw read {statistics.median(r['seconds'] for r in ours) / statistics.median(r['seconds'] for r in raw):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Full-size SDXL base UNet, fp32 on CPU: ours vs diffusers' UNet2DConditionModel holding the same weights.
+
+Both models share one set of weight tensors (diffusers' is built on the meta device and adopts ours under its
+names), so the run needs ~11 GB instead of ~21 GB. Runs alternate in one process; prints the median ratio.
+
+    python benchmarks/unet.py            # full size (latent 32×32, batch 2): ~11 GB RAM, minutes
+    python benchmarks/unet.py --tiny     # smoke run on the tiny preset
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from nodes.checkpoints import unet_diffusers_names
+from nodes.demo import unet_config_to_diffusers
+from nodes.sdxl.configs import SDXL_BASE_UNET, TINY_BASE_UNET, TINY_BIGG_WIDTH
+from nodes.sdxl.embeddings import timestep_embedding
+from nodes.sdxl.unet import UNetModel
+
+
+def build(cfg):
+    from diffusers import UNet2DConditionModel
+    torch.manual_seed(0)
+    ours = UNetModel(cfg).eval().requires_grad_(False)
+    conf = {k: v for k, v in unet_config_to_diffusers(cfg).items() if not k.startswith("_")}
+    with torch.device("meta"):
+        ref = UNet2DConditionModel(**conf)
+    names = unet_diffusers_names(cfg)
+    ref.load_state_dict({names[k]: v for k, v in ours.state_dict().items()}, strict=True, assign=True)
+    return ours, ref.eval().requires_grad_(False)
+
+
+def inputs(cfg, pooled_width, batch, size):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 4, size, size, generator=g)
+    t = torch.tensor([600.0] * batch)
+    context = torch.randn(batch, 77, cfg.context_dim, generator=g)
+    pooled = torch.randn(batch, pooled_width, generator=g)
+    ids = torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * batch)
+    y = torch.cat([pooled, timestep_embedding(ids.flatten(), 256).reshape(batch, -1)], 1)
+    return (x, t, context, y), dict(sample=x, timestep=t, encoder_hidden_states=context,
+                                    added_cond_kwargs={"text_embeds": pooled, "time_ids": ids})
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--tiny", action="store_true", help="tiny preset smoke run")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--size", type=int, default=32, help="latent side")
+    args = ap.parse_args()
+    cfg, pooled = (TINY_BASE_UNET, TINY_BIGG_WIDTH) if args.tiny else (SDXL_BASE_UNET, 1280)
+    t0 = time.perf_counter()
+    ours, ref = build(cfg)
+    print(f"built {'tiny' if args.tiny else 'full-size'} base UNet "
+          f"({sum(p.numel() for p in ours.parameters()):,} params, shared) in {time.perf_counter() - t0:.1f}s; "
+          f"threads {torch.get_num_threads()}")
+    ours_in, ref_in = inputs(cfg, pooled, args.batch, args.size)
+    with torch.inference_mode():
+        a, b = ours(*ours_in), ref(**ref_in).sample  # warm-up, and a check that they agree
+        err = ((a - b).abs().max() / b.abs().max()).item()
+        times = {"ours": [], "diffusers": []}
+        runs = [("ours", lambda: ours(*ours_in)), ("diffusers", lambda: ref(**ref_in))]
+        for i in range(args.runs):
+            for name, fn in runs if i % 2 == 0 else runs[::-1]:
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in times.items():
+        print(f"{k:10s} median {med[k]:.3f}s  runs {', '.join(f'{x:.3f}' for x in v)}")
+    print(f"max relative difference of outputs {err:.2e}")
+    print(f"ratio ours/diffusers (median) {med['ours'] / med['diffusers']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
