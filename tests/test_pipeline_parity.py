@@ -4,7 +4,8 @@ Our side: ``load_checkpoint`` on the single files → ``SDXLTextEncoders.encode`
 ``nodes.sampling.sample`` / ``ensemble_of_experts`` → ``vae_decode``. diffusers' side: ``StableDiffusionXLPipeline``
 / ``StableDiffusionXLImg2ImgPipeline`` loaded from diffusers folders of the same weights (tests/pipeline_oracle.py),
 with the prompt and an explicit negative prompt encoded on both sides (ComfyUI semantics), same seed and CFG,
-64×64 images (8×8 latents).
+64×64 images (8×8 latents). The last test runs the product path end to end: ``latentgraph run`` on a ComfyUI API
+graph (KSampler, two KSamplerAdvanced), comparing its PNGs with diffusers' 8-bit images.
 
 Which timestep the UNet sees for a σ between table entries (sdxl.md §5.1) is the one place the two stacks differ by
 rule, so every case runs with both of our rules:
@@ -19,16 +20,23 @@ visible, and far above the tolerance, so the tests tell the rules apart.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
+import io
+import json
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from nodes.checkpoints import load_checkpoint
 from nodes.sampling import DiscreteEps, ensemble_of_experts, expert_switch_step, get_sigmas, prepare_noise, sample
 from nodes.sdxl.model import SDXLModel
 from nodes.sdxl.vae import vae_decode
+from server.cli import main
 from tests import pipeline_oracle as oracle
 from tests.oracles import demo_models
 
@@ -49,6 +57,9 @@ RULE_EFFECT_MAX = 2.0 / 255        # and it stays at 8-bit quantisation level
 # diffusers builds its σ table from float32 betas, sgm / ComfyUI / we from float64: measured ≤ 1.3e-5 relative
 # (largest at σ_0 = 0.0291675 vs 0.0291672; σ_max 14.614647 vs 14.614641), inherited by the Karras endpoints.
 SIGMA_RTOL = 3e-5
+# 8-bit PNGs through the CLI (both sides round): a one-level flip where |Δ| ≈ 1e-5 straddles a .5 boundary.
+# Measured: txt2img 1 of 12288 values one level off (mean 8e-5 levels); ensemble identical.
+PNG_MAX_LEVELS, PNG_MEAN_LEVELS = 1, 0.01
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -152,7 +163,6 @@ def assert_rule_parity(matching, other, want):
     assert err <= IMAGE_TOL, err
     rule_effect = max_abs(other[1], want[1])
     assert RULE_EFFECT_MIN < rule_effect < RULE_EFFECT_MAX, (rule_effect, err)
-    return err, rule_effect
 
 
 # ---- initial noise ---------------------------------------------------------------------------------------------
@@ -275,3 +285,68 @@ def test_ensemble_of_experts_hand_off(ours, diffusers_base, diffusers_refiner):
         return out["samples"], vae_decode(ours["refiner"].vae, out["samples"])
 
     assert_rule_parity(ours_run(False), ours_run(True), want)
+
+
+# ---- the same through the real entry point ----------------------------------------------------------------------
+
+def api_prompt() -> dict:
+    """ComfyUI API graph: DPM++ 2M Karras txt2img (KSampler), and base → refiner with two KSamplerAdvanced nodes
+    handing over at step 5 of 8 (= diffusers' denoising_end 0.8 for these Karras timesteps, as above)."""
+    def node(cls, **inputs):
+        return {"class_type": cls, "inputs": inputs}
+
+    common = dict(sampler_name="dpmpp_2m", scheduler="karras", latent_image=["3", 0])
+    return {
+        "1": node("CheckpointLoaderSimple", ckpt_name="demo_sdxl_base.safetensors"),
+        "2": node("CheckpointLoaderSimple", ckpt_name="demo_sdxl_refiner.safetensors"),
+        "3": node("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1),
+        "4": node("CLIPTextEncode", text=PROMPT, clip=["1", 1]),
+        "5": node("CLIPTextEncode", text=NEGATIVE, clip=["1", 1]),
+        "6": node("CLIPTextEncode", text=PROMPT, clip=["2", 1]),
+        "7": node("CLIPTextEncode", text=NEGATIVE, clip=["2", 1]),
+        "8": node("KSampler", model=["1", 0], seed=SEED, steps=TXT2IMG_STEPS, cfg=CFG, positive=["4", 0],
+                  negative=["5", 0], denoise=1.0, **common),
+        "9": node("VAEDecode", samples=["8", 0], vae=["1", 2]),
+        "10": node("SaveImage", images=["9", 0], filename_prefix="txt2img"),
+        "11": node("KSamplerAdvanced", model=["1", 0], add_noise="enable", noise_seed=SEED, steps=ENSEMBLE_STEPS,
+                   cfg=CFG, positive=["4", 0], negative=["5", 0], start_at_step=0, end_at_step=5,
+                   return_with_leftover_noise="enable", **common),
+        "12": node("KSamplerAdvanced", model=["2", 0], add_noise="disable", noise_seed=SEED, steps=ENSEMBLE_STEPS,
+                   cfg=REFINER_CFG, positive=["6", 0], negative=["7", 0], start_at_step=5, end_at_step=10000,
+                   return_with_leftover_noise="disable", **{**common, "latent_image": ["11", 0]}),
+        "13": node("VAEDecode", samples=["12", 0], vae=["2", 2]),
+        "14": node("SaveImage", images=["13", 0], filename_prefix="ensemble"),
+    }
+
+
+def test_cli_workflow_pngs_match_diffusers(demo, diffusers_base, diffusers_refiner, tmp_path):
+    """``latentgraph run`` on an API graph (loaders, CLIPTextEncode, KSampler / KSamplerAdvanced, VAEDecode,
+    SaveImage; the product's default integer timestep rule) writes PNGs equal to diffusers' PIL images (both round
+    to 8 bits) up to a rare one-level flip where float rounding straddles a .5 boundary."""
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "checkpoints").symlink_to(demo["sdxl_base"].parent, target_is_directory=True)
+    (tmp_path / "prompt.json").write_text(json.dumps(api_prompt()))
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(["run", str(tmp_path / "prompt.json"), "--models", str(tmp_path / "models"), "--input",
+                   str(tmp_path), "--out", str(tmp_path / "out"), "-q"])
+    assert rc == 0, err.getvalue()
+    written = {Path(p).name.split("_")[0]: p for p in out.getvalue().split() if p.endswith(".png")}
+
+    base_pipe = with_scheduler(diffusers_base, oracle.dpmpp_2m_karras())
+    with torch.no_grad():
+        txt2img = base_pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=TXT2IMG_STEPS,
+                            guidance_scale=CFG, height=SIZE, width=SIZE, generator=torch.Generator().manual_seed(SEED),
+                            output_type="pil").images[0]
+        handed = base_pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=ENSEMBLE_STEPS,
+                           guidance_scale=CFG, height=SIZE, width=SIZE, generator=torch.Generator().manual_seed(SEED),
+                           denoising_end=DENOISING_END, output_type="latent").images
+        ensemble = with_scheduler(diffusers_refiner, oracle.dpmpp_2m_karras())(
+            prompt=PROMPT, negative_prompt=NEGATIVE, image=handed, num_inference_steps=ENSEMBLE_STEPS,
+            guidance_scale=REFINER_CFG, denoising_start=DENOISING_END, output_type="pil").images[0]
+
+    for name, want in (("txt2img", txt2img), ("ensemble", ensemble)):
+        got = np.asarray(Image.open(written[name]).convert("RGB"), dtype=np.int16)
+        diff = np.abs(got - np.asarray(want, dtype=np.int16))
+        assert got.shape == (SIZE, SIZE, 3) and got.std() > 20  # a real picture-sized array, not a flat one
+        assert diff.max() <= PNG_MAX_LEVELS and diff.mean() <= PNG_MEAN_LEVELS, (name, diff.max(), diff.mean())
