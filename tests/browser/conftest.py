@@ -35,7 +35,7 @@ def pytest_collection_modifyitems(config, items):
     if os.environ.get("CI") == "true":
         raise pytest.UsageError(f"browser tests cannot run under CI: {reason}")
     for item in items:
-        if "browser" in item.keywords:
+        if item.get_closest_marker("browser"):
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
