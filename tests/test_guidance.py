@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from nodes.sampling.guidance import cfg_denoiser
+from nodes.sampling.guidance import cfg_denoiser, conditioning_entries
 from nodes.sampling.schedules import DiscreteEps
 
 MS = DiscreteEps()
@@ -114,3 +114,14 @@ def test_prompt_batch_is_broadcast_to_the_latent_batch():
     three = {"context": torch.stack([torch.full((77, 8), v) for v in (1.0, 2.0, 3.0)]), "y": None}
     cfg_denoiser(eps, MS, [three], [entry(0.0)], cfg=2.0)(x, torch.full((4,), 1.0))
     assert eps.calls[0]["context"][4:, 0, 0].tolist() == [1.0, 2.0, 3.0, 1.0]  # ComfyUI's tile-and-cut
+
+
+def test_comfyui_conditioning_becomes_entries():
+    context = torch.full((1, 77, 8), 1.0)
+    conditioning = [[context, {"pooled_output": torch.full((1, 6), 0.5), "start_percent": 0.2, "strength": 2.0}],
+                    [context * 2, {"pooled_output": torch.zeros(1, 6)}]]
+    entries = conditioning_entries(conditioning, make_y=lambda extras: extras["pooled_output"] * 2)
+    assert entries[0]["context"] is context and entries[0]["y"].eq(1.0).all()
+    assert (entries[0]["start_percent"], entries[0]["end_percent"], entries[0]["strength"]) == (0.2, 1.0, 2.0)
+    assert (entries[1]["start_percent"], entries[1]["end_percent"], entries[1]["strength"]) == (0.0, 1.0, 1.0)
+    assert conditioning_entries(conditioning)[0]["y"] is None

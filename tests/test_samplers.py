@@ -83,8 +83,8 @@ def test_a_wrong_noise_level_is_caught():
     eps = standard_noise(4096)
     sigmas = get_sigmas(MS, "karras", 60)
     x = MU + eps * (S ** 2 + sigmas[0] ** 2).sqrt()
-    out = SAMPLERS["euler_ancestral"](gaussian_denoiser(MU, S), x, sigmas, noise=noise_for("euler_ancestral", x, sigmas),
-                                      s_noise=0.7)
+    noise = noise_for("euler_ancestral", x, sigmas)
+    out = SAMPLERS["euler_ancestral"](gaussian_denoiser(MU, S), x, sigmas, noise=noise, s_noise=0.7)
     assert abs(((out - MU) / S).std().item() - 1) > 0.08
 
 

@@ -9,7 +9,7 @@ The API the node library calls:
                  sampler_name="dpmpp_2m", scheduler="karras", callback=on_step)
     image = latent_to_rgb(x0)                              # preview inside on_step
 """
-from .guidance import cfg_denoiser
+from .guidance import cfg_denoiser, conditioning_entries
 from .ksampler import ensemble_of_experts, expert_switch_step, sample, sdedit_sigmas, window_sigmas
 from .noise import BrownianTreeNoiseSampler, ancestral_noise_sampler, prepare_noise
 from .preview import latent_to_rgb
@@ -18,6 +18,7 @@ from .schedules import SCHEDULER_NAMES, DiscreteEps, ModelSampling, get_sigmas, 
 
 __all__ = [
     "BrownianTreeNoiseSampler", "DiscreteEps", "ModelSampling", "SAMPLERS", "SAMPLER_NAMES", "SCHEDULER_NAMES",
-    "ancestral_noise_sampler", "cfg_denoiser", "ensemble_of_experts", "expert_switch_step", "get_sigmas",
+    "ancestral_noise_sampler", "cfg_denoiser", "conditioning_entries", "ensemble_of_experts", "expert_switch_step",
+    "get_sigmas",
     "ksampler_sigmas", "latent_to_rgb", "prepare_noise", "sample", "sdedit_sigmas", "window_sigmas",
 ]

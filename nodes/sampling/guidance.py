@@ -37,6 +37,19 @@ def _fit_batch(t: torch.Tensor | None, batch: int) -> torch.Tensor | None:
     return t.repeat(-(-batch // t.shape[0]), *[1] * (t.ndim - 1))[:batch]
 
 
+def conditioning_entries(conditioning, make_y: Callable[[dict], torch.Tensor | None] = lambda extras: None
+                         ) -> list[dict]:
+    """ComfyUI-shaped CONDITIONING (``[[context, extras], ...]``) as entries for ``cfg_denoiser``.
+
+    ``make_y(extras)`` builds the network's vector input from an entry's extras (for SDXL: the pooled text
+    embedding and the size/crop/aesthetic embeddings); the timestep range and strength are read from the extras."""
+    return [{"context": context, "y": make_y(extras),
+             "start_percent": float(extras.get("start_percent", 0.0)),
+             "end_percent": float(extras.get("end_percent", 1.0)),
+             "strength": float(extras.get("strength", 1.0))}
+            for context, extras in conditioning]
+
+
 class _Entry:
     def __init__(self, entry: dict, branch: int, model_sampling: ModelSampling, what: str):
         if "context" not in entry:

@@ -48,7 +48,8 @@ def window_sigmas(sigmas: torch.Tensor, start_step: int = 0, end_step: int | Non
 def _prepare_mask(mask: torch.Tensor, samples: torch.Tensor, node: str) -> torch.Tensor:
     """A noise_mask ([h, w], [B, h, w] or [B, 1, h, w], any resolution; 1 = repaint) as a latent-shaped weight."""
     if mask.ndim < 2 or mask.ndim > 4 or (mask.ndim == 4 and mask.shape[1] != 1):
-        raise ValueError(f"{node}: latent 'noise_mask' must be [h, w], [B, h, w] or [B, 1, h, w], got {tuple(mask.shape)}")
+        raise ValueError(f"{node}: latent 'noise_mask' must be [h, w], [B, h, w] or [B, 1, h, w], "
+                         f"got {tuple(mask.shape)}")
     mask = mask.reshape(-1, 1, mask.shape[-2], mask.shape[-1]).to(samples.device, torch.float32)
     if mask.shape[-2:] != samples.shape[-2:]:
         mask = F.interpolate(mask, size=samples.shape[-2:], mode="bilinear", align_corners=False)
@@ -127,7 +128,9 @@ def sample(eps_fn, model_sampling: ModelSampling, latent: dict, positive, negati
     x = model_sampling.inverse_noise_scaling(sigmas[-1], x)
     if mask is not None:
         # The unmasked area ends exactly on the input (noised to the final σ when leftover noise is kept).
-        known = model_sampling.noise_scaling(sigmas[-1], noise, samples, max_denoise=False) if sigmas[-1] > 0 else samples
+        known = samples
+        if sigmas[-1] > 0:
+            known = model_sampling.noise_scaling(sigmas[-1], noise, samples, max_denoise=False)
         x = x * mask + known * (1 - mask)
     out["samples"] = x
     return out

@@ -162,7 +162,8 @@ def karras_scheduler(ms: ModelSampling, steps: int, rho: float = 7.0) -> torch.T
 
 def exponential_scheduler(ms: ModelSampling, steps: int) -> torch.Tensor:
     """Evenly spaced in log σ between σ_max and σ_min."""
-    return _append_zero(torch.linspace(math.log(ms.sigma_max), math.log(ms.sigma_min), steps, dtype=torch.float64).exp())
+    log_sigmas = torch.linspace(math.log(ms.sigma_max), math.log(ms.sigma_min), steps, dtype=torch.float64)
+    return _append_zero(log_sigmas.exp())
 
 
 def simple_scheduler(ms: ModelSampling, steps: int) -> torch.Tensor:
