@@ -1,7 +1,8 @@
 """HTTP routes, ComfyUI-compatible: every API route is served under ``/path`` and ``/api/path``.
 
 Extensions over ComfyUI (clients that don't know them are unaffected):
-- ``POST /prompt`` also takes a UI-format workflow (as ``prompt``, or as the whole body); it is converted here.
+- ``POST /prompt`` also takes a UI-format workflow (as ``prompt``, or as the whole body; converted here) and a
+  PNG with an embedded workflow (``Content-Type: image/png``, optional ``?client_id=``).
 - ``POST /queue`` also takes ``{"requeue": [ids]}`` (run finished prompts again, e.g. those cut off by a restart)
   and ``{"pause": true|false}``; ``GET /queue`` adds ``"paused"``.
 - ``GET /workflows`` lists the shipped workflows, ``GET /workflows/{name}`` serves one.
@@ -108,7 +109,10 @@ class Routes:
     async def post_prompt(self, request):
         from .graph import load_prompt, validate
 
-        body = _json_dict(await read_json(request))
+        if request.content_type == "image/png":  # a PNG with its embedded workflow, as the canvas would load it
+            body = {"prompt": _png_workflow(await request.read()), "client_id": request.query.get("client_id")}
+        else:
+            body = _json_dict(await read_json(request))
         graph = body.get("prompt")
         if graph is None and "nodes" in body:  # a bare UI workflow as the whole body
             graph, body = body, {}
@@ -435,6 +439,24 @@ class Routes:
         if not index.is_file():
             return web.Response(text="latentgraph API server (web/index.html not found)", content_type="text/plain")
         return web.FileResponse(index, headers={"Cache-Control": "no-cache"})
+
+
+def _png_workflow(data: bytes):
+    """The `workflow` (UI) or else `prompt` (API) JSON that SaveImage embeds in its PNGs."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            text = dict(getattr(img, "text", None) or {})
+    except (UnidentifiedImageError, OSError, SyntaxError):
+        raise _bad("invalid_image", "the request body is not a readable PNG")
+    for key in ("workflow", "prompt"):
+        if key in text:
+            try:
+                return json.loads(text[key])
+            except ValueError:
+                raise _bad("invalid_json", f"the PNG's {key!r} text chunk is not valid JSON")
+    raise _bad("no_prompt", "the PNG carries no 'workflow' or 'prompt' text chunk")
 
 
 def _id_list(value) -> list[str]:

@@ -374,3 +374,18 @@ async def test_graceful_shutdown_keeps_the_running_prompt_queued(aiohttp_client,
     q = await (await client.get("/queue")).json()  # queued again (and maybe already restarted)
     assert [i[1] for i in q["queue_pending"] + q["queue_running"]] == [res["prompt_id"]]
     assert await (await client.get("/history")).json() == {}
+
+
+async def test_prompt_from_a_png_with_its_workflow(client, tmp_path):
+    res = await submit(client, image_prompt(color=0x0000FF, prefix="png"))
+    entry = await wait_history(client, res["prompt_id"])
+    image = entry["outputs"]["9"]["images"][0]
+    png = (tmp_path / "output" / image["subfolder"] / image["filename"]).read_bytes()
+    resp = await client.post("/prompt?client_id=me", data=png, headers={"Content-Type": "image/png"})
+    assert resp.status == 200, await resp.text()
+    again = await wait_history(client, (await resp.json())["prompt_id"])
+    assert again["prompt"][2]["1"]["inputs"]["color"] == 0x0000FF and again["prompt"][3]["client_id"] == "me"
+    resp = await client.post("/prompt", data=png_bytes(), headers={"Content-Type": "image/png"})
+    assert resp.status == 400 and (await resp.json())["error"]["type"] == "no_prompt"
+    resp = await client.post("/prompt", data=b"not a png", headers={"Content-Type": "image/png"})
+    assert resp.status == 400 and (await resp.json())["error"]["type"] == "invalid_image"
