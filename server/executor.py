@@ -108,7 +108,11 @@ class Executor:
                 if finished:
                     active.discard(node_id)
                     item = order[node_id] = parsed[node_id]
-                    item.key = self._key(item, order)
+                    try:
+                        item.key = self._key(item, order)
+                    except Exception as exc:  # a node's fingerprint() failing is that node's error
+                        raise _PlanError(node_id, item.spec.type_name,
+                                         f"node {node_id} ({item.spec.type_name}): fingerprint failed: {exc}") from exc
                     continue
                 if node_id in order:
                     continue
@@ -160,6 +164,8 @@ class Executor:
         hooks = hooks or Hooks()
         outputs = [str(o) for o in outputs]
         report = RunReport("success")
+        if hooks.on_start:
+            hooks.on_start(prompt_id)
         try:
             order = self._order(prompt, outputs, values)
         except _PlanError as exc:
@@ -170,8 +176,6 @@ class Executor:
         to_run, hits = self._plan(order, outputs)
         results: dict[str, Result] = dict(hits)
         report.cached = [n for n in order if n in hits]
-        if hooks.on_start:
-            hooks.on_start(prompt_id)
         if hooks.on_cached:
             hooks.on_cached(list(report.cached))
         for node_id in report.cached:
@@ -224,7 +228,8 @@ class Executor:
     @staticmethod
     def _error_payload(prompt_id: str, node_id: str, node_type: str | None, report: RunReport, exc: BaseException,
                        inputs: dict, results: dict) -> dict:
-        kind = type(exc)
+        # a planning error reports what caused it (e.g. OSError from a fingerprint), else a plain ValueError
+        kind = type(exc.__cause__ or ValueError()) if isinstance(exc, _PlanError) else type(exc)
         name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
         return {"prompt_id": prompt_id, "node_id": node_id, "node_type": node_type,
                 "executed": list(report.executed), "exception_message": str(exc), "exception_type": name,

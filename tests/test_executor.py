@@ -191,6 +191,7 @@ def test_unvalidated_bad_prompts_fail_cleanly(executor):
              "2": {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}}}
     report = executor.run(cycle, ["1"])
     assert report.status == "error" and "cycle" in report.error["exception_message"]
+    assert report.error["exception_type"] == "ValueError"
     report = executor.run({"1": {"class_type": "Nope", "inputs": {}}}, ["1"])
     assert report.status == "error" and report.error["node_id"] == "1" and report.error["node_type"] == "Nope"
 
@@ -211,3 +212,25 @@ def test_cache_is_lru_bounded_by_entries_and_bytes():
     stats = cache.stats()
     assert stats["entries"] == len(cache) and stats["hits"] == 1 and stats["evictions"] >= 2
     assert size_of(({"samples": torch.zeros(4, dtype=torch.float16)}, [torch.zeros(2)], "x")) == 8 + 8 + 64
+
+
+def test_failing_fingerprint_is_reported_as_that_nodes_error(registry, env):
+    @node(category="test", outputs=[Output(INT)], name="_TestFlaky")
+    class Flaky:
+        n: int = Input(default=1)
+
+        @classmethod
+        def fingerprint(cls, values, env):
+            raise OSError("disk on fire")
+
+        def run(self, ctx):
+            return (self.n,)
+
+    spec = REGISTRY.pop("_TestFlaky")
+    started = []
+    report = Executor({**registry, "_TestFlaky": spec}, env).run(
+        {"5": {"class_type": "_TestFlaky", "inputs": {"n": 1}}}, ["5"], prompt_id="p",
+        hooks=Hooks(on_start=started.append))
+    assert started == ["p"] and report.status == "error"
+    assert (report.error["node_id"], report.error["node_type"]) == ("5", "_TestFlaky")
+    assert "disk on fire" in report.error["exception_message"] and report.error["exception_type"] == "OSError"
