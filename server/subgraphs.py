@@ -24,6 +24,7 @@ from typing import Any
 INPUT_NODE, OUTPUT_NODE = -10, -20
 _KEPT_MODES = (2, 4)  # muted / bypassed instances are not expanded
 MAX_DEPTH = 32
+MAX_NODES = 100_000  # a few instances nested a few levels deep multiply; refuse a file that would explode
 
 
 class SubgraphError(ValueError):
@@ -47,7 +48,8 @@ def flatten(workflow: dict) -> dict:
     defs = definitions(workflow)
     if not has_subgraphs(workflow):
         return workflow
-    nodes, links = _expand(workflow.get("nodes") or [], _link_objects(workflow.get("links") or []), defs, "", ())
+    nodes, links = _expand(workflow.get("nodes") or [], _link_objects(workflow.get("links") or []), defs, "", (),
+                           [MAX_NODES])
     flat = {k: v for k, v in workflow.items() if k not in ("nodes", "links", "definitions")}
     flat.update(nodes=nodes, links=links)
     return flat
@@ -65,8 +67,13 @@ def _link_objects(links: list) -> list[dict]:
     return out
 
 
-def _expand(nodes: list, links: list[dict], defs: dict, prefix: str, stack: tuple) -> tuple[list, list]:
-    """Rename one graph level under `prefix` and expand its instances; returns (nodes, links)."""
+def _expand(nodes: list, links: list[dict], defs: dict, prefix: str, stack: tuple,
+            budget: list[int]) -> tuple[list, list]:
+    """Rename one graph level under `prefix` and expand its instances; returns (nodes, links).
+    `budget` holds how many more nodes the whole flattening may produce."""
+    budget[0] -= len(nodes)
+    if budget[0] < 0:
+        raise SubgraphError(f"the subgraphs expand to more than {MAX_NODES} nodes")
     nodes = [_renamed_node(n, prefix) for n in nodes if isinstance(n, dict) and "id" in n]
     links = [_renamed_link(link, prefix) for link in links]
     out_nodes, out_links = [], list(links)
@@ -75,7 +82,7 @@ def _expand(nodes: list, links: list[dict], defs: dict, prefix: str, stack: tupl
         if definition is None or node.get("mode", 0) in _KEPT_MODES:
             out_nodes.append(node)
             continue
-        inner_nodes, inner_links = _instance(node, definition, out_links, defs, stack)
+        inner_nodes, inner_links = _instance(node, definition, out_links, defs, stack, budget)
         out_nodes.extend(inner_nodes)
         out_links.extend(inner_links)
     return out_nodes, out_links
@@ -105,7 +112,8 @@ def _renamed_link(link: dict, prefix: str) -> dict:
     return link
 
 
-def _instance(node: dict, definition: dict, outer_links: list[dict], defs: dict, stack: tuple) -> tuple[list, list]:
+def _instance(node: dict, definition: dict, outer_links: list[dict], defs: dict, stack: tuple,
+              budget: list[int]) -> tuple[list, list]:
     """Inline one instance: boundary nodes plus the definition's nodes under ``"<instance id>:"``."""
     sub_id = definition["id"]
     if sub_id in stack:
@@ -119,7 +127,7 @@ def _instance(node: dict, definition: dict, outer_links: list[dict], defs: dict,
     cut = {link["id"] for link in links if link["origin_id"] == INPUT_NODE and link["origin_slot"] not in boundary}
     inner_nodes, inner_links = _expand(_without_links(definition.get("nodes") or [], cut),
                                        [link for link in links if link["id"] not in cut],
-                                       defs, inner_prefix, stack + (sub_id,))
+                                       defs, inner_prefix, stack + (sub_id,), budget)
     # output slot -> boundary Reroute; an output with no inner link (seen in real files) feeds nothing
     outputs = {slot: _reroute(f"{path}:out{slot}", None, out.get("type"))
                for slot, out in enumerate(definition.get("outputs") or []) if isinstance(out, dict)}

@@ -149,6 +149,16 @@ def test_recursive_definition_is_an_error(registry):
         flatten(wf)
 
 
+def test_exploding_nesting_is_refused(registry):
+    """Ten instances per level, six levels deep, would be a million nodes: a clear error, not a hung server."""
+    defs = [definition(f"5a1e0c2d-0000-4000-8000-0000000001{i:02d}", f"level {i}",
+                       [node(k, f"5a1e0c2d-0000-4000-8000-0000000001{i + 1:02d}" if i < 5 else "EmptyImage", [])
+                        for k in range(10)], [], [], []) for i in range(6)]
+    wf = {"nodes": [node(1, defs[0]["id"], [])], "links": [], "version": 0.4, "definitions": {"subgraphs": defs}}
+    with pytest.raises(SubgraphError, match="more than"):
+        ui_to_api(wf, registry)
+
+
 def test_workflow_without_subgraphs_is_returned_unchanged():
     wf = {"nodes": [node(1, "EmptyImage", [8, 8, 1, 0])], "links": [], "version": 0.4}
     assert flatten(wf) is wf
