@@ -165,7 +165,10 @@ def test_build_sdxl_base_from_empty_canvas_and_run(page):
       app.api.addEventListener("progress", () => app.progressEvents++);
     }""", [pos, neg, latent, sampler])
     page.shot("sdxl-wired")
+    seed = widget_value(page, sampler, "seed")
     page.click("#queue-button")
+    page.wait_for_function("([id, seed]) => app.graph.getNodeById(id).widgets.find((w) => w.name === 'seed').value !== seed",
+                           arg=[sampler, seed])  # "randomize" is the seed's control after generate
     wait_for_image_on(page, save, timeout=240000)
     assert page.evaluate("app.progressEvents") >= 2
     page.click('.side-tabs button[data-panel="gallery-panel"]')

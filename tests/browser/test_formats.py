@@ -59,3 +59,25 @@ def test_opening_an_api_prompt_rebuilds_the_graph(page, tmp_path):
     assert nodes[9]["title"] == "Keep it" and nodes[9]["widgets_values"] == ["api"]
     assert [link[1:5] for link in data["links"]] == [[7, 0, 9, 0]]
     page.shot("api-prompt-opened")
+
+
+@pytest.mark.browser
+def test_dropping_a_plain_image_makes_a_load_image_node(page):
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(buf, "PNG")
+    page.click("#new-tab")
+    page.evaluate("""async (b64) => {
+      const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+      const dt = new DataTransfer();
+      dt.items.add(new File([bytes], "red square.png", { type: "image/png" }));
+      const wrap = document.getElementById("canvas-wrap");
+      for (const type of ["dragenter", "dragover", "drop"]) {
+        wrap.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true,
+                                                 clientX: 500, clientY: 300 }));
+      }
+    }""", base64.b64encode(buf.getvalue()).decode())
+    page.wait_for_function("app.graph._nodes.length === 1")
+    node = json.loads(page.evaluate("app.state()"))["nodes"][0]
+    assert node["type"] == "LoadImage" and node["widgets_values"][0].endswith(".png")
+    page.wait_for_function("app.graph._nodes[0].lg.images[0]?.naturalWidth === 40")
+    page.shot("load-image-node")

@@ -2,7 +2,7 @@
 // panels, shortcuts, drag and drop, and live execution feedback over the websocket.
 import { LGraph, LGraphCanvas, LGraphGroup, LiteGraph } from "litegraph";
 import { Api } from "./api.js";
-import { applySeedControls, applyTypeColors, registerFrontendNodes, registerNodes, runtime } from "./nodes.js";
+import { applySeedControls, applyTypeColors, registerFrontendNodes, registerNodes, runtime, setComboValue } from "./nodes.js";
 import { Workspace, graphState } from "./workflows.js";
 import { buildLibrary, NODE_MIME } from "./library.js";
 import { attachMinimap } from "./minimap.js";
@@ -189,9 +189,8 @@ async function openFile(file, pos) {
     // An image without a workflow becomes a LoadImage node, as users expect from ComfyUI.
     const up = await api.uploadImage(file);
     const node = addNode("LoadImage", pos ?? viewCentre());
-    const name = up.subfolder ? `${up.subfolder}/${up.name}` : up.name;
-    const w = node?.widgets.find((x) => x.name === "image");
-    if (w) { if (!w.options.values.includes(name)) w.options.values.push(name); w.value = name; }
+    if (!node) return;
+    setComboValue(node, "image", up.subfolder ? `${up.subfolder}/${up.name}` : up.name);
     workspace.history.checkpoint();
   } catch (err) {
     toast(`Could not open ${file.name}: ${err.message}`, "error");
@@ -283,9 +282,10 @@ function setupCanvas() {
   fit();
   canvas.canvas.addEventListener("pointerdown", () => canvas.canvas.focus());
   const status = document.getElementById("status-line");
-  setInterval(() => {
-    status.textContent = `${graph._nodes.length} node${graph._nodes.length === 1 ? "" : "s"} · ${Math.round(canvas.ds.scale * 100)}%`;
-  }, 500);
+  canvas.onRender = () => {
+    const text = `${graph._nodes.length} node${graph._nodes.length === 1 ? "" : "s"} · ${Math.round(canvas.ds.scale * 100)}%`;
+    if (status.textContent !== text) status.textContent = text;
+  };
   watchRefusedLinks();
   attachMinimap(document.getElementById("minimap"), canvas);
 }

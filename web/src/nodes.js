@@ -174,13 +174,26 @@ export function setComboValue(node, name, value) {
   const w = node.widgets.find((x) => x.name === name);
   if (!w.options.values.includes(value)) w.options.values.push(value);
   w.value = value;
+  showInputImage(node, name);
+}
+
+/** Preview the input-folder image a LoadImage-style combo points at. */
+function showInputImage(node, name) {
+  const value = node.widgets?.find((x) => x.name === name)?.value;
+  if (!value) return void (runtime(node).images = []);
+  const cut = value.lastIndexOf("/");
+  const query = new URLSearchParams({ filename: value.slice(cut + 1), subfolder: cut < 0 ? "" : value.slice(0, cut), type: "input" });
+  const img = new Image();
+  img.onload = () => node.graph?.setDirtyCanvas(true, true);
+  img.src = `/view?${query}`;
+  runtime(node).images = [img];
 }
 
 /** Register one litegraph node type per server node class. */
 export function registerNodes(objectInfo, hooks) {
   for (const [typeName, info] of Object.entries(objectInfo)) {
-    const withImages = info.output_node || Object.values(info.input?.required ?? {})
-      .some(([, o]) => o?.image_upload);
+    const upload = Object.entries(info.input?.required ?? {}).find(([, [, o]]) => o?.image_upload)?.[0];
+    const withImages = info.output_node || !!upload;
     class ServerNode extends LGraphNode {
       constructor(title) {
         super(title ?? info.display_name ?? typeName);
@@ -191,7 +204,12 @@ export function registerNodes(objectInfo, hooks) {
         if (withImages) size[1] += IMAGE_AREA;
         return size;
       }
-      onWidgetChanged() { hooks.onWidgetChange(this); }
+      onWidgetChanged(name) {
+        if (name === upload) showInputImage(this, upload);
+        hooks.onWidgetChange(this);
+      }
+      onConfigure() { if (upload) showInputImage(this, upload); }
+      onAdded() { if (upload) showInputImage(this, upload); }
       onDrawBackground(ctx) { drawImages(this, ctx); }
       onDrawForeground(ctx) { drawState(this, ctx); }
     }
