@@ -130,10 +130,11 @@ async def bench(args) -> int:
             await asyncio.gather(*(touch() for _ in range(args.submissions)))
             # one at a time first: the service time of a single submission with the worker busy
             single = [await submit(args.submissions + i) for i in range(args.sequential)]
-            cpu0, t0 = loop_cpu_ms(proc.pid), time.perf_counter()
+            cpu0, own0, t0 = loop_cpu_ms(proc.pid), time.process_time(), time.perf_counter()
             latencies = await asyncio.gather(*(submit(i) for i in range(args.submissions)))
             burst = (time.perf_counter() - t0) * 1000
             loop_cpu = loop_cpu_ms(proc.pid) - cpu0
+            client_cpu = (time.process_time() - own0) * 1000
             still_busy = slow_id not in listeners[0].finished
 
             total = args.submissions + args.sequential + 1
@@ -163,7 +164,8 @@ async def bench(args) -> int:
     print(f"worker busy with the {args.busy} prompt during the burst: {still_busy}; burst took {burst:.0f} ms; "
           f"all {total} prompts done after {slow_seconds:.1f} s")
     print(f"event loop CPU for the burst: {loop_cpu:.0f} ms ({loop_cpu / args.submissions:.2f} ms per submission, "
-          f"including its status broadcasts and the fan-out of the running prompt's messages)")
+          f"including its status broadcasts and the fan-out of the running prompt's messages); "
+          f"this benchmark's own CPU meanwhile: {client_cpu:.0f} ms")
     print(f"one at a time       p50 {pct(single, 50):6.1f} ms   p99 {pct(single, 99):6.1f} ms   "
           f"({args.sequential} sequential submissions, worker busy)")
     print(f"submission latency  p50 {pct(latencies, 50):6.1f} ms   p99 {pct(latencies, 99):6.1f} ms   "
