@@ -321,3 +321,31 @@ def test_server_validation_error_highlights_the_node(page):
     wire(page, source, "IMAGE", save, "images")
     page.click("#queue-button")
     page.wait_for_function("(id) => app.graph.getNodeById(id).lg.errors.length === 0", arg=save)
+
+
+def test_queue_panel_pause_delete_resume(page):
+    open_shipped(page, "image_basic")
+    page.click("#pause-queue")
+    page.wait_for_function("document.querySelector('#pause-queue').textContent === 'Resume'")
+    try:
+        page.keyboard.press("Control+Enter")
+        page.keyboard.press("Control+Enter")
+        pending = page.locator("#queue-pending li")
+        page.wait_for_function("document.querySelectorAll('#queue-pending li').length === 2")
+        page.shot("two-pending-while-paused")
+        ids = page.evaluate("[...app.promptTabs.keys()]")
+        assert len(ids) == 2
+        pending.first.locator("button", has_text="✕").click()
+        page.wait_for_function("document.querySelectorAll('#queue-pending li').length === 1")
+        kept = page.evaluate("document.querySelector('#queue-pending li .label').textContent")
+        page.click("#pause-queue")
+        page.wait_for_function("document.querySelector('#pause-queue').textContent === 'Pause'")
+        page.wait_for_function("document.querySelectorAll('#queue-pending li').length === 0", timeout=60000)
+        history = page.locator("#queue-history li", has_text=kept.split()[-1])
+        history.wait_for(timeout=60000)
+        assert history.inner_text().startswith("success")
+        deleted = next(i for i in ids if not kept.endswith(i[:8]))
+        assert page.locator("#queue-history li", has_text=deleted[:8]).count() == 0
+        page.shot("resumed-and-ran")
+    finally:
+        page.evaluate("app.api.pauseQueue(false)")

@@ -37,6 +37,7 @@ export class Api extends EventTarget {
   queue() { return this.request("/queue"); }
   history(max = 30) { return this.request(`/history?max_items=${max}`); }
   deleteQueued(ids) { return this.request("/queue", { method: "POST", body: { delete: ids } }); }
+  pauseQueue(pause) { return this.request("/queue", { method: "POST", body: { pause } }); }
   clearQueue() { return this.request("/queue", { method: "POST", body: { clear: true } }); }
   deleteHistory(ids) { return this.request("/history", { method: "POST", body: { delete: ids } }); }
   interrupt(promptId) {

@@ -31,6 +31,9 @@ export class Panels {
     for (const b of document.querySelectorAll(".side-tabs button")) {
       b.onclick = () => this.show(b.dataset.panel);
     }
+    this.paused = false;
+    const pause = document.getElementById("pause-queue");
+    pause.onclick = () => this.#act(() => api.pauseQueue(!this.paused));
     document.getElementById("clear-queue").onclick = () => this.#act(() => api.clearQueue());
     document.getElementById("interrupt").onclick = () => this.#act(() => api.interrupt());
     const lightbox = document.getElementById("lightbox");
@@ -62,6 +65,10 @@ export class Panels {
         : [["✕", "Remove from the queue", () => this.#act(() => this.api.deleteQueued([id]))]];
       return li(`#${q[0]} ${id.slice(0, 8)}`, { buttons });
     };
+    this.paused = !!queue.paused;
+    const pause = document.getElementById("pause-queue");
+    pause.textContent = this.paused ? "Resume" : "Pause";
+    pause.classList.toggle("primary", this.paused);
     document.getElementById("queue-running").replaceChildren(...queue.queue_running.map((q) => item(q, true)));
     document.getElementById("queue-pending").replaceChildren(...queue.queue_pending.map((q) => item(q, false)));
     const entries = Object.entries(history ?? {}).reverse();
