@@ -32,8 +32,11 @@ class SubgraphError(ValueError):
 
 
 def definitions(workflow: dict) -> dict[str, dict]:
-    subgraphs = (workflow.get("definitions") or {}).get("subgraphs") or []
-    return {s["id"]: s for s in subgraphs if isinstance(s, dict) and "id" in s}
+    holder = workflow.get("definitions")
+    subgraphs = holder.get("subgraphs") if isinstance(holder, dict) else None
+    if not isinstance(subgraphs, list):
+        return {}
+    return {s["id"]: s for s in subgraphs if isinstance(s, dict) and isinstance(s.get("id"), str)}
 
 
 def has_subgraphs(workflow: dict) -> bool:
@@ -48,8 +51,11 @@ def flatten(workflow: dict) -> dict:
     defs = definitions(workflow)
     if not has_subgraphs(workflow):
         return workflow
-    nodes, links = _expand(workflow.get("nodes") or [], _link_objects(workflow.get("links") or []), defs, "", (),
-                           [MAX_NODES])
+    try:
+        nodes, links = _expand(workflow.get("nodes") or [], _link_objects(workflow.get("links") or []), defs, "", (),
+                               [MAX_NODES])
+    except (KeyError, TypeError, AttributeError) as exc:  # a hand-edited or truncated file
+        raise SubgraphError(f"malformed subgraph data ({type(exc).__name__}: {exc})") from None
     flat = {k: v for k, v in workflow.items() if k not in ("nodes", "links", "definitions")}
     flat.update(nodes=nodes, links=links)
     return flat

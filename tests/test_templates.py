@@ -159,6 +159,15 @@ def test_exploding_nesting_is_refused(registry):
         ui_to_api(wf, registry)
 
 
+def test_malformed_subgraph_data_is_a_clear_error(registry):
+    wf = v1_workflow([instance(2, 21, width=48)], [link(21, 1, 0, 2, 0, "IMAGE")])
+    del wf["definitions"]["subgraphs"][0]["links"][0]["origin_slot"]
+    with pytest.raises(SubgraphError, match="malformed subgraph data"):
+        ui_to_api(wf, registry)
+    wf["definitions"] = "not an object"  # no definitions at all: the instance is an unknown node type
+    assert ui_to_api(wf, registry)["2"]["class_type"] == SUB
+
+
 def test_workflow_without_subgraphs_is_returned_unchanged():
     wf = {"nodes": [node(1, "EmptyImage", [8, 8, 1, 0])], "links": [], "version": 0.4}
     assert flatten(wf) is wf
