@@ -26,7 +26,7 @@ VAE_PREFIX = "first_stage_model."
 CLIP_L_PREFIX = "conditioner.embedders.0.transformer."
 BIGG_PREFIX = {"sdxl_base": "conditioner.embedders.1.model.", "sdxl_refiner": "conditioner.embedders.0.model."}
 # Training leftovers some single files carry; never needed for inference.
-IGNORED_PREFIXES = ("model_ema.", "denoiser.", "conditioner.embedders.0.transformer.text_model.embeddings.position_ids_")
+IGNORED_PREFIXES = ("model_ema.", "denoiser.")
 
 
 class UnsupportedCheckpoint(ValueError):

@@ -42,8 +42,9 @@ def _owner(module: nn.Module, param_name: str) -> nn.Module:
 
 
 def unet_config_to_diffusers(cfg: UNetConfig) -> dict:
-    """The ``unet/config.json`` diffusers would write for this UNet."""
-    n = len(cfg.channel_mult)
+    """The ``unet/config.json`` diffusers would write for this UNet. diffusers takes the down blocks' depths from
+    this list and the middle block's from its last entry, so the last level must be attention-free or as deep
+    as the middle (true of SDXL)."""
     attn = [d > 0 for d in cfg.transformer_depth]
     return {
         "_class_name": "UNet2DConditionModel", "sample_size": 128,
