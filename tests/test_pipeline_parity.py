@@ -4,7 +4,7 @@ Our side: ``load_checkpoint`` on the single files → ``SDXLTextEncoders.encode`
 ``nodes.sampling.sample`` / ``ensemble_of_experts`` → ``vae_decode``. diffusers' side: ``StableDiffusionXLPipeline``
 / ``StableDiffusionXLImg2ImgPipeline`` loaded from diffusers folders of the same weights (tests/pipeline_oracle.py),
 with the prompt and an explicit negative prompt encoded on both sides (ComfyUI semantics), same seed and CFG,
-64×64 images (8×8 latents). The last test runs the product path end to end: ``latentgraph run`` on a ComfyUI API
+64×96 images (8×12 latents). The last test runs the product path end to end: ``latentgraph run`` on a ComfyUI API
 graph (KSampler, two KSamplerAdvanced), comparing its PNGs with diffusers' 8-bit images.
 
 Which timestep the UNet sees for a σ between table entries (sdxl.md §5.1) is the one place the two stacks differ by
@@ -14,8 +14,8 @@ rule, so every case runs with both of our rules:
 - diffusers ``DPMSolverMultistepScheduler`` with Karras σ rounds those to integers (837) — which is ComfyUI's
   nearest-log-σ rule, our default ``DiscreteEps()``; σ itself is never snapped on either side.
 
-The matching rule agrees to float rounding (≈ 0.0014/255); the other rule moves the image by 0.27–1.7/255 at most
-and 0.03–0.15/255 on average (the constants below), i.e. at the level of 8-bit quantisation, far below anything
+The matching rule agrees to float rounding (≤ 0.002/255); the other rule moves the image by 0.24–1.65/255 at most
+and 0.03–0.18/255 on average (the constants below), i.e. at the level of 8-bit quantisation, far below anything
 visible, and far above the tolerance, so the tests tell the rules apart.
 """
 from __future__ import annotations
@@ -41,31 +41,32 @@ from tests import pipeline_oracle as oracle
 from tests.oracles import demo_models
 
 PROMPT, NEGATIVE = "a photo of a cat sitting on a red chair", "blurry, low quality"
-SEED, CFG, REFINER_CFG, SIZE = 7, 5.0, 4.0, 64
+SEED, CFG, REFINER_CFG = 7, 5.0, 4.0
+HEIGHT, WIDTH = 64, 96  # not square, so a height/width mix-up in sizes or latents shows
 TXT2IMG_STEPS, ENSEMBLE_STEPS, DENOISING_END = 6, 8, 0.8
-LATENT_HW = (SIZE // 8, SIZE // 8)
+LATENT_HW = (HEIGHT // 8, WIDTH // 8)
 
 # Images are compared in [0, 1] (max |Δ| over pixels and channels); latents by max |Δ| / max |reference|.
-# Matching timestep rule — measured (fp32, CPU, image std 0.29, latent std 18): image max |Δ| 5.1e-6 / 5.5e-6 /
-# 4.1e-6 (Euler / DPM++ 2M / ensemble; ≈ 0.0014/255), latent 2.9e-6 / 2.4e-6 / 2.8e-6 relative.
-IMAGE_TOL = 1e-4      # 0.026/255, ~20× the measured float-rounding level
-LATENT_TOL = 3e-5     # ~10× measured
-# The other timestep rule — measured image max |Δ| (mean): Euler 1.06e-3 = 0.27/255 (0.025/255), DPM++ 2M
-# 1.94e-3 = 0.49/255 (0.043/255), ensemble 6.6e-3 = 1.69/255 (0.15/255); latents 5e-4 / 9e-4 / 3.5e-3 relative.
-RULE_EFFECT_OVER_TOL = 5     # it is real: well above the tolerance (the test sees a sub-0.5 change of t) ...
-RULE_EFFECT_OVER_ERR = 50    # ... and far above the matching rule's error (measured ratios 200 / 350 / 1600)
+# Matching timestep rule — measured (fp32, CPU, image std 0.29, latent std 18): image max |Δ| 7.3e-6 / 5.4e-6 /
+# 5.8e-6 (Euler / DPM++ 2M / ensemble; ≤ 0.002/255), latent 3.8e-6 / 2.6e-6 / 2.8e-6 relative; y 4.8e-7.
+IMAGE_TOL = 1e-4      # 0.026/255, ~15× the measured float-rounding level
+LATENT_TOL = 3e-5     # ~8× measured
+# The other timestep rule — measured image max |Δ| (mean): Euler 9.3e-4 = 0.24/255 (0.034/255), DPM++ 2M
+# 1.8e-3 = 0.47/255 (0.058/255), ensemble 6.5e-3 = 1.65/255 (0.18/255); latents 7e-4 / 1e-3 / 3.2e-3 relative.
+RULE_EFFECT_OVER_TOL = 3     # it is real: clearly above the tolerance (the test sees a sub-0.5 change of t) ...
+RULE_EFFECT_OVER_ERR = 50    # ... and far above the matching rule's error (measured ratios 127 / 340 / 1119)
 RULE_EFFECT_MAX = 2.0 / 255   # and it stays at 8-bit quantisation level
 # diffusers builds its σ table from float32 betas, sgm / ComfyUI / we from float64: measured ≤ 1.3e-5 relative
 # (largest at σ_0 = 0.0291675 vs 0.0291672; σ_max 14.614647 vs 14.614641), inherited by the Karras endpoints.
 SIGMA_RTOL = 3e-5
 # 8-bit PNGs through the CLI (both sides round): a one-level flip where |Δ| ≈ 1e-5 straddles a .5 boundary.
-# Measured: txt2img 1 of 12288 values one level off (mean 8e-5 levels); ensemble identical.
+# Measured: 3 (txt2img) and 6 (ensemble) of 18432 values one level off, the rest equal.
 PNG_MAX_LEVELS, PNG_MEAN_LEVELS = 1, 0.01
 
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    # 8×8 latents: thread hand-offs cost more than they save, and on shared cores they cost seconds per call.
+    # 8×12 latents: thread hand-offs cost more than they save, and on shared cores they cost seconds per call.
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -127,18 +128,44 @@ def our_txt2img(ours, sampler_name: str, integer_timesteps: bool, conds=None) ->
     return out["samples"], vae_decode(ours["base"].vae, out["samples"])
 
 
-def run_diffusers(pipe, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
-    """(final latent, decoded image [B, H, W, 3]) from one pipeline call through diffusers' own decode."""
-    final = {}
+def run_diffusers(pipe, **kwargs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(final latent, decoded image [B, H, W, 3], vector y of the first UNet call as [uncond; cond]) from one
+    pipeline call through diffusers' own decode."""
+    final, first = {}, {}
 
     def keep(p, i, t, tensors):
         final["latents"] = tensors["latents"]
         return tensors
 
+    def vector(module, args, kw):
+        first.setdefault("added", kw["added_cond_kwargs"])
+
+    hook = pipe.unet.register_forward_pre_hook(vector, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            image = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, output_type="pt", callback_on_step_end=keep,
+                         callback_on_step_end_tensor_inputs=["latents"], **kwargs).images
+    finally:
+        hook.remove()
+    return final["latents"], image.permute(0, 2, 3, 1), unet_vector(pipe.unet, first["added"])
+
+
+def unet_vector(unet, added: dict) -> torch.Tensor:
+    """What diffusers' UNet feeds its add-embedding: pooled text ‖ Fourier features of the size/crop/aesthetic ids
+    (its equivalent of our ``y``)."""
+    ids = added["time_ids"]
     with torch.no_grad():
-        image = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, output_type="pt", callback_on_step_end=keep,
-                     callback_on_step_end_tensor_inputs=["latents"], **kwargs).images
-    return final["latents"], image.permute(0, 2, 3, 1)
+        fourier = unet.add_time_proj(ids.flatten()).reshape(ids.shape[0], -1)
+    return torch.cat([added["text_embeds"], fourier.to(added["text_embeds"].dtype)], dim=1)
+
+
+def assert_same_vector(side: dict, want_y: torch.Tensor):
+    """Our prepared y (sizes from the latent, refiner aesthetic 6 / 2.5 by role) is diffusers' — checked directly,
+    since a tiny UNet barely reacts to y (sdxl.md §13.2)."""
+    ours_y = torch.cat([side["negative"][0]["y"], side["positive"][0]["y"]])
+    assert ours_y.shape == want_y.shape
+    err = max_abs(ours_y, want_y)
+    assert err < 1e-5, err
 
 
 def comfy_start_latents() -> torch.Tensor:
@@ -216,13 +243,14 @@ def test_conditioning_inputs_equal_diffusers(ours, diffusers_base, diffusers_ref
 def test_euler_karras_txt2img(ours, diffusers_base):
     """Euler + Karras, 6 steps, CFG 5: diffusers feeds fractional t, so our fractional rule matches it."""
     pipe = with_scheduler(diffusers_base, oracle.euler_karras())
-    want = run_diffusers(pipe, num_inference_steps=TXT2IMG_STEPS, guidance_scale=CFG, height=SIZE, width=SIZE,
+    want = run_diffusers(pipe, num_inference_steps=TXT2IMG_STEPS, guidance_scale=CFG, height=HEIGHT, width=WIDTH,
                          latents=comfy_start_latents())
     ms = DiscreteEps(integer_timesteps=False)
     sigmas = get_sigmas(ms, "karras", TXT2IMG_STEPS)
     assert torch.allclose(pipe.scheduler.sigmas, sigmas, rtol=SIGMA_RTOL)
     assert torch.allclose(pipe.scheduler.timesteps, ms.timestep(sigmas[:-1]), atol=2e-3)
     assert pipe.scheduler.timesteps[1] % 1 != 0  # really fractional (837.1207)
+    assert_same_vector(model_side(ours["base"], ours["base_cond"], False, CFG), want[2])
 
     fractional, integer = our_txt2img(ours, "euler", False), our_txt2img(ours, "euler", True)
     assert_rule_parity(fractional, integer, want)
@@ -232,7 +260,7 @@ def test_euler_karras_txt2img(ours, diffusers_base):
     assert max_abs(swapped[1], want[1]) > 100 * IMAGE_TOL
 
     # diffusers' own start (ε·σ_max instead of ε·√(1+σ_max²), a 0.23 % scale) is a real difference.
-    own_start = run_diffusers(pipe, num_inference_steps=TXT2IMG_STEPS, guidance_scale=CFG, height=SIZE, width=SIZE,
+    own_start = run_diffusers(pipe, num_inference_steps=TXT2IMG_STEPS, guidance_scale=CFG, height=HEIGHT, width=WIDTH,
                               generator=torch.Generator().manual_seed(SEED))
     assert max_abs(own_start[1], fractional[1]) > 10 * IMAGE_TOL
 
@@ -241,7 +269,7 @@ def test_dpmpp_2m_karras_txt2img(ours, diffusers_base):
     """DPM++ 2M + Karras, 6 steps, CFG 5, diffusers drawing its own noise from the seed (its VP-space start ε is
     exactly our ε·√(1+σ_max²) in σ space). diffusers rounds t, so our default integer rule matches it."""
     pipe = with_scheduler(diffusers_base, oracle.dpmpp_2m_karras())
-    want = run_diffusers(pipe, num_inference_steps=TXT2IMG_STEPS, guidance_scale=CFG, height=SIZE, width=SIZE,
+    want = run_diffusers(pipe, num_inference_steps=TXT2IMG_STEPS, guidance_scale=CFG, height=HEIGHT, width=WIDTH,
                          generator=torch.Generator().manual_seed(SEED))
     ms = DiscreteEps()
     sigmas = get_sigmas(ms, "karras", TXT2IMG_STEPS)
@@ -272,12 +300,14 @@ def test_ensemble_of_experts_hand_off(ours, diffusers_base, diffusers_refiner):
     base_steps = []
     with torch.no_grad():
         handed = base_pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=ENSEMBLE_STEPS,
-                           guidance_scale=CFG, height=SIZE, width=SIZE, latents=comfy_start_latents(),
+                           guidance_scale=CFG, height=HEIGHT, width=WIDTH, latents=comfy_start_latents(),
                            denoising_end=DENOISING_END, output_type="latent",
                            callback_on_step_end=lambda p, i, ts, kw: base_steps.append(float(ts)) or kw).images
     assert len(base_steps) == switch_step
     want = run_diffusers(refiner_pipe, image=handed, num_inference_steps=ENSEMBLE_STEPS, guidance_scale=REFINER_CFG,
                          denoising_start=DENOISING_END)
+
+    assert_same_vector(model_side(ours["refiner"], ours["refiner_cond"], False, REFINER_CFG), want[2])
 
     def ours_run(integer_timesteps):
         base = model_side(ours["base"], ours["base_cond"], integer_timesteps, CFG)
@@ -301,7 +331,7 @@ def api_prompt() -> dict:
     return {
         "1": node("CheckpointLoaderSimple", ckpt_name="demo_sdxl_base.safetensors"),
         "2": node("CheckpointLoaderSimple", ckpt_name="demo_sdxl_refiner.safetensors"),
-        "3": node("EmptyLatentImage", width=SIZE, height=SIZE, batch_size=1),
+        "3": node("EmptyLatentImage", width=WIDTH, height=HEIGHT, batch_size=1),
         "4": node("CLIPTextEncode", text=PROMPT, clip=["1", 1]),
         "5": node("CLIPTextEncode", text=NEGATIVE, clip=["1", 1]),
         "6": node("CLIPTextEncode", text=PROMPT, clip=["2", 1]),
@@ -338,10 +368,10 @@ def test_cli_workflow_pngs_match_diffusers(demo, diffusers_base, diffusers_refin
     base_pipe = with_scheduler(diffusers_base, oracle.dpmpp_2m_karras())
     with torch.no_grad():
         txt2img = base_pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=TXT2IMG_STEPS,
-                            guidance_scale=CFG, height=SIZE, width=SIZE, generator=torch.Generator().manual_seed(SEED),
+                            guidance_scale=CFG, height=HEIGHT, width=WIDTH, generator=torch.Generator().manual_seed(SEED),
                             output_type="pil").images[0]
         handed = base_pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=ENSEMBLE_STEPS,
-                           guidance_scale=CFG, height=SIZE, width=SIZE, generator=torch.Generator().manual_seed(SEED),
+                           guidance_scale=CFG, height=HEIGHT, width=WIDTH, generator=torch.Generator().manual_seed(SEED),
                            denoising_end=DENOISING_END, output_type="latent").images
         ensemble = with_scheduler(diffusers_refiner, oracle.dpmpp_2m_karras())(
             prompt=PROMPT, negative_prompt=NEGATIVE, image=handed, num_inference_steps=ENSEMBLE_STEPS,
@@ -350,5 +380,5 @@ def test_cli_workflow_pngs_match_diffusers(demo, diffusers_base, diffusers_refin
     for name, want in (("txt2img", txt2img), ("ensemble", ensemble)):
         got = np.asarray(Image.open(written[name]).convert("RGB"), dtype=np.int16)
         diff = np.abs(got - np.asarray(want, dtype=np.int16))
-        assert got.shape == (SIZE, SIZE, 3) and got.std() > 20  # a real picture-sized array, not a flat one
+        assert got.shape == (HEIGHT, WIDTH, 3) and got.std() > 20  # a real picture-sized array, not a flat one
         assert diff.max() <= PNG_MAX_LEVELS and diff.mean() <= PNG_MEAN_LEVELS, (name, diff.max(), diff.mean())
