@@ -439,18 +439,30 @@ def _load_diffusers_vae(folder: Path, dtype, device) -> AutoencoderKL:
     return _build(AutoencoderKL, cfg, state, "VAE", file)
 
 
+def _diffusers_kind(path: Path) -> str:
+    """Base has text_encoder/ (CLIP-L) and text_encoder_2/ (bigG), the refiner only text_encoder_2/; the UNet's
+    vector input must be bigG's projection plus 6 (base) or 5 (refiner) Fourier features."""
+    if not (path / "text_encoder_2").is_dir():
+        raise UnsupportedCheckpoint(f"{path}: not an SDXL pipeline folder (no text_encoder_2/ with OpenCLIP bigG)")
+    kind = "sdxl_base" if (path / "text_encoder").is_dir() else "sdxl_refiner"
+    n_scalars = 6 if kind == "sdxl_base" else 5
+    pooled = _read_config(path / "text_encoder_2").get("projection_dim")
+    adm = _read_config(path / "unet").get("projection_class_embeddings_input_dim")
+    if pooled is None or adm != pooled + n_scalars * FOURIER_DIM:
+        found = "text_encoder/ and text_encoder_2/" if kind == "sdxl_base" else "only text_encoder_2/"
+        raise UnsupportedCheckpoint(f"{path}: found {found} but a UNet vector input of {adm}, which is not "
+                                    f"{pooled} pooled + {n_scalars}×{FOURIER_DIM}; not an SDXL {kind[5:]}")
+    return kind
+
+
 def _load_diffusers(path: Path, device, dtype, with_text: bool) -> Checkpoint:
     if not (path / "unet").is_dir():
         if (path / "config.json").exists() and (path / "diffusion_pytorch_model.safetensors").exists():
             raise UnsupportedCheckpoint(f"{path}: a single diffusers component, not a pipeline folder "
                                         "(needs unet/, vae/, text_encoder_2/)")
         raise UnsupportedCheckpoint(f"{path}: not a diffusers folder (no unet/ subfolder)")
+    kind = _diffusers_kind(path)
     unet, cfg = load_diffusers_unet(path / "unet", device, dtype)
-    kind = "sdxl_base" if (path / "text_encoder").is_dir() else "sdxl_refiner"
-    n_scalars = 6 if kind == "sdxl_base" else 5
-    if not (path / "text_encoder_2").is_dir() or cfg.adm_in_channels <= n_scalars * FOURIER_DIM:
-        raise UnsupportedCheckpoint(f"{path}: not an SDXL pipeline (text_encoder_2/ missing or UNet vector input "
-                                    f"{cfg.adm_in_channels})")
     vae = _load_diffusers_vae(path / "vae", dtype, device)
     text = None
     if with_text:

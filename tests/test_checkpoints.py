@@ -141,6 +141,17 @@ def test_diffusers_folder_heads_come_from_config(tmp_path):
     assert unet.input_blocks[4][1].transformer_blocks[0].attn1.heads == 4
 
 
+def test_diffusers_folder_kind_is_checked(tmp_path):
+    """A base folder that lost text_encoder/ is not taken for a refiner."""
+    import shutil
+    shutil.copytree(demo_models()["sdxl_base_diffusers"], tmp_path / "pipe")
+    shutil.rmtree(tmp_path / "pipe" / "text_encoder")
+    with pytest.raises(UnsupportedCheckpoint, match="found only text_encoder_2/ but a UNet vector input of 1568"):
+        load_checkpoint(tmp_path / "pipe")
+    with pytest.raises(UnsupportedCheckpoint, match="no unet/"):
+        load_checkpoint(tmp_path)
+
+
 def test_read_shapes_matches_safetensors():
     sd = tensors()
     assert read_shapes(demo_models()["sdxl_base"]) == shapes_of(sd)
