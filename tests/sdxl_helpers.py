@@ -7,17 +7,17 @@ import os
 
 from nodes.node import Environment
 
-DEMO_FILES = ("demo_sdxl_base.safetensors", "demo_sdxl_refiner.safetensors", "demo_sdxl_base_diffusers")
 
 
 def demo_models_dir(tmp_path_factory) -> str:
-    """<basetemp>/demo_models with checkpoints/ holding the demo base, refiner and diffusers copy."""
-    from nodes.demo import make_demo_models
+    """A models folder whose checkpoints/ is the session's demo checkpoints (tests.oracles writes them once):
+    demo_sdxl_base.safetensors, demo_sdxl_refiner.safetensors and demo_sdxl_base_diffusers/."""
+    from tests.oracles import demo_models
 
-    root = tmp_path_factory.getbasetemp() / "demo_models"
-    folder = root / "checkpoints"
-    if not all((folder / name).exists() for name in DEMO_FILES):
-        make_demo_models(folder)
+    root = tmp_path_factory.getbasetemp() / "sdxl_models"
+    if not root.exists():
+        root.mkdir()
+        (root / "checkpoints").symlink_to(demo_models()["sdxl_base"].parent, target_is_directory=True)
     return str(root)
 
 

@@ -164,21 +164,23 @@ def base_refiner() -> Workflow:
         texts[name] = (w.add("CLIPTextEncode", (380, y), f"Positive ({name})", text=PROMPT, clip=(clip, 1)),
                        w.add("CLIPTextEncode", (380, y + 240), f"Negative ({name})", text=NEGATIVE, clip=(clip, 1)))
     first = w.add("KSamplerAdvanced", (760, 100), "Base (steps 0 → switch, keeps its noise)", model=(base, 0),
-                  add_noise="enable", noise_seed=42, steps=5, cfg=8.0, sampler_name="euler", scheduler="normal",
+                  add_noise="enable", noise_seed=42, steps=6, cfg=8.0, sampler_name="euler", scheduler="normal",
                   positive=(texts["base"][0], 0), negative=(texts["base"][1], 0), latent_image=(latent, 0),
                   start_at_step=0, end_at_step=4, return_with_leftover_noise="enable")
     second = w.add("KSamplerAdvanced", (1140, 100), "Refiner (switch → end, adds no noise)", model=(refiner, 0),
-                   add_noise="disable", noise_seed=42, steps=5, cfg=8.0, sampler_name="euler", scheduler="normal",
+                   add_noise="disable", noise_seed=42, steps=6, cfg=8.0, sampler_name="euler", scheduler="normal",
                    positive=(texts["refiner"][0], 0), negative=(texts["refiner"][1], 0), latent_image=(first, 0),
                    start_at_step=4, end_at_step=10000, return_with_leftover_noise="disable")
     image = w.add("VAEDecode", (1520, 100), samples=(second, 0), vae=(refiner, 2))
     w.add("SaveImage", (1820, 100), images=(image, 0), filename_prefix="sdxl_base_refiner")
-    w.primitive(5, "INT", (760, 640), "steps", [(first, "steps"), (second, "steps")])
+    w.primitive(6, "INT", (760, 640), "steps", [(first, "steps"), (second, "steps")])
     w.primitive(4, "INT", (760, 780), "switch to the refiner at step", [(first, "end_at_step"), (second, "start_at_step")])
     w.note("SDXL ensemble of experts (SDXL report §2.5; ComfyUI's official base + refiner wiring): both samplers share "
            "one schedule (steps, scheduler). The base runs steps 0 → switch and returns its latent still noisy "
            "(leftover noise); the refiner, specialised on low noise levels, runs switch → end without adding noise. "
-           "The two primitives keep steps and the switch step in one place (the official example uses 25 and 20).\n"
+           "The two primitives keep steps and the switch step in one place. With 6 euler/normal steps the switch at "
+           "step 4 hands over at σ 0.57 (timestep ≈ 200), the top of the refiner's 200 noise levels; the official "
+           "example uses 25 steps and switches at 20 (σ 0.49).\n"
            + RUN.format(name=w.name), (0, 900))
     return w
 

@@ -1,0 +1,163 @@
+"""The shipped SDXL workflows run headless through `latentgraph run` on the demo checkpoints, and what they
+write is checked: sizes, embedded workflows, determinism per seed, identical pixels from the fine-grained and
+the ComfyUI-named graph, refiner effect, inpainting confined to the mask, one image per aspect bucket; and the
+executor re-runs only what a change touches."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nodes.node import load_builtin_nodes
+from server.executor import Executor
+from server.graph import load_prompt, validate
+from tests.sdxl_helpers import demo_models_dir, environment, run_workflow
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKFLOWS = ["sdxl_base", "sdxl_base_comfy", "sdxl_base_refiner", "sdxl_refiner_sdedit", "sdxl_img2img",
+             "sdxl_inpaint", "sdxl_aspect_buckets"]
+
+
+def workflow_path(name: str) -> str:
+    return os.path.join(REPO, "workflows", f"{name}.json")
+
+
+def pixels(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB")).astype(np.int16)
+
+
+def by_prefix(images: dict[str, str], prefix: str) -> str:
+    found = [p for name, p in images.items() if name.startswith(prefix + "_0")]
+    assert len(found) == 1, (prefix, sorted(images))
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return demo_models_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def env(models, tmp_path_factory):
+    return environment(models, tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def ran(env):
+    """Every shipped workflow, run once as shipped."""
+    return {name: run_workflow(workflow_path(name), env) for name in WORKFLOWS}
+
+
+@pytest.mark.parametrize("name", WORKFLOWS)
+def test_shipped_workflow_writes_pngs_that_carry_it(ran, name):
+    with open(workflow_path(name)) as f:
+        shipped = json.load(f)
+    assert any(n["type"] == "Note" and n["widgets_values"][0] for n in shipped["nodes"]), "each workflow has a note"
+    for path in ran[name].values():
+        with Image.open(path) as im:
+            assert json.loads(im.info["workflow"])["nodes"] == shipped["nodes"]
+            assert json.loads(im.info["prompt"])
+            assert im.size[0] % 8 == 0 and im.size[1] % 8 == 0
+
+
+def test_fine_grained_and_comfy_graphs_give_identical_pixels(ran):
+    a = pixels(by_prefix(ran["sdxl_base"], "sdxl_base"))
+    b = pixels(by_prefix(ran["sdxl_base_comfy"], "sdxl_base_comfy"))
+    assert a.shape == (256, 256, 3)
+    assert np.array_equal(a, b)
+    assert a.std() > 5  # an image, not a flat field
+
+
+def test_same_seed_same_image_other_seed_other_image(ran, env):
+    first = pixels(by_prefix(ran["sdxl_base_comfy"], "sdxl_base_comfy"))
+    again = run_workflow(workflow_path("sdxl_base_comfy"), env, "5.seed=42")
+    other = run_workflow(workflow_path("sdxl_base_comfy"), env, "5.seed=43")
+    assert np.array_equal(first, pixels(next(iter(again.values()))))
+    assert not np.array_equal(first, pixels(next(iter(other.values()))))
+
+
+def test_ensemble_of_experts_refiner_changes_the_base_result(ran, env):
+    ensemble = pixels(by_prefix(ran["sdxl_base_refiner"], "sdxl_base_refiner"))
+    # Same graph with the base running to the end and the refiner stage empty (start ≥ steps returns its input).
+    base_only = run_workflow(workflow_path("sdxl_base_refiner"), env, "8.end_at_step=10000",
+                             "8.return_with_leftover_noise=disable", "9.start_at_step=6")
+    base_only = pixels(next(iter(base_only.values())))
+    assert ensemble.shape == base_only.shape == (256, 256, 3)
+    assert np.abs(ensemble - base_only).mean() > 1
+
+
+def test_sdedit_refines_the_base_image(ran):
+    base = pixels(by_prefix(ran["sdxl_refiner_sdedit"], "sdxl_sdedit_base"))
+    refined = pixels(by_prefix(ran["sdxl_refiner_sdedit"], "sdxl_sdedit_refined"))
+    assert base.shape == refined.shape == (256, 256, 3)
+    assert not np.array_equal(base, refined)
+    # the base half of this graph is the same model, prompt, seed and steps as sdxl_base.json
+    assert np.array_equal(base, pixels(by_prefix(ran["sdxl_base"], "sdxl_base")))
+
+
+def test_img2img_starts_from_the_source(ran):
+    source = pixels(by_prefix(ran["sdxl_img2img"], "sdxl_img2img_source"))
+    out = pixels(by_prefix(ran["sdxl_img2img"], "sdxl_img2img"))
+    assert source.shape == out.shape == (256, 256, 3)
+    assert not np.array_equal(source, out)
+
+
+def test_inpaint_changes_pixels_only_inside_the_mask(ran):
+    source = pixels(by_prefix(ran["sdxl_inpaint"], "sdxl_inpaint_source"))
+    out = pixels(by_prefix(ran["sdxl_inpaint"], "sdxl_inpaint"))
+    inside = np.zeros(source.shape[:2], bool)
+    inside[80:176, 80:176] = True  # the workflow's 96² square at (80, 80)
+    changed = np.abs(out - source).sum(-1) > 0
+    assert not changed[~inside].any()
+    assert changed[inside].mean() > 0.5
+
+
+def test_aspect_buckets_one_image_per_bucket_at_its_size(ran):
+    from workflows.generate_sdxl import ASPECT_DEMO, ASPECT_SCALE
+
+    images = ran["sdxl_aspect_buckets"]
+    assert len(images) == len(ASPECT_DEMO)
+    for width, height in ASPECT_DEMO:
+        with Image.open(by_prefix(images, f"bucket_{width}x{height}")) as im:
+            assert im.size == (round(width * ASPECT_SCALE), round(height * ASPECT_SCALE))
+        assert width % 64 == 0 and height % 64 == 0 and 0.85 < width * height / 1024 ** 2 < 1.05
+
+
+def test_changing_the_seed_reruns_only_sampler_decode_save(env):
+    registry = load_builtin_nodes()
+    with open(workflow_path("sdxl_base_comfy")) as f:
+        prompt, _ = load_prompt(json.load(f), registry)
+    executor = Executor(registry, env)
+
+    def run(changes=()):
+        p = json.loads(json.dumps(prompt))
+        for node_id, name, value in changes:
+            p[node_id]["inputs"][name] = value
+        report = validate(p, registry, env)
+        assert report.ok, report.lines()
+        result = executor.run(p, report.outputs, values=report.values)
+        assert result.status == "success", result.error
+        return {p[n]["class_type"] for n in result.executed}, {p[n]["class_type"] for n in result.cached}
+
+    run()
+    executed, cached = run([("5", "seed", 7)])
+    assert executed == {"KSampler", "VAEDecode", "SaveImage"}
+    assert {"CheckpointLoaderSimple", "CLIPTextEncode", "EmptyLatentImage"} <= cached
+    executed, cached = run([("2", "text", "a different prompt")])
+    assert "CheckpointLoaderSimple" in cached and "CheckpointLoaderSimple" not in executed
+    assert executed == {"CLIPTextEncode", "KSampler", "VAEDecode", "SaveImage"}
+
+
+def test_latentgraph_run_in_a_real_process(env, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-c", "import sys; from server.cli import main; sys.exit(main())", "run",
+                           workflow_path("sdxl_base_comfy"), "--models", env.models_dir, "--out", str(out), "-q"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    written = [line for line in proc.stdout.splitlines() if line.endswith(".png")]
+    assert len(written) == 1 and os.path.dirname(written[0]) == str(out)
+    with Image.open(written[0]) as im:
+        assert im.size == (256, 256)
