@@ -290,9 +290,8 @@ function setupCanvas() {
   attachMinimap(document.getElementById("minimap"), canvas);
 }
 
-async function firstWorkflow() {
-  let names = [];
-  try { names = await api.workflowList(); } catch { /* no list: start empty */ }
+async function firstWorkflow(listing) {
+  const names = await listing;
   const name = names.includes("sdxl_base.json") ? "sdxl_base.json" : names[0];
   if (!name) return workspace.open("Unsaved workflow");
   try {
@@ -304,6 +303,7 @@ async function firstWorkflow() {
 }
 
 async function boot() {
+  const listing = api.workflowList().catch(() => []); // no list: start empty
   const objectInfo = await api.objectInfo();
   const hooks = {
     onWidgetChange: scheduleCheckpoint,
@@ -320,7 +320,7 @@ async function boot() {
   setupShortcuts();
   setupWorkflowMenu();
   listen();
-  if (!workspace.restore()) await firstWorkflow();
+  if (!workspace.restore()) await firstWorkflow(listing);
   api.connect();
   window.app.ready = true;
 }
