@@ -64,7 +64,7 @@ def _strict(cls, folder: Path, **kwargs):
     """``cls.from_pretrained(folder)``, failing on any missing or unexpected weight (a silent partial load would
     make the oracle wrong)."""
     model, info = cls.from_pretrained(folder, output_loading_info=True, **kwargs)
-    bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys") and v}
+    bad = {k: v for k, v in info.items() if k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs") and v}
     assert not bad, f"{folder}: {bad}"
     return model.eval()
 
