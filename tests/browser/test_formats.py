@@ -81,3 +81,23 @@ def test_dropping_a_plain_image_makes_a_load_image_node(page):
     assert node["type"] == "LoadImage" and node["widgets_values"][0].endswith(".png")
     page.wait_for_function("app.graph._nodes[0].lg.images[0]?.naturalWidth === 40")
     page.shot("load-image-node")
+
+
+@pytest.mark.browser
+def test_comfyui_template_with_primitive_nodes_opens_clean_and_names_missing_models(page):
+    templates = pytest.importorskip("comfyui_workflow_templates_json")
+    path = Path(templates.__file__).parent / "templates" / "sdxl_simple_example.json"
+    with page.expect_file_chooser() as chooser:
+        page.click("#open-button")
+    chooser.value.set_files(str(path))
+    page.wait_for_function("app.workspace.tab.name === 'sdxl_simple_example'")
+    assert page.locator(".tab.active .dirty").inner_text() == "", "opening a file is no edit"
+    primitives = page.evaluate("""app.graph._nodes.filter((n) => n.type === 'PrimitiveNode')
+      .map((n) => [n.title, n.widgets?.[0]?.value])""")
+    assert ["steps", 25] in primitives and ["end_at_step", 20] in primitives
+    page.click("#queue-button")
+    page.locator(".toast.error", has_text="sd_xl_base_1.0.safetensors").wait_for()
+    flagged = page.evaluate("""app.graph._nodes.filter((n) => n.lg?.errors?.length)
+      .map((n) => [n.type, n.lg.errors[0].extra_info?.input_name])""")
+    assert flagged and all(f == ["CheckpointLoaderSimple", "ckpt_name"] for f in flagged)
+    page.shot("template-missing-models")

@@ -2,7 +2,9 @@
 // panels, shortcuts, drag and drop, and live execution feedback over the websocket.
 import { LGraph, LGraphCanvas, LGraphGroup, LiteGraph } from "litegraph";
 import { Api } from "./api.js";
-import { applySeedControls, applyTypeColors, registerFrontendNodes, registerNodes, runtime, setComboValue } from "./nodes.js";
+import {
+  applySeedControls, applyTypeColors, registerFrontendNodes, registerNodes, registerPrimitiveNode, runtime, setComboValue,
+} from "./nodes.js";
 import { Workspace, graphState } from "./workflows.js";
 import { buildLibrary, NODE_MIME } from "./library.js";
 import { attachMinimap } from "./minimap.js";
@@ -313,6 +315,7 @@ async function boot() {
     },
   };
   registerFrontendNodes(hooks);
+  registerPrimitiveNode(hooks);
   registerNodes(objectInfo, hooks);
   setupCanvas();
   buildLibrary(objectInfo, { onPick: (type) => addNode(type, viewCentre()) });

@@ -311,3 +311,45 @@ export function registerFrontendNodes(hooks) {
     NoteNode.category = "utils";
   }
 }
+
+/** ComfyUI's PrimitiveNode: one value wired into widget inputs of other nodes. It takes the
+ * widget (kind, limits, choices) of the first input it feeds; the server pushes its value there. */
+export function registerPrimitiveNode(hooks) {
+  class PrimitiveNode extends LGraphNode {
+    constructor(title) {
+      super(title ?? "Primitive");
+      this.serialize_widgets = true;
+      this.addOutput("connect to widget input", "*");
+    }
+
+    onConfigure(info) { this.savedValues = info.widgets_values; }
+
+    onConnectionsChange(kind, _slot, connected) {
+      if (kind === LiteGraph.OUTPUT && connected) queueMicrotask(() => this.afterGraphLoaded());
+    }
+
+    /** Called once the whole graph is loaded (targets exist) and after each new connection. */
+    afterGraphLoaded() {
+      if (this.widgets?.length || !this.graph) return;
+      const linkId = this.outputs[0].links?.[0];
+      const link = linkId == null ? null : this.graph.getLink(linkId);
+      const target = link && this.graph.getNodeById(link.target_id);
+      const input = target?.inputs[link.target_slot];
+      const source = target?.widgets?.find((w) => w.name === input?.widget?.name);
+      if (!source) return;
+      const [value = source.value, control] = this.savedValues ?? [];
+      const changed = () => hooks.onWidgetChange(this);
+      const w = this.addWidget(source.type, source.name, value, changed, { ...source.options });
+      if (source.options?.multiline) makeTextArea(w);
+      if (source.lgControl) {
+        w.lgControl = this.addWidget("combo", "control_after_generate", control ?? "fixed", changed,
+          { label: "control after generate", values: CONTROL_VALUES });
+      }
+      this.outputs[0].type = input.type;
+      if (!this.savedValues) this.size = this.computeSize();
+    }
+  }
+  PrimitiveNode.title = "Primitive";
+  LiteGraph.registerNodeType("PrimitiveNode", PrimitiveNode);
+  PrimitiveNode.category = "utils";
+}

@@ -217,6 +217,7 @@ export class Workspace {
     this.canvas.deselectAll?.();
     if (state) this.graph.configure(JSON.parse(state));
     else this.graph.clear();
+    for (const node of this.graph._nodes) node.afterGraphLoaded?.();
     // Drawing lays nodes out (litegraph grows nodes too small for their widgets): do it now, so
     // that the state recorded for a freshly opened file is the one the user sees.
     this.canvas.draw(true, true);
