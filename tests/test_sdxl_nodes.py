@@ -302,3 +302,25 @@ def test_residency_shares_a_checkpoint_between_loaders(env):
     b = call("SDXLCheckpointLoader", Context("9", env, resources=resources), ckpt_name=BASE)
     assert a[0].unet is b[0].unet and a[1] is b[1] and a[2] is b[2]
     assert resources.builds == 1
+    # the nodes that use the modules make them resident through the same service
+    (pos,) = call("CLIPTextEncode", ctx, clip=a[1], text="x")
+    (latent,) = call("KSampler", ctx, model=a[0], seed=0, steps=1, cfg=1.0, sampler_name="euler", scheduler="normal",
+                     positive=pos, negative=pos, latent_image={"samples": torch.zeros(1, 4, 8, 8)}, denoise=1.0)
+    (image,) = call("VAEDecode", ctx, samples=latent, vae=a[2])
+    assert image.shape == (1, 64, 64, 3) and resources.stats()["models"] >= 1
+
+
+def test_standalone_vae_loads_from_the_vae_folder(base, tmp_path):
+    from safetensors.torch import save_file
+
+    (tmp_path / "vae").mkdir()
+    save_file({k: v.contiguous() for k, v in base[2].state_dict().items()}, str(tmp_path / "vae" / "mine.safetensors"))
+    env = environment(str(tmp_path), tmp_path)
+    ctx = Context("2", env)
+    assert REGISTRY["VAELoader"].inputs["vae_name"].options(env) == ["mine.safetensors"]
+    (vae,) = call("VAELoader", ctx, vae_name="mine.safetensors")
+    (same,) = call("SDXLVAELoader", ctx, vae_name="mine.safetensors")
+    latent = {"samples": torch.randn(1, 4, 8, 8)}
+    expected = call("VAEDecode", ctx, samples=latent, vae=base[2])[0]
+    assert torch.equal(call("VAEDecode", ctx, samples=latent, vae=vae)[0], expected)
+    assert torch.equal(call("VAEDecode", ctx, samples=latent, vae=same)[0], expected)
