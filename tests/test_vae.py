@@ -8,13 +8,13 @@ from nodes.sdxl.vae import vae_decode, vae_encode
 from tests.oracles import demo_models, diffusers_vae, load_single_file_into_diffusers, rel_err, rerandomize
 
 TOL = 1e-4
-# Tiled output differs from untiled because GroupNorm statistics and the mid attention are computed per tile
-# (as in diffusers' and ComfyUI's tiling); overlaps are blended linearly. Stated tolerances, measured on the
-# tiny random VAE (which leans on GroupNorm statistics harder than a trained one): decode with 16-latent tiles,
-# overlap 8: mean |Δ| ≤ 0.02 on [0, 1] images (measured 0.016); encode with 128-px tiles, overlap 64: mean |Δ| ≤ 15%
-# of the mean |latent| (measured 10%; 3.6% with 256-px tiles).
+# Tiled output differs from untiled because the GroupNorm statistics of the full-resolution levels are per tile
+# (the mid block's attention runs whole); overlaps are blended linearly. Stated tolerances, measured on the tiny
+# random VAE (which leans on GroupNorm statistics harder than a trained one): decode with 16-latent tiles,
+# overlap 8: mean |Δ| ≤ 0.02 on [0, 1] images (measured 0.011); encode with 128-px tiles, overlap 64: mean |Δ|
+# ≤ 10% of the mean |latent| (measured 6%).
 TILED_DECODE_TOL = 0.02
-TILED_ENCODE_TOL = 0.15
+TILED_ENCODE_TOL = 0.10
 
 
 def pixels(size=64, batch=1, seed=0):

@@ -101,12 +101,20 @@ class Encoder(nn.Module):
         self.conv_out = nn.Conv2d(ch, 2 * cfg.z_channels, 3, padding=1)
 
     def forward(self, x):
+        return self.head(self.levels(x))
+
+    def levels(self, x):
+        """The full-resolution part (what tiling splits)."""
         h = self.conv_in(x)
         for level in self.down:
             for block in level.block:
                 h = block(h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
+        return h
+
+    def head(self, h):
+        """The part at latent resolution, with the global attention."""
         return self.conv_out(F.silu(self.norm_out(self.mid(h))))
 
 
@@ -129,7 +137,14 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(ch, cfg.out_channels, 3, padding=1)
 
     def forward(self, z):
-        h = self.mid(self.conv_in(z))
+        return self.levels(self.body(z))
+
+    def body(self, z):
+        """The part at latent resolution, with the global attention."""
+        return self.mid(self.conv_in(z))
+
+    def levels(self, h):
+        """The upsampling part (what tiling splits)."""
         for level in reversed(self.up):
             for block in level.block:
                 h = block(h)
@@ -155,7 +170,10 @@ class AutoencoderKL(nn.Module):
 
     def encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior (mean, logvar), logvar clamped to [-30, 20]."""
-        mean, logvar = self.quant_conv(self.encoder(pixels.to(self.dtype))).chunk(2, dim=1)
+        return self.posterior(self.encoder(pixels.to(self.dtype)))
+
+    def posterior(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logvar = self.quant_conv(h).chunk(2, dim=1)
         return mean, logvar.clamp(-30.0, 20.0)
 
     def encode_mean(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -236,28 +254,38 @@ def tiled_apply(fn, x: torch.Tensor, tile: int, overlap: int, scale: float, out_
 
 def vae_decode(vae: AutoencoderKL, latent: torch.Tensor, tiled: bool = False, tile: int = 64,
                overlap: int = 16) -> torch.Tensor:
-    """Scaled latent [B, 4, h, w] → image [B, H, W, 3] in [0, 1]. Tiles are in latent pixels."""
+    """Scaled latent [B, 4, h, w] → image [B, H, W, 3] in [0, 1]. Tiled: the latent-resolution part (conv_in and
+    the mid block with its global attention) runs whole, the upsampling levels run on overlapping ``tile``²
+    windows (in latent pixels) blended linearly."""
     z = latent / vae.config.scaling_factor
-    f = vae.config.downscale
-    if tiled:
-        x = tiled_apply(lambda t: _run(vae, vae.decode, t), z, tile, overlap, f, vae.config.out_channels)
-    else:
+    if not tiled:
         x = _run(vae, vae.decode, z)
+    else:
+        def decode(t):
+            h = vae.decoder.body(vae.post_quant_conv(t.to(vae.dtype)))
+            return tiled_apply(vae.decoder.levels, h, tile, overlap, vae.config.downscale, vae.config.out_channels)
+        x = _run(vae, decode, z)
     return ((x.float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
 
 
 def vae_encode(vae: AutoencoderKL, image: torch.Tensor, tiled: bool = False, tile: int = 512,
                overlap: int = 128) -> torch.Tensor:
-    """Image [B, H, W, C] in [0, 1] → scaled latent (posterior mean). Tiles are in image pixels.
-    Sizes that are not multiples of the VAE factor are cropped to one (top-left kept)."""
+    """Image [B, H, W, C] in [0, 1] → scaled latent (posterior mean). Sizes that are not multiples of the VAE
+    factor are cropped to one (top-left kept). Tiled: the downsampling levels run on overlapping ``tile``²
+    windows (in image pixels), the mid block and head run whole on the stitched features."""
     f = vae.config.downscale
     h, w = image.shape[1] // f * f, image.shape[2] // f * f
     if not (h and w):
         raise ValueError(f"VAE encode: image {tuple(image.shape[1:3])} is smaller than {f} pixels")
     pixels = image[:, :h, :w, :3].permute(0, 3, 1, 2) * 2 - 1
-    if tiled:
-        tile, overlap = tile // f * f, overlap // f * f
-        z = tiled_apply(lambda t: _run(vae, vae.encode_mean, t), pixels, tile, overlap, 1 / f, vae.config.z_channels)
-    else:
+    if not tiled:
         z = _run(vae, vae.encode_mean, pixels)
+    else:
+        tile, overlap = max(tile // f, 1) * f, overlap // f * f
+        channels = vae.encoder.mid.block_1.conv1.in_channels
+
+        def encode(t):
+            feats = tiled_apply(vae.encoder.levels, t, tile, overlap, 1 / f, channels).to(vae.dtype)
+            return vae.posterior(vae.encoder.head(feats))[0]
+        z = _run(vae, encode, pixels)
     return z.float() * vae.config.scaling_factor
