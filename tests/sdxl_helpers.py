@@ -10,9 +10,9 @@ from nodes.node import Environment
 
 
 def demo_models_dir(tmp_path_factory) -> str:
-    """A models folder whose checkpoints/ is the session's demo checkpoints (tests.oracles writes them once):
+    """A models folder whose checkpoints/ is the session's demo checkpoints (oracles.demo_models writes them once):
     demo_sdxl_base.safetensors, demo_sdxl_refiner.safetensors and demo_sdxl_base_diffusers/."""
-    from tests.oracles import demo_models
+    from oracles import demo_models
 
     root = tmp_path_factory.getbasetemp() / "sdxl_models"
     if not root.exists():

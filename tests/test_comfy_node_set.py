@@ -7,7 +7,7 @@ import pytest
 from nodes.sampling.samplers import SAMPLER_NAMES
 from nodes.sampling.schedules import SCHEDULER_NAMES
 from server.graph import ui_to_api
-from tests.sdxl_helpers import cli
+from sdxl_helpers import cli
 
 BIG = 2 ** 64 - 1
 MAXRES = 16384

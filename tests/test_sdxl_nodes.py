@@ -9,7 +9,7 @@ import torch
 
 from nodes.node import REGISTRY, Context, Interrupted, load_builtin_nodes
 from nodes.sdxl.conditioning import base_vector
-from tests.sdxl_helpers import demo_models_dir, environment
+from sdxl_helpers import demo_models_dir, environment
 
 load_builtin_nodes()
 BASE, REFINER = "demo_sdxl_base.safetensors", "demo_sdxl_refiner.safetensors"

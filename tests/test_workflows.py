@@ -14,7 +14,7 @@ from PIL import Image
 from nodes.node import load_builtin_nodes
 from server.executor import Executor
 from server.graph import load_prompt, validate
-from tests.sdxl_helpers import demo_models_dir, environment, run_workflow
+from sdxl_helpers import demo_models_dir, environment, run_workflow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOWS = ["sdxl_base", "sdxl_base_comfy", "sdxl_base_refiner", "sdxl_refiner_sdedit", "sdxl_img2img",
