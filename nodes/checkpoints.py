@@ -97,8 +97,12 @@ def read_tensors(path: Path, rename: Callable[[str], str | None], dtype: torch.d
             begin, end = info["data_offsets"]
             buf = torch.empty(end - begin, dtype=torch.uint8)
             f.seek(start + begin)
-            if f.readinto(memoryview(buf.numpy())) != end - begin:
-                raise CheckpointError(f"{path}: file is truncated at tensor {name}")
+            view, done = memoryview(buf.numpy()), 0
+            while done < len(view):  # read() may return less than asked (e.g. above 2 GiB)
+                got = f.readinto(view[done:])
+                if not got:
+                    raise CheckpointError(f"{path}: file is truncated at tensor {name}")
+                done += got
             t = buf.view(src).reshape(info["shape"])
             target = dtype if t.is_floating_point() else t.dtype
             out[name] = t.to(device=device, dtype=target)

@@ -117,6 +117,10 @@ def test_bad_files(tmp_path):
     (tmp_path / "junk.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{oops")
     with pytest.raises(CheckpointError, match="not a safetensors file"):
         load_checkpoint(tmp_path / "junk.safetensors")
+    data = demo_models()["sdxl_base"].read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_checkpoint(tmp_path / "cut.safetensors")
     (tmp_path / "model.ckpt").write_bytes(b"pickle")
     with pytest.raises(UnsupportedCheckpoint, match="only .safetensors"):
         load_checkpoint(tmp_path / "model.ckpt")
