@@ -13,7 +13,7 @@ export class Api extends EventTarget {
     this.retryMs = 250;
   }
 
-  async request(path, { method = "GET", body, raw = false } = {}) {
+  async request(path, { method = "GET", body } = {}) {
     const init = { method, headers: {} };
     if (body instanceof FormData) init.body = body;
     else if (body !== undefined) {
@@ -21,7 +21,6 @@ export class Api extends EventTarget {
       init.headers["Content-Type"] = "application/json";
     }
     const res = await fetch(path, init);
-    if (raw) return res;
     const text = await res.text();
     let data = null;
     try { data = text ? JSON.parse(text) : null; } catch { data = { error: { message: text } }; }
