@@ -107,7 +107,9 @@ class Workflow:
         return path
 
 
-RUN = "Run headless: latentgraph run workflows/{name}.json (the demo checkpoints make noise, not pictures)."
+RUN = ("Run headless: latentgraph run workflows/{name}.json. It names the demo checkpoints (latentgraph serve installs "
+       "them, or latentgraph make-demo-model models/checkpoints); they make noise, not pictures: pick your SDXL "
+       "checkpoints in the loaders for real images.")
 
 
 def base_fine_grained() -> Workflow:

@@ -66,7 +66,8 @@ def run_sampler(ctx, model, positive, negative, latent: dict, *, node: str, **op
 class SDXLSampler:
     """Denoise a latent with the SDXL UNet and classifier-free guidance. Full text-to-image by default; denoise < 1
     for image-to-image; a start/end step window with leftover noise for the base → refiner ensemble of experts
-    (the base stops at end_step keeping its noise, the refiner continues from there without adding any)."""
+    (the base stops at end_step keeping its noise, the refiner continues from there without adding any).
+    Defaults are the SDXL reference demo's: 40 steps, guidance 5.0, Euler."""
     model: MODEL = Input()
     positive: CONDITIONING = Input()
     negative: CONDITIONING = Input()
