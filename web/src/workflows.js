@@ -71,7 +71,7 @@ export class Workspace {
     const id = crypto.randomUUID();
     this.#load(workflow ? JSON.stringify(workflow) : null);
     const state = graphState(this.graph);
-    this.tabs.push({ id, name, state, saved: workflow ? state : null, undo: [], redo: [] });
+    this.tabs.push({ id, name, state, saved: state, undo: [], redo: [] }); // unchanged until edited
     this.active = id;
     this.history.reset(state);
     if (workflow) this.fitView();
