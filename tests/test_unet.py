@@ -90,3 +90,14 @@ def test_odd_latent_size(demo):
         want = ref(x, t, encoder_hidden_states=context, added_cond_kwargs=added).sample
     assert got.shape == x.shape
     assert rel_err(got, want) <= TOL
+
+
+def test_bfloat16_weights(demo):
+    """bf16 weights run with fp32 inputs (norms in fp32), return the input dtype and stay near fp32."""
+    fp32 = load_checkpoint(demo["sdxl_base"], with_text=False).unet
+    bf16 = load_checkpoint(demo["sdxl_base"], dtype=torch.bfloat16, with_text=False).unet
+    x, t, context, y, _ = inputs(fp32.config)
+    with torch.no_grad():
+        got, want = bf16(x, t, context, y), fp32(x, t, context, y)
+    assert bf16.dtype == torch.bfloat16 and got.dtype == torch.float32
+    assert rel_err(got, want) < 0.1
