@@ -7,6 +7,7 @@ in graph size, identical work in any prompt shares an entry, and a changed widge
 node's descendants. Only nodes the requested outputs need, and whose results are not cached, are run."""
 from __future__ import annotations
 
+import gc
 import hashlib
 import threading
 import time
@@ -166,14 +167,21 @@ class Executor:
         report = RunReport("success")
         if hooks.on_start:
             hooks.on_start(prompt_id)
+        # Planning allocates many small objects and no reference cycles: pausing the cyclic collector keeps it
+        # from scanning the whole heap (torch's objects included) mid-plan, which made large plans superlinear.
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             order = self._order(prompt, outputs, values)
+            to_run, hits = self._plan(order, outputs)
         except _PlanError as exc:
             report.status = "error"
             report.error = self._error_payload(prompt_id, exc.node_id, exc.node_type, report, exc, {}, {})
             report.seconds = time.perf_counter() - started
             return report
-        to_run, hits = self._plan(order, outputs)
+        finally:
+            if collecting:
+                gc.enable()
         results: dict[str, Result] = dict(hits)
         report.cached = [n for n in order if n in hits]
         if hooks.on_cached:
