@@ -125,12 +125,14 @@ class State:
         for w in self.workers:
             w.start()
 
+    async def close_sockets(self, app: web.Application) -> None:
+        await self.hub.close_all()
+
     async def stop(self, app: web.Application) -> None:
         for w in self.workers:
             w.stop()
         for w in self.workers:
             await asyncio.get_running_loop().run_in_executor(None, w.join, 10)
-        await self.hub.close_all()
         self.queue.close()
 
 
@@ -157,6 +159,7 @@ def create_app(config: Config, registry: dict | None = None) -> web.Application:
     frontend_compat.setup(app, state)  # routes the official ComfyUI frontend needs; before the static catch-all
     routes.setup(app, state)
     app.on_startup.append(state.start)
+    app.on_shutdown.append(state.close_sockets)  # before aiohttp waits for open handlers, websockets among them
     app.on_cleanup.append(state.stop)
     return app
 

@@ -132,8 +132,10 @@ class Hub:
             client.features = msg["data"]
             client.push(json.dumps({"type": "feature_flags", "data": SERVER_FEATURES}))
 
-    async def close_all(self) -> None:
-        for client in list(self.clients.values()):
+    async def close_all(self, timeout: float = 2.0) -> None:
+        """Close every socket at once; a client that does not answer the close handshake is not waited for."""
+        clients, self.clients = list(self.clients.values()), {}
+        for client in clients:
             client.push(None)
-            await client.ws.close()
-        self.clients.clear()
+        if clients:
+            await asyncio.wait([asyncio.ensure_future(c.ws.close()) for c in clients], timeout=timeout)

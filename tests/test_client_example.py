@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import time
 import uuid
 
 import aiohttp
@@ -63,12 +64,13 @@ class ComfyClient:
 def live_server(tmp_path):
     port = free_port()
     proc = start_server(tmp_path, port)
-    yield f"127.0.0.1:{port}"
+    yield f"127.0.0.1:{port}", proc
     proc.terminate()
     proc.wait(20)
 
 
 async def test_comfyui_style_client_runs_a_shipped_workflow(live_server):
+    live_server, proc = live_server
     workflow = json.loads((REPO / "workflows" / "image_basic.json").read_text())
     async with aiohttp.ClientSession() as session:
         client = ComfyClient(session, live_server)
@@ -88,3 +90,11 @@ async def test_comfyui_style_client_runs_a_shipped_workflow(live_server):
             _, images = await asyncio.wait_for(client.get_images(ws, api), 120)
             (second,) = images.values()
             assert Image.open(io.BytesIO(second[0])).convert("RGB").getpixel((10, 10)) == (255, 255, 255)
+
+            # SIGTERM with this websocket still open: the server closes it and exits promptly
+            started = time.monotonic()
+            proc.terminate()
+            closing = await asyncio.wait_for(ws.receive(), 15)
+            assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
+            assert await asyncio.get_running_loop().run_in_executor(None, proc.wait, 15) == 0
+            assert time.monotonic() - started < 15
