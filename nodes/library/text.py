@@ -15,7 +15,7 @@ CLIPTextEncodeSDXL does. Long prompts are several 77-token windows joined on the
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -29,8 +29,8 @@ CLIP_G_EMBEDS = SocketType("CLIP_G_EMBEDS", "OpenCLIP ViT-bigG/14 per-token hidd
 MAX_RESOLUTION = 16384
 
 
-@dataclass
-class TextEmbeds:
+class TextEmbeds(NamedTuple):
+    """A tuple, so the executor's output cache counts its tensors."""
     hidden: torch.Tensor
     empty: torch.Tensor
     pooled: torch.Tensor | None = None
