@@ -259,6 +259,11 @@ function setupShortcuts() {
     const key = e.key.toLowerCase();
     const typing = ["INPUT", "TEXTAREA", "SELECT"].includes(e.target.tagName) || e.target.isContentEditable;
     const handled = () => { e.preventDefault(); e.stopPropagation(); };
+    if (key === "escape" && !document.getElementById("lightbox").hidden) {
+      handled();
+      document.getElementById("lightbox").hidden = true;
+      return;
+    }
     if (mod && key === "enter") { handled(); queuePrompt(); return; }
     if (mod && key === "s") { handled(); workspace.save(); return; }
     if (mod && key === "o") { handled(); fileInput.click(); return; }
@@ -308,7 +313,13 @@ async function boot() {
   const listing = api.workflowList().catch(() => []); // no list: start empty
   const objectInfo = await api.objectInfo();
   const hooks = {
-    onWidgetChange: scheduleCheckpoint,
+    onWidgetChange: (node) => {
+      if (runtime(node).errors.length) {
+        runtime(node).errors = []; // the user is fixing it: stop shouting
+        canvas.setDirty(true, false);
+      }
+      scheduleCheckpoint();
+    },
     upload: async (file) => {
       const up = await api.uploadImage(file);
       return up.subfolder ? `${up.subfolder}/${up.name}` : up.name;

@@ -208,6 +208,7 @@ export function registerNodes(objectInfo, hooks) {
         if (name === upload) showInputImage(this, upload);
         hooks.onWidgetChange(this);
       }
+      onConnectionsChange() { if (this.lg) this.lg.errors = []; } // a rewired node is re-checked on the next queue
       onConfigure() { if (upload) showInputImage(this, upload); }
       onAdded() { if (upload) showInputImage(this, upload); }
       onDrawBackground(ctx) { drawImages(this, ctx); }
