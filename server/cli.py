@@ -306,3 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"latentgraph {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+
+
+if __name__ == "__main__":  # `python -m server.cli ...`
+    sys.exit(main())
