@@ -15,6 +15,12 @@ if [ -f web/package-lock.json ] && command -v npm >/dev/null; then
   npm ci --prefix web --no-audit --no-fund --loglevel=error
 fi
 
+if [ -n "$extras" ]; then
+  # Only the test that boots the official ComfyUI frontend against our server uses this (GPL, never a
+  # dependency of latentgraph: it is installed into the test environment, not declared by the package).
+  .venv/bin/python -m pip install -q --disable-pip-version-check "comfyui-frontend-package==1.58.1"
+fi
+
 if [ -n "$extras" ] && [ ! -x /usr/bin/chromium ]; then
   # Browser tests drive Debian's Chromium; Playwright must never download a browser.
   if [ "$(id -u)" = 0 ]; then
