@@ -156,8 +156,10 @@ def test_changing_the_seed_reruns_only_sampler_decode_save(env):
 
 def test_latentgraph_run_in_a_real_process(env, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-c", "import sys; from server.cli import main; sys.exit(main())", "run",
-                           workflow_path("sdxl_base_comfy"), "--models", env.models_dir, "--out", str(out), "-q"],
+    script = os.path.join(os.path.dirname(sys.executable), "latentgraph")  # the installed console script
+    command = [script] if os.path.exists(script) else [sys.executable, "-m", "server.cli"]
+    proc = subprocess.run(command + ["run", workflow_path("sdxl_base_comfy"), "--models", env.models_dir,
+                                     "--out", str(out), "-q"],
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     written = [line for line in proc.stdout.splitlines() if line.endswith(".png")]
