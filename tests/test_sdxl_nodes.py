@@ -324,3 +324,23 @@ def test_standalone_vae_loads_from_the_vae_folder(base, tmp_path):
     expected = call("VAEDecode", ctx, samples=latent, vae=base[2])[0]
     assert torch.equal(call("VAEDecode", ctx, samples=latent, vae=vae)[0], expected)
     assert torch.equal(call("VAEDecode", ctx, samples=latent, vae=same)[0], expected)
+
+
+def test_symlinked_checkpoint_outside_models_folder_resolves(tmp_path):
+    """Users link their model files in from other disks; a name that climbs out with '..' is still refused."""
+    import pytest as _pytest
+
+    from nodes.library.loaders import resolve
+    from nodes.node import Environment
+
+    elsewhere = tmp_path / "big_disk" / "sd_xl_base_1.0.safetensors"
+    elsewhere.parent.mkdir()
+    elsewhere.write_bytes(b"x")
+    (tmp_path / "models" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "models" / "checkpoints" / "linked.safetensors").symlink_to(elsewhere)
+    env = Environment(models_dir=str(tmp_path / "models"))
+    assert open(resolve(env, "checkpoints", "linked.safetensors", "node 4 ckpt_name"), "rb").read() == b"x"
+    with _pytest.raises(ValueError, match="outside"):
+        resolve(env, "checkpoints", "../../big_disk/sd_xl_base_1.0.safetensors", "node 4 ckpt_name")
+    with _pytest.raises(ValueError, match="outside"):
+        resolve(env, "checkpoints", str(elsewhere), "node 4 ckpt_name")

@@ -69,10 +69,11 @@ def vae_names(env: Environment) -> list[str]:
 
 def resolve(env: Environment, kind: str, name: str, what: str) -> str:
     """The path of `name` inside <models>/<kind>; refuses names that escape the folder. `what` names the
-    node and input for messages."""
-    root = os.path.realpath(model_folder(env, kind))
-    path = os.path.realpath(os.path.join(root, name))
-    if os.path.commonpath([root, path]) != root:
+    node and input for messages. The check is on the name, not the resolved path: people symlink their
+    model files and folders in from elsewhere, and a link the owner placed is meant to be followed."""
+    root = os.path.abspath(model_folder(env, kind))
+    path = os.path.normpath(os.path.join(root, name))
+    if os.path.isabs(name) or os.path.commonpath([root, path]) != root:
         raise ValueError(f"{what}: {name!r} points outside {root}")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{what}: {name!r} not found in {root}")
