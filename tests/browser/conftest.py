@@ -102,8 +102,10 @@ def server(server_root):
     stop_server(proc)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium():
+    """Module-scoped on purpose: Playwright's sync API keeps an asyncio loop running in this thread while it
+    is open, and every async test collected after the browser tests would then fail to start its own."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
