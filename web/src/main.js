@@ -17,6 +17,7 @@ const canvas = new LGraphCanvas(document.getElementById("graph-canvas"), graph);
 const workspace = new Workspace({ graph, canvas, toast });
 const panels = new Panels(api, { openWorkflow: (name, wf) => workspace.open(name, wf) });
 const promptTabs = new Map(); // prompt_id -> tab id it was queued from
+const unsettled = new Set(); // prompts queued here whose outcome this page has not seen yet
 let executingNode = null;
 
 // -- editing ----------------------------------------------------------------------------------
@@ -113,6 +114,7 @@ async function queuePrompt() {
   try {
     const res = await api.queuePrompt(workflow);
     promptTabs.set(res.prompt_id, workspace.active);
+    unsettled.add(res.prompt_id);
     if (Object.keys(res.node_errors ?? {}).length) showNodeErrors(res.node_errors);
     applySeedControls(graph);
     workspace.history.checkpoint();
@@ -142,9 +144,28 @@ function image(src) {
   return img;
 }
 
+function showOutput(promptId, nodeId, output) {
+  const images = output?.images ?? [];
+  for (const img of images) panels.addImage(img);
+  const n = nodeOf(promptId, nodeId);
+  if (n && images.length) runtime(n).images = images.map((i) => image(api.viewUrl(i)));
+}
+
+// Messages sent while the socket was down (a prompt that finished before it connected, or during a
+// server restart) are gone; the history still has the outcome, so fetch it for prompts queued here.
+async function reconcile() {
+  for (const id of [...unsettled]) {
+    const entry = (await api.request(`/history/${id}`).catch(() => null))?.[id];
+    if (!entry?.status?.completed && entry?.status?.status_str !== "error") continue;
+    if (!unsettled.delete(id)) continue; // a live message got there first
+    for (const [node, output] of Object.entries(entry.outputs ?? {})) showOutput(id, node, output);
+    canvas.setDirty(true, false);
+  }
+}
+
 function listen() {
   const on = (type, fn) => api.addEventListener(type, (e) => fn(e.detail ?? {}));
-  on("status", () => panels.refresh());
+  on("status", () => { panels.refresh(); reconcile(); });
   on("execution_start", () => panels.refresh());
   on("executing", ({ node, prompt_id }) => {
     setExecuting(nodeOf(prompt_id, node));
@@ -161,13 +182,9 @@ function listen() {
     if (st.preview) URL.revokeObjectURL(st.preview.src);
     st.preview = image(URL.createObjectURL(blob));
   });
-  on("executed", ({ node, output, prompt_id }) => {
-    const images = output?.images ?? [];
-    for (const img of images) panels.addImage(img);
-    const n = nodeOf(prompt_id, node);
-    if (n && images.length) runtime(n).images = images.map((i) => image(api.viewUrl(i)));
-  });
+  on("executed", ({ node, output, prompt_id }) => showOutput(prompt_id, node, output));
   on("execution_error", (d) => {
+    unsettled.delete(d.prompt_id);
     const n = nodeOf(d.prompt_id, d.node_id);
     const message = `${d.exception_type ?? "Error"}: ${d.exception_message ?? ""}`;
     if (n) runtime(n).errors = [{ message }];
@@ -175,10 +192,13 @@ function listen() {
     setExecuting(null);
     panels.refresh();
   });
-  on("execution_interrupted", () => { setExecuting(null); toast("Interrupted", "warn"); panels.refresh(); });
-  on("execution_success", () => { setExecuting(null); panels.refresh(); });
+  on("execution_interrupted", ({ prompt_id }) => { unsettled.delete(prompt_id); setExecuting(null); toast("Interrupted", "warn"); panels.refresh(); });
+  on("execution_success", ({ prompt_id }) => { unsettled.delete(prompt_id); setExecuting(null); panels.refresh(); });
   const badge = document.getElementById("connection");
-  on("online", () => { badge.textContent = "online"; badge.className = "badge online"; panels.refresh(); });
+  on("online", () => {
+    badge.textContent = "online"; badge.className = "badge online"; panels.refresh(); reconcile();
+    window.app.ready = true;
+  });
   on("offline", () => { badge.textContent = "reconnecting…"; badge.className = "badge offline"; });
 }
 
@@ -335,8 +355,7 @@ async function boot() {
   setupWorkflowMenu();
   listen();
   if (!workspace.restore()) await firstWorkflow(listing);
-  api.connect();
-  window.app.ready = true;
+  api.connect(); // app.ready is set once the socket is open (see listen)
 }
 
 window.app = { api, graph, canvas, workspace, panels, promptTabs, queuePrompt, addNode, state: () => graphState(graph), ready: false };
