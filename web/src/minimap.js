@@ -31,7 +31,7 @@ export function attachMinimap(element, canvas) {
       ctx.fillRect(tx(gx), ty(gy), gw * scale, gh * scale);
     }
     for (const n of canvas.graph._nodes) {
-      ctx.fillStyle = n.lg?.errors?.length ? "#e5484d" : n.lg?.executing ? "#3fbf6a" : n.color ?? "#7a7f8a";
+      ctx.fillStyle = n.lg?.errors?.length || n.missing ? "#e5484d" : n.lg?.executing ? "#3fbf6a" : n.color ?? "#7a7f8a";
       ctx.fillRect(tx(n.pos[0]), ty(n.pos[1] - 20), Math.max(2, n.size[0] * scale), Math.max(2, (n.size[1] + 20) * scale));
     }
     const va = canvas.visible_area;

@@ -249,7 +249,7 @@ function drawImages(node, ctx) {
   }
 }
 
-function drawState(node, ctx) {
+function drawState(node, ctx, textTop = 16) {
   const st = runtime(node);
   const titleH = LiteGraph.NODE_TITLE_HEIGHT;
   const [w, h] = node.size;
@@ -273,8 +273,85 @@ function drawState(node, ctx) {
     const name = err.extra_info?.input_name;
     markInput(node, ctx, name);
     ctx.fillStyle = "#ff8a8d";
-    ctx.fillText(`⚠ ${err.message}`, 0, h + 16 + i * 15);
+    ctx.fillText(`⚠ ${err.message}`, 0, h + textTop + i * 15);
   });
+}
+
+// -- node types this server does not have ------------------------------------------------------
+
+const MISSING_COLOR = "#8f1d21";
+const MISSING_BGCOLOR = "#4a1d20";
+
+/** litegraph loads a node of an unknown type as a bare LGraphNode that keeps its saved JSON
+ * (`last_serialization`). Such a node draws red with a label, and saves the JSON it came with,
+ * changed only where the user changed it on the canvas (move, resize, collapse, mode, title, links).
+ * The red is drawn, never stored: `color`/`bgcolor` stay as the file had them. */
+class MissingNode extends LGraphNode {
+  static title_text_color = "#ffd7d7";
+  get missing() { return true; }
+  get renderingColor() { return MISSING_COLOR; }
+  get renderingBgColor() { return MISSING_BGCOLOR; }
+
+  serialize() {
+    const o = structuredClone(this.last_serialization);
+    Object.assign(o, { id: this.id, pos: [...this.pos], size: [...this.size] });
+    if (this.mode !== (o.mode ?? LiteGraph.ALWAYS)) o.mode = this.mode;
+    if (Object.keys(this.flags).length || o.flags) o.flags = structuredClone(this.flags);
+    if (this.title !== (o.title || this.type)) o.title = this.title;
+    o.inputs?.forEach((slot, i) => {
+      const link = this.inputs[i]?.link ?? null;
+      if (link !== (slot.link ?? null)) slot.link = link;
+    });
+    o.outputs?.forEach((slot, i) => {
+      const links = this.outputs[i]?.links ?? [];
+      if (!sameItems(links, slot.links ?? [])) slot.links = [...links];
+    });
+    return o;
+  }
+
+  onDrawForeground(ctx) {
+    drawMissing(this, ctx);
+    drawState(this, ctx, 32); // below litegraph's thick has_errors outline
+  }
+}
+
+function sameItems(a, b) {
+  return a.length === b.length && a.every((x) => b.includes(x));
+}
+
+function drawMissing(node, ctx) {
+  if (node.flags.collapsed) return;
+  const [w, h] = node.size;
+  const slots = Math.max(node.inputs?.length ?? 0, node.outputs?.length ?? 0);
+  const top = slots * LiteGraph.NODE_SLOT_HEIGHT + 8;
+  ctx.save();
+  ctx.beginPath();
+  ctx.rect(0, top, w, Math.max(0, h - top));
+  ctx.clip();
+  ctx.fillStyle = "#ffb3b5";
+  ctx.font = "bold 12px system-ui, sans-serif";
+  ctx.textAlign = "left";
+  const lines = wrapText(ctx, `Missing node type: ${node.type}`, w - 16);
+  lines.forEach((line, i) => ctx.fillText(line, 8, top + 12 + i * 15));
+  ctx.font = "11px system-ui, sans-serif";
+  ctx.fillStyle = "#d9a0a2";
+  const values = (node.last_serialization.widgets_values ?? []).map((v) => (typeof v === "string" ? v : JSON.stringify(v)));
+  const notes = ["kept unchanged when saved", ...(values.length ? wrapText(ctx, `values: ${values.join(" · ")}`, w - 16) : [])];
+  notes.forEach((line, i) => ctx.fillText(line, 8, top + 14 + (lines.length + i) * 15));
+  ctx.restore();
+}
+
+/** Turn the placeholders litegraph made for unknown node types into MissingNodes; returns
+ * {type: [node ids]} for the types missing. */
+export function adoptMissingNodes(graph) {
+  const missing = {};
+  for (const node of graph._nodes) {
+    if (node.constructor !== LGraphNode || !node.last_serialization) continue;
+    Object.setPrototypeOf(node, MissingNode.prototype); // the instance litegraph built keeps its slots
+    node.title ||= node.type; // shown; saved only if the user renames it
+    (missing[node.type] ??= []).push(node.id);
+  }
+  return missing;
 }
 
 function markInput(node, ctx, name) {

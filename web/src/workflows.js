@@ -4,6 +4,7 @@
 import { LiteGraph } from "litegraph";
 import { pngTextChunks } from "./png.js";
 import { UndoHistory } from "./history.js";
+import { adoptMissingNodes } from "./nodes.js";
 
 const STORAGE_KEY = "latentgraph.tabs";
 const MIN_FIT_SCALE = 0.6; // smaller and text gets too small to read: show part of the graph instead
@@ -51,6 +52,7 @@ export class Workspace {
     this.history = new UndoHistory(() => graphState(graph), (s) => this.#load(s), (s) => this.#changed(s));
     this.tabBar = document.getElementById("tabs");
     this.persistTimer = null;
+    this.missing = {};
   }
 
   get tab() { return this.tabs.find((t) => t.id === this.active); }
@@ -62,6 +64,7 @@ export class Workspace {
     if (!saved?.tabs?.length) return false;
     this.tabs = saved.tabs.map((t) => ({ ...t, undo: [], redo: [] }));
     this.switchTo(this.tabs.some((t) => t.id === saved.active) ? saved.active : this.tabs[0].id);
+    this.#warnMissing();
     return true;
   }
 
@@ -78,7 +81,16 @@ export class Workspace {
     else Object.assign(this.canvas.ds, { scale: 1, offset: [0, 0] });
     this.render();
     this.persist();
+    this.#warnMissing();
     return id;
+  }
+
+  /** Name the node types of the shown workflow that this server lacks. */
+  #warnMissing() {
+    const found = Object.entries(this.missing);
+    if (!found.length) return;
+    const list = found.map(([type, ids]) => `${type} (node${ids.length > 1 ? "s" : ""} ${ids.join(", ")})`);
+    this.toast(`Missing node types, shown in red and kept unchanged when saved: ${list.join("; ")}`, "warn", 12000);
   }
 
   /** Show every node, at most at 100 %; a graph too big to read whole is shown from its top-left
@@ -217,6 +229,7 @@ export class Workspace {
     this.canvas.deselectAll?.();
     if (state) this.graph.configure(JSON.parse(state));
     else this.graph.clear();
+    this.missing = adoptMissingNodes(this.graph); // {type: [ids]} of node types the server lacks
     for (const node of this.graph._nodes) node.afterGraphLoaded?.();
     // Drawing lays nodes out (litegraph grows nodes too small for their widgets): do it now, so
     // that the state recorded for a freshly opened file is the one the user sees.
