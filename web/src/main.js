@@ -115,6 +115,7 @@ async function queuePrompt() {
     const res = await api.queuePrompt(workflow);
     promptTabs.set(res.prompt_id, workspace.active);
     unsettled.add(res.prompt_id);
+    reconcile(); // a fast prompt may have finished before this response was read
     if (Object.keys(res.node_errors ?? {}).length) showNodeErrors(res.node_errors);
     applySeedControls(graph);
     workspace.history.checkpoint();
