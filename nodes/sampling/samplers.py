@@ -39,6 +39,15 @@ def _report(callback, i, x, sigma, sigma_hat, denoised):
         callback({"i": i, "x": x, "sigma": sigma, "sigma_hat": sigma_hat, "denoised": denoised})
 
 
+def _churn(x, sigma, n, noise, s_churn, s_tmin, s_tmax, s_noise):
+    """Karras et al.'s stochastic churn: raise σ to σ̂ = σ(1+γ) by adding noise (γ = 0 by default: no-op)."""
+    gamma = min(s_churn / n, 2 ** 0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
+    sigma_hat = sigma * (gamma + 1)
+    if gamma > 0:
+        x = x + noise(sigma, sigma_hat) * s_noise * (sigma_hat ** 2 - sigma ** 2) ** 0.5
+    return x, sigma_hat
+
+
 def _sigma_fn(t):
     return t.neg().exp()
 
@@ -55,10 +64,7 @@ def sample_euler(model, x, sigmas, *, extra_args=None, callback=None, noise=None
     n = len(sigmas) - 1
     for i in range(n):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        gamma = min(s_churn / n, 2 ** 0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
-        sigma_hat = sigma * (gamma + 1)
-        if gamma > 0:
-            x = x + noise(sigma, sigma_hat) * s_noise * (sigma_hat ** 2 - sigma ** 2) ** 0.5
+        x, sigma_hat = _churn(x, sigma, n, noise, s_churn, s_tmin, s_tmax, s_noise)
         denoised = model(x, sigma_hat * s_in, **extra_args)
         _report(callback, i, x, sigma, sigma_hat, denoised)
         x = x + to_d(x, sigma_hat, denoised) * (sigma_next - sigma_hat)
@@ -90,10 +96,7 @@ def sample_heun(model, x, sigmas, *, extra_args=None, callback=None, noise=None,
     n = len(sigmas) - 1
     for i in range(n):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        gamma = min(s_churn / n, 2 ** 0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
-        sigma_hat = sigma * (gamma + 1)
-        if gamma > 0:
-            x = x + noise(sigma, sigma_hat) * s_noise * (sigma_hat ** 2 - sigma ** 2) ** 0.5
+        x, sigma_hat = _churn(x, sigma, n, noise, s_churn, s_tmin, s_tmax, s_noise)
         denoised = model(x, sigma_hat * s_in, **extra_args)
         d = to_d(x, sigma_hat, denoised)
         _report(callback, i, x, sigma, sigma_hat, denoised)
@@ -115,10 +118,7 @@ def sample_dpm_2(model, x, sigmas, *, extra_args=None, callback=None, noise=None
     n = len(sigmas) - 1
     for i in range(n):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        gamma = min(s_churn / n, 2 ** 0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
-        sigma_hat = sigma * (gamma + 1)
-        if gamma > 0:
-            x = x + noise(sigma, sigma_hat) * s_noise * (sigma_hat ** 2 - sigma ** 2) ** 0.5
+        x, sigma_hat = _churn(x, sigma, n, noise, s_churn, s_tmin, s_tmax, s_noise)
         denoised = model(x, sigma_hat * s_in, **extra_args)
         d = to_d(x, sigma_hat, denoised)
         _report(callback, i, x, sigma, sigma_hat, denoised)
