@@ -52,6 +52,8 @@ else:
     base = status("VmRSS")
     start = time.perf_counter()
     sd = load_file(path)
+    for t in sd.values():  # load_file maps the file lazily; touch every tensor so the bytes are really read
+        t.sum()
     elapsed = time.perf_counter() - start
     n = sum(t.numel() * t.element_size() for t in sd.values())
 print(json.dumps({"seconds": elapsed, "peak_rss": status("VmHWM") - base, "bytes": n}))
