@@ -8,7 +8,9 @@ weights; reading tensor by tensor keeps the peak at the weights plus one tensor.
 """
 from __future__ import annotations
 
+import functools
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +65,14 @@ _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF
 
 
 def read_header(path: Path) -> tuple[dict, int]:
-    """The safetensors header (name → {dtype, shape, data_offsets}) and where the data starts."""
+    """The safetensors header (name → {dtype, shape, data_offsets}) and where the data starts. Parsed once
+    per file version (a load reads it for detection and for each component; the real one is 250 kB of JSON)."""
+    st = os.stat(path)
+    return _parse_header(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_header(path: str, size: int, mtime_ns: int) -> tuple[dict, int]:
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) < 8:
@@ -88,6 +97,9 @@ def read_tensors(path: Path, rename: Callable[[str], str | None], dtype: torch.d
     header, start = read_header(path)
     wanted = sorted(((rename(k), v) for k, v in header.items() if rename(k) is not None),
                     key=lambda kv: kv[1]["data_offsets"][0])
+    mapped = _mapped_tensors(path, start, wanted, dtype) if torch.device(device).type == "cpu" else None
+    if mapped is not None:
+        return mapped
     out = {}
     with open(path, "rb", buffering=0) as f:
         for name, info in wanted:
@@ -107,6 +119,25 @@ def read_tensors(path: Path, rename: Callable[[str], str | None], dtype: torch.d
             target = dtype if t.is_floating_point() else t.dtype
             out[name] = t.to(device=device, dtype=target)
             del buf, t
+    return out
+
+
+def _mapped_tensors(path: Path, start: int, wanted: list, dtype: torch.dtype) -> dict[str, torch.Tensor] | None:
+    """When every floating tensor is already in ``dtype`` and aligned, view the tensors straight out of a private
+    (copy-on-write) memory map of the file: no copy at all, pages come from the page cache as they are used, and
+    peak memory stays at the weights' size. Otherwise None: the caller reads and converts tensor by tensor."""
+    for _, info in wanted:
+        src = _DTYPES.get(info["dtype"])
+        if src is None or (src.is_floating_point and src != dtype) or (start + info["data_offsets"][0]) % src.itemsize:
+            return None
+    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=os.path.getsize(path))
+    whole = torch.empty(0, dtype=torch.uint8).set_(storage)
+    out = {}
+    for name, info in wanted:
+        begin, end = info["data_offsets"]
+        if start + end > len(whole):
+            raise CheckpointError(f"{path}: file is truncated at tensor {name}")
+        out[name] = whole[start + begin:start + end].view(_DTYPES[info["dtype"]]).reshape(info["shape"])
     return out
 
 
