@@ -1,5 +1,5 @@
 """Full-size SDXL base and refiner built on the meta device: every key and shape equals the real checkpoints'
-(/work/shared/reference/keys/*.txt, generated from Stability-AI's own classes)."""
+(shared/reference/keys/*.txt beside the repository, generated from Stability-AI's own classes)."""
 import importlib
 import json
 from pathlib import Path
