@@ -373,6 +373,9 @@ class Routes:
         root = Path(self.config.models_dir)
         if folder not in MODEL_FOLDERS and not (root / folder).is_dir():
             raise _bad("unknown_folder", f"no model folder {folder!r}", 404)
+        if folder in ("checkpoints", "vae"):  # exactly what the loader nodes offer (diffusers folders as one entry)
+            from nodes.library.loaders import checkpoint_names, vae_names
+            return web.json_response((checkpoint_names if folder == "checkpoints" else vae_names)(self.s.env))
         return web.json_response(_model_files(self._confined(root, folder)))
 
     async def embeddings(self, request):

@@ -326,7 +326,11 @@ async def test_system_stats_free_models_and_misc(client, tmp_path):
     (tmp_path / "models" / "embeddings").mkdir()
     (tmp_path / "models" / "embeddings" / "easyneg.pt").write_bytes(b"x")
     assert "checkpoints" in await (await client.get("/models")).json()
-    assert await (await client.get("/api/models/checkpoints")).json() == ["a.safetensors"]
+    folder = tmp_path / "models" / "checkpoints" / "sdxl-diffusers"  # a diffusers folder is one model, as ckpt_name offers it
+    (folder / "unet").mkdir(parents=True)
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"x")
+    (folder / "model_index.json").write_text("{}")
+    assert await (await client.get("/api/models/checkpoints")).json() == ["a.safetensors", "sdxl-diffusers"]
     assert await (await client.get("/models/loras")).json() == []
     assert (await client.get("/models/nope")).status == 404
     assert (await client.get(URL("/models/%2E%2E", encoded=True))).status in (403, 404)
