@@ -23,6 +23,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from .routes import model_names
 from .security import PathError, confined, error_json
 
 FRONTENDS = ("latentgraph", "comfyui")
@@ -248,7 +249,7 @@ class FrontendRoutes:
             return error_json(403, "forbidden_path", str(exc))
         if not folder.is_dir():
             return error_json(404, "not_found", f"no model folder {request.match_info['folder']!r}")
-        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+        files = model_names(self.s.env, folder, request.match_info["folder"])
         return web.json_response([{"name": f, "pathIndex": 0} for f in files])
 
     async def folder_paths(self, request):

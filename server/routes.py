@@ -373,10 +373,7 @@ class Routes:
         root = Path(self.config.models_dir)
         if folder not in MODEL_FOLDERS and not (root / folder).is_dir():
             raise _bad("unknown_folder", f"no model folder {folder!r}", 404)
-        if folder in ("checkpoints", "vae"):  # exactly what the loader nodes offer (diffusers folders as one entry)
-            from nodes.library.loaders import checkpoint_names, vae_names
-            return web.json_response((checkpoint_names if folder == "checkpoints" else vae_names)(self.s.env))
-        return web.json_response(_model_files(self._confined(root, folder)))
+        return web.json_response(model_names(self.s.env, self._confined(root, folder), folder))
 
     async def embeddings(self, request):
         files = _model_files(Path(self.config.models_dir) / "embeddings")
@@ -497,6 +494,15 @@ def _check_image(data: bytes) -> None:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def model_names(env, path: Path, folder: str) -> list[str]:
+    """The models in one folder, as every listing route answers. Checkpoints and VAEs are exactly what the
+    loader nodes offer (a diffusers folder is one model); other folders list their weight files."""
+    if folder in ("checkpoints", "vae"):
+        from nodes.library.loaders import checkpoint_names, vae_names
+        return (checkpoint_names if folder == "checkpoints" else vae_names)(env)
+    return _model_files(path)
 
 
 def _model_files(folder: Path) -> list[str]:
