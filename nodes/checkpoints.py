@@ -2,7 +2,8 @@
 folders and standalone VAE files (sdxl.md §11).
 
 Loading never doubles peak memory: modules are built on the meta device, every tensor is read from the file
-with plain reads straight into its final dtype/device, and ``load_state_dict(assign=True)`` adopts them.
+with plain reads straight into its final dtype/device, and the modules adopt them as they are
+(``nodes.sdxl.meta.adopt``).
 (safetensors' own loader memory-maps the file, and mapped pages count as resident memory on top of the
 weights; reading tensor by tensor keeps the peak at the weights plus one tensor.)
 """
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from .sdxl.configs import FOURIER_DIM, UNetConfig, VAEConfig
+from .sdxl.meta import adopt, empty_modules
 from .sdxl.unet import UNetModel
 from .sdxl.vae import AutoencoderKL
 
@@ -152,12 +154,11 @@ def _fit(module: nn.Module, state: dict[str, torch.Tensor], what: str, path: Pat
         parts = [f"{label} {len(keys)}: {', '.join(keys[:5])}{' …' if len(keys) > 5 else ''}"
                  for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
         raise CheckpointError(f"{path}: {what} weights do not fit — " + "; ".join(parts))
-    module.load_state_dict(state, assign=True)
-    return module.eval().requires_grad_(False)
+    return adopt(module, state)
 
 
 def _build(cls, cfg, state, what, path) -> nn.Module:
-    with torch.device("meta"):
+    with empty_modules():
         module = cls(cfg)
     return _fit(module, state, what, path)
 
@@ -294,7 +295,7 @@ def unet_diffusers_names(cfg: UNetConfig) -> dict[str, str]:
         if u < n - 1:
             slot = 2 if cfg.transformer_depth[n - 1 - u] else 1
             prefixes[f"output_blocks.{u * (L + 1) + L}.{slot}.conv"] = f"up_blocks.{u}.upsamplers.0.conv"
-    with torch.device("meta"):
+    with empty_modules():
         keys = UNetModel(cfg).state_dict().keys()
     return {k: _rename(k, prefixes, _RESNET_UNET) for k in keys}
 
@@ -321,7 +322,7 @@ def vae_diffusers_names(cfg: VAEConfig) -> dict[str, str]:
             prefixes[f"decoder.up.{n - 1 - i}.block.{j}"] = f"decoder.up_blocks.{i}.resnets.{j}"
         prefixes[f"encoder.down.{i}.downsample.conv"] = f"encoder.down_blocks.{i}.downsamplers.0.conv"
         prefixes[f"decoder.up.{n - 1 - i}.upsample.conv"] = f"decoder.up_blocks.{i}.upsamplers.0.conv"
-    with torch.device("meta"):
+    with empty_modules():
         keys = AutoencoderKL(cfg).state_dict().keys()
     return {k: _rename(k, prefixes, _RESNET_VAE) for k in keys}
 

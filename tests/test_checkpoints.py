@@ -34,7 +34,10 @@ def test_single_file_loads_everything(kind, cfg):
     assert ck.kind == kind and ck.unet_config == cfg and ck.vae.config == TINY_VAE
     assert ck.dtype == torch.float32 and ck.unet.dtype == torch.float32
     assert ck.text.has_bigg and ck.text.has_clip_l == (kind == "sdxl_base")
-    assert all(p.device.type == "cpu" and not p.requires_grad for p in ck.unet.parameters())
+    for module in (ck.unet, ck.vae, ck.text.bigg) + ((ck.text.clip_l,) if ck.text.has_clip_l else ()):
+        assert not any(m.training for m in module.modules())
+        assert all(p.device.type == "cpu" and not p.requires_grad for p in module.parameters())
+        assert all(b.device.type == "cpu" for b in module.buffers())  # nothing left on meta
     # the loaded UNet holds exactly the file's tensors
     sd = tensors(kind)
     assert all(torch.equal(v, sd["model.diffusion_model." + k]) for k, v in ck.unet.state_dict().items())

@@ -6,7 +6,7 @@ bigG runs through open_clip's own ``TextTransformer`` modules and gives the inpu
 is batch-first, so nothing is permuted. Long prompts are encoded window by window and concatenated on the
 token axis; prompt weights act per token as ``z = (z − z_empty)·w + z_empty``.
 
-Both towers are built on the meta device and filled with ``load_state_dict(assign=True)``, so loading
+Both towers are built on the meta device and adopt the loaded tensors as they are (``meta.adopt``), so loading
 never holds two copies of the weights.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from nodes.sdxl.configs import TINY_BIGG_WIDTH, TINY_CLIP_L_WIDTH
+from nodes.sdxl.meta import adopt, empty_modules
 from nodes.sdxl.tokenizer import CONTEXT, EOT, PAD_BIGG, PAD_CLIP_L, SOT, ClipTokenizer, shared_tokenizer, window
 
 
@@ -196,13 +197,12 @@ def _fill(model: nn.Module, sd: dict[str, torch.Tensor], what: str, dtype, devic
     if missing or unexpected or wrong:
         raise KeyError(f"{what} text encoder: {len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected "
                        f"keys {unexpected[:3]}, {len(wrong)} shape mismatches {wrong[:3]}")
-    model.load_state_dict({k: v.to(device=device, dtype=dtype) for k, v in sd.items()}, strict=True, assign=True)
-    model.eval().requires_grad_(False)
+    adopt(model, {k: v.to(device=device, dtype=dtype) for k, v in sd.items()})
 
 
 def load_clip_l(sd: dict[str, torch.Tensor], dtype, device):
     sd = _strip_text_model(sd)
-    with torch.device("meta"):
+    with empty_modules():
         model = build_clip_l(clip_l_config(sd))
     if _clip_l_state_names(model):
         sd = {f"text_model.{k}": v for k, v in sd.items()}
@@ -213,7 +213,7 @@ def load_clip_l(sd: dict[str, torch.Tensor], dtype, device):
 
 
 def load_bigg(sd: dict[str, torch.Tensor], dtype, device):
-    with torch.device("meta"):
+    with empty_modules():
         model = build_bigg(bigg_config(sd))
     _fill(model, sd, "bigG", dtype, device)
     model.attn_mask = model.build_causal_mask().to(device)  # non-persistent
@@ -260,8 +260,15 @@ class SDXLTextEncoders:
 
     def __init__(self, clip_l: nn.Module | None, bigg: nn.Module | None, tokenizer: ClipTokenizer | None = None):
         self.clip_l, self.bigg = clip_l, bigg
-        self.tokenizer = tokenizer or shared_tokenizer()
+        self._tokenizer = tokenizer
         self._empty: dict[str, torch.Tensor] = {}
+
+    @property
+    def tokenizer(self) -> ClipTokenizer:
+        # Built on first use: loading the weights does not need the 49k-entry vocabulary (0.1 s).
+        if self._tokenizer is None:
+            self._tokenizer = shared_tokenizer()
+        return self._tokenizer
 
     @property
     def has_clip_l(self) -> bool:
