@@ -16,7 +16,6 @@ from pathlib import Path
 from aiohttp import web
 
 from . import frontend_compat, routes
-from .models import ModelResidency
 from .queue import PromptQueue
 from .security import is_loopback, make_middlewares
 from .worker import Worker
@@ -47,6 +46,7 @@ class Config:
     workflows_dir: Path = REPO / "workflows"
     cache_entries: int = 256
     cache_bytes: int = 4 * 1024 ** 3
+    worker_process: bool = True  # run prompts in a child process per device (see runners.py)
 
     @property
     def temp_dir(self) -> Path:
@@ -65,6 +65,7 @@ class State:
         self.env = Environment(models_dir=str(config.models_dir), input_dir=str(config.input_dir),
                                output_dir=str(config.output_dir), temp_dir=str(config.temp_dir))
         self.registry = registry if registry is not None else load_builtin_nodes()
+        self._registry_given = registry
         self.queue = PromptQueue(Path(config.data_dir) / "queue.sqlite3")
         if self.queue.recovered:
             log.warning("%d prompt(s) were running when the server stopped; they are in history as %r and can be "
@@ -72,21 +73,39 @@ class State:
                         "interrupted by server restart", ", ".join(self.queue.recovered))
         self.hub = Hub()
         self.hub.on_connect = self._on_connect
-        self._status_pending = False
+        self._status_timer: asyncio.TimerHandle | None = None
+        self._commit: asyncio.Future | None = None
         self.workers = [self._make_worker(d) for d in resolve_devices(config.devices)]
 
     def _make_worker(self, device: str) -> Worker:
-        from .cache import OutputCache
-        from .executor import Executor
+        from .runners import ProcessRunner, RunnerConfig, ThreadRunner
 
-        if device == "cpu":  # leave a core to the event loop so HTTP and websockets stay responsive
-            import torch
+        config = RunnerConfig(device, self.env, self.config.cache_entries, self.config.cache_bytes)
+        if self.config.worker_process:
+            if self._registry_given is not None:
+                raise ValueError("a registry passed to create_app exists only in this process: "
+                                 "set Config.worker_process = False to run its nodes")
+            runner = ProcessRunner(config)
+        else:
+            runner = ThreadRunner(config, self.registry)
+        return Worker(device, self.queue, runner, self.hub, on_queue_change=self.status_changed)
 
-            torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
-        resources = ModelResidency(device)
-        cache = OutputCache(self.config.cache_entries, self.config.cache_bytes)
-        executor = Executor(self.registry, self.env, cache=cache, resources=resources)
-        return Worker(device, self.queue, executor, self.hub, resources, on_queue_change=self.status_changed)
+    # -- group commit -------------------------------------------------------------------------
+    async def committed(self) -> None:
+        """Wait until every ``queue.put(commit=False)`` made so far is on disk. Submissions handled in the same
+        event-loop iteration share one commit, scheduled after them."""
+        if self._commit is None:
+            self._commit = asyncio.get_running_loop().create_future()
+            self._commit.get_loop().call_soon(self._flush_commit)
+        await asyncio.shield(self._commit)
+
+    def _flush_commit(self) -> None:
+        done, self._commit = self._commit, None
+        try:
+            self.queue.commit()
+            done.set_result(None)
+        except Exception as exc:  # each waiting handler answers with the error; nothing unacknowledged is lost
+            done.set_exception(exc)
 
     # -- status broadcasts --------------------------------------------------------------------
     def status_payload(self) -> dict:
@@ -96,13 +115,11 @@ class State:
         """Tell every client the queue changed. A burst of changes (200 submissions at once) is coalesced into
         one message per STATUS_WINDOW carrying the latest count: clients only show the number, and 50 sockets ×
         200 redundant frames would cost the event loop more than the submissions themselves."""
-        if self._status_pending:
-            return
-        self._status_pending = True
-        self.hub.loop.call_later(STATUS_WINDOW, self._send_status)
+        if self._status_timer is None:
+            self._status_timer = self.hub.loop.call_later(STATUS_WINDOW, self._send_status)
 
     def _send_status(self) -> None:
-        self._status_pending = False
+        self._status_timer = None
         self.hub.send("status", self.status_payload())
 
     def status_changed(self) -> None:
@@ -122,6 +139,7 @@ class State:
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self, app: web.Application) -> None:
         self.hub.loop = asyncio.get_running_loop()
+        log.debug("event loop: %s", type(self.hub.loop).__module__)
         for w in self.workers:
             w.start()
 
@@ -129,6 +147,8 @@ class State:
         await self.hub.close_all()
 
     async def stop(self, app: web.Application) -> None:
+        if self._status_timer is not None:  # its queue count would read a closed database
+            self._status_timer.cancel()
         for w in self.workers:
             w.stop()
         for w in self.workers:
@@ -181,6 +201,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-demo-models", action="store_true",
                         help="do not write the random-weight demo checkpoints when no checkpoint exists")
     parser.add_argument("--debug", action="store_true", help="send tracebacks to clients; verbose logs")
+    parser.add_argument("--single-process", action="store_true",
+                        help="run prompts on a thread of the server process instead of a child process per device "
+                             "(for debugging nodes; HTTP then waits on the nodes' Python)")
     frontend_compat.add_arguments(parser)  # --frontend latentgraph|comfyui
 
 
@@ -188,7 +211,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     token = args.token or os.environ.get(TOKEN_ENV) or None
     config = Config(host=args.host, port=args.port, models_dir=Path(args.models), output_dir=Path(args.output),
                     input_dir=Path(args.input), data_dir=Path(args.data), token=token, debug=args.debug,
-                    devices=args.devices or ["auto"], max_upload_bytes=args.max_upload_mb * 1024 * 1024)
+                    devices=args.devices or ["auto"], max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+                    worker_process=not args.single_process)
     return frontend_compat.configure(config, args)  # --frontend comfyui serves the official frontend's files
 
 
@@ -202,14 +226,24 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not args.no_demo_models:
         ensure_demo_models(config.models_dir / "checkpoints")
-    # The worker thread runs Python between torch calls; a shorter GIL switch interval keeps the event loop's
-    # wake-ups (HTTP, websocket fan-out) prompt while it does.
+    # The worker threads (and with --single-process the nodes themselves) run Python beside the event loop; a
+    # shorter GIL switch interval keeps the loop's wake-ups (HTTP, websocket fan-out) prompt while they do.
     sys.setswitchinterval(0.001)
     app = create_app(config)
     where = f"http://{config.host}:{config.port}/"
     log.info("latentgraph serving %s%s", where, " (token required: open /?token=<token> once)" if config.token else "")
-    web.run_app(app, host=config.host, port=config.port, print=None, access_log=None)
+    web.run_app(app, host=config.host, port=config.port, print=None, access_log=None, loop=new_event_loop())
     return 0
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop where it exists: the same asyncio API with its I/O, timers and transports written in C, which
+    roughly halves the event loop's own time per request."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
 
 
 def ensure_demo_models(checkpoints: Path) -> None:

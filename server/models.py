@@ -182,3 +182,15 @@ def ram_free() -> int:
     except OSError:
         pass
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def device_memory(device: torch.device) -> dict:
+    """/system_stats' per-device fields (ComfyUI's names): on the CPU, "VRAM" is system RAM."""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        reserved, allocated = torch.cuda.memory_reserved(device), torch.cuda.memory_allocated(device)
+        return {"name": torch.cuda.get_device_name(device), "type": "cuda", "index": device.index or 0,
+                "vram_total": total, "vram_free": free, "torch_vram_total": reserved,
+                "torch_vram_free": reserved - allocated}
+    return {"name": "cpu", "type": device.type, "index": device.index or 0, "vram_total": ram_total(),
+            "vram_free": ram_free(), "torch_vram_total": 0, "torch_vram_free": 0}

@@ -144,9 +144,10 @@ class Routes:
             return error_json(400, "invalid_prompt", "prompt_id must be a string and number a number")
         try:
             number = self.s.queue.put(prompt_id, prompt, extra, list(result.outputs), number=number,
-                                      front=bool(body.get("front")))
+                                      front=bool(body.get("front")), commit=False)
         except KeyError:
             return error_json(400, "duplicate_prompt_id", f"prompt id {prompt_id!r} is already queued or in history")
+        await self.s.committed()  # acknowledged only once on disk
         self.s.broadcast_status()
         return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": result.node_errors})
 
@@ -330,18 +331,10 @@ class Routes:
 
         devices = []
         for w in self.s.workers:
-            dev = w.resources.device
-            if dev.type == "cuda":
-                free, total = torch.cuda.mem_get_info(dev)
-                name = torch.cuda.get_device_name(dev)
-                reserved = torch.cuda.memory_reserved(dev)
-                allocated = torch.cuda.memory_allocated(dev)
-                tv_total, tv_free = reserved, reserved - allocated
-            else:
-                free, total, name, tv_total, tv_free = ram_free(), ram_total(), "cpu", 0, 0
-            devices.append({"name": name, "type": dev.type, "index": dev.index or 0, "vram_total": total,
-                            "vram_free": free, "torch_vram_total": tv_total, "torch_vram_free": tv_free,
-                            "models": w.resources.stats(), "cache": _cache_stats(w.executor)})
+            stats = w.runner.stats()  # a child process that has not started yet has no numbers
+            devices.append({"name": w.runner.device, "type": w.runner.device.split(":")[0], "index": 0,
+                            "vram_total": 0, "vram_free": 0, "torch_vram_total": 0, "torch_vram_free": 0,
+                            "models": None, "cache": None, **stats})
         from importlib.metadata import PackageNotFoundError, version
 
         try:
@@ -512,11 +505,6 @@ def _model_files(folder: Path) -> list[str]:
 
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
                   if p.is_file() and p.suffix.lower() in MODEL_SUFFIXES)
-
-
-def _cache_stats(executor) -> dict | None:
-    cache = getattr(executor, "cache", None)
-    return cache.stats() if cache is not None else None
 
 
 async def _reencode(request, path: Path, preview: str | None, channel: str) -> tuple[bytes, str]:

@@ -1,12 +1,12 @@
-"""A worker thread per device: takes prompts from the queue, runs them with the executor, reports over /ws.
+"""A worker thread per device: takes prompts from the queue, has its runner execute them, reports over /ws.
 
-The event loop never waits on a prompt: the worker calls the executor on its own thread and hands every
-websocket message to the loop with ``call_soon_threadsafe`` (through the hub). Between prompts it applies
-``/free`` requests, so models are never unloaded under a running node.
+The event loop never waits on a prompt: the worker thread hands each prompt to its runner (the executor in a
+child process, or on this thread; see runners.py) and forwards every event to the loop with
+``call_soon_threadsafe`` (through the hub). Between prompts it applies ``/free`` requests, so models are never
+unloaded under a running node.
 """
 from __future__ import annotations
 
-import io
 import logging
 import threading
 import time
@@ -18,22 +18,19 @@ from .ws import Hub
 
 log = logging.getLogger("latentgraph.worker")
 
-PREVIEW_MAX_SIZE = 512
-
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
 class Worker(threading.Thread):
-    def __init__(self, name: str, queue: PromptQueue, executor, hub: Hub, resources=None, on_queue_change=None):
+    def __init__(self, name: str, queue: PromptQueue, runner, hub: Hub, on_queue_change=None):
         super().__init__(name=f"worker-{name}", daemon=True)
         self.queue = queue
-        self.executor = executor
+        self.runner = runner
         self.hub = hub
-        self.resources = resources
         self.on_queue_change = on_queue_change or (lambda: None)
-        self.interrupt_event = threading.Event()
+        self.interrupt_event = runner.interrupt_event
         self.current: QueueItem | None = None
         self.current_node: str | None = None
         self._free_request: dict[str, bool] = {}
@@ -61,27 +58,23 @@ class Worker(threading.Thread):
 
     # -- the thread ---------------------------------------------------------------------------
     def run(self) -> None:
-        while not self._halt.is_set():
-            self._apply_free()
-            item = self.queue.take(timeout=1.0)
-            if item is not None and not self._halt.is_set():
-                self._execute(item)
+        try:
+            while not self._halt.is_set():
+                self._apply_free()
+                item = self.queue.take(timeout=1.0)
+                if item is not None and not self._halt.is_set():
+                    self._execute(item)
+        finally:
+            self.runner.close()
 
     def _apply_free(self) -> None:
         with self._free_lock:
             request, self._free_request = self._free_request, {}
         if request.get("unload_models") or request.get("free_memory"):
-            if self.resources is not None:
-                self.resources.free()
-            log.info("models unloaded%s", "" if self.resources is not None else " (no residency table)")
-        if request.get("free_memory"):
-            cache = getattr(self.executor, "cache", None)
-            if cache is not None:
-                cache.clear()
-            log.info("node output cache cleared")
+            self.runner.free(bool(request.get("unload_models")), bool(request.get("free_memory")))
 
     def _execute(self, item: QueueItem) -> None:
-        from .executor import Hooks  # the executor module is H1's; imported late to keep startup light
+        from .executor import Hooks
 
         pid = item.prompt_id
         sid = item.extra_data.get("client_id") or None
@@ -104,14 +97,12 @@ class Worker(threading.Thread):
             self.current_node = node_id
             emit("executing", {"node": node_id, "display_node": node_id, "prompt_id": pid})
 
-        def on_progress(node_id, value, max_, preview=None):
+        def on_progress(node_id, value, max_, jpeg=None):
             emit("progress", {"value": value, "max": max_, "prompt_id": pid, "node": node_id})
-            if preview is not None:
-                jpeg = encode_preview(preview)
-                if jpeg is not None:
-                    self.hub.send_preview_threadsafe(jpeg, sid, {
-                        "node_id": node_id, "display_node_id": node_id, "parent_node_id": None,
-                        "real_node_id": node_id, "prompt_id": pid})
+            if jpeg is not None:
+                self.hub.send_preview_threadsafe(jpeg, sid, {
+                    "node_id": node_id, "display_node_id": node_id, "parent_node_id": None,
+                    "real_node_id": node_id, "prompt_id": pid})
 
         def on_executed(node_id, ui):
             emit("executed", {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": pid})
@@ -120,8 +111,8 @@ class Worker(threading.Thread):
                       on_progress=on_progress, on_executed=on_executed)
         started = time.perf_counter()
         try:
-            report = self.executor.run(item.prompt, item.outputs_to_execute, prompt_id=pid,
-                                       extra_data=item.extra_data, hooks=hooks, interrupt=self.interrupt_event)
+            report = self.runner.run(item.prompt, item.outputs_to_execute, prompt_id=pid,
+                                     extra_data=item.extra_data, hooks=hooks)
             status, outputs, error = report.status, report.outputs or {}, report.error
             executed, cached = list(report.executed or []), list(report.cached or [])
         except Exception as exc:  # an executor bug must not kill the worker or lose the prompt's record
@@ -162,15 +153,3 @@ def _class_of(item: QueueItem, node_id: Any) -> str | None:
 def _meta(node_id: str) -> dict:
     return {"node_id": node_id, "display_node": node_id, "parent_node": None, "real_node_id": node_id}
 
-
-def encode_preview(image) -> bytes | None:
-    """A PIL image as a JPEG no larger than 512 px on its long side (ComfyUI's preview cap)."""
-    try:
-        image = image.convert("RGB")
-        image.thumbnail((PREVIEW_MAX_SIZE, PREVIEW_MAX_SIZE))
-        buf = io.BytesIO()
-        image.save(buf, format="JPEG", quality=95)
-        return buf.getvalue()
-    except (AttributeError, OSError, ValueError):
-        log.warning("could not encode a preview image of type %s", type(image).__name__)
-        return None

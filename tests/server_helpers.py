@@ -50,7 +50,7 @@ def probe_registry() -> dict:
 
 def make_config(tmp_path: Path, **overrides) -> Config:
     cfg = Config(models_dir=tmp_path / "models", output_dir=tmp_path / "output", input_dir=tmp_path / "input",
-                 data_dir=tmp_path / "data", devices=["cpu"])
+                 data_dir=tmp_path / "data", devices=["cpu"], worker_process=False)
     for k, v in overrides.items():
         setattr(cfg, k, v)
     return cfg

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from server.queue import RESTART_MESSAGE, PromptQueue
 
 P = {"1": {"class_type": "X", "inputs": {}}}
@@ -97,3 +99,27 @@ def test_release_puts_a_running_prompt_back_in_its_place(tmp_path):
     assert q.take().prompt_id == "a"
     q.release("a")
     assert [i.prompt_id for i in q.pending()] == ["a", "b"] and q.running() == []
+
+
+def test_group_commit_is_durable_only_after_commit(tmp_path):
+    """put(commit=False) prompts share one transaction: another connection (a restarted server) sees them only
+    once commit() ran, or once another write committed the batch with it."""
+    import sqlite3
+
+    q = PromptQueue(tmp_path / "q.sqlite3")
+    other = sqlite3.connect(tmp_path / "q.sqlite3")
+
+    def on_disk():
+        return [r[0] for r in other.execute("SELECT prompt_id FROM prompts ORDER BY seq")]
+
+    q.put("a", P, {}, ["1"], commit=False)
+    q.put("b", P, {}, ["1"], commit=False)
+    assert [i.prompt_id for i in q.pending()] == ["a", "b"] and on_disk() == []
+    q.commit()
+    assert on_disk() == ["a", "b"]
+    q.put("c", P, {}, ["1"], commit=False)
+    with pytest.raises(KeyError):
+        q.put("a", P, {}, ["1"], commit=False)  # a duplicate fails alone; the batch stays open
+    assert q.take(timeout=0).prompt_id == "a"  # the worker's write commits the open batch too
+    assert on_disk() == ["a", "b", "c"]
+    q.close()

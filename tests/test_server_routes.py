@@ -309,7 +309,7 @@ async def test_system_stats_free_models_and_misc(client, tmp_path):
     assert "entries" in dev["cache"] or dev["cache"]
 
     import torch
-    residency = state(client).workers[0].resources
+    residency = state(client).workers[0].runner.resources
     residency.load(torch.nn.Linear(4, 4), key="lin")
     assert residency.stats()["models"] == 1
     assert (await client.post("/free", json={"unload_models": True, "free_memory": True})).status == 200

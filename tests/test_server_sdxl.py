@@ -47,7 +47,7 @@ async def run_workflow(client, ws, name: str, **changes) -> tuple[dict, list, li
 
 
 async def test_sdxl_workflows_progress_previews_and_resident_checkpoints(client):
-    residency = client.app[STATE].workers[0].resources
+    residency = client.app[STATE].workers[0].runner.resources
     ws = await client.ws_connect("/ws?clientId=sdxl")
     await ws.receive_json()
 
