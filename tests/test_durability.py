@@ -4,6 +4,7 @@ from __future__ import annotations
 import signal
 import time
 import urllib.request
+from pathlib import Path
 
 from server_helpers import free_port, http_json, image_prompt, slow_prompt, start_server
 
@@ -16,6 +17,19 @@ def wait_for(predicate, timeout=120.0, every=0.1):
             return value
         time.sleep(every)
     raise AssertionError("timed out")
+
+
+def children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def alive(pid: int) -> bool:
+    """Running or sleeping; a zombie (dead, waiting for init to reap it) does not count."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
 
 
 def test_kill_9_loses_no_queued_prompt(tmp_path):
@@ -37,10 +51,14 @@ def test_kill_9_loses_no_queued_prompt(tmp_path):
         queue = http_json(port, "/queue")
         assert [i[1] for i in queue["queue_pending"]] == [queued[-1]] + queued[:-1]
         assert [i[1] for i in queue["queue_running"]] == [slow]  # still running when the process dies
+        executors = children(proc.pid)  # the worker process running the slow prompt
+        assert executors
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     assert proc.returncode == -signal.SIGKILL
+    # it dies with the server: no orphan goes on running a prompt the restarted server will run again
+    wait_for(lambda: not any(alive(pid) for pid in executors), timeout=2)
 
     proc = start_server(tmp_path, port, log_name="server2.log")
     try:
