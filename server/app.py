@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,9 @@ class State:
         from nodes.node import Environment, load_builtin_nodes
 
         self.config = config
+        # temp/ holds PreviewImage files and temp uploads for the session that made them; as in ComfyUI, a
+        # (re)start begins with it empty so it cannot grow without bound
+        shutil.rmtree(config.temp_dir, ignore_errors=True)
         for d in (config.models_dir, config.output_dir, config.input_dir, config.data_dir, config.temp_dir):
             Path(d).mkdir(parents=True, exist_ok=True)
         self.env = Environment(models_dir=str(config.models_dir), input_dir=str(config.input_dir),

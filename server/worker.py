@@ -93,12 +93,16 @@ class Worker(threading.Thread):
         def on_cached(node_ids):
             emit("execution_cached", {"nodes": list(node_ids), "prompt_id": pid, "timestamp": now_ms()}, record=True)
 
+        progress = NodeProgress(pid)
+
         def on_node_start(node_id):
             self.current_node = node_id
             emit("executing", {"node": node_id, "display_node": node_id, "prompt_id": pid})
+            emit("progress_state", progress.start(node_id))
 
         def on_progress(node_id, value, max_, jpeg=None):
             emit("progress", {"value": value, "max": max_, "prompt_id": pid, "node": node_id})
+            emit("progress_state", progress.update(node_id, value, max_))
             if jpeg is not None:
                 self.hub.send_preview_threadsafe(jpeg, sid, {
                     "node_id": node_id, "display_node_id": node_id, "parent_node_id": None,
@@ -128,6 +132,8 @@ class Worker(threading.Thread):
             log.info("prompt %s: stopped by shutdown after %.2f s; it stays queued", pid, seconds)
             return
 
+        if self.current_node is not None:  # the last node's final state: finished, or error where it failed
+            emit("progress_state", progress.end(self.current_node, "finished" if status == "success" else "error"))
         if status == "success":
             emit("execution_success", {"prompt_id": pid, "timestamp": now_ms()}, record=True)
         elif status == "interrupted":
@@ -143,6 +149,38 @@ class Worker(threading.Thread):
         self.on_queue_change()  # as ComfyUI: the status broadcast, then `executing` null ends the prompt
         emit("executing", {"node": None, "display_node": None, "prompt_id": pid})
         log.info("prompt %s: %s, %d executed, %d cached, %.2f s", pid, status, len(executed), len(cached), seconds)
+
+
+class NodeProgress:
+    """The nodes of one prompt that have started, with their progress: ComfyUI's ``progress_state`` message,
+    which newer clients use to draw a bar on every node. A node is running from its start until the next one
+    starts (nodes run one at a time), then finished."""
+
+    def __init__(self, prompt_id: str):
+        self.prompt_id = prompt_id
+        self.nodes: dict[str, dict] = {}
+        self.running: str | None = None
+
+    def start(self, node_id: str) -> dict:
+        if self.running is not None:
+            self.nodes[self.running]["state"] = "finished"
+        self.running = node_id
+        return self.update(node_id, 0, 1)
+
+    def update(self, node_id: str, value, max_) -> dict:
+        self.nodes[node_id] = {"value": value, "max": max_, "state": "running", "node_id": node_id,
+                               "prompt_id": self.prompt_id, "display_node_id": node_id, "parent_node_id": None,
+                               "real_node_id": node_id}
+        return self.message()
+
+    def end(self, node_id: str, state: str) -> dict:
+        if node_id in self.nodes:
+            self.nodes[node_id]["state"] = state
+        self.running = None
+        return self.message()
+
+    def message(self) -> dict:
+        return {"prompt_id": self.prompt_id, "nodes": {k: dict(v) for k, v in self.nodes.items()}}
 
 
 def _class_of(item: QueueItem, node_id: Any) -> str | None:

@@ -393,3 +393,14 @@ async def test_prompt_from_a_png_with_its_workflow(client, tmp_path):
     assert resp.status == 400 and (await resp.json())["error"]["type"] == "no_prompt"
     resp = await client.post("/prompt", data=b"not a png", headers={"Content-Type": "image/png"})
     assert resp.status == 400 and (await resp.json())["error"]["type"] == "invalid_image"
+
+
+def test_a_start_empties_temp_and_keeps_outputs_and_inputs(tmp_path):
+    cfg = make_config(tmp_path)
+    create_app(cfg, probe_registry())
+    for folder in ("data/temp/masks", "output", "input"):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / folder / "kept.png").write_bytes(b"x")
+    create_app(cfg, probe_registry())  # the next start of a server on the same folders
+    assert list((tmp_path / "data" / "temp").iterdir()) == []
+    assert (tmp_path / "output" / "kept.png").exists() and (tmp_path / "input" / "kept.png").exists()

@@ -51,7 +51,7 @@ async def test_message_sequence_and_previews(client):
             break
     await client.post("/queue", json={"pause": False})
     msgs, frames = await collect(ws, pid)
-    kinds = [m["type"] for m in msgs if m["type"] != "status"]
+    kinds = [m["type"] for m in msgs if m["type"] not in ("status", "progress_state")]
     assert kinds == ["execution_start", "execution_cached",
                      "executing", "executing", "executing", "progress", "progress", "progress", "executing",
                      "progress", "executed", "execution_success", "executing"]  # SaveImage reports per image
@@ -63,6 +63,15 @@ async def test_message_sequence_and_previews(client):
     assert [d["node"] for d in by["executing"]] == ["1", "2", "3", "9", None]
     assert by["executing"][0] == {"node": "1", "display_node": "1", "prompt_id": pid}
     assert by["progress"][2] == {"value": 3, "max": 3, "prompt_id": pid, "node": "3"}
+    # progress_state: every started node with its bar; nodes before the running one are finished
+    states = by["progress_state"]
+    assert len(states) == 4 + 4 + 1  # a start per node, a step per progress message, the end
+    mid = states[4]["nodes"]  # starts of 1, 2, 3, then node 3 step 1, step 2 of 3
+    assert states[4]["prompt_id"] == pid and list(mid) == ["1", "2", "3"]
+    assert [mid[n]["state"] for n in mid] == ["finished", "finished", "running"]
+    assert mid["3"] == {"value": 2, "max": 3, "state": "running", "node_id": "3", "prompt_id": pid,
+                        "display_node_id": "3", "parent_node_id": None, "real_node_id": "3"}
+    assert {n: v["state"] for n, v in states[-1]["nodes"].items()} == dict.fromkeys(["1", "2", "3", "9"], "finished")
     executed = by["executed"][0]
     assert executed["node"] == "9" and executed["display_node"] == "9" and executed["prompt_id"] == pid
     assert executed["output"]["images"][0]["type"] == "output"
