@@ -91,6 +91,11 @@ async def test_comfyui_style_client_runs_a_shipped_workflow(live_server):
             (second,) = images.values()
             assert Image.open(io.BytesIO(second[0])).convert("RGB").getpixel((10, 10)) == (255, 255, 255)
 
+            # the worker runs in a child process; /system_stats shows its cache as of the last prompt
+            async with session.get(f"http://{live_server}/system_stats") as resp:
+                (device,) = (await resp.json())["devices"]
+            assert device["type"] == "cpu" and device["vram_total"] > 0 and device["cache"]["entries"] >= 4
+
             # SIGTERM with this websocket still open: the server closes it and exits promptly
             started = time.monotonic()
             proc.terminate()
