@@ -101,3 +101,18 @@ def test_bfloat16_weights(demo):
         got, want = bf16(x, t, context, y), fp32(x, t, context, y)
     assert bf16.dtype == torch.bfloat16 and got.dtype == torch.float32
     assert rel_err(got, want) < 0.1
+
+
+@pytest.mark.parametrize("kernel,stride,side", [(3, 1, 8), (3, 2, 16), (1, 1, 8), (3, 1, 9), (3, 1, 17)])
+def test_conv_small_maps_as_gemm(kernel, stride, side):
+    """Conv2d runs maps of ≤ 64 output pixels as one GEMM over unfolded patches, larger ones directly; both equal
+    F.conv2d (odd sides included: the output size is computed, not assumed)."""
+    from nodes.sdxl.unet import Conv2d
+    torch.manual_seed(0)
+    conv = Conv2d(48, 40, kernel, stride=stride, padding=kernel // 2)
+    x = torch.randn(2, 48, side, side)
+    with torch.no_grad():
+        got = conv(x)
+        want = torch.nn.functional.conv2d(x, conv.weight, conv.bias, stride=stride, padding=kernel // 2)
+    assert got.shape == want.shape and got.is_contiguous()
+    assert rel_err(got, want) <= 1e-5

@@ -21,14 +21,31 @@ class GroupNorm32(nn.GroupNorm):
         return F.group_norm(x.float(), self.num_groups, w, b, self.eps).type(x.dtype)
 
 
+class Conv2d(nn.Conv2d):
+    """nn.Conv2d that, on CPU and for output maps of at most 64 pixels, runs as one GEMM over the unfolded patches.
+
+    There (SDXL's deepest level for latents up to 32×32) oneDNN's direct convolution leaves the cores half idle
+    (8×8, 1280→1280 channels: 51 ms vs 28 ms on 2 AVX2 cores) while the unfold is cheap; on larger maps the
+    direct convolution is the faster one. The UNet's convs are all zero-padded with one group."""
+
+    def forward(self, x):
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+        out_h, out_w = (x.shape[-2] + 2 * ph - kh) // sh + 1, (x.shape[-1] + 2 * pw - kw) // sw + 1
+        if x.device.type != "cpu" or out_h * out_w > 64:
+            return super().forward(x)
+        cols = F.unfold(x, self.kernel_size, padding=self.padding, stride=self.stride)  # [B, C·kh·kw, pixels]
+        out = self.weight.flatten(1) @ cols + self.bias[:, None]
+        return out.view(x.shape[0], -1, out_h, out_w)
+
+
 class ResBlock(nn.Module):
     def __init__(self, ch_in: int, ch_out: int, emb_ch: int):
         super().__init__()
-        self.in_layers = nn.Sequential(GroupNorm32(ch_in), nn.SiLU(), nn.Conv2d(ch_in, ch_out, 3, padding=1))
+        self.in_layers = nn.Sequential(GroupNorm32(ch_in), nn.SiLU(), Conv2d(ch_in, ch_out, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_ch, ch_out))
         self.out_layers = nn.Sequential(GroupNorm32(ch_out), nn.SiLU(), nn.Dropout(0.0),
-                                        nn.Conv2d(ch_out, ch_out, 3, padding=1))
-        self.skip_connection = nn.Identity() if ch_in == ch_out else nn.Conv2d(ch_in, ch_out, 1)
+                                        Conv2d(ch_out, ch_out, 3, padding=1))
+        self.skip_connection = nn.Identity() if ch_in == ch_out else Conv2d(ch_in, ch_out, 1)
 
     def forward(self, x, emb):
         h = self.in_layers(x)
@@ -60,8 +77,10 @@ class GEGLU(nn.Module):
         self.proj = nn.Linear(dim, 2 * inner)
 
     def forward(self, x):
-        value, gate = self.proj(x).chunk(2, dim=-1)  # value half first
-        return value * F.gelu(gate)
+        # proj's two halves (value first) as two GEMMs rather than one and a chunk: GELU and product then run on
+        # contiguous tensors, and the narrower GEMMs are faster on CPU (~8% for the GEGLU at 64–2048 tokens).
+        (value_w, gate_w), (value_b, gate_b) = self.proj.weight.chunk(2), self.proj.bias.chunk(2)
+        return F.linear(x, value_w, value_b) * F.gelu(F.linear(x, gate_w, gate_b))
 
 
 class FeedForward(nn.Module):
@@ -103,13 +122,15 @@ class SpatialTransformer(nn.Module):
         t = self.proj_in(self.norm(x).flatten(2).transpose(1, 2))
         for block in self.transformer_blocks:
             t = block(t, context)
-        return self.proj_out(t).transpose(1, 2).reshape(b, c, h, w) + x
+        # x first: the sum takes its (contiguous) layout. The other way round it comes out channels-last, and every
+        # following conv would copy its weight into that layout (0.25 s per full-size call on CPU).
+        return x + self.proj_out(t).transpose(1, 2).reshape(b, c, h, w)
 
 
 class Downsample(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
-        self.op = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+        self.op = Conv2d(ch, ch, 3, stride=2, padding=1)
 
     def forward(self, x):
         return self.op(x)
@@ -118,7 +139,7 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     def __init__(self, ch: int):
         super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+        self.conv = Conv2d(ch, ch, 3, padding=1)
 
     def forward(self, x, size=None):
         # Upsample to the matching skip's size so latents not divisible by 2^levels still work.
@@ -156,7 +177,7 @@ class UNetModel(nn.Module):
                 layers.append(SpatialTransformer(ch_out, depth, cfg.context_dim, hc))
             return layers
 
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(nn.Conv2d(cfg.in_channels, c, 3, padding=1))])
+        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(Conv2d(cfg.in_channels, c, 3, padding=1))])
         skip_chs, ch = [c], c
         for level, (ch_out, depth) in enumerate(zip(cfg.channels, cfg.transformer_depth)):
             for _ in range(cfg.num_res_blocks):
@@ -182,7 +203,7 @@ class UNetModel(nn.Module):
                     layers.append(Upsample(ch))
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
 
-        self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
+        self.out = nn.Sequential(GroupNorm32(ch), nn.SiLU(), Conv2d(ch, cfg.out_channels, 3, padding=1))
 
     @property
     def dtype(self) -> torch.dtype:
