@@ -1,5 +1,6 @@
 """Shipped SDXL workflows through HTTP and /ws on the demo checkpoints: sampler progress, latent previews, and
-checkpoints that stay loaded across workflows until POST /free."""
+checkpoints that stay loaded across workflows until POST /free — with prompts running in the worker process, as
+`latentgraph serve` runs them."""
 from __future__ import annotations
 
 import asyncio
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 async def client(aiohttp_client, tmp_path):
     paths = demo_models()
-    cfg = make_config(tmp_path)
+    cfg = make_config(tmp_path, worker_process=True)
     cfg.models_dir.mkdir(parents=True)
     (cfg.models_dir / "checkpoints").symlink_to(paths["sdxl_base"].parent)
     return await aiohttp_client(create_app(cfg))
@@ -47,7 +48,11 @@ async def run_workflow(client, ws, name: str, **changes) -> tuple[dict, list, li
 
 
 async def test_sdxl_workflows_progress_previews_and_resident_checkpoints(client):
-    residency = client.app[STATE].workers[0].runner.resources
+    runner = client.app[STATE].workers[0].runner
+
+    def models() -> dict:  # the worker process's model residency, as of its last prompt or /free
+        return runner.stats()["models"]
+
     ws = await client.ws_connect("/ws?clientId=sdxl")
     await ws.receive_json()
 
@@ -62,19 +67,19 @@ async def test_sdxl_workflows_progress_previews_and_resident_checkpoints(client)
     view = await client.get("/view", params={"filename": images[0]["filename"], "subfolder": images[0]["subfolder"],
                                              "type": images[0]["type"]})
     assert view.status == 200 and view.content_type == "image/png"
-    assert residency.stats()["builds"] == 1
+    assert models()["builds"] == 1
 
     # another workflow on the same base checkpoint (plus the refiner): the base is not read again
     entry, _, _ = await run_workflow(client, ws, "sdxl_base_refiner.json")
-    assert entry["status"]["completed"] and residency.stats()["builds"] == 2
+    assert entry["status"]["completed"] and models()["builds"] == 2
 
     # /free unloads; the next run reads the checkpoint again
     await client.post("/free", json={"unload_models": True, "free_memory": True})
     for _ in range(100):
-        if residency.stats()["models"] == 0:
+        if models()["models"] == 0:
             break
         await asyncio.sleep(0.05)
-    assert residency.stats()["models"] == 0
+    assert models()["models"] == 0
     entry, _, _ = await run_workflow(client, ws, "sdxl_base.json")
-    assert entry["status"]["completed"] and residency.stats()["builds"] == 3
+    assert entry["status"]["completed"] and models()["builds"] == 3
     await ws.close()
