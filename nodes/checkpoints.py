@@ -1,16 +1,16 @@
 """Find, detect and load SDXL checkpoints: original single-file ``.safetensors`` (base / refiner), diffusers
 folders and standalone VAE files (sdxl.md §11).
 
-Loading never doubles peak memory: modules are built on the meta device, every tensor is read from the file
-with plain reads straight into its final dtype/device, and the modules adopt them as they are
-(``nodes.sdxl.meta.adopt``).
-(safetensors' own loader memory-maps the file, and mapped pages count as resident memory on top of the
-weights; reading tensor by tensor keeps the peak at the weights plus one tensor.)
+Loading never doubles peak memory: modules are built on the meta device without init and adopt the tensors as
+they are (``nodes.sdxl.meta.adopt``). Tensors already in the target dtype (on CPU) are views of a private memory
+map of the file, copied by nothing; the others are converted out of a map into new tensors one by one, dropping
+the map's pages behind (mapped pages count as resident memory).
 """
 from __future__ import annotations
 
 import functools
 import json
+import mmap
 import os
 import struct
 from dataclasses import dataclass
@@ -97,50 +97,61 @@ def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
 def read_tensors(path: Path, rename: Callable[[str], str | None], dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
     """Tensors whose ``rename(key)`` is not None, under the new names; floating tensors cast to ``dtype``."""
     header, start = read_header(path)
-    wanted = sorted(((rename(k), v) for k, v in header.items() if rename(k) is not None),
-                    key=lambda kv: kv[1]["data_offsets"][0])
-    mapped = _mapped_tensors(path, start, wanted, dtype) if torch.device(device).type == "cpu" else None
-    if mapped is not None:
-        return mapped
-    out = {}
-    with open(path, "rb", buffering=0) as f:
-        for name, info in wanted:
-            src = _DTYPES.get(info["dtype"])
-            if src is None:
+    wanted = []
+    for key, info in header.items():
+        name = rename(key)
+        if name is not None:
+            if info["dtype"] not in _DTYPES:
                 raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {info['dtype']}")
-            begin, end = info["data_offsets"]
-            buf = torch.empty(end - begin, dtype=torch.uint8)
-            f.seek(start + begin)
-            view, done = memoryview(buf.numpy()), 0
-            while done < len(view):  # read() may return less than asked (e.g. above 2 GiB)
-                got = f.readinto(view[done:])
-                if not got:
-                    raise CheckpointError(f"{path}: file is truncated at tensor {name}")
-                done += got
-            t = buf.view(src).reshape(info["shape"])
-            target = dtype if t.is_floating_point() else t.dtype
-            out[name] = t.to(device=device, dtype=target)
-            del buf, t
-    return out
+            wanted.append((name, info))
+    wanted.sort(key=lambda kv: kv[1]["data_offsets"][0])
+    size = os.path.getsize(path)
+    for name, info in wanted:
+        if start + info["data_offsets"][1] > size:
+            raise CheckpointError(f"{path}: file is truncated at tensor {name}")
+    if torch.device(device).type == "cpu" and all(
+            (not _DTYPES[info["dtype"]].is_floating_point or _DTYPES[info["dtype"]] == dtype)
+            and (start + info["data_offsets"][0]) % _DTYPES[info["dtype"]].itemsize == 0 for _, info in wanted):
+        return _mapped_tensors(path, start, wanted)
+    return _converted_tensors(path, start, wanted, dtype, device)
 
 
-def _mapped_tensors(path: Path, start: int, wanted: list, dtype: torch.dtype) -> dict[str, torch.Tensor] | None:
-    """When every floating tensor is already in ``dtype`` and aligned, view the tensors straight out of a private
-    (copy-on-write) memory map of the file: no copy at all, pages come from the page cache as they are used, and
-    peak memory stays at the weights' size. Otherwise None: the caller reads and converts tensor by tensor."""
-    for _, info in wanted:
-        src = _DTYPES.get(info["dtype"])
-        if src is None or (src.is_floating_point and src != dtype) or (start + info["data_offsets"][0]) % src.itemsize:
-            return None
+def _mapped_tensors(path: Path, start: int, wanted: list) -> dict[str, torch.Tensor]:
+    """Every tensor is already in its target dtype and aligned: view them straight out of a private (copy-on-write)
+    memory map of the file. No copy at all, pages come from the page cache as they are used, and peak memory
+    stays at the weights' size."""
     storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=os.path.getsize(path))
-    whole = torch.empty(0, dtype=torch.uint8).set_(storage)
     out = {}
     for name, info in wanted:
-        begin, end = info["data_offsets"]
-        if start + end > len(whole):
-            raise CheckpointError(f"{path}: file is truncated at tensor {name}")
-        out[name] = whole[start + begin:start + end].view(_DTYPES[info["dtype"]]).reshape(info["shape"])
+        dt = _DTYPES[info["dtype"]]
+        out[name] = torch.empty(0, dtype=dt).set_(storage, (start + info["data_offsets"][0]) // dt.itemsize,
+                                                  info["shape"])
     return out
+
+
+def _converted_tensors(path: Path, start: int, wanted: list, dtype: torch.dtype, device) -> dict[str, torch.Tensor]:
+    """Copy each tensor out of a memory map of the file into a new one of the target dtype/device (torch converts in
+    one parallel pass, reading the page cache directly: 6.0 → 3.7 s for the base UNet fp16 → fp32, against a read()
+    per tensor into a buffer then a cast). The map's pages count as resident memory, so those already converted are
+    dropped as the copy moves through the file: the peak stays at the weights plus at most ``_DROP_EVERY``."""
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private and writable: torch wants a writable buffer
+    whole, src, out, dropped = torch.frombuffer(mm, dtype=torch.uint8), None, {}, 0
+    for name, info in wanted:
+        begin, end = (start + o for o in info["data_offsets"])
+        src = whole[begin:end].view(_DTYPES[info["dtype"]]).reshape(info["shape"])
+        target = dtype if src.is_floating_point() else src.dtype
+        out[name] = torch.empty(src.shape, dtype=target, device=device).copy_(src)
+        done = end // mmap.PAGESIZE * mmap.PAGESIZE
+        if done - dropped >= _DROP_EVERY:
+            mm.madvise(mmap.MADV_DONTNEED, dropped, done - dropped)
+            dropped = done
+    del whole, src  # the map can close only once no tensor views it
+    mm.close()
+    return out
+
+
+_DROP_EVERY = 64 << 20
 
 
 def _fit(module: nn.Module, state: dict[str, torch.Tensor], what: str, path: Path) -> nn.Module:

@@ -68,6 +68,22 @@ def test_half_precision_files_load_as_fp32_on_cpu(tmp_path, file_dtype):
     assert half.unet.dtype == file_dtype
 
 
+def test_converting_read_drops_mapped_pages_behind(tmp_path, monkeypatch):
+    """Tensors that change dtype are copied out of a memory map whose pages are dropped behind the copy (here after
+    every page, so the page-aligned bookkeeping runs on a tiny file): values are the file's, exactly."""
+    import mmap
+
+    import nodes.checkpoints as checkpoints
+    sd = {k: v.half() if v.is_floating_point() else v for k, v in tensors().items()}
+    save_file(sd, str(tmp_path / "half.safetensors"))
+    monkeypatch.setattr(checkpoints, "_DROP_EVERY", mmap.PAGESIZE)
+    got = checkpoints.read_tensors(tmp_path / "half.safetensors", lambda k: k, torch.float32, "cpu")
+    assert got.keys() == sd.keys()
+    for k, v in sd.items():
+        assert got[k].dtype == (torch.float32 if v.is_floating_point() else v.dtype)
+        assert torch.equal(got[k], v.to(got[k].dtype)), k
+
+
 def test_detect_base_and_refiner():
     assert detect(shapes_of(tensors("sdxl_base"))) == "sdxl_base"
     assert detect(shapes_of(tensors("sdxl_refiner"))) == "sdxl_refiner"
