@@ -1,4 +1,5 @@
-"""Step-for-step parity with diffusers' schedulers (test-only oracle) on the same ε-network and Karras sigmas.
+"""Step-for-step parity with diffusers' schedulers (test-only oracle) on the same ε-network and Karras sigmas (DDPM
+and LCM: on their own timesteps, both sides drawing the per-step noise from one seeded generator).
 
 The network is any deterministic function of (x_in, t); both sides feed it what they would feed a UNet. Where the
 timestep rule differs it is chosen to match: diffusers' Euler/Heun/LMS feed fractional t for Karras sigmas
@@ -17,8 +18,8 @@ from nodes.sampling.schedules import DiscreteEps, get_sigmas
 diffusers = pytest.importorskip("diffusers")
 
 FRACTIONAL, INTEGER = DiscreteEps(integer_timesteps=False), DiscreteEps()
-KARRAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", use_karras_sigmas=True,
-              timestep_spacing="linspace")
+BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+KARRAS = dict(**BETAS, use_karras_sigmas=True, timestep_spacing="linspace")
 X0 = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(0))
 
 
@@ -30,10 +31,14 @@ def eps_fn(x_in, t):
     return ((x - denoised) / sigma).to(x_in.dtype)
 
 
-def ours(ms, name, x, sigmas):
+def model_of(ms):
     def model(x, sigma):
         return ms.calculate_denoised(sigma, eps_fn(ms.calculate_input(sigma, x), ms.timestep(sigma)), x)
-    return SAMPLERS[name](model, x, sigmas)
+    return model
+
+
+def ours(ms, name, x, sigmas):
+    return SAMPLERS[name](model_of(ms), x, sigmas)
 
 
 def theirs(scheduler, x, steps=None):
@@ -78,3 +83,74 @@ def test_dpmpp_2m_matches_diffusers_dpmsolver(steps):
     # The timestep rule is the only difference left: fractional t moves the result by far more than the tolerance.
     if steps == 8:
         assert (ours(FRACTIONAL, "dpmpp_2m", start, sigmas) - reference).abs().max() > 5e-4
+
+
+@pytest.mark.parametrize("steps", [20, 30])
+def test_dpmpp_3m_sde_without_noise_matches_diffusers_third_order(steps):
+    # diffusers' 3rd-order SDE update is not k-diffusion's (test_sampler_kdiffusion has that reference); its
+    # deterministic one is η = 0 here. At ≥ 15 steps diffusers lowers the order on the final step only, as we do.
+    scheduler = diffusers.DPMSolverMultistepScheduler(**KARRAS, algorithm_type="dpmsolver++", solver_order=3,
+                                                      final_sigmas_type="zero")
+    scheduler.set_timesteps(steps)
+    sigmas = get_sigmas(INTEGER, "karras", steps)
+    start = X0 * math.sqrt(1 + float(sigmas[0]) ** 2)
+    reference = theirs(scheduler, X0.clone())
+    ours_3m = SAMPLERS["dpmpp_3m_sde"](model_of(INTEGER), start, sigmas, eta=0.0)
+    # diffusers computes (e^−h − 1 + h)/h² in float32 (we use expm1): 3.3e−5 at 20 steps, 1.1e−4 at 15 (measured).
+    assert torch.allclose(ours_3m, reference, atol=5e-5)
+    assert (SAMPLERS["dpmpp_2m"](model_of(INTEGER), start, sigmas) - reference).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("name,solver_type", [("uni_pc", "bh1"), ("uni_pc_bh2", "bh2")])
+@pytest.mark.parametrize("steps", [3, 5, 10, 20])
+def test_uni_pc_matches_diffusers_unipc(name, solver_type, steps):
+    # ComfyUI's UniPC: order 3, lower order on the last steps, and a final σ of 0.001 in place of 0; diffusers is
+    # given that final σ too (in its own σ table) and its VP result is mapped back to σ-space.
+    scheduler = diffusers.UniPCMultistepScheduler(**KARRAS, solver_order=3, solver_type=solver_type,
+                                                  final_sigmas_type="zero")
+    scheduler.set_timesteps(steps)
+    scheduler.sigmas[-1] = 1e-3
+    sigmas = get_sigmas(INTEGER, "karras", steps)
+    assert INTEGER.timestep(sigmas[:-1]).tolist() == scheduler.timesteps.tolist()
+    start = X0 * math.sqrt(1 + float(sigmas[0]) ** 2)
+    reference = theirs(scheduler, X0.clone()) * math.sqrt(1 + 1e-6)
+    assert torch.allclose(ours(INTEGER, name, start, sigmas), reference, atol=2e-5)  # measured ≤ 1.3e−5
+
+
+def ours_seeded(name, timesteps, seed):
+    """Our sampler on diffusers' integer timesteps, with per-step noise drawn as diffusers draws it."""
+    sigmas = torch.cat([INTEGER.sigma(timesteps.float()), torch.zeros(1)])
+    generator = torch.Generator().manual_seed(seed)
+    noise = lambda sigma, sigma_next: torch.randn(X0.shape, generator=generator)  # noqa: E731
+    return SAMPLERS[name](model_of(INTEGER), X0 * (1 + sigmas[0] ** 2).sqrt(), sigmas, noise=noise)
+
+
+def theirs_seeded(scheduler, seed):
+    generator = torch.Generator().manual_seed(seed)
+    x = X0.clone()
+    for t in scheduler.timesteps:
+        eps = eps_fn(scheduler.scale_model_input(x, t), t.reshape(1).expand(x.shape[0]))
+        x = scheduler.step(eps, t, x, generator=generator).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+@pytest.mark.parametrize("steps", [4, 25])
+def test_ddpm_matches_diffusers_ddpm(spacing, steps):
+    scheduler = diffusers.DDPMScheduler(**BETAS, clip_sample=False, timestep_spacing=spacing)
+    scheduler.set_timesteps(steps)
+    reference = theirs_seeded(scheduler, 5)
+    assert torch.allclose(ours_seeded("ddpm", scheduler.timesteps, 5), reference, atol=1e-5)  # measured ≤ 3.6e−6
+    assert (ours_seeded("ddpm", scheduler.timesteps, 6) - reference).abs().max() > 0.1  # the noise matters
+
+
+@pytest.mark.parametrize("steps", [1, 4, 8])
+def test_lcm_matches_diffusers_lcm(steps):
+    # diffusers' LCM applies the consistency boundary condition c_skip·x + c_out·x̂₀ in the scheduler (ComfyUI in
+    # the model sampling); at LCM's timesteps (t ≥ 139) it is within 1e−6 of x̂₀, so the default config compares.
+    scheduler = diffusers.LCMScheduler(**BETAS)
+    scheduler.set_timesteps(steps)
+    reference = theirs_seeded(scheduler, 5)
+    assert torch.allclose(ours_seeded("lcm", scheduler.timesteps, 5), reference, atol=1e-5)  # measured ≤ 3.1e−6
+    if steps > 1:
+        assert (ours_seeded("lcm", scheduler.timesteps, 6) - reference).abs().max() > 0.1

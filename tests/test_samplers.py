@@ -26,15 +26,28 @@ MS = DiscreteEps()
 MU = torch.tensor([0.5, -1.0, 0.25, 1.5]).view(1, 4, 1, 1)
 S = torch.tensor([1.0, 1.5, 2.0, 1.2]).view(1, 4, 1, 1)
 
-# Steps per sampler: enough for its order on every scheduler (first order needs the most).
+# Steps per sampler: enough for its order on every scheduler (first order needs the most). dpmpp_3m_sde needs 120:
+# its 2nd-difference term extrapolates across the large last λ step of normal/ddim_uniform (std error 0.20 at 60
+# steps on normal, 0.04 at 120; bit-identical to k-diffusion's there, so a trait of the method).
 STEPS = {"euler": 60, "ddim": 60, "euler_ancestral": 60, "heun": 25, "dpm_2": 30, "dpm_2_ancestral": 30,
-         "lms": 30, "dpmpp_2s_ancestral": 30, "dpmpp_sde": 20, "dpmpp_2m": 30, "dpmpp_2m_sde": 60}
+         "lms": 30, "dpmpp_2s_ancestral": 30, "dpmpp_sde": 20, "dpmpp_sde_gpu": 20, "dpmpp_2m": 30,
+         "dpmpp_2m_sde": 60, "dpmpp_2m_sde_gpu": 60, "dpmpp_3m_sde": 120, "dpmpp_3m_sde_gpu": 120, "ddpm": 60,
+         "lcm": 4, "uni_pc": 30, "uni_pc_bh2": 30}
 
 
 def gaussian_denoiser(mu, s):
     def model(x, sigma):
         sg = sigma.view(-1, *[1] * (x.ndim - 1))
         return mu + s ** 2 / (s ** 2 + sg ** 2) * (x - mu)
+    return model
+
+
+def consistency_function(mu, s):
+    """What an LCM learns: the probability-flow map from (x, σ) to σ = 0. An exact denoiser (the posterior mean)
+    would make lcm lose variance at every re-noising (std error 0.32 measured), as LCM-LoRA-less models do."""
+    def model(x, sigma):
+        sg = sigma.view(-1, *[1] * (x.ndim - 1))
+        return mu + s / (s ** 2 + sg ** 2).sqrt() * (x - mu)
     return model
 
 
@@ -60,7 +73,7 @@ def test_every_sampler_is_covered():
 def test_converges_to_the_data_distribution_on_every_scheduler(name):
     stochastic = name in ANCESTRAL_SAMPLERS or name in SDE_SAMPLERS
     eps = standard_noise(512 if name in SDE_SAMPLERS else 4096)
-    model = gaussian_denoiser(MU, S)
+    model = consistency_function(MU, S) if name == "lcm" else gaussian_denoiser(MU, S)
     failures = []
     for scheduler in SCHEDULER_NAMES:
         sigmas = ksampler_sigmas(MS, scheduler, STEPS[name], sampler_name=name)
@@ -89,7 +102,9 @@ def test_a_wrong_noise_level_is_caught():
 
 
 # Order of accuracy: error against the exact ODE solution at σ_min, halving the step each time.
-ORDERS = {"euler": 1.8, "ddim": 1.8, "heun": 3.5, "dpm_2": 3.5, "dpmpp_2m": 3.5, "lms": 6.0}
+# UniPC-3 with its corrector is 3rd order or better (measured 11.7, 10.4 at 20→40→80 steps).
+ORDERS = {"euler": 1.8, "ddim": 1.8, "heun": 3.5, "dpm_2": 3.5, "dpmpp_2m": 3.5, "lms": 6.0, "uni_pc": 7.0,
+          "uni_pc_bh2": 7.0}
 
 
 @pytest.mark.parametrize("name", list(ORDERS))

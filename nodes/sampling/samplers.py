@@ -293,9 +293,135 @@ def sample_dpmpp_2m_sde(model, x, sigmas, *, extra_args=None, callback=None, noi
 
 
 @torch.no_grad()
+def sample_dpmpp_3m_sde(model, x, sigmas, *, extra_args=None, callback=None, noise=None, eta=1.0, s_noise=1.0):
+    """DPM-Solver++(3M) SDE with Brownian noise: 3rd-order multistep on the data prediction (1st, then 2nd order
+    while the history is short); x = D on the step to σ = 0. 1 model call per step. As in k-diffusion, diffusers
+    and the DPM-Solver code, the 2nd-difference term has half its Taylor weight, so with η = 0 it converges at
+    2nd order in practice; it is kept for parity."""
+    extra_args, noise, s_in = _setup(x, extra_args, noise)
+    denoised_1 = denoised_2 = h_1 = h_2 = None
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, sigma * s_in, **extra_args)
+        _report(callback, i, x, sigma, sigma, denoised)
+        if sigma_next == 0:
+            x = denoised
+            continue
+        h = _t_fn(sigma_next) - _t_fn(sigma)
+        h_eta = h * (eta + 1)
+        x = torch.exp(-h_eta) * x - torch.expm1(-h_eta) * denoised
+        phi_2 = torch.expm1(-h_eta) / h_eta + 1
+        if h_2 is not None:
+            # Divided differences of D over the last three λ, for the 1st and 2nd derivative terms.
+            r0, r1 = h_1 / h, h_2 / h
+            d1_0 = (denoised - denoised_1) / r0
+            d1_1 = (denoised_1 - denoised_2) / r1
+            d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+            d2 = (d1_0 - d1_1) / (r0 + r1)
+            x = x + phi_2 * d1 - (phi_2 / h_eta - 0.5) * d2
+        elif h_1 is not None:
+            x = x + phi_2 * (denoised - denoised_1) / (h_1 / h)
+        if eta:
+            x = x + noise(sigma, sigma_next) * sigma_next * (-torch.expm1(-2 * eta * h)).sqrt() * s_noise
+        denoised_1, denoised_2, h_1, h_2 = denoised, denoised_1, h, h_1
+    return x
+
+
+@torch.no_grad()
+def sample_ddpm(model, x, sigmas, *, extra_args=None, callback=None, noise=None):
+    """Ancestral DDPM (Ho et al. 2020): draw from the posterior q(x_σnext | x_σ, x₀ = D) with its variance β̃,
+    between any two noise levels. In σ-space it is N(D + (σ_next/σ)²(x − D), σ_next²(1 − (σ_next/σ)²)), the law
+    of euler_ancestral's step; the last step gives D. 1 model call per step."""
+    extra_args, noise, s_in = _setup(x, extra_args, noise)
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, sigma * s_in, **extra_args)
+        _report(callback, i, x, sigma, sigma, denoised)
+        ratio = (sigma_next / sigma) ** 2
+        x = denoised + ratio * (x - denoised)
+        if sigma_next > 0:
+            x = x + noise(sigma, sigma_next) * sigma_next * (1 - ratio).sqrt()
+    return x
+
+
+@torch.no_grad()
+def sample_lcm(model, x, sigmas, *, extra_args=None, callback=None, noise=None):
+    """Latent Consistency Model sampling (Luo et al. 2023): take the model's denoised estimate, then noise it to
+    σ_next with fresh noise. 1 model call per step."""
+    extra_args, noise, s_in = _setup(x, extra_args, noise)
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, sigma * s_in, **extra_args)
+        _report(callback, i, x, sigma, sigma, denoised)
+        x = denoised
+        if sigma_next > 0:
+            x = x + noise(sigma, sigma_next) * sigma_next
+    return x
+
+
+@torch.no_grad()
 def sample_ddim(model, x, sigmas, **kwargs):
     """DDIM (η = 0) is Euler on the probability-flow ODE in σ-space; pair it with ddim_uniform for DDIM's steps."""
     return sample_euler(model, x, sigmas, **kwargs)
+
+
+def _unipc_step(x, lam, lam_next, denoised, nodes, variant):
+    """One UniPC update of x from λ to λ_next: the 1st-order DPM-Solver++ step, minus B(h)·Σ ρ_k·(D_k − D)/r_k over
+    ``nodes`` [(λ_k, D_k)] with r_k = (λ_k − λ)/h. The predictor UniP passes earlier points; the corrector UniC
+    also the point just reached. ρ solves the order conditions Σ_k ρ_k·r_k^(i−1) = b_i, i = 1..K (ρ = ½ when
+    K = 1, as in the reference code); bh1 takes B(h) = −h, bh2 B(h) = e^(−h) − 1. λ are float64 CPU scalars."""
+    h = lam_next - lam
+    h_phi_1 = torch.expm1(-h)
+    x_next = float(torch.exp(-h)) * x - float(h_phi_1) * denoised  # e^(−h) = σ_next/σ
+    if not nodes:
+        return x_next
+    b_h = -h if variant == "bh1" else h_phi_1
+    rks = torch.stack([(lam_k - lam) / h for lam_k, _ in nodes])
+    if len(nodes) == 1:
+        rhos = torch.tensor([0.5], dtype=torch.float64)
+    else:
+        b, h_phi_k, factorial = [], h_phi_1 / -h - 1, 1
+        for k in range(1, len(nodes) + 1):
+            b.append(h_phi_k * factorial / b_h)
+            factorial *= k + 1
+            h_phi_k = h_phi_k / -h - 1 / factorial
+        rhos = torch.linalg.solve(torch.stack([rks ** k for k in range(len(nodes))]), torch.stack(b))
+    correction = sum(float(rho / r) * (d - denoised) for rho, r, (_, d) in zip(rhos, rks, nodes))
+    return x_next - float(b_h) * correction
+
+
+@torch.no_grad()
+def sample_uni_pc(model, x, sigmas, *, extra_args=None, callback=None, noise=None, order=3, variant="bh1"):
+    """UniPC (Zhao et al. 2023): the multistep predictor UniP-p on the data prediction, then the corrector UniC-p,
+    which reuses the model call at the point reached (order p + 1 at no extra cost). p ramps up from 1 and falls
+    to 1 on the last step; variant "bh1" or "bh2" picks B(h). 1 model call per step."""
+    if variant not in ("bh1", "bh2"):
+        raise ValueError(f"variant: must be 'bh1' or 'bh2', got {variant!r}")
+    extra_args, noise, s_in = _setup(x, extra_args, noise)
+    # As ComfyUI, the last step lands on σ = 0.001 rather than 0, where λ = −log σ would be infinite.
+    sigmas_cpu = sigmas.detach().cpu().double()
+    lambdas = _t_fn(torch.where(sigmas_cpu == 0, 1e-3, sigmas_cpu))
+    n = len(sigmas) - 1
+    history, x_last, p_last = [], None, 0  # history: (λ, D) of the points visited, newest first
+    for i in range(n):
+        sigma = sigmas[i]
+        denoised = model(x, sigma * s_in, **extra_args)
+        _report(callback, i, x, sigma, sigma, denoised)
+        if history:
+            x = _unipc_step(x_last, history[0][0], lambdas[i], history[0][1],
+                            history[1:p_last] + [(lambdas[i], denoised)], variant)
+        history = [(lambdas[i], denoised)] + history[:order - 1]
+        p = min(order, i + 1, n - i)
+        x_last = x
+        x = _unipc_step(x, lambdas[i], lambdas[i + 1], denoised, history[1:p], variant)
+        p_last = p
+    return x
+
+
+@torch.no_grad()
+def sample_uni_pc_bh2(model, x, sigmas, **kwargs):
+    """UniPC with B(h) = e^(−h) − 1 (the paper's bh2, recommended for guided sampling)."""
+    return sample_uni_pc(model, x, sigmas, variant="bh2", **kwargs)
 
 
 SAMPLERS = {
@@ -307,12 +433,24 @@ SAMPLERS = {
     "lms": sample_lms,
     "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral,
     "dpmpp_sde": sample_dpmpp_sde,
+    # ComfyUI's _gpu variants differ only in building the Brownian tree on the sampling device. Here every noise
+    # source is drawn on the CPU so that a seed gives the same image on any device (noise.py), so they run the
+    # same sampler with the same CPU tree: identical to ComfyUI's _gpu on a CPU, another noise draw on a GPU.
+    "dpmpp_sde_gpu": sample_dpmpp_sde,
     "dpmpp_2m": sample_dpmpp_2m,
     "dpmpp_2m_sde": sample_dpmpp_2m_sde,
+    "dpmpp_2m_sde_gpu": sample_dpmpp_2m_sde,
+    "dpmpp_3m_sde": sample_dpmpp_3m_sde,
+    "dpmpp_3m_sde_gpu": sample_dpmpp_3m_sde,
+    "ddpm": sample_ddpm,
+    "lcm": sample_lcm,
     "ddim": sample_ddim,
+    "uni_pc": sample_uni_pc,
+    "uni_pc_bh2": sample_uni_pc_bh2,
 }
 SAMPLER_NAMES = list(SAMPLERS)  # ComfyUI's order
 
 # Which noise source each stochastic sampler takes (the rest are deterministic unless churn is on).
-ANCESTRAL_SAMPLERS = frozenset({"euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral"})
-SDE_SAMPLERS = frozenset({"dpmpp_sde", "dpmpp_2m_sde"})
+ANCESTRAL_SAMPLERS = frozenset({"euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "ddpm", "lcm"})
+SDE_SAMPLERS = frozenset({"dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_3m_sde",
+                          "dpmpp_3m_sde_gpu"})

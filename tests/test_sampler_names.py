@@ -1,0 +1,61 @@
+"""The newer ComfyUI sampler names through KSampler: each stochastic one gets its seeded noise source, and the
+_gpu names are their CPU-tree twins (samplers.py says why)."""
+import pytest
+import torch
+
+from nodes.sampling.ksampler import sample
+from nodes.sampling.noise import prepare_noise
+from nodes.sampling.samplers import ANCESTRAL_SAMPLERS, SAMPLER_NAMES, SDE_SAMPLERS
+from nodes.sampling.schedules import DiscreteEps
+
+MS = DiscreteEps(integer_timesteps=False)
+COND = [{"context": torch.zeros(1, 77, 8), "y": None}]
+GPU_TWINS = {"dpmpp_sde_gpu": "dpmpp_sde", "dpmpp_2m_sde_gpu": "dpmpp_2m_sde", "dpmpp_3m_sde_gpu": "dpmpp_3m_sde"}
+
+
+def eps_fn(x_in, t, context, y):
+    """ε of unit Gaussian data: D(x; σ) = x/(1 + σ²)."""
+    sigma = MS.sigma(t).view(-1, 1, 1, 1)
+    x = x_in * (sigma ** 2 + 1).sqrt()
+    return (x - x / (1 + sigma ** 2)) / sigma
+
+
+def run(sampler_name, seed=7, device="cpu", steps=8):
+    latent = {"samples": torch.zeros(2, 4, 8, 8, device=device)}
+    return sample(eps_fn, MS, latent, COND, COND, seed=seed, steps=steps, cfg=1.0, sampler_name=sampler_name,
+                  scheduler="karras")["samples"]
+
+
+def test_the_new_names_follow_comfyui_order():
+    new = ["dpmpp_sde_gpu", "dpmpp_2m_sde_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "uni_pc",
+           "uni_pc_bh2"]
+    assert set(new) <= set(SAMPLER_NAMES)
+    assert {"ddpm", "lcm"} <= ANCESTRAL_SAMPLERS and set(GPU_TWINS) | {"dpmpp_3m_sde"} <= SDE_SAMPLERS
+
+
+@pytest.mark.parametrize("name", sorted(ANCESTRAL_SAMPLERS | SDE_SAMPLERS))
+def test_stochastic_samplers_take_seeded_noise_through_ksampler(name):
+    # Unseeded noise (none wired) would make two runs with one seed differ.
+    a, b, c = run(name), run(name), run(name, seed=8)
+    assert torch.isfinite(a).all()
+    assert torch.equal(a, b) and (a - c).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("name", ["uni_pc", "uni_pc_bh2"])
+def test_uni_pc_through_ksampler_follows_the_ode(name):
+    # For unit Gaussian data the probability-flow ODE keeps x/√(1 + σ²) fixed: the run ends on its initial noise.
+    out = run(name, steps=12)
+    assert (out - prepare_noise(out, 7)).abs().max() < 0.02
+
+
+@pytest.mark.parametrize("gpu,cpu", sorted(GPU_TWINS.items()))
+def test_gpu_names_are_their_cpu_tree_twins(gpu, cpu):
+    assert torch.equal(run(gpu), run(cpu))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("name", ["dpmpp_2m_sde_gpu", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "uni_pc"])
+def test_cuda_run_matches_the_cpu_run(name):
+    gpu = run(name, device="cuda")
+    assert gpu.device.type == "cuda"
+    assert torch.allclose(gpu.cpu(), run(name), atol=1e-4)
