@@ -22,6 +22,8 @@ torchdiffeq. The two functions below are copied verbatim from k-diffusion 0.1.1.
 
 Both sides get their own Brownian tree with the same seed and query it identically, so the noise is the same.
 """
+import functools
+
 import pytest
 import torch
 
@@ -144,8 +146,9 @@ def tree(x, sigmas, seed=3):
 CASES = [(name, reference, options) for name in ("dpmpp_3m_sde", "dpmpp_3m_sde_gpu")
          for reference, options in ((sample_dpmpp_3m_sde, {}), (sample_dpmpp_3m_sde, {"eta": 0.0}),
                                     (sample_dpmpp_3m_sde, {"eta": 0.5, "s_noise": 1.2}))]
-CASES += [(name, sample_dpmpp_2m_sde, options) for name in ("dpmpp_2m_sde", "dpmpp_2m_sde_gpu")
-          for options in ({}, {"solver_type": "heun"})]
+CASES += [(name, sample_dpmpp_2m_sde, {}) for name in ("dpmpp_2m_sde", "dpmpp_2m_sde_gpu")]
+CASES += [(name, functools.partial(sample_dpmpp_2m_sde, solver_type="heun"), {})
+          for name in ("dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu")]
 
 
 @pytest.mark.parametrize("name,reference,options", CASES)

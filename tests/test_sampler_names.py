@@ -10,7 +10,8 @@ from nodes.sampling.schedules import DiscreteEps
 
 MS = DiscreteEps(integer_timesteps=False)
 COND = [{"context": torch.zeros(1, 77, 8), "y": None}]
-GPU_TWINS = {"dpmpp_sde_gpu": "dpmpp_sde", "dpmpp_2m_sde_gpu": "dpmpp_2m_sde", "dpmpp_3m_sde_gpu": "dpmpp_3m_sde"}
+GPU_TWINS = {"dpmpp_sde_gpu": "dpmpp_sde", "dpmpp_2m_sde_gpu": "dpmpp_2m_sde",
+             "dpmpp_2m_sde_heun_gpu": "dpmpp_2m_sde_heun", "dpmpp_3m_sde_gpu": "dpmpp_3m_sde"}
 
 
 def eps_fn(x_in, t, context, y):
@@ -27,10 +28,10 @@ def run(sampler_name, seed=7, device="cpu", steps=8):
 
 
 def test_the_new_names_follow_comfyui_order():
-    new = ["dpmpp_sde_gpu", "dpmpp_2m_sde_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu", "ddpm", "lcm", "uni_pc",
-           "uni_pc_bh2"]
-    assert set(new) <= set(SAMPLER_NAMES)
-    assert {"ddpm", "lcm"} <= ANCESTRAL_SAMPLERS and set(GPU_TWINS) | {"dpmpp_3m_sde"} <= SDE_SAMPLERS
+    new = ["dpmpp_sde_gpu", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde",
+           "dpmpp_3m_sde_gpu", "ddpm", "lcm", "ipndm", "uni_pc", "uni_pc_bh2"]
+    assert [name for name in SAMPLER_NAMES if name in new] == new
+    assert {"ddpm", "lcm"} <= ANCESTRAL_SAMPLERS and set(GPU_TWINS) | set(GPU_TWINS.values()) <= SDE_SAMPLERS
 
 
 @pytest.mark.parametrize("name", sorted(ANCESTRAL_SAMPLERS | SDE_SAMPLERS))

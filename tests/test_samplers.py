@@ -31,8 +31,8 @@ S = torch.tensor([1.0, 1.5, 2.0, 1.2]).view(1, 4, 1, 1)
 # steps on normal, 0.04 at 120; bit-identical to k-diffusion's there, so a trait of the method).
 STEPS = {"euler": 60, "ddim": 60, "euler_ancestral": 60, "heun": 25, "dpm_2": 30, "dpm_2_ancestral": 30,
          "lms": 30, "dpmpp_2s_ancestral": 30, "dpmpp_sde": 20, "dpmpp_sde_gpu": 20, "dpmpp_2m": 30,
-         "dpmpp_2m_sde": 60, "dpmpp_2m_sde_gpu": 60, "dpmpp_3m_sde": 120, "dpmpp_3m_sde_gpu": 120, "ddpm": 60,
-         "lcm": 4, "uni_pc": 30, "uni_pc_bh2": 30}
+         "dpmpp_2m_sde": 60, "dpmpp_2m_sde_gpu": 60, "dpmpp_2m_sde_heun": 60, "dpmpp_2m_sde_heun_gpu": 60, "dpmpp_3m_sde": 120, "dpmpp_3m_sde_gpu": 120, "ddpm": 60,
+         "lcm": 4, "ipndm": 30, "uni_pc": 30, "uni_pc_bh2": 30}
 
 
 def gaussian_denoiser(mu, s):
@@ -102,9 +102,10 @@ def test_a_wrong_noise_level_is_caught():
 
 
 # Order of accuracy: error against the exact ODE solution at σ_min, halving the step each time.
-# UniPC-3 with its corrector is 3rd order or better (measured 11.7, 10.4 at 20→40→80 steps).
-ORDERS = {"euler": 1.8, "ddim": 1.8, "heun": 3.5, "dpm_2": 3.5, "dpmpp_2m": 3.5, "lms": 6.0, "uni_pc": 7.0,
-          "uni_pc_bh2": 7.0}
+# UniPC-3 with its corrector is 3rd order or better (measured 11.7, 10.4 at 20→40→80 steps); iPNDM's equal-step
+# weights make it 2nd order on Karras steps (4.5, 4.4).
+ORDERS = {"euler": 1.8, "ddim": 1.8, "heun": 3.5, "dpm_2": 3.5, "dpmpp_2m": 3.5, "lms": 6.0, "ipndm": 3.5,
+          "uni_pc": 7.0, "uni_pc_bh2": 7.0}
 
 
 @pytest.mark.parametrize("name", list(ORDERS))
