@@ -42,6 +42,14 @@ def test_stochastic_samplers_take_seeded_noise_through_ksampler(name):
     assert torch.equal(a, b) and (a - c).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("name", sorted(SDE_SAMPLERS))
+def test_one_step_sde_run_is_one_denoising_step(name):
+    # The only step goes to σ = 0 and draws no noise: the result is D at σ_max of the initial noise.
+    sigma_max = MS.sigma_max
+    expected = prepare_noise(torch.zeros(2, 4, 8, 8), 7) * (1 + sigma_max ** 2) ** 0.5 / (1 + sigma_max ** 2)
+    assert torch.allclose(run(name, steps=1), expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["uni_pc", "uni_pc_bh2"])
 def test_uni_pc_through_ksampler_follows_the_ode(name):
     # For unit Gaussian data the probability-flow ODE keeps x/√(1 + σ²) fixed: the run ends on its initial noise.

@@ -114,7 +114,8 @@ def sample(eps_fn, model_sampling: ModelSampling, latent: dict, positive, negati
     step_noise = None
     if sampler_name in ANCESTRAL_SAMPLERS:
         step_noise = ancestral_noise_sampler(x, seed)
-    elif sampler_name in SDE_SAMPLERS:
+    elif sampler_name in SDE_SAMPLERS and int((sigmas > 0).sum()) > 1:
+        # (A single positive σ is one step to 0, which draws no noise and has no interval for a Brownian tree.)
         positive_sigmas = sigmas[sigmas > 0]
         step_noise = BrownianTreeNoiseSampler(x, float(positive_sigmas.min()), float(positive_sigmas.max()), seed)
 
