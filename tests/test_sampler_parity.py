@@ -87,8 +87,9 @@ def test_dpmpp_2m_matches_diffusers_dpmsolver(steps):
 
 @pytest.mark.parametrize("steps", [20, 30])
 def test_dpmpp_3m_sde_without_noise_matches_diffusers_third_order(steps):
-    # diffusers' 3rd-order SDE update is not k-diffusion's (test_sampler_kdiffusion has that reference); its
-    # deterministic one is η = 0 here. At ≥ 15 steps diffusers lowers the order on the final step only, as we do.
+    # diffusers' 3rd-order SDE update is not k-diffusion's: its ½·D2 term has the opposite sign, an O(1) weight on
+    # an O(h²) term (0.45 apart on shared noise at 20 steps), so test_sampler_kdiffusion is the SDE reference. Its
+    # deterministic update is ours at η = 0. At ≥ 15 steps diffusers lowers the order on the last step only, as we do.
     scheduler = diffusers.DPMSolverMultistepScheduler(**KARRAS, algorithm_type="dpmsolver++", solver_order=3,
                                                       final_sigmas_type="zero")
     scheduler.set_timesteps(steps)
@@ -99,6 +100,24 @@ def test_dpmpp_3m_sde_without_noise_matches_diffusers_third_order(steps):
     # diffusers computes (e^−h − 1 + h)/h² in float32 (we use expm1): 3.3e−5 at 20 steps, 1.1e−4 at 15 (measured).
     assert torch.allclose(ours_3m, reference, atol=5e-5)
     assert (SAMPLERS["dpmpp_2m"](model_of(INTEGER), start, sigmas) - reference).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("steps", [8, 20])
+def test_dpmpp_2m_sde_matches_diffusers_sde_dpmsolver_on_shared_noise(steps):
+    scheduler = diffusers.DPMSolverMultistepScheduler(**KARRAS, algorithm_type="sde-dpmsolver++", solver_order=2,
+                                                      final_sigmas_type="zero")
+    scheduler.set_timesteps(steps)
+    noise = torch.randn(steps, *X0.shape, generator=torch.Generator().manual_seed(1))
+    x = X0.clone()
+    for i, t in enumerate(scheduler.timesteps):
+        eps = eps_fn(scheduler.scale_model_input(x, t), t.reshape(1).expand(x.shape[0]))
+        x = scheduler.step(eps, t, x, variance_noise=noise[i]).prev_sample
+    sigmas = get_sigmas(INTEGER, "karras", steps)
+    for name in ("dpmpp_2m_sde", "dpmpp_2m_sde_gpu"):
+        draws = iter(noise)
+        result = SAMPLERS[name](model_of(INTEGER), X0 * math.sqrt(1 + float(sigmas[0]) ** 2), sigmas,
+                                noise=lambda sigma, sigma_next: next(draws))
+        assert torch.allclose(result, x, atol=5e-5)  # measured 1.1e−5 at 20 steps
 
 
 @pytest.mark.parametrize("name,solver_type", [("uni_pc", "bh1"), ("uni_pc_bh2", "bh2")])
