@@ -116,3 +116,17 @@ def test_conv_small_maps_as_gemm(kernel, stride, side):
         want = torch.nn.functional.conv2d(x, conv.weight, conv.bias, stride=stride, padding=kernel // 2)
     assert got.shape == want.shape and got.is_contiguous()
     assert rel_err(got, want) <= 1e-5
+
+
+@pytest.mark.parametrize("tokens", [4, 16, 17, 64])
+def test_feed_forward_turned_round_for_few_tokens(tokens):
+    """FeedForward runs the weight-on-the-left GEMMs when rows (batch × tokens) ≤ features: same result as the
+    module chain either way."""
+    from nodes.sdxl.unet import FeedForward
+    torch.manual_seed(0)
+    ff = FeedForward(32)
+    x = torch.randn(2, tokens, 32)
+    with torch.no_grad():
+        got, want = ff(x), ff.net(x)
+    assert got.shape == x.shape and got.is_contiguous()
+    assert rel_err(got, want) <= 1e-5
