@@ -1,7 +1,7 @@
 """Parity with k-diffusion's own SDE samplers (the reference ComfyUI's are derived from), noise for noise.
 
 k-diffusion is not installed: its package imports wandb, clip, kornia and torchvision, and ``sampling.py`` itself
-torchdiffeq. The two functions below are copied verbatim from k-diffusion 0.1.1.post1 (PyPI),
+torchdiffeq. The functions below are copied verbatim from k-diffusion 0.1.1.post1 (PyPI),
 ``k_diffusion/sampling.py`` (https://github.com/crowsonkb/k-diffusion), under its MIT licence:
 
     Copyright (c) 2022 Katherine Crowson
@@ -23,6 +23,7 @@ torchdiffeq. The two functions below are copied verbatim from k-diffusion 0.1.1.
 Both sides get their own Brownian tree with the same seed and query it identically, so the noise is the same.
 """
 import functools
+import types
 
 import pytest
 import torch
@@ -36,7 +37,68 @@ trange = pytest.importorskip("tqdm.auto").trange  # used by the verbatim code; a
 MS = DiscreteEps()
 
 
+# The one name the verbatim code takes from k_diffusion/utils.py (not upstream text; same behaviour).
+utils = types.SimpleNamespace(append_dims=lambda x, target_dims: x[(...,) + (None,) * (target_dims - x.ndim)])
+
+
 # --- k-diffusion 0.1.1.post1, k_diffusion/sampling.py, verbatim (MIT, see above) ---
+def to_d(x, sigma, denoised):
+    """Converts a denoiser output to a Karras ODE derivative."""
+    return (x - denoised) / utils.append_dims(sigma, x.ndim)
+
+
+def get_ancestral_step(sigma_from, sigma_to, eta=1.):
+    """Calculates the noise level (sigma_down) to step down to and the amount
+    of noise to add (sigma_up) when doing an ancestral sampling step."""
+    if not eta:
+        return sigma_to, 0.
+    sigma_up = min(sigma_to, eta * (sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2) / sigma_from ** 2) ** 0.5)
+    sigma_down = (sigma_to ** 2 - sigma_up ** 2) ** 0.5
+    return sigma_down, sigma_up
+
+
+@torch.no_grad()
+def sample_dpmpp_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1., s_noise=1., noise_sampler=None, r=1 / 2):
+    """DPM-Solver++ (stochastic)."""
+    sigma_min, sigma_max = sigmas[sigmas > 0].min(), sigmas.max()
+    noise_sampler = BrownianTreeNoiseSampler(x, sigma_min, sigma_max) if noise_sampler is None else noise_sampler
+    extra_args = {} if extra_args is None else extra_args
+    s_in = x.new_ones([x.shape[0]])
+    sigma_fn = lambda t: t.neg().exp()
+    t_fn = lambda sigma: sigma.log().neg()
+
+    for i in trange(len(sigmas) - 1, disable=disable):
+        denoised = model(x, sigmas[i] * s_in, **extra_args)
+        if callback is not None:
+            callback({'x': x, 'i': i, 'sigma': sigmas[i], 'sigma_hat': sigmas[i], 'denoised': denoised})
+        if sigmas[i + 1] == 0:
+            # Euler method
+            d = to_d(x, sigmas[i], denoised)
+            dt = sigmas[i + 1] - sigmas[i]
+            x = x + d * dt
+        else:
+            # DPM-Solver++
+            t, t_next = t_fn(sigmas[i]), t_fn(sigmas[i + 1])
+            h = t_next - t
+            s = t + h * r
+            fac = 1 / (2 * r)
+
+            # Step 1
+            sd, su = get_ancestral_step(sigma_fn(t), sigma_fn(s), eta)
+            s_ = t_fn(sd)
+            x_2 = (sigma_fn(s_) / sigma_fn(t)) * x - (t - s_).expm1() * denoised
+            x_2 = x_2 + noise_sampler(sigma_fn(t), sigma_fn(s)) * s_noise * su
+            denoised_2 = model(x_2, sigma_fn(s) * s_in, **extra_args)
+
+            # Step 2
+            sd, su = get_ancestral_step(sigma_fn(t), sigma_fn(t_next), eta)
+            t_next_ = t_fn(sd)
+            denoised_d = (1 - fac) * denoised + fac * denoised_2
+            x = (sigma_fn(t_next_) / sigma_fn(t)) * x - (t - t_next_).expm1() * denoised_d
+            x = x + noise_sampler(sigma_fn(t), sigma_fn(t_next)) * s_noise * su
+    return x
+
+
 @torch.no_grad()
 def sample_dpmpp_2m_sde(model, x, sigmas, extra_args=None, callback=None, disable=None, eta=1., s_noise=1., noise_sampler=None, solver_type='midpoint'):
     """DPM-Solver++(2M) SDE."""
@@ -146,6 +208,8 @@ def tree(x, sigmas, seed=3):
 CASES = [(name, reference, options) for name in ("dpmpp_3m_sde", "dpmpp_3m_sde_gpu")
          for reference, options in ((sample_dpmpp_3m_sde, {}), (sample_dpmpp_3m_sde, {"eta": 0.0}),
                                     (sample_dpmpp_3m_sde, {"eta": 0.5, "s_noise": 1.2}))]
+CASES += [(name, sample_dpmpp_sde, options) for name in ("dpmpp_sde", "dpmpp_sde_gpu")
+          for options in ({}, {"eta": 0.5})]
 CASES += [(name, sample_dpmpp_2m_sde, {}) for name in ("dpmpp_2m_sde", "dpmpp_2m_sde_gpu")]
 CASES += [(name, functools.partial(sample_dpmpp_2m_sde, solver_type="heun"), {})
           for name in ("dpmpp_2m_sde_heun", "dpmpp_2m_sde_heun_gpu")]
