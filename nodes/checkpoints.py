@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .sdxl.configs import FOURIER_DIM, UNetConfig, VAEConfig
-from .sdxl.meta import adopt, empty_modules
+from .sdxl.meta import adopt, empty_modules, state_slots
 from .sdxl.unet import UNetModel
 from .sdxl.vae import AutoencoderKL
 
@@ -156,7 +156,7 @@ _DROP_EVERY = 64 << 20
 
 def _fit(module: nn.Module, state: dict[str, torch.Tensor], what: str, path: Path) -> nn.Module:
     """Adopt ``state`` into a meta-built module; any missing, unexpected or misshapen key is an error."""
-    expected = module.state_dict()
+    expected = state_slots(module)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"

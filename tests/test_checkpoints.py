@@ -178,3 +178,17 @@ def test_diffusers_folder_kind_is_checked(tmp_path):
 def test_read_shapes_matches_safetensors():
     sd = tensors()
     assert read_shapes(demo_models()["sdxl_base"]) == shapes_of(sd)
+
+
+def test_state_slots_are_the_state_dict():
+    """state_slots (the loader's key check) lists exactly state_dict()'s keys and tensors, persistent buffers included
+    and non-persistent ones left out, for every module the loader fills."""
+    from nodes.sdxl.meta import state_slots
+    ck = load_checkpoint(demo_models()["sdxl_base"])
+    for module in (ck.unet, ck.vae, ck.text.clip_l, ck.text.bigg):
+        slots, sd = state_slots(module), module.state_dict()
+        assert list(slots) == list(sd) and all(slots[k] is sd[k] or torch.equal(slots[k], sd[k]) for k in sd)
+    bn = torch.nn.BatchNorm1d(3)
+    bn.register_buffer("scratch", torch.zeros(1), persistent=False)
+    assert list(state_slots(bn)) == list(bn.state_dict()) == ["weight", "bias", "running_mean", "running_var",
+                                                              "num_batches_tracked"]

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from nodes.sdxl.configs import TINY_BIGG_WIDTH, TINY_CLIP_L_WIDTH
-from nodes.sdxl.meta import adopt, empty_modules
+from nodes.sdxl.meta import adopt, empty_modules, state_slots
 from nodes.sdxl.tokenizer import CONTEXT, EOT, PAD_BIGG, PAD_CLIP_L, SOT, ClipTokenizer, shared_tokenizer, window
 
 
@@ -189,7 +189,7 @@ def _split(state_dict: dict, kind: str, layout: str) -> dict[str, dict[str, torc
 
 def _fill(model: nn.Module, sd: dict[str, torch.Tensor], what: str, dtype, device) -> None:
     """Strictly load ``sd`` into a meta-built ``model``; name missing/unexpected keys on failure."""
-    expected = model.state_dict()
+    expected = state_slots(model)
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
     wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
