@@ -232,8 +232,9 @@ def _describe_non_unet(shapes: dict) -> str:
 
 def _count(shapes: dict, prefix: str) -> int:
     """Number of consecutive integer children ``prefix{N}.`` present."""
+    children = {k[len(prefix):].split(".", 1)[0] for k in shapes if k.startswith(prefix)}
     n = 0
-    while any(k.startswith(f"{prefix}{n}.") for k in shapes):
+    while str(n) in children:
         n += 1
     return n
 
