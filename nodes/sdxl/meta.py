@@ -11,7 +11,7 @@ from torch import nn
 @contextmanager
 def empty_modules():
     """Modules built in this block live on the meta device and skip their random init: every tensor is replaced
-    from the file, and init costs Python time even on meta (two thirds of building the full-size UNet, 0.2 s).
+    from the file, and init costs Python time even on meta (building the full-size UNet: 186 → 67 ms).
 
     transformers' ``no_init_weights`` patches ``torch.nn.init`` (and ``PreTrainedModel.init_weights``) process-wide
     for the duration, so the block should only build modules."""
