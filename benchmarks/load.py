@@ -67,11 +67,11 @@ print(json.dumps({"seconds": elapsed, "peak_rss": status("VmHWM") - base, "bytes
 """
 
 
-def full_shapes(tiny: bool) -> dict[str, tuple]:
+def full_shapes(tiny: bool, tmp: str) -> dict[str, tuple]:
     if tiny:
         from nodes.checkpoints import read_shapes
         from nodes.demo import make_demo_models
-        path = make_demo_models(tempfile.mkdtemp(prefix="lg-load-"))["sdxl_base"]
+        path = make_demo_models(Path(tmp) / "demo")["sdxl_base"]  # inside the run's temp dir, removed with it
         return read_shapes(path)
     from nodes.sdxl.text import full_size_state_shapes
     with torch.device("meta"):
@@ -121,7 +121,7 @@ def main():
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="lg-load-") as tmp:
         path = Path(tmp) / "random_sdxl_base_fp16.safetensors"
-        size = write_random_checkpoint(path, full_shapes(args.tiny))
+        size = write_random_checkpoint(path, full_shapes(args.tiny, tmp))
         print(f"wrote {path.name}: {size / 1e9:.2f} GB of tensors")
         run_child(path, "raw", args.dtype)  # untimed: the file was just written, and may be partly out of the cache
         results = {"raw": [], "ours": []}
