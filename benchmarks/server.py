@@ -23,6 +23,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -237,6 +238,7 @@ async def bench(args) -> int:
         stop.set()
         proc.terminate()
         proc.wait(30)
+        shutil.rmtree(tmp, ignore_errors=True)
     seen = results.get(timeout=60)
     child.join(30)
     for owned, finished in zip(expected, seen["finished"]):
