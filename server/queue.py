@@ -133,13 +133,16 @@ class PromptQueue:
                 raise KeyError(prompt_id) from None
             if commit:
                 self._end_batch()
-            self._notify()
+                self._notify()  # a batched prompt wakes a worker only once committed (see commit)
             return number
 
     def commit(self) -> None:
-        """Make every ``put(commit=False)`` so far durable."""
-        with self._lock:
+        """Make every ``put(commit=False)`` so far durable, then let the workers start them: a prompt never runs
+        before it is on disk. A batch may hold work for every idle worker."""
+        with self._cond:
             self._end_batch()
+            if not self._paused:
+                self._cond.notify_all()
 
     def _end_batch(self) -> None:  # lock held
         if self._batch_open:

@@ -123,3 +123,20 @@ def test_group_commit_is_durable_only_after_commit(tmp_path):
     assert q.take(timeout=0).prompt_id == "a"  # the worker's write commits the open batch too
     assert on_disk() == ["a", "b", "c"]
     q.close()
+
+
+def test_a_batched_prompt_wakes_a_worker_only_once_committed(tmp_path):
+    import time
+
+    q = PromptQueue(tmp_path / "q.sqlite3")
+    taken = []
+    worker = threading.Thread(target=lambda: taken.append(q.take(timeout=30)))
+    worker.start()
+    time.sleep(0.2)
+    q.put("z", P, {}, ["1"], commit=False)
+    time.sleep(0.3)
+    assert taken == []  # not on disk yet: the waiting worker was not woken
+    q.commit()
+    worker.join(5)
+    assert [i.prompt_id for i in taken] == ["z"]
+    q.close()

@@ -3,6 +3,8 @@ connections, undo/redo, save/reload/open, PNG drop and validation-error highligh
 from __future__ import annotations
 
 import json
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -109,6 +111,62 @@ def test_first_visit_opens_the_sdxl_base_workflow_ready_to_queue(page):
     for node_id in outputs:
         wait_for_image_on(page, node_id, timeout=240000)
     page.shot("first-visit-run")
+
+
+def test_a_prompt_that_finishes_before_its_answer_arrives_still_shows_its_image(context, open_canvas, server):
+    """The worker may finish a fast prompt before the page has read the POST /prompt answer that names it. Here
+    the answer is held until the prompt's `executed` message has been delivered, and its `execution_success` is
+    held until the page is asking /history about the prompt, so neither the live message alone nor the history
+    fetch shows the image: the page must keep the early output until the answer names its prompt."""
+    sockets, held, posts, history = [], [], [], []
+    holding = [True]
+
+    def on_ws(ws):
+        sockets.append(ws)
+        upstream = ws.connect_to_server()
+
+        def from_server(message):
+            if holding[0] and (held or (isinstance(message, str) and '"execution_success"' in message)):
+                held.append(message)  # this one and all after it, in order
+            else:
+                ws.send(message)
+
+        upstream.on_message(from_server)
+        ws.on_message(lambda message: upstream.send(message))
+
+    def on_prompt(route):
+        if route.request.method == "POST":
+            posts.append((route, route.fetch()))
+        else:
+            route.continue_()
+
+    context.route_web_socket(re.compile(r"/ws(\?|$)"), on_ws)
+    context.route(re.compile(r"/prompt$"), on_prompt)
+    context.route(re.compile(r"/history/[0-9a-f-]+$"), lambda route: history.append(route))
+    page = open_canvas(server)
+
+    def until(condition, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "timed out"
+            page.wait_for_timeout(20)  # Playwright runs the route handlers meanwhile
+
+    new_tab(page)
+    source = drag_node(page, "EmptyImage", 120, 160)
+    save = drag_node(page, "SaveImage", 480, 160)
+    wire(page, source, "IMAGE", save, "images")
+    page.click("#queue-button")
+    until(lambda: posts and held)  # the server answered and the prompt ran; its `executed` went through
+    route, answer = posts[0]
+    route.fulfill(response=answer)
+    until(lambda: history)  # the page now asks /history about it
+    holding[0] = False
+    for message in held:  # execution_success and the rest arrive while that request is pending
+        sockets[-1].send(message)
+    page.wait_for_timeout(300)
+    for pending in history:
+        pending.continue_()
+    wait_for_image_on(page, save, timeout=15000)
 
 
 def test_build_from_empty_canvas_and_run(page, server):

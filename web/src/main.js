@@ -18,6 +18,7 @@ const workspace = new Workspace({ graph, canvas, toast });
 const panels = new Panels(api, { openWorkflow: (name, wf) => workspace.open(name, wf) });
 const promptTabs = new Map(); // prompt_id -> tab id it was queued from
 const unsettled = new Set(); // prompts queued here whose outcome this page has not seen yet
+const early = new Map(); // prompt id → [node, images] that arrived before the POST /prompt answer named it
 let executingNode = null;
 
 // -- editing ----------------------------------------------------------------------------------
@@ -114,6 +115,8 @@ async function queuePrompt() {
   try {
     const res = await api.queuePrompt(workflow);
     promptTabs.set(res.prompt_id, workspace.active);
+    for (const [node, images] of early.get(res.prompt_id) ?? []) showOnNode(res.prompt_id, node, images);
+    early.clear(); // the rest were other clients' prompts
     unsettled.add(res.prompt_id);
     reconcile(); // a fast prompt may have finished before this response was read
     if (Object.keys(res.node_errors ?? {}).length) showNodeErrors(res.node_errors);
@@ -148,8 +151,17 @@ function image(src) {
 function showOutput(promptId, nodeId, output) {
   const images = output?.images ?? [];
   for (const img of images) panels.addImage(img);
+  if (images.length) showOnNode(promptId, nodeId, images);
+}
+
+function showOnNode(promptId, nodeId, images) {
+  if (!promptTabs.has(promptId)) { // maybe ours, named by a POST /prompt answer still on its way
+    early.set(promptId, [...(early.get(promptId) ?? []), [nodeId, images]]);
+    if (early.size > 50) early.delete(early.keys().next().value); // others' broadcast prompts: keep few
+    return;
+  }
   const n = nodeOf(promptId, nodeId);
-  if (n && images.length) runtime(n).images = images.map((i) => image(api.viewUrl(i)));
+  if (n) runtime(n).images = images.map((i) => image(api.viewUrl(i)));
 }
 
 // Messages sent while the socket was down (a prompt that finished before it connected, or during a
