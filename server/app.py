@@ -60,6 +60,9 @@ class State:
     def __init__(self, config: Config, registry: dict | None = None):
         from nodes.node import Environment, load_builtin_nodes
 
+        if config.worker_process and registry is not None:
+            raise ValueError("a registry passed to create_app exists only in this process: "
+                             "set Config.worker_process = False to run its nodes")
         self.config = config
         # temp/ holds PreviewImage files and temp uploads for the session that made them; as in ComfyUI, a
         # (re)start begins with it empty so it cannot grow without bound
@@ -69,7 +72,6 @@ class State:
         self.env = Environment(models_dir=str(config.models_dir), input_dir=str(config.input_dir),
                                output_dir=str(config.output_dir), temp_dir=str(config.temp_dir))
         self.registry = registry if registry is not None else load_builtin_nodes()
-        self._registry_given = registry
         self.queue = PromptQueue(Path(config.data_dir) / "queue.sqlite3")
         if self.queue.recovered:
             log.warning("%d prompt(s) were running when the server stopped; they are in history as %r and can be "
@@ -85,13 +87,7 @@ class State:
         from .runners import ProcessRunner, RunnerConfig, ThreadRunner
 
         config = RunnerConfig(device, self.env, self.config.cache_entries, self.config.cache_bytes)
-        if self.config.worker_process:
-            if self._registry_given is not None:
-                raise ValueError("a registry passed to create_app exists only in this process: "
-                                 "set Config.worker_process = False to run its nodes")
-            runner = ProcessRunner(config)
-        else:
-            runner = ThreadRunner(config, self.registry)
+        runner = ProcessRunner(config) if self.config.worker_process else ThreadRunner(config, self.registry)
         return Worker(device, self.queue, runner, self.hub, on_queue_change=self.status_changed)
 
     # -- group commit -------------------------------------------------------------------------
