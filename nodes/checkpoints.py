@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from .sdxl.configs import FOURIER_DIM, UNetConfig, VAEConfig
-from .sdxl.meta import adopt, empty_modules, state_slots
+from .sdxl.meta import StateMismatch, adopt, empty_modules, gc_paused
+from .sdxl.text import build_text_encoders
 from .sdxl.unet import UNetModel
 from .sdxl.vae import AutoencoderKL
 
@@ -120,12 +121,18 @@ def _mapped_tensors(path: Path, start: int, wanted: list) -> dict[str, torch.Ten
     """Every tensor is already in its target dtype and aligned: view them straight out of a private (copy-on-write)
     memory map of the file. No copy at all, pages come from the page cache as they are used, and peak memory
     stays at the weights' size."""
-    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=os.path.getsize(path))
-    out = {}
+    nbytes = os.path.getsize(path)
+    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=nbytes)
+    flat, out = {}, {}  # the whole map as a flat tensor of each dtype; every tensor is a strided view of one
     for name, info in wanted:
         dt = _DTYPES[info["dtype"]]
-        out[name] = torch.empty(0, dtype=dt).set_(storage, (start + info["data_offsets"][0]) // dt.itemsize,
-                                                  info["shape"])
+        if dt not in flat:
+            flat[dt] = torch.empty(0, dtype=dt).set_(storage, 0, (nbytes // dt.itemsize,))
+        shape, strides, step = info["shape"], [], 1
+        for size in reversed(shape):
+            strides.append(step)
+            step *= size
+        out[name] = flat[dt].as_strided(shape, strides[::-1], (start + info["data_offsets"][0]) // dt.itemsize)
     return out
 
 
@@ -156,16 +163,10 @@ _DROP_EVERY = 64 << 20
 
 def _fit(module: nn.Module, state: dict[str, torch.Tensor], what: str, path: Path) -> nn.Module:
     """Adopt ``state`` into a meta-built module; any missing, unexpected or misshapen key is an error."""
-    expected = state_slots(module)
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [f"{k} {tuple(state[k].shape)} (expected {tuple(v.shape)})"
-             for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        parts = [f"{label} {len(keys)}: {', '.join(keys[:5])}{' …' if len(keys) > 5 else ''}"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)) if keys]
-        raise CheckpointError(f"{path}: {what} weights do not fit — " + "; ".join(parts))
-    return adopt(module, state)
+    try:
+        return adopt(module, state)
+    except StateMismatch as e:
+        raise CheckpointError(f"{path}: {what} weights do not fit — {e}") from None
 
 
 def _build(cls, cfg, state, what, path) -> nn.Module:
@@ -361,7 +362,11 @@ def _vae_attention_to_conv(state: dict[str, torch.Tensor]) -> None:
 def load_checkpoint(path, device="cpu", dtype: torch.dtype | None = None, with_text: bool = True) -> Checkpoint:
     """A single-file SDXL checkpoint or a diffusers folder → Checkpoint (UNet, VAE and, unless ``with_text`` is
     False, the text encoders)."""
-    path = Path(path)
+    with gc_paused():
+        return _load_checkpoint(Path(path), device, dtype, with_text)
+
+
+def _load_checkpoint(path: Path, device, dtype, with_text: bool) -> Checkpoint:
     dtype = dtype or default_dtype(device)
     if path.is_dir():
         return _load_diffusers(path, device, dtype, with_text)
@@ -398,7 +403,6 @@ def load_checkpoint(path, device="cpu", dtype: torch.dtype | None = None, with_t
 
 
 def _text_encoders(kind, state, layout, dtype, device, path):
-    from .sdxl.text import build_text_encoders  # H2b's loader: CLIP-L / bigG from prefixed state dicts
     try:
         return build_text_encoders(kind, state, layout, dtype, device)
     except (KeyError, ValueError, RuntimeError) as e:

@@ -192,3 +192,39 @@ def test_state_slots_are_the_state_dict():
     bn.register_buffer("scratch", torch.zeros(1), persistent=False)
     assert list(state_slots(bn)) == list(bn.state_dict()) == ["weight", "bias", "running_mean", "running_var",
                                                               "num_batches_tracked"]
+
+
+def test_adopt_checks_every_key_before_changing_anything():
+    from torch import nn
+
+    from nodes.sdxl.meta import StateMismatch, adopt, empty_modules
+    with empty_modules():
+        model = nn.Sequential(nn.Linear(2, 3), nn.LayerNorm(3))
+    good = {"0.weight": torch.randn(3, 2), "0.bias": torch.randn(3), "1.weight": torch.randn(3), "1.bias": torch.randn(3)}
+    bad = {**good, "0.weight": torch.randn(2, 2), "extra": torch.zeros(1)}
+    del bad["1.bias"]
+    with pytest.raises(StateMismatch) as e:
+        adopt(model, bad)
+    assert (e.value.missing, e.value.unexpected, e.value.wrong) == (["1.bias"], ["extra"], ["0.weight (2, 2) vs (3, 2)"])
+    assert "missing 1: 1.bias; unexpected 1: extra; wrong shape 1: 0.weight (2, 2) vs (3, 2)" == str(e.value)
+    assert all(p.is_meta for p in model.parameters())  # nothing was adopted
+    adopt(model, good)
+    assert all(p is not good[k] and p.data_ptr() == good[k].data_ptr() and not p.requires_grad
+               for k, p in model.state_dict(keep_vars=True).items())
+    assert not any(m.training for m in model.modules())
+
+
+def test_empty_modules_skips_init_only_inside():
+    from torch import nn
+
+    from nodes.sdxl.meta import empty_modules, gc_paused
+    with empty_modules():
+        inside = nn.Conv2d(2, 3, 1)
+    assert inside.weight.is_meta
+    outside = nn.Conv2d(2, 3, 1)  # the layers' own reset_parameters is back: random init
+    assert outside.weight.abs().sum() > 0 and "reset_parameters" not in nn.Conv2d.__dict__
+    import gc
+    with pytest.raises(RuntimeError), gc_paused():
+        assert not gc.isenabled()
+        raise RuntimeError
+    assert gc.isenabled()

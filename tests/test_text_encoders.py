@@ -223,7 +223,7 @@ def test_loader_fails_loudly(files):
     missing = {k: v for k, v in sd.items() if k != "clip_g.transformer.resblocks.1.mlp.c_fc.bias"}
     with pytest.raises(KeyError, match="resblocks.1.mlp.c_fc.bias"):
         build_text_encoders("sdxl_base", missing, "original")
-    with pytest.raises(KeyError, match="unexpected keys.*surprise"):
+    with pytest.raises(KeyError, match="CLIP-L text encoder: unexpected 1: .*surprise"):
         build_text_encoders("sdxl_base", {**sd, "clip_l.text_model.surprise": torch.zeros(1)}, "original")
     with pytest.raises(KeyError, match="no text encoder of this model"):
         build_text_encoders("sdxl_refiner", sd, "original")  # a refiner has no CLIP-L

@@ -121,12 +121,14 @@ def test_conv_small_maps_as_gemm(kernel, stride, side):
 @pytest.mark.parametrize("tokens", [4, 16, 17, 64])
 def test_feed_forward_turned_round_for_few_tokens(tokens):
     """FeedForward runs the weight-on-the-left GEMMs when rows (batch × tokens) ≤ features: same result as the
-    module chain either way."""
+    plain GEGLU → Linear either way."""
     from nodes.sdxl.unet import FeedForward
     torch.manual_seed(0)
     ff = FeedForward(32)
     x = torch.randn(2, tokens, 32)
+    proj, out = ff.net["0"].proj, ff.net["2"]
     with torch.no_grad():
-        got, want = ff(x), ff.net(x)
+        value, gate = proj(x).chunk(2, dim=-1)  # GEGLU as the original writes it: one GEMM, then chunk
+        got, want = ff(x), out(value * torch.nn.functional.gelu(gate))
     assert got.shape == x.shape and got.is_contiguous()
     assert rel_err(got, want) <= 1e-5

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from nodes.sdxl.configs import TINY_BIGG_WIDTH, TINY_CLIP_L_WIDTH
-from nodes.sdxl.meta import adopt, empty_modules, state_slots
+from nodes.sdxl.meta import StateMismatch, adopt, empty_modules
 from nodes.sdxl.tokenizer import CONTEXT, EOT, PAD_BIGG, PAD_CLIP_L, SOT, ClipTokenizer, shared_tokenizer, window
 
 
@@ -189,15 +189,10 @@ def _split(state_dict: dict, kind: str, layout: str) -> dict[str, dict[str, torc
 
 def _fill(model: nn.Module, sd: dict[str, torch.Tensor], what: str, dtype, device) -> None:
     """Strictly load ``sd`` into a meta-built ``model``; name missing/unexpected keys on failure."""
-    expected = state_slots(model)
-    missing = [k for k in expected if k not in sd]
-    unexpected = [k for k in sd if k not in expected]
-    wrong = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-             if k in sd and sd[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        raise KeyError(f"{what} text encoder: {len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected "
-                       f"keys {unexpected[:3]}, {len(wrong)} shape mismatches {wrong[:3]}")
-    adopt(model, {k: v.to(device=device, dtype=dtype) for k, v in sd.items()})
+    try:
+        adopt(model, {k: v.to(device=device, dtype=dtype) for k, v in sd.items()})
+    except StateMismatch as e:
+        raise KeyError(f"{what} text encoder: {e}") from None
 
 
 def load_clip_l(sd: dict[str, torch.Tensor], dtype, device):

@@ -38,19 +38,27 @@ class Conv2d(nn.Conv2d):
         return out.view(x.shape[0], -1, out_h, out_w)
 
 
+def indexed(layers: dict[int, nn.Module]) -> nn.ModuleDict:
+    """The weighted layers of one of the original's ``nn.Sequential``s, under their indices there. Its SiLU and
+    Dropout(0) layers hold no weights and run as functions here (dropout is the identity at inference); the keys
+    keep their numbers (``in_layers.2.weight``). Fewer modules also build faster: 2,017 → 1,739 in the base UNet."""
+    return nn.ModuleDict({str(i): layer for i, layer in layers.items()})
+
+
 class ResBlock(nn.Module):
+    """in_layers: GroupNorm, SiLU, conv · emb_layers: SiLU, Linear · out_layers: GroupNorm, SiLU, Dropout, conv."""
+
     def __init__(self, ch_in: int, ch_out: int, emb_ch: int):
         super().__init__()
-        self.in_layers = nn.Sequential(GroupNorm32(ch_in), nn.SiLU(), Conv2d(ch_in, ch_out, 3, padding=1))
-        self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_ch, ch_out))
-        self.out_layers = nn.Sequential(GroupNorm32(ch_out), nn.SiLU(), nn.Dropout(0.0),
-                                        Conv2d(ch_out, ch_out, 3, padding=1))
+        self.in_layers = indexed({0: GroupNorm32(ch_in), 2: Conv2d(ch_in, ch_out, 3, padding=1)})
+        self.emb_layers = indexed({1: nn.Linear(emb_ch, ch_out)})
+        self.out_layers = indexed({0: GroupNorm32(ch_out), 3: Conv2d(ch_out, ch_out, 3, padding=1)})
         self.skip_connection = nn.Identity() if ch_in == ch_out else Conv2d(ch_in, ch_out, 1)
 
     def forward(self, x, emb):
-        h = self.in_layers(x)
-        h = h + self.emb_layers(emb).type(h.dtype)[:, :, None, None]
-        return self.skip_connection(x) + self.out_layers(h)
+        h = self.in_layers["2"](F.silu(self.in_layers["0"](x)))
+        h = h + self.emb_layers["1"](F.silu(emb)).type(h.dtype)[:, :, None, None]
+        return self.skip_connection(x) + self.out_layers["3"](F.silu(self.out_layers["0"](h)))
 
 
 class CrossAttention(nn.Module):
@@ -60,7 +68,7 @@ class CrossAttention(nn.Module):
         self.to_q = nn.Linear(dim, dim, bias=False)
         self.to_k = nn.Linear(context_dim, dim, bias=False)
         self.to_v = nn.Linear(context_dim, dim, bias=False)
-        self.to_out = nn.Sequential(nn.Linear(dim, dim), nn.Dropout(0.0))
+        self.to_out = nn.ModuleList([nn.Linear(dim, dim)])  # the original's [Linear, Dropout]
 
     def forward(self, x, context=None):
         context = x if context is None else context
@@ -68,7 +76,7 @@ class CrossAttention(nn.Module):
         q, k, v = (t.view(b, -1, self.heads, c // self.heads).transpose(1, 2)
                    for t in (self.to_q(x), self.to_k(context), self.to_v(context)))
         out = F.scaled_dot_product_attention(q, k, v)
-        return self.to_out(out.transpose(1, 2).reshape(b, n, c))
+        return self.to_out[0](out.transpose(1, 2).reshape(b, n, c))
 
 
 class GEGLU(nn.Module):
@@ -86,19 +94,19 @@ class GEGLU(nn.Module):
 class FeedForward(nn.Module):
     def __init__(self, dim: int):
         super().__init__()
-        self.net = nn.Sequential(GEGLU(dim, 4 * dim), nn.Dropout(0.0), nn.Linear(4 * dim, dim))
+        self.net = indexed({0: GEGLU(dim, 4 * dim), 2: nn.Linear(4 * dim, dim)})  # [GEGLU, Dropout, Linear]
 
     def forward(self, x):
         rows, dim = x.numel() // x.shape[-1], x.shape[-1]
         if x.device.type != "cpu" or rows > dim:
-            return self.net(x)
+            return self.net["2"](self.net["0"](x))
         # Fewer tokens than features (the deepest levels of small latents): the same GEMMs turned round, weight on
         # the left and activations features × tokens. MKL runs that form ~30% faster on CPU there (64 tokens × 2,
         # 1280 features: 44 → 31 ms per block) and no slower up to rows == features; beyond, the usual form wins.
-        (value_w, gate_w), (value_b, gate_b) = self.net[0].proj.weight.chunk(2), self.net[0].proj.bias.chunk(2)
+        (value_w, gate_w), (value_b, gate_b) = self.net["0"].proj.weight.chunk(2), self.net["0"].proj.bias.chunk(2)
         xt = x.reshape(rows, dim).t()
         h = torch.addmm(value_b[:, None], value_w, xt) * F.gelu(torch.addmm(gate_b[:, None], gate_w, xt))
-        return torch.addmm(self.net[2].bias[:, None], self.net[2].weight, h).t().contiguous().view(x.shape)
+        return torch.addmm(self.net["2"].bias[:, None], self.net["2"].weight, h).t().contiguous().view(x.shape)
 
 
 class BasicTransformerBlock(nn.Module):

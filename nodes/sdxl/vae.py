@@ -20,14 +20,13 @@ class ResnetBlock(nn.Module):
         self.norm1 = _norm(ch_in)
         self.conv1 = nn.Conv2d(ch_in, ch_out, 3, padding=1)
         self.norm2 = _norm(ch_out)
-        self.dropout = nn.Dropout(0.0)
         self.conv2 = nn.Conv2d(ch_out, ch_out, 3, padding=1)
         if ch_in != ch_out:
             self.nin_shortcut = nn.Conv2d(ch_in, ch_out, 1)
 
     def forward(self, x):
         h = self.conv1(F.silu(self.norm1(x)))
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        h = self.conv2(F.silu(self.norm2(h)))  # the original's Dropout(0) here is the identity at inference
         return (self.nin_shortcut(x) if hasattr(self, "nin_shortcut") else x) + h
 
 
