@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import shutil
@@ -230,6 +231,11 @@ def run(args: argparse.Namespace) -> int:
     # shorter GIL switch interval keeps the loop's wake-ups (HTTP, websocket fan-out) prompt while they do.
     sys.setswitchinterval(0.001)
     app = create_app(config)
+    # Everything imported and built so far (torch, the node registry: ~200,000 objects) lives as long as the
+    # server. Frozen, the cyclic GC stops re-walking it: a full collection then costs microseconds instead of
+    # ~45 ms of stalled HTTP and websocket traffic, and the young collections a burst of requests sets off
+    # were a quarter of the event loop's time in a 1,000-submission burst.
+    gc.freeze()
     where = f"http://{config.host}:{config.port}/"
     log.info("latentgraph serving %s%s", where, " (token required: open /?token=<token> once)" if config.token else "")
     web.run_app(app, host=config.host, port=config.port, print=None, access_log=None, loop=new_event_loop())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import gc
 import importlib
 import io
 import logging
@@ -239,6 +240,7 @@ def child_main(conn, config: RunnerConfig, interrupt, parent_pid: int) -> None:
         pass
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     executor = build_executor(config)
+    gc.freeze()  # the imports and the registry stay for the child's life: keep the cyclic GC off them (as the server)
     conn.send(("ready", stats(executor)))
     from .executor import Hooks
 
