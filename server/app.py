@@ -18,6 +18,7 @@ from pathlib import Path
 from aiohttp import web
 
 from . import frontend_compat, routes
+from .cluster import Cluster, PrimaryLink
 from .queue import PromptQueue
 from .security import is_loopback, make_middlewares
 from .worker import Worker
@@ -28,7 +29,7 @@ log = logging.getLogger("latentgraph.server")
 REPO = Path(__file__).resolve().parent.parent
 TOKEN_ENV = "LATENTGRAPH_TOKEN"
 MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
-STATUS_WINDOW = 0.01  # seconds; see State.broadcast_status
+STATUS_WINDOW = 0.01  # seconds; see State.queue_changed
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Config:
     cache_entries: int = 256
     cache_bytes: int = 4 * 1024 ** 3
     worker_process: bool = True  # run prompts in a child process per device (see runners.py)
+    http_processes: int = 1  # processes answering HTTP on the same port (see cluster.py)
 
     @property
     def temp_dir(self) -> Path:
@@ -58,22 +60,27 @@ class Config:
 class State:
     """What the routes share: config, node registry, queue, websocket hub, workers."""
 
-    def __init__(self, config: Config, registry: dict | None = None):
+    def __init__(self, config: Config, registry: dict | None = None, primary: PrimaryLink | None = None):
+        """``primary`` is given in an extra HTTP process (cluster.py): the link to the process with the workers."""
         from nodes.node import Environment, load_builtin_nodes
 
-        if config.worker_process and registry is not None:
+        if registry is not None and (config.worker_process or config.http_processes > 1):
             raise ValueError("a registry passed to create_app exists only in this process: "
-                             "set Config.worker_process = False to run its nodes")
+                             "set Config.worker_process = False and http_processes = 1 to run its nodes")
         self.config = config
+        self.primary = primary
+        self.cluster: Cluster | None = None
+        self.stopping = False
         # temp/ holds PreviewImage files and temp uploads for the session that made them; as in ComfyUI, a
         # (re)start begins with it empty so it cannot grow without bound
-        shutil.rmtree(config.temp_dir, ignore_errors=True)
+        if primary is None:
+            shutil.rmtree(config.temp_dir, ignore_errors=True)
         for d in (config.models_dir, config.output_dir, config.input_dir, config.data_dir, config.temp_dir):
             Path(d).mkdir(parents=True, exist_ok=True)
         self.env = Environment(models_dir=str(config.models_dir), input_dir=str(config.input_dir),
                                output_dir=str(config.output_dir), temp_dir=str(config.temp_dir))
         self.registry = registry if registry is not None else load_builtin_nodes()
-        self.queue = PromptQueue(Path(config.data_dir) / "queue.sqlite3")
+        self.queue = PromptQueue(Path(config.data_dir) / "queue.sqlite3", owner=primary is None)
         if self.queue.recovered:
             log.warning("%d prompt(s) were running when the server stopped; they are in history as %r and can be "
                         "re-queued with POST /queue {\"requeue\": [ids]}: %s", len(self.queue.recovered),
@@ -82,7 +89,7 @@ class State:
         self.hub.on_connect = self._on_connect
         self._status_timer: asyncio.TimerHandle | None = None
         self._commit: asyncio.Future | None = None
-        self.workers = [self._make_worker(d) for d in resolve_devices(config.devices)]
+        self.workers = [] if primary else [self._make_worker(d) for d in resolve_devices(config.devices)]
 
     def _make_worker(self, device: str) -> Worker:
         from .runners import ProcessRunner, RunnerConfig, ThreadRunner
@@ -91,10 +98,32 @@ class State:
         runner = ProcessRunner(config) if self.config.worker_process else ThreadRunner(config, self.registry)
         return Worker(device, self.queue, runner, self.hub, on_queue_change=self.status_changed)
 
+    # -- what the workers do: here, or in the primary process for an extra HTTP process --------------
+    async def interrupt(self, prompt_id: str | None = None) -> bool:
+        """Interrupt the running prompt (only if it is ``prompt_id``, when given); whether one was."""
+        if self.primary:
+            return await self.primary.call("interrupt", prompt_id)
+        return any([w.interrupt(prompt_id) for w in self.workers])
+
+    async def free(self, unload_models: bool, free_memory: bool) -> None:
+        if self.primary:
+            return await self.primary.call("free", unload_models, free_memory)
+        for w in self.workers:
+            w.request_free(unload_models, free_memory)
+
+    async def devices(self) -> list[dict]:
+        """/system_stats' device entries."""
+        if self.primary:
+            return await self.primary.call("devices")
+        return [{"name": w.runner.device, "type": w.runner.device.split(":")[0], "index": 0,
+                 "vram_total": 0, "vram_free": 0, "torch_vram_total": 0, "torch_vram_free": 0,
+                 "models": None, "cache": None, **w.runner.stats()}  # a child not started yet has no numbers
+                for w in self.workers]
+
     # -- group commit -------------------------------------------------------------------------
     async def committed(self) -> None:
-        """Wait until every ``queue.put(commit=False)`` made so far is on disk. Submissions handled in the same
-        event-loop iteration share one commit, scheduled after them."""
+        """Wait until every ``queue.add`` made so far is on disk. Submissions handled in the same event-loop
+        iteration share one commit, scheduled after them."""
         if self._commit is None:
             self._commit = asyncio.get_running_loop().create_future()
             self._commit.get_loop().call_soon(self._flush_commit)
@@ -112,10 +141,14 @@ class State:
     def status_payload(self) -> dict:
         return {"status": {"exec_info": {"queue_remaining": self.queue.remaining()}}}
 
-    def broadcast_status(self) -> None:
-        """Tell every client the queue changed. A burst of changes (200 submissions at once) is coalesced into
-        one message per STATUS_WINDOW carrying the latest count: clients only show the number, and 50 sockets ×
-        200 redundant frames would cost the event loop more than the submissions themselves."""
+    def queue_changed(self) -> None:
+        """Prompts were queued, deleted or re-queued, or the queue paused: tell every client. A burst of changes
+        (200 submissions at once) is coalesced into one message per STATUS_WINDOW carrying the latest count:
+        clients only show the number, and 50 sockets × 200 redundant frames would cost the event loop more than
+        the submissions themselves. An extra HTTP process tells the primary, which wakes its workers and sends
+        the status to the clients of every process."""
+        if self.primary:
+            return self.primary.notify("queue_changed")
         if self._status_timer is None:
             self._status_timer = self.hub.loop.call_later(STATUS_WINDOW, self._send_status)
 
@@ -130,6 +163,8 @@ class State:
 
     def _on_connect(self, sid: str) -> list:
         msgs = [("status", {**self.status_payload(), "sid": sid})]
+        if self.primary and sid in self.primary.executing:
+            msgs.append(("executing", self.primary.executing[sid]))
         for w in self.workers:  # a client reconnecting mid-prompt learns which node runs
             item = w.current
             if item is not None and item.extra_data.get("client_id") == sid and w.current_node is not None:
@@ -141,13 +176,21 @@ class State:
     async def start(self, app: web.Application) -> None:
         self.hub.loop = asyncio.get_running_loop()
         log.debug("event loop: %s", type(self.hub.loop).__module__)
+        if self.primary:
+            await self.primary.start(self.hub)
         for w in self.workers:
             w.start()
+        if self.primary is None and self.config.http_processes > 1:
+            self.cluster = Cluster(self, self.config.http_processes)
+            await self.cluster.start()
 
     async def close_sockets(self, app: web.Application) -> None:
         await self.hub.close_all()
 
     async def stop(self, app: web.Application) -> None:
+        self.stopping = True
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self._status_timer is not None:  # its queue count would read a closed database
             self._status_timer.cancel()
         for w in self.workers:
@@ -171,11 +214,12 @@ def resolve_devices(devices: list[str]) -> list[str]:
     return ["cpu"]
 
 
-def create_app(config: Config, registry: dict | None = None) -> web.Application:
-    """The application; `registry` overrides the built-in nodes (tests add instrumented ones)."""
+def create_app(config: Config, registry: dict | None = None, primary: PrimaryLink | None = None) -> web.Application:
+    """The application; `registry` overrides the built-in nodes (tests add instrumented ones); `primary` makes it
+    an extra HTTP process (cluster.py)."""
     app = web.Application(middlewares=make_middlewares(config.token, config.debug),
                           client_max_size=config.max_body_bytes)
-    state = State(config, registry)
+    state = State(config, registry, primary)
     app[STATE] = state
     frontend_compat.setup(app, state)  # routes the official ComfyUI frontend needs; before the static catch-all
     routes.setup(app, state)
@@ -205,6 +249,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--single-process", action="store_true",
                         help="run prompts on a thread of the server process instead of a child process per device "
                              "(for debugging nodes; HTTP then waits on the nodes' Python)")
+    parser.add_argument("--http-processes", type=int, default=1, metavar="N",
+                        help="answer HTTP and websockets in N processes sharing the port (for many concurrent "
+                             "clients; default 1)")
     frontend_compat.add_arguments(parser)  # --frontend latentgraph|comfyui
 
 
@@ -213,7 +260,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
     config = Config(host=args.host, port=args.port, models_dir=Path(args.models), output_dir=Path(args.output),
                     input_dir=Path(args.input), data_dir=Path(args.data), token=token, debug=args.debug,
                     devices=args.devices or ["auto"], max_upload_bytes=args.max_upload_mb * 1024 * 1024,
-                    worker_process=not args.single_process)
+                    worker_process=not args.single_process, http_processes=args.http_processes)
     return frontend_compat.configure(config, args)  # --frontend comfyui serves the official frontend's files
 
 
@@ -224,6 +271,9 @@ def run(args: argparse.Namespace) -> int:
     if not is_loopback(config.host) and not config.token:
         print(f"refusing to listen on {config.host} without a token: pass --token or set ${TOKEN_ENV} "
               "(or bind 127.0.0.1)", file=sys.stderr)
+        return 2
+    if config.http_processes < 1:
+        print("--http-processes must be at least 1", file=sys.stderr)
         return 2
     if not args.no_demo_models:
         ensure_demo_models(config.models_dir / "checkpoints")
@@ -238,7 +288,8 @@ def run(args: argparse.Namespace) -> int:
     gc.freeze()
     where = f"http://{config.host}:{config.port}/"
     log.info("latentgraph serving %s%s", where, " (token required: open /?token=<token> once)" if config.token else "")
-    web.run_app(app, host=config.host, port=config.port, print=None, access_log=None, loop=new_event_loop())
+    web.run_app(app, host=config.host, port=config.port, print=None, access_log=None, loop=new_event_loop(),
+                reuse_port=config.http_processes > 1)
     return 0
 
 

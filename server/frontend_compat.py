@@ -221,10 +221,9 @@ class FrontendRoutes:
         state = self.s.queue.state_of(job_id)
         if state == "pending":
             self.s.queue.delete([job_id], "pending")
-            self.s.broadcast_status()
+            self.s.queue_changed()
         elif state == "running":
-            for w in self.s.workers:
-                w.interrupt(job_id)
+            await self.s.interrupt(job_id)
         else:
             return error_json(404, "not_found", f"no pending or running job {job_id!r}")
         return web.json_response({"id": job_id, "cancelled": True})

@@ -9,10 +9,13 @@ negative number. A prompt found ``running`` when the database is opened was cut 
 history with an error status and can be put back with :meth:`PromptQueue.requeue`.
 
 Thread-safety: one connection guarded by a lock; workers block in :meth:`take` on a condition variable.
+Processes: several may open the same file (``serve --http-processes``). Only the owner (the process with the
+workers) recovers cut-off prompts; prompt numbers and the paused flag live in the database, and each write is
+one short transaction, so no process holds the write lock while it does anything else.
 
-Group commit: a burst of submissions can share one transaction (``put(..., commit=False)`` then
-:meth:`commit`), which costs a fifth of a commit each; the server answers each of them only after that commit,
-so an acknowledged prompt is always on disk. Any other write commits an open batch with it.
+Group commit: a burst of submissions can share one transaction (:meth:`add` each, then :meth:`commit`), which
+costs a fifth of a commit each; the server answers each of them only after that commit, so an acknowledged
+prompt is always on disk.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import json
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +48,8 @@ CREATE TABLE IF NOT EXISTS prompts (
 );
 CREATE INDEX IF NOT EXISTS prompts_by_state ON prompts (state, number, seq);
 CREATE INDEX IF NOT EXISTS prompts_by_finish ON prompts (state, finished, seq);
+-- 'number': the last prompt number handed out; 'paused': 1 while the queue starts nothing
+CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
 
@@ -82,22 +88,34 @@ def _ms(t: float | None) -> int | None:
     return None if t is None else int(t * 1000)
 
 
+class Ticket:
+    """A prompt in the open group commit: once :meth:`PromptQueue.commit` ran, its ``number``, or ``duplicate``
+    if another process stored the same id first."""
+
+    __slots__ = ("row", "number", "duplicate")
+
+    def __init__(self, row: tuple):
+        self.row, self.number, self.duplicate = row, None, False
+
+
 class PromptQueue:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, owner: bool = True):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
-        self._paused = False
         self._closed = False
-        self._batch_open = False  # an uncommitted group of put(commit=False)
-        self.recovered = self._recover()
-        (top,) = self._db.execute("SELECT COALESCE(MAX(ABS(number)), 0) FROM prompts").fetchone()
-        self._counter = int(top)
+        self._batch: list[Ticket] = []  # added, not yet committed
+        self._batch_ids: set[str] = set()
+        self._db.execute("INSERT OR IGNORE INTO counters SELECT 'number', COALESCE(MAX(ABS(number)), 0) FROM prompts")
+        self.recovered = []
+        if owner:  # a restart: what was running was cut off, and a pause does not outlive the server
+            self.recovered = self._recover()
+            self._db.execute("INSERT OR REPLACE INTO counters VALUES ('paused', 0)")
 
     # -- startup ------------------------------------------------------------------------------
     def _recover(self) -> list[str]:
@@ -114,50 +132,77 @@ class PromptQueue:
 
     # -- submitting ---------------------------------------------------------------------------
     def put(self, prompt_id: str, prompt: dict, extra_data: dict, outputs: list, *, number: float | None = None,
-            front: bool = False, commit: bool = True) -> float:
-        """Queue a prompt; returns its number. Raises KeyError if the id is already known. With ``commit=False``
-        the prompt joins an open batch and is durable only after :meth:`commit`."""
-        with self._cond:
-            if not commit and not self._batch_open:
-                self._db.execute("BEGIN")
-                self._batch_open = True
-            self._counter += 1
-            if number is None:
-                number = -self._counter if front else self._counter
-            try:
-                self._db.execute(
-                    "INSERT INTO prompts (prompt_id, number, state, prompt, extra_data, outputs_to_execute, created) "
-                    "VALUES (?, ?, 'pending', ?, ?, ?, ?)",
-                    (prompt_id, float(number), json.dumps(prompt), json.dumps(extra_data), json.dumps(outputs),
-                     time.time()))
-            except sqlite3.IntegrityError:
-                raise KeyError(prompt_id) from None
-            if commit:
-                self._end_batch()
-                self._notify()  # a batched prompt wakes a worker only once committed (see commit)
-            return number
+            front: bool = False) -> float:
+        """Queue a prompt and commit; returns its number. Raises KeyError if the id is already known."""
+        ticket = self.add(prompt_id, prompt, extra_data, outputs, number=number, front=front)
+        self.commit()
+        if ticket.duplicate:
+            raise KeyError(prompt_id)
+        return ticket.number
 
-    def commit(self) -> None:
-        """Make every ``put(commit=False)`` so far durable, then let the workers start them: a prompt never runs
-        before it is on disk. A batch may hold work for every idle worker."""
-        with self._cond:
-            self._end_batch()
-            if not self._paused:
-                self._cond.notify_all()
+    def add(self, prompt_id: str, prompt: dict, extra_data: dict, outputs: list, *, number: float | None = None,
+            front: bool = False) -> Ticket:
+        """Add a prompt to the open group commit; it is queued (and durable) once :meth:`commit` ran.
+        Raises KeyError if the id is already queued, in history or in the group."""
+        row = (prompt_id, number, front, json.dumps(prompt), json.dumps(extra_data), json.dumps(outputs), time.time())
+        with self._lock:
+            if prompt_id in self._batch_ids or \
+                    self._db.execute("SELECT 1 FROM prompts WHERE prompt_id=?", (prompt_id,)).fetchone():
+                raise KeyError(prompt_id)
+            ticket = Ticket(row)
+            self._batch.append(ticket)
+            self._batch_ids.add(prompt_id)
+        return ticket
 
-    def _end_batch(self) -> None:  # lock held
-        if self._batch_open:
-            self._db.execute("COMMIT")
-            self._batch_open = False
+    def commit(self) -> int:
+        """Write the open group in one transaction, numbering its prompts, then let the workers start them: a
+        prompt never runs before it is on disk. Returns how many were stored."""
+        with self._cond:
+            batch, self._batch, self._batch_ids = self._batch, [], set()
+            if not batch:
+                return 0
+            with self._write():
+                counter = self._counter()
+                for ticket in batch:
+                    prompt_id, number, front, prompt, extra, outputs, created = ticket.row
+                    counter += 1
+                    if number is None:
+                        number = -counter if front else counter
+                    try:
+                        self._db.execute(
+                            "INSERT INTO prompts (prompt_id, number, state, prompt, extra_data, outputs_to_execute, "
+                            "created) VALUES (?, ?, 'pending', ?, ?, ?, ?)",
+                            (prompt_id, float(number), prompt, extra, outputs, created))
+                        ticket.number = number
+                    except sqlite3.IntegrityError:  # another process stored the same id since add()
+                        ticket.duplicate = True
+                self._db.execute("UPDATE counters SET value=? WHERE name='number'", (counter,))
+            if not self._is_paused():
+                self._cond.notify_all()  # a group may hold work for every idle worker
+            return sum(not t.duplicate for t in batch)
+
+    @contextmanager
+    def _write(self):  # lock held: one short write transaction, taking the write lock up front
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _counter(self) -> int:
+        return self._db.execute("SELECT value FROM counters WHERE name='number'").fetchone()[0]
 
     def requeue(self, prompt_id: str) -> bool:
         """Put a finished prompt (e.g. one cut off by a restart) back at the end of the queue, same id."""
         with self._cond:
-            self._counter += 1
-            cur = self._db.execute("UPDATE prompts SET state='pending', number=?, started=NULL, finished=NULL, "
-                                   "status=NULL, outputs=NULL, meta=NULL WHERE prompt_id=? AND state='done'",
-                                   (float(self._counter), prompt_id))
-            self._end_batch()
+            with self._write():
+                counter = self._counter() + 1
+                cur = self._db.execute("UPDATE prompts SET state='pending', number=?, started=NULL, finished=NULL, "
+                                       "status=NULL, outputs=NULL, meta=NULL WHERE prompt_id=? AND state='done'",
+                                       (float(counter), prompt_id))
+                self._db.execute("UPDATE counters SET value=? WHERE name='number'", (counter,))
             self._notify()
             return cur.rowcount > 0
 
@@ -174,17 +219,16 @@ class PromptQueue:
             if row is None:
                 return None
             self._db.execute("UPDATE prompts SET state='running', started=? WHERE prompt_id=?", (time.time(), row[1]))
-            self._end_batch()
             return _item(row)
 
     def _notify(self) -> None:
         """Wake one idle worker for new work. Skipped while paused: a needless wake-up hands the GIL to a
         thread that has nothing to do and costs the event loop milliseconds per submission."""
-        if not self._paused:
+        if not self._is_paused():
             self._cond.notify()
 
     def _next_pending(self):
-        if self._paused or self._closed:
+        if self._closed or self._is_paused():
             return None
         return self._db.execute(f"SELECT {_ITEM_COLUMNS} FROM prompts WHERE state='pending' "
                                 "ORDER BY number, seq LIMIT 1").fetchone()
@@ -194,17 +238,16 @@ class PromptQueue:
             self._db.execute("UPDATE prompts SET state='done', finished=?, status=?, outputs=?, meta=? "
                              "WHERE prompt_id=?",
                              (time.time(), json.dumps(status), json.dumps(outputs), json.dumps(meta), prompt_id))
-            self._end_batch()
 
     def release(self, prompt_id: str) -> None:
         """Give a running prompt back to the queue, keeping its place (a graceful shutdown cut it short)."""
         with self._lock:
             self._db.execute("UPDATE prompts SET state='pending', started=NULL WHERE prompt_id=? AND state='running'",
                              (prompt_id,))
-            self._end_batch()
 
     def wake(self) -> None:
-        """Make a blocked :meth:`take` return (so a worker can look at other work, e.g. a /free request)."""
+        """Make a blocked :meth:`take` return (so a worker can look at other work, e.g. a /free request, or at
+        prompts another process queued)."""
         with self._cond:
             self._cond.notify_all()
 
@@ -213,18 +256,22 @@ class PromptQueue:
             self._closed = True
             self._cond.notify_all()
         with self._lock:
-            self._end_batch()
             self._db.close()
 
     # -- pause / resume -----------------------------------------------------------------------
     @property
     def paused(self) -> bool:
-        return self._paused
+        with self._lock:
+            return self._is_paused()
+
+    def _is_paused(self) -> bool:  # lock held
+        row = self._db.execute("SELECT value FROM counters WHERE name='paused'").fetchone()
+        return bool(row and row[0])
 
     def set_paused(self, paused: bool) -> None:
         """A paused queue keeps accepting prompts but starts none (the running one finishes)."""
         with self._cond:
-            self._paused = bool(paused)
+            self._db.execute("INSERT OR REPLACE INTO counters VALUES ('paused', ?)", (int(bool(paused)),))
             self._cond.notify_all()
 
     # -- reading ------------------------------------------------------------------------------
@@ -277,13 +324,11 @@ class PromptQueue:
             n = 0
             for pid in prompt_ids:
                 n += self._db.execute("DELETE FROM prompts WHERE prompt_id=? AND state=?", (str(pid), state)).rowcount
-            self._end_batch()
             return n
 
     def clear(self, state: str) -> int:
         with self._lock:
             n = self._db.execute("DELETE FROM prompts WHERE state=?", (state,)).rowcount
-            self._end_batch()
             return n
 
 

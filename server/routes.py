@@ -143,13 +143,16 @@ class Routes:
         if not isinstance(prompt_id, str) or (number is not None and not isinstance(number, (int, float))):
             return error_json(400, "invalid_prompt", "prompt_id must be a string and number a number")
         try:
-            number = self.s.queue.put(prompt_id, prompt, extra, list(result.outputs), number=number,
-                                      front=bool(body.get("front")), commit=False)
+            ticket = self.s.queue.add(prompt_id, prompt, extra, list(result.outputs), number=number,
+                                      front=bool(body.get("front")))
         except KeyError:
+            ticket = None
+        if ticket is not None:
+            await self.s.committed()  # acknowledged only once on disk
+        if ticket is None or ticket.duplicate:
             return error_json(400, "duplicate_prompt_id", f"prompt id {prompt_id!r} is already queued or in history")
-        await self.s.committed()  # acknowledged only once on disk
-        self.s.broadcast_status()
-        return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": result.node_errors})
+        self.s.queue_changed()
+        return web.json_response({"prompt_id": prompt_id, "number": ticket.number, "node_errors": result.node_errors})
 
     # -- queue --------------------------------------------------------------------------------
     async def get_queue(self, request):
@@ -174,14 +177,13 @@ class Routes:
         if "pause" in body:
             q.set_paused(bool(body["pause"]))
             result["paused"] = q.paused
-        self.s.broadcast_status()
+        self.s.queue_changed()
         return web.json_response(result)
 
     async def interrupt(self, request):
         body = _json_dict(await read_json(request, default={}))
         prompt_id = body.get("prompt_id")
-        hit = [w.interrupt(prompt_id) for w in self.s.workers]
-        return web.json_response({"interrupted": any(hit)})
+        return web.json_response({"interrupted": await self.s.interrupt(prompt_id)})
 
     # -- history ------------------------------------------------------------------------------
     async def get_history(self, request):
@@ -329,12 +331,7 @@ class Routes:
 
         from .models import ram_free, ram_total
 
-        devices = []
-        for w in self.s.workers:
-            stats = w.runner.stats()  # a child process that has not started yet has no numbers
-            devices.append({"name": w.runner.device, "type": w.runner.device.split(":")[0], "index": 0,
-                            "vram_total": 0, "vram_free": 0, "torch_vram_total": 0, "torch_vram_free": 0,
-                            "models": None, "cache": None, **stats})
+        devices = await self.s.devices()
         from importlib.metadata import PackageNotFoundError, version
 
         try:
@@ -344,7 +341,7 @@ class Routes:
         system = {"os": sys.platform, "ram_total": ram_total(), "ram_free": ram_free(),
                   "comfyui_version": ours, "latentgraph_version": ours, "python_version": sys.version,
                   "pytorch_version": torch.__version__, "embedded_python": False, "argv": sys.argv,
-                  "required_frontend_version": None, "machine": platform.machine()}
+                  "required_frontend_version": None, "machine": platform.machine(), "pid": os.getpid()}
         q = self.s.queue
         return web.json_response({"system": system, "devices": devices,
                                   "queue": {"pending": len(q.pending()), "running": len(q.running()),
@@ -352,8 +349,7 @@ class Routes:
 
     async def free(self, request):
         body = _json_dict(await read_json(request, default={}))
-        for w in self.s.workers:
-            w.request_free(bool(body.get("unload_models")), bool(body.get("free_memory")))
+        await self.s.free(bool(body.get("unload_models")), bool(body.get("free_memory")))
         return web.json_response({})
 
     async def models(self, request):

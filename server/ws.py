@@ -56,14 +56,19 @@ class Hub:
         self.clients: dict[str, Client] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.on_connect = None  # callable(sid) -> list of (type, data) to send a (re)connecting client
+        self.mirrors: list = []  # callables(kind, *args) that get every send: the other HTTP processes (cluster.py)
 
     # -- sending (event loop) -----------------------------------------------------------------
     def send(self, type_: str, data: dict, sid: str | None = None) -> None:
         """Send a JSON message to one client (`sid`) or to everyone (`sid` None)."""
+        for mirror in self.mirrors:
+            mirror("send", type_, data, sid)
         self._deliver(json.dumps({"type": type_, "data": data}), sid)
 
     def send_preview(self, jpeg: bytes, sid: str | None, metadata: dict) -> None:
         """A latent preview: event 1 (JPEG) for plain clients, event 4 with metadata for those that asked for it."""
+        for mirror in self.mirrors:
+            mirror("preview", jpeg, sid, metadata)
         plain = struct.pack(">II", PREVIEW_IMAGE, IMAGE_JPEG) + jpeg
         meta = json.dumps({**metadata, "image_type": "image/jpeg"}).encode()
         rich = struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(meta)) + meta + jpeg

@@ -102,8 +102,8 @@ def test_release_puts_a_running_prompt_back_in_its_place(tmp_path):
 
 
 def test_group_commit_is_durable_only_after_commit(tmp_path):
-    """put(commit=False) prompts share one transaction: another connection (a restarted server) sees them only
-    once commit() ran, or once another write committed the batch with it."""
+    """add() prompts share one transaction: another connection (a restarted server) sees them only once commit()
+    ran, and only then are they numbered and pending."""
     import sqlite3
 
     q = PromptQueue(tmp_path / "q.sqlite3")
@@ -112,17 +112,46 @@ def test_group_commit_is_durable_only_after_commit(tmp_path):
     def on_disk():
         return [r[0] for r in other.execute("SELECT prompt_id FROM prompts ORDER BY seq")]
 
-    q.put("a", P, {}, ["1"], commit=False)
-    q.put("b", P, {}, ["1"], commit=False)
-    assert [i.prompt_id for i in q.pending()] == ["a", "b"] and on_disk() == []
+    a, b = q.add("a", P, {}, ["1"]), q.add("b", P, {}, ["1"])
+    assert on_disk() == [] and q.pending() == [] and a.number is None
+    assert q.commit() == 2
+    assert on_disk() == ["a", "b"] and (a.number, b.number) == (1, 2)
+    q.add("c", P, {}, ["1"])
+    for known in ("a", "c"):  # in history/queue, or already in the open group: refused alone, the group stays
+        with pytest.raises(KeyError):
+            q.add(known, P, {}, ["1"])
     q.commit()
-    assert on_disk() == ["a", "b"]
-    q.put("c", P, {}, ["1"], commit=False)
-    with pytest.raises(KeyError):
-        q.put("a", P, {}, ["1"], commit=False)  # a duplicate fails alone; the batch stays open
-    assert q.take(timeout=0).prompt_id == "a"  # the worker's write commits the open batch too
     assert on_disk() == ["a", "b", "c"]
     q.close()
+
+
+def test_two_processes_share_the_queue(tmp_path):
+    """Two queues on one file (the primary and an HTTP process of ``serve --http-processes``): numbers keep rising
+    across both, an id stored by the other one between add() and commit() is reported as a duplicate of that group
+    only, pause is shared, and only the owner recovers cut-off prompts."""
+    primary = PromptQueue(tmp_path / "q.sqlite3")
+    primary.put("a", P, {}, ["1"])
+    assert primary.take(timeout=0).prompt_id == "a"  # running in the primary
+    http = PromptQueue(tmp_path / "q.sqlite3", owner=False)
+    assert http.recovered == [] and http.state_of("a") == "running"
+    assert http.put("b", P, {}, ["1"]) == 2
+    late = http.add("c", P, {}, ["1"])
+    ok = http.add("d", P, {}, ["1"])
+    assert primary.put("c", P, {}, ["1"]) == 3  # stored first by the primary
+    assert http.commit() == 1
+    assert late.duplicate and late.number is None and not ok.duplicate and ok.number == 5
+    assert primary.put("e", P, {}, ["1"], front=True) == -6
+    http.set_paused(True)
+    assert primary.paused and primary.take(timeout=0) is None
+    http.set_paused(False)
+    assert [primary.take(timeout=0).prompt_id for _ in range(4)] == ["e", "b", "c", "d"]
+    http.set_paused(True)
+    http.close()
+    primary.close()
+    restarted = PromptQueue(tmp_path / "q.sqlite3")  # a pause does not outlive the server
+    assert sorted(restarted.recovered) == ["a", "b", "c", "d", "e"] and not restarted.paused
+    assert restarted.put("f", P, {}, ["1"]) == 7
+    restarted.close()
 
 
 def test_a_batched_prompt_wakes_a_worker_only_once_committed(tmp_path):
@@ -133,7 +162,7 @@ def test_a_batched_prompt_wakes_a_worker_only_once_committed(tmp_path):
     worker = threading.Thread(target=lambda: taken.append(q.take(timeout=30)))
     worker.start()
     time.sleep(0.2)
-    q.put("z", P, {}, ["1"], commit=False)
+    q.add("z", P, {}, ["1"])
     time.sleep(0.3)
     assert taken == []  # not on disk yet: the waiting worker was not woken
     q.commit()
