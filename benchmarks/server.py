@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -70,10 +71,22 @@ class Listener:
                 self.finished.add(data["prompt_id"])
 
 
-def loop_cpu_ms(pid: int) -> float:
-    """CPU time of the server's main thread (the event loop: HTTP, validation, SQLite, websocket fan-out)."""
-    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
+def loop_cpu_ms(pids: list[int]) -> float:
+    """CPU time of the HTTP processes' main threads (their event loops: HTTP, validation, SQLite, websocket
+    fan-out), from the scheduler's nanosecond count."""
+    return sum(int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0]) for pid in pids) / 1e6
+
+
+def http_pids(port: int, count: int) -> list[int]:
+    """The server's HTTP processes, as /system_stats reports them over new connections (the kernel spreads
+    connections over the processes)."""
+    pids: set[int] = set()
+    for _ in range(200):
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/system_stats") as r:
+            pids.add(json.loads(r.read())["system"]["pid"])
+        if len(pids) == count:
+            return sorted(pids)
+    raise RuntimeError(f"found {len(pids)} of {count} HTTP processes")
 
 
 def busy_prompt(args) -> dict:
@@ -94,8 +107,9 @@ async def post_prompt(session, base: str, i: int, clients: int) -> tuple[dict, f
     return answer, (time.perf_counter() - t) * 1000
 
 
-def submitter(base: str, numbers: list[int], clients: int, go, done) -> None:
-    """One process of the burst: opens a connection per submission, waits for `go`, submits its share at once.
+def submitter(base: str, numbers: list[int], clients: int, go, done, finish) -> None:
+    """One process of the burst: opens a connection per submission, waits for `go`, submits its share at once,
+    then idles until `finish` (so its exit does not compete with the server while other shares are in flight).
 
     Plain HTTP/1.1 over asyncio streams with each request encoded beforehand: the load generator shares the
     machine's cores with the server, and a full client library's own CPU time would be counted as server
@@ -132,6 +146,7 @@ def submitter(base: str, numbers: list[int], clients: int, go, done) -> None:
         return results, cpu
 
     done.put(asyncio.run(run()))
+    finish.wait(300)
 
 
 def listen(base: str, clients: int, ready, stop, results) -> None:
@@ -163,17 +178,18 @@ async def bench(args) -> int:
 
         make_demo_models(tmp / "models" / "checkpoints")
     port = free_port()
-    proc = start_server(tmp, port)
+    proc = start_server(tmp, port, "--http-processes", str(args.http_processes))
     base = f"http://127.0.0.1:{port}"
+    loops = http_pids(port, args.http_processes)
     errors: list[str] = []
     mp = multiprocessing.get_context("spawn")
     ready, stop, results = mp.Event(), mp.Event(), mp.Queue()
     child = mp.Process(target=listen, args=(base, args.clients, ready, stop, results))
     child.start()
     expected: list[set[str]] = [set() for _ in range(args.clients)]
-    go, done = mp.Event(), mp.Queue()
+    go, done, finish = mp.Event(), mp.Queue(), mp.Event()
     shares = [list(range(k, args.submissions, args.submitters)) for k in range(args.submitters)]
-    senders = [mp.Process(target=submitter, args=(base, share, args.clients, go, done)) for share in shares]
+    senders = [mp.Process(target=submitter, args=(base, share, args.clients, go, done, finish)) for share in shares]
     for sender in senders:
         sender.start()
     for _ in senders:
@@ -209,17 +225,18 @@ async def bench(args) -> int:
 
             single = [await submit(args.submissions + i) for i in range(args.sequential)]
             # the burst: the submitter processes, each with its connections open, released together
-            cpu0, t0 = loop_cpu_ms(proc.pid), time.perf_counter()
+            cpu0, t0 = loop_cpu_ms(loops), time.perf_counter()
             go.set()
             latencies, client_cpu = [], 0.0
             for _ in senders:
-                answers, cpu = await asyncio.get_running_loop().run_in_executor(None, done.get, True, 300)
+                answers, cpu = done.get(True, 300)  # blocking: this process has nothing else to do meanwhile
                 client_cpu += cpu
                 for i, answer, ms in answers:
                     record(i, answer)
                     latencies.append(ms)
             burst = (time.perf_counter() - t0) * 1000
-            loop_cpu = loop_cpu_ms(proc.pid) - cpu0
+            loop_cpu = loop_cpu_ms(loops) - cpu0
+            finish.set()
             for sender in senders:
                 sender.join(30)
             still_busy = [i[1] for i in (await get("/queue"))["queue_running"]] == [slow_id]
@@ -250,7 +267,8 @@ async def bench(args) -> int:
           f" ({os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end)")
     print(f"worker busy with the {args.busy} prompt during the burst: {still_busy}; burst took {burst:.0f} ms; "
           f"all {total} prompts done after {slow_seconds:.1f} s")
-    print(f"event loop CPU for the burst: {loop_cpu:.0f} ms ({loop_cpu / args.submissions:.2f} ms per submission, "
+    print(f"event loop CPU for the burst, {args.http_processes} HTTP process(es): {loop_cpu:.0f} ms "
+          f"({loop_cpu / args.submissions:.2f} ms per submission, "
           f"including its status broadcasts and the fan-out of the running prompt's messages); "
           f"the {args.submitters} submitting processes' CPU meanwhile: {client_cpu:.0f} ms")
     print(f"one at a time       p50 {pct(single, 50):6.1f} ms   p99 {pct(single, 99):6.1f} ms   "
@@ -275,6 +293,8 @@ def main() -> int:
     p.add_argument("--busy", choices=("sdxl", "resize"), default="sdxl",
                    help="the running workflow: SDXL base on the demo checkpoint, or large image resizes")
     p.add_argument("--slow-size", type=int, default=2048, help="EmptyImage side of the resize workflow")
+    p.add_argument("--http-processes", type=int, default=2,
+                   help="the server's --http-processes: processes answering HTTP and websockets on the port")
     p.add_argument("--timeout", type=float, default=300)
     return asyncio.run(bench(p.parse_args()))
 
