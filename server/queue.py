@@ -289,8 +289,9 @@ class PromptQueue:
 
     def remaining(self) -> int:
         """Pending plus running: ComfyUI's ``queue_remaining``."""
-        with self._lock:
-            (n,) = self._db.execute("SELECT COUNT(*) FROM prompts WHERE state != 'done'").fetchone()
+        with self._lock:  # two index searches; `state != 'done'` scanned the whole history (0.8 ms at 20,000)
+            (n,) = self._db.execute("SELECT (SELECT COUNT(*) FROM prompts WHERE state='pending') + "
+                                    "(SELECT COUNT(*) FROM prompts WHERE state='running')").fetchone()
         return n
 
     def state_of(self, prompt_id: str) -> str | None:
