@@ -31,6 +31,7 @@ from aiohttp import web
 log = logging.getLogger("latentgraph.cluster")
 
 _LENGTH = struct.Struct("!I")
+CALL_TIMEOUT = 30.0  # seconds an HTTP process waits for the primary's answer
 MIRROR_BACKLOG = 16 << 20  # bytes waiting for an HTTP process beyond which previews to it are dropped
 
 
@@ -94,7 +95,7 @@ class Cluster:
                     result = await self._answer(name, args)
                 except Exception as exc:  # reported to the caller, whose request gets a 500
                     log.exception("HTTP process %d: %s failed", rank, name)
-                    result = exc
+                    result = RuntimeError(f"{name} failed in the primary server process: {type(exc).__name__}")
                 if kind == "call":
                     writer.write(_frame(("reply", call_id, result)))
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -179,7 +180,10 @@ class PrimaryLink:
         call_id = next(self.ids)
         future = self.replies[call_id] = asyncio.get_running_loop().create_future()
         self.writer.write(_frame(("call", call_id, name, args)))
-        result = await future
+        try:
+            result = await asyncio.wait_for(future, CALL_TIMEOUT)
+        finally:
+            self.replies.pop(call_id, None)
         if isinstance(result, Exception):
             raise result
         return result
