@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Sequence
 
-from .types import BOOLEAN, FLOAT, INT, STRING, SocketType, socket_type_of
+from .types import SocketType, socket_type_of
 
 _MISSING = object()
 
@@ -94,31 +94,32 @@ class Input:
     # -- validation -----------------------------------------------------------------------------
     def coerce(self, value: Any, env: "Environment | None" = None) -> Any:
         """Check and convert a constant value; raises InputError with a ComfyUI error type."""
-        if self.is_combo:
+        if self.choices is not None:
             options = self.options(env)
             if not isinstance(value, str) or value not in options:
                 shown = options if len(options) <= 20 else f"(list of length {len(options)})"
                 raise InputError("value_not_in_list", f"Value not in list: {self.name}: {value!r} not in {shown}")
             return value
         t = self.type
+        kind = t.name  # by name: the socket types' dataclass __eq__ builds tuples (validation's hottest path)
         try:
-            if t == INT:
+            if kind == "INT":
                 if isinstance(value, bool):
                     raise TypeError
                 if isinstance(value, float):
                     if not value.is_integer():
                         raise TypeError
                 value = int(value)
-            elif t == FLOAT:
+            elif kind == "FLOAT":
                 if isinstance(value, bool):
                     raise TypeError
                 value = float(value)
                 if math.isnan(value):
                     raise TypeError
-            elif t == STRING:
+            elif kind == "STRING":
                 if not isinstance(value, str):
                     raise TypeError
-            elif t == BOOLEAN:
+            elif kind == "BOOLEAN":
                 if isinstance(value, str) and value.lower() in ("true", "false"):
                     value = value.lower() == "true"
                 if not isinstance(value, bool):

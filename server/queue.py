@@ -90,7 +90,7 @@ def _ms(t: float | None) -> int | None:
 
 class Ticket:
     """A prompt in the open group commit: once :meth:`PromptQueue.commit` ran, its ``number``, or ``duplicate``
-    if another process stored the same id first."""
+    if its id was taken (by a stored prompt, one earlier in the group, or another process in between)."""
 
     __slots__ = ("row", "number", "duplicate")
 
@@ -110,7 +110,6 @@ class PromptQueue:
         self._cond = threading.Condition(self._lock)
         self._closed = False
         self._batch: list[Ticket] = []  # added, not yet committed
-        self._batch_ids: set[str] = set()
         self._db.execute("INSERT OR IGNORE INTO counters SELECT 'number', COALESCE(MAX(ABS(number)), 0) FROM prompts")
         self.recovered = []
         if owner:  # a restart: what was running was cut off, and a pause does not outlive the server
@@ -142,23 +141,19 @@ class PromptQueue:
 
     def add(self, prompt_id: str, prompt: dict, extra_data: dict, outputs: list, *, number: float | None = None,
             front: bool = False) -> Ticket:
-        """Add a prompt to the open group commit; it is queued (and durable) once :meth:`commit` ran.
-        Raises KeyError if the id is already queued, in history or in the group."""
-        row = (prompt_id, number, front, json.dumps(prompt), json.dumps(extra_data), json.dumps(outputs), time.time())
+        """Add a prompt to the open group commit; it is queued (and durable) once :meth:`commit` ran, which marks
+        the ticket ``duplicate`` instead if the id was already known (queued, in history, or earlier in the group)."""
+        ticket = Ticket((prompt_id, number, front, json.dumps(prompt), json.dumps(extra_data), json.dumps(outputs),
+                         time.time()))
         with self._lock:
-            if prompt_id in self._batch_ids or \
-                    self._db.execute("SELECT 1 FROM prompts WHERE prompt_id=?", (prompt_id,)).fetchone():
-                raise KeyError(prompt_id)
-            ticket = Ticket(row)
             self._batch.append(ticket)
-            self._batch_ids.add(prompt_id)
         return ticket
 
     def commit(self) -> int:
         """Write the open group in one transaction, numbering its prompts, then let the workers start them: a
         prompt never runs before it is on disk. Returns how many were stored."""
         with self._cond:
-            batch, self._batch, self._batch_ids = self._batch, [], set()
+            batch, self._batch = self._batch, []
             if not batch:
                 return 0
             with self._write():
@@ -174,7 +169,7 @@ class PromptQueue:
                             "created) VALUES (?, ?, 'pending', ?, ?, ?, ?)",
                             (prompt_id, float(number), prompt, extra, outputs, created))
                         ticket.number = number
-                    except sqlite3.IntegrityError:  # another process stored the same id since add()
+                    except sqlite3.IntegrityError:  # the prompt_id is UNIQUE
                         ticket.duplicate = True
                 self._db.execute("UPDATE counters SET value=? WHERE name='number'", (counter,))
             if not self._is_paused():

@@ -142,14 +142,10 @@ class Routes:
         number = body.get("number")
         if not isinstance(prompt_id, str) or (number is not None and not isinstance(number, (int, float))):
             return error_json(400, "invalid_prompt", "prompt_id must be a string and number a number")
-        try:
-            ticket = self.s.queue.add(prompt_id, prompt, extra, list(result.outputs), number=number,
-                                      front=bool(body.get("front")))
-        except KeyError:
-            ticket = None
-        if ticket is not None:
-            await self.s.committed()  # acknowledged only once on disk
-        if ticket is None or ticket.duplicate:
+        ticket = self.s.queue.add(prompt_id, prompt, extra, list(result.outputs), number=number,
+                                  front=bool(body.get("front")))
+        await self.s.committed()  # acknowledged only once on disk
+        if ticket.duplicate:
             return error_json(400, "duplicate_prompt_id", f"prompt id {prompt_id!r} is already queued or in history")
         self.s.queue_changed()
         return web.json_response({"prompt_id": prompt_id, "number": ticket.number, "node_errors": result.node_errors})

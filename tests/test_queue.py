@@ -116,12 +116,10 @@ def test_group_commit_is_durable_only_after_commit(tmp_path):
     assert on_disk() == [] and q.pending() == [] and a.number is None
     assert q.commit() == 2
     assert on_disk() == ["a", "b"] and (a.number, b.number) == (1, 2)
-    q.add("c", P, {}, ["1"])
-    for known in ("a", "c"):  # in history/queue, or already in the open group: refused alone, the group stays
-        with pytest.raises(KeyError):
-            q.add(known, P, {}, ["1"])
-    q.commit()
-    assert on_disk() == ["a", "b", "c"]
+    c, again_a, again_c, d = (q.add(pid, P, {}, ["1"]) for pid in ("c", "a", "c", "d"))
+    assert q.commit() == 2  # ids already queued or earlier in the group are refused alone; the group stays
+    assert [t.duplicate for t in (c, again_a, again_c, d)] == [False, True, True, False]
+    assert on_disk() == ["a", "b", "c", "d"]
     q.close()
 
 
@@ -137,7 +135,7 @@ def test_two_processes_share_the_queue(tmp_path):
     assert http.put("b", P, {}, ["1"]) == 2
     late = http.add("c", P, {}, ["1"])
     ok = http.add("d", P, {}, ["1"])
-    assert primary.put("c", P, {}, ["1"]) == 3  # stored first by the primary
+    assert primary.put("c", P, {}, ["1"]) == 3  # stored first by the primary, before the group's commit
     assert http.commit() == 1
     assert late.duplicate and late.number is None and not ok.duplicate and ok.number == 5
     assert primary.put("e", P, {}, ["1"], front=True) == -6
