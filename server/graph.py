@@ -362,7 +362,8 @@ class _Checker:
             node = self.prompt.get(node_id)
             inputs = node.get("inputs") if isinstance(node, dict) else None
             found = [] if not isinstance(inputs, dict) else [
-                (name, str(v[0])) for name, v in inputs.items() if is_link(v) and str(v[0]) in self.prompt]
+                (name, str(v[0])) for name, v in inputs.items()
+                if isinstance(v, list) and is_link(v) and str(v[0]) in self.prompt]  # most inputs are constants
             self._links[node_id] = found
         return found
 

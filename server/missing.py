@@ -102,6 +102,8 @@ def _model_error(err: dict, node_id: str, env: Environment) -> dict:
 
 def explain(result: Any, prompt: dict, registry: dict[str, NodeSpec], env: Environment | None = None) -> Any:
     """Rewrite a ``server.graph.Validation`` in place with missing-node and missing-model errors; returns it."""
+    if not result.node_errors:  # a missing node type or model file is always a node error
+        return result
     env = env or Environment()
     missing = missing_node_types(prompt, registry) if isinstance(prompt, dict) else {}
     models = []
