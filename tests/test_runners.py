@@ -61,7 +61,9 @@ def test_runs_in_another_process_with_hooks_and_a_cache_that_lives_there(runner)
 
 
 def test_interrupt_reaches_the_child(runner):
-    report, events = run(runner, slow_prompt(256, seed=1), on_node=lambda n: n == "2" and runner.interrupt_event.set())
+    # set as node 2 starts, seen before node 3: node 2 (a 1024 → 2048 bicubic resize) must outlast the parent's
+    # reaction to the child's message; at 256 px it sometimes did not
+    report, events = run(runner, slow_prompt(1024, seed=1), on_node=lambda n: n == "2" and runner.interrupt_event.set())
     runner.interrupt_event.clear()
     assert report.status == "interrupted" and report.executed == ["1", "2"]
 
@@ -69,7 +71,7 @@ def test_interrupt_reaches_the_child(runner):
 def test_a_child_that_dies_fails_its_prompt_and_is_replaced(runner):
     first = runner._proc.pid
     kill = lambda node: node == "2" and os.kill(first, signal.SIGKILL)  # noqa: E731
-    report, events = run(runner, slow_prompt(256, seed=2), on_node=kill)
+    report, events = run(runner, slow_prompt(1024, seed=2), on_node=kill)  # outlasts the kill (see above)
     assert report.status == "error"
     assert report.error["exception_type"] == "WorkerProcessDied"
     assert "killed by signal 9" in report.error["exception_message"]
