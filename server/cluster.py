@@ -77,12 +77,10 @@ class Cluster:
     def _mirror(self, kind: str, *args) -> None:
         frame = _frame((kind, *args))
         for writer in self.writers:
-            if writer.is_closing():
-                continue
-            if writer.transport.get_write_buffer_size() > MIRROR_BACKLOG:  # a stuck process must not grow us
-                if kind == "preview":  # previews are the bulk and the next one replaces this one
-                    continue
-            writer.write(frame)
+            # a stuck process must not grow us: previews are the bulk, and the next one replaces a dropped one
+            stuck = writer.transport.get_write_buffer_size() > MIRROR_BACKLOG
+            if not writer.is_closing() and not (stuck and kind == "preview"):
+                writer.write(frame)
 
     async def _serve(self, rank: int, reader, writer) -> None:
         try:

@@ -171,7 +171,7 @@ class PromptQueue:
                         ticket.number = number
                     except sqlite3.IntegrityError:  # the prompt_id is UNIQUE
                         ticket.duplicate = True
-                self._db.execute("UPDATE counters SET value=? WHERE name='number'", (counter,))
+                self._set_counter(counter)
             if not self._is_paused():
                 self._cond.notify_all()  # a group may hold work for every idle worker
             return sum(not t.duplicate for t in batch)
@@ -186,8 +186,11 @@ class PromptQueue:
             raise
         self._db.execute("COMMIT")
 
-    def _counter(self) -> int:
+    def _counter(self) -> int:  # the last prompt number handed out, by any process
         return self._db.execute("SELECT value FROM counters WHERE name='number'").fetchone()[0]
+
+    def _set_counter(self, value: int) -> None:
+        self._db.execute("UPDATE counters SET value=? WHERE name='number'", (value,))
 
     def requeue(self, prompt_id: str) -> bool:
         """Put a finished prompt (e.g. one cut off by a restart) back at the end of the queue, same id."""
@@ -197,7 +200,7 @@ class PromptQueue:
                 cur = self._db.execute("UPDATE prompts SET state='pending', number=?, started=NULL, finished=NULL, "
                                        "status=NULL, outputs=NULL, meta=NULL WHERE prompt_id=? AND state='done'",
                                        (float(counter), prompt_id))
-                self._db.execute("UPDATE counters SET value=? WHERE name='number'", (counter,))
+                self._set_counter(counter)
             self._notify()
             return cur.rowcount > 0
 
