@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .sdxl.configs import FOURIER_DIM, UNetConfig, VAEConfig
-from .sdxl.meta import StateMismatch, adopt, empty_modules, gc_paused
+from .sdxl.meta import StateMismatch, adopt, building, empty_modules
 from .sdxl.text import build_text_encoders
 from .sdxl.unet import UNetModel
 from .sdxl.vae import AutoencoderKL
@@ -362,7 +362,7 @@ def _vae_attention_to_conv(state: dict[str, torch.Tensor]) -> None:
 def load_checkpoint(path, device="cpu", dtype: torch.dtype | None = None, with_text: bool = True) -> Checkpoint:
     """A single-file SDXL checkpoint or a diffusers folder → Checkpoint (UNet, VAE and, unless ``with_text`` is
     False, the text encoders)."""
-    with gc_paused():
+    with building():
         return _load_checkpoint(Path(path), device, dtype, with_text)
 
 

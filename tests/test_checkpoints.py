@@ -215,16 +215,58 @@ def test_adopt_checks_every_key_before_changing_anything():
 
 
 def test_empty_modules_skips_init_only_inside():
+    import gc
+
     from torch import nn
 
-    from nodes.sdxl.meta import empty_modules, gc_paused
+    from nodes.sdxl.meta import building, empty_modules
+    setattr_ = nn.Module.__setattr__
     with empty_modules():
         inside = nn.Conv2d(2, 3, 1)
     assert inside.weight.is_meta
     outside = nn.Conv2d(2, 3, 1)  # the layers' own reset_parameters is back: random init
     assert outside.weight.abs().sum() > 0 and "reset_parameters" not in nn.Conv2d.__dict__
-    import gc
-    with pytest.raises(RuntimeError), gc_paused():
-        assert not gc.isenabled()
+    with pytest.raises(RuntimeError), building():
+        with empty_modules():  # nested: the outer block's set-up stays until it ends
+            pass
+        assert not gc.isenabled() and nn.Module.__setattr__ is not setattr_
+        assert torch.nn.Linear(2, 2).weight.device.type == "cpu"  # no meta device outside empty_modules
         raise RuntimeError
-    assert gc.isenabled()
+    assert gc.isenabled() and nn.Module.__setattr__ is setattr_
+
+
+def test_building_sets_attributes_as_torch_does():
+    """Modules built in ``building()`` (through its fast ``__setattr__``) have the same parameters, buffers,
+    submodules and attributes as the same modules built outside it, and the same errors."""
+    from torch import nn
+
+    from nodes.sdxl.meta import building
+
+    class Block(nn.Module):
+        scale = 2.0  # a class attribute: assigning a Parameter under its name is an error, as in torch
+
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(3, 4)
+            self.norm = nn.LayerNorm(4)
+            self.gain = nn.Parameter(torch.ones(4))
+            self.register_buffer("steps", torch.zeros(1))
+            self.steps = torch.ones(1)  # an existing buffer: replaced as a buffer
+            self.depth = 3
+            self.depth = 4  # a plain attribute set twice
+            self.extra = None
+            self.proj = nn.Linear(3, 5)  # an existing submodule replaced
+
+    def describe(m):
+        return ({k: tuple(v.shape) for k, v in m.state_dict().items()}, [n for n, _ in m.named_modules()],
+                {k: v for k, v in vars(m).items() if not k.startswith("_")}, sorted(m._buffers), sorted(m._parameters))
+
+    torch.manual_seed(0)
+    plain = Block()
+    with building():
+        built = Block()
+        with pytest.raises(KeyError, match="already exists"):
+            built.scale = nn.Parameter(torch.ones(1))
+        with pytest.raises(TypeError):
+            built.gain = torch.ones(4)  # a tensor where a parameter was
+    assert describe(built) == describe(plain) and "depth" in vars(built) and built.depth == 4
