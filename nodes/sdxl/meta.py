@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import threading
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 import torch.nn.modules.module as torch_module
@@ -56,7 +56,7 @@ def empty_modules():
 
 _building_lock = threading.Lock()
 _building_depth = 0
-_saved: list = []
+_building_undo: ExitStack | None = None  # what the outermost block set up, to undo when the last one ends
 
 
 @contextmanager
@@ -73,10 +73,10 @@ def building():
 
     Patching a class attribute of ``nn.Module`` clears the type caches of its ~1,000 subclasses (~1.5 ms a block,
     set up and taken down), so a load holds one block around all its components."""
-    global _building_depth
+    global _building_depth, _building_undo
     with _building_lock:
         if _building_depth == 0:
-            _saved[:] = _set_up_building()
+            _building_undo = _set_up_building()
         _building_depth += 1
     try:
         yield
@@ -84,34 +84,28 @@ def building():
         with _building_lock:
             _building_depth -= 1
             if _building_depth == 0:
-                _take_down_building(_saved)
+                _building_undo.close()
+                _building_undo = None
 
 
-def _set_up_building() -> list:
+def _set_up_building() -> ExitStack:
     from transformers.initialization import no_init_weights
 
-    no_init = no_init_weights()
-    saved = [(cls, cls.__dict__.get("reset_parameters")) for cls in _INIT_LAYERS]  # None: inherited
-    no_init.__enter__()
-    nn.Module.__setattr__ = _first_setattr
-    for cls, _ in saved:
-        cls.reset_parameters = _skip_reset
-    gc_was = gc.isenabled()
-    gc.disable()
-    return [no_init, saved, gc_was]
-
-
-def _take_down_building(state: list) -> None:
-    no_init, saved, gc_was = state
-    if gc_was:
-        gc.enable()
-    nn.Module.__setattr__ = _module_setattr
-    for cls, reset in saved:
-        if reset is None:
-            del cls.reset_parameters
-        else:
-            cls.reset_parameters = reset
-    no_init.__exit__(None, None, None)
+    with ExitStack() as undo:  # a set-up that fails half-way is undone here
+        undo.enter_context(no_init_weights())
+        undo.callback(setattr, nn.Module, "__setattr__", _module_setattr)
+        nn.Module.__setattr__ = _first_setattr
+        for cls in _INIT_LAYERS:
+            reset = cls.__dict__.get("reset_parameters")  # None: inherited
+            if reset is None:
+                undo.callback(delattr, cls, "reset_parameters")
+            else:
+                undo.callback(setattr, cls, "reset_parameters", reset)
+            cls.reset_parameters = _skip_reset
+        if gc.isenabled():
+            gc.disable()
+            undo.callback(gc.enable)
+        return undo.pop_all()
 
 
 def state_slots(module: nn.Module) -> dict[str, torch.Tensor]:
