@@ -29,7 +29,7 @@ log = logging.getLogger("latentgraph.server")
 REPO = Path(__file__).resolve().parent.parent
 TOKEN_ENV = "LATENTGRAPH_TOKEN"
 MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
-STATUS_WINDOW = 0.01  # seconds; see State.queue_changed
+STATUS_INTERVAL = 0.05  # seconds between queue-change statuses; see State.queue_changed
 
 
 @dataclass
@@ -88,6 +88,7 @@ class State:
         self.hub = Hub()
         self.hub.on_connect = self._on_connect
         self._status_timer: asyncio.TimerHandle | None = None
+        self._status_sent = float("-inf")  # event-loop time of the last queue-change status
         self._commit: asyncio.Future | None = None
         self.workers = [] if primary else [self._make_worker(d) for d in resolve_devices(config.devices)]
 
@@ -142,18 +143,22 @@ class State:
         return {"status": {"exec_info": {"queue_remaining": self.queue.remaining()}}}
 
     def queue_changed(self) -> None:
-        """Prompts were queued, deleted or re-queued, or the queue paused: tell every client. A burst of changes
-        (200 submissions at once) is coalesced into one message per STATUS_WINDOW carrying the latest count:
-        clients only show the number, and 50 sockets × 200 redundant frames would cost the event loop more than
-        the submissions themselves. An extra HTTP process tells the primary, which wakes its workers and sends
-        the status to the clients of every process."""
+        """Prompts were queued, deleted or re-queued, or the queue paused: tell every client. The first change
+        after a quiet STATUS_INTERVAL goes out on the event loop's next turn; the changes in the interval after
+        it are coalesced into one message at its end, with the count read then. Clients only show the number,
+        and a burst of 200 submissions would otherwise send 50 sockets 200 redundant frames (costing the event
+        loop, and every client, more than the submissions themselves). An extra HTTP process tells the primary,
+        which wakes its workers and sends the status to the clients of every process."""
         if self.primary:
             return self.primary.notify("queue_changed")
         if self._status_timer is None:
-            self._status_timer = self.hub.loop.call_later(STATUS_WINDOW, self._send_status)
+            loop = self.hub.loop
+            delay = max(0.0, self._status_sent + STATUS_INTERVAL - loop.time())
+            self._status_timer = loop.call_later(delay, self._send_status)
 
     def _send_status(self) -> None:
         self._status_timer = None
+        self._status_sent = self.hub.loop.time()
         self.hub.send("status", self.status_payload())
 
     def status_changed(self) -> None:

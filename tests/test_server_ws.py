@@ -175,3 +175,42 @@ async def test_websocket_survives_garbage(client):
     resp = await client.get("/prompt")
     assert resp.status == 200
     await ws.close()
+
+
+
+async def statuses(ws, until: int, timeout: float) -> list[int]:
+    """queue_remaining of each status message until one carries `until`."""
+    seen = []
+    async with asyncio.timeout(timeout):
+        while not seen or seen[-1] != until:
+            m = await ws.receive_json()
+            if m["type"] == "status":
+                seen.append(m["data"]["status"]["exec_info"]["queue_remaining"])
+    return seen
+
+
+async def test_a_queue_change_is_sent_at_once_and_the_next_ones_coalesced(client, monkeypatch):
+    import server.app
+
+    monkeypatch.setattr(server.app, "STATUS_INTERVAL", 3600.0)
+    ws = await client.ws_connect("/ws?clientId=counter")
+    await ws.receive_json()  # the hello
+    await client.post("/queue", json={"pause": True})
+    assert await statuses(ws, 0, 5) == [0]  # the first change after a quiet interval: not held for the hour
+    for i in range(3):
+        assert (await client.post("/prompt", json={"prompt": image_prompt(color=i)})).status == 200
+    with pytest.raises(TimeoutError):  # within the interval: held for its end
+        await statuses(ws, 3, 0.5)
+    await ws.close()
+
+
+async def test_a_burst_of_submissions_ends_with_a_status_of_the_final_count(client):
+    ws = await client.ws_connect("/ws?clientId=counter")
+    await ws.receive_json()
+    await client.post("/queue", json={"pause": True})
+    burst = await asyncio.gather(*(client.post("/prompt", json={"prompt": image_prompt(color=i)})
+                                   for i in range(20)))
+    assert all(r.status == 200 for r in burst)
+    seen = await statuses(ws, 20, 5)
+    assert len(seen) < 10, seen  # one per interval, not one per submission
+    await ws.close()
