@@ -16,7 +16,6 @@ Frames are a 4-byte length and a pickle; both ends are this program.
 from __future__ import annotations
 
 import asyncio
-import gc
 import itertools
 import logging
 import multiprocessing
@@ -200,11 +199,11 @@ def http_process_main(config, sock: socket.socket, parent_pid: int, rank: int) -
 
 async def _serve_http(config, link: PrimaryLink) -> None:
     """aiohttp's run_app, plus telling the primary once the port is bound."""
-    from .app import create_app
+    from .app import create_app, settle_gc
 
     runner = web.AppRunner(create_app(config, primary=link), access_log=None)
     await runner.setup()
-    gc.freeze()  # as in the primary (app.run)
+    settle_gc()
     await web.TCPSite(runner, config.host, config.port, reuse_port=True).start()
     link.notify("ready")
     stop = asyncio.Event()
