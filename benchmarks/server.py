@@ -12,7 +12,9 @@ execution_start / execution_cached / execution_success → arrival at each clien
 ms, so delays are rounded down by < 1 ms), the ratio to the targets (p99 submission ≤ 50 ms, fan-out ≤ 20 ms),
 and the error count, which must be zero. The clients share the machine (2 cores here) with the server, so the
 fan-out numbers include the clients' own time to read 50 sockets (they run in a process of their own, apart
-from the submitting client).
+from the submitting client). Also printed: the CPU that the HTTP processes, the submitters, the websocket
+clients and the executor used during the burst, and how busy the machine was before the start (on 2 cores,
+the submission latency follows the total).
 
     .venv/bin/python benchmarks/server.py [--submissions 200] [--clients 50] [--busy sdxl|resize]
 """
@@ -75,6 +77,27 @@ def loop_cpu_ms(pids: list[int]) -> float:
     """CPU time of the HTTP processes' main threads (their event loops: HTTP, validation, SQLite, websocket
     fan-out), from the scheduler's nanosecond count."""
     return sum(int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0]) for pid in pids) / 1e6
+
+
+def process_cpu_ms(pids: list[int]) -> float:
+    """CPU time of every thread of these processes (0 for one that is gone)."""
+    total = 0
+    for pid in pids:
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (OSError, ValueError):
+                pass
+    return total / 1e6
+
+
+def executor_pids(server_pid: int, http: list[int]) -> list[int]:
+    """The server's executor child processes: its children that are neither HTTP processes nor
+    multiprocessing's resource tracker."""
+    children = {int(c) for task in Path(f"/proc/{server_pid}/task").glob("*")
+                for c in (task / "children").read_text().split()}
+    return sorted(pid for pid in children - set(http)
+                  if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes())
 
 
 def http_pids(port: int, count: int) -> list[int]:
@@ -171,7 +194,22 @@ async def _listen(base: str, clients: int, ready, stop, results) -> None:
                  "finished": [sorted(lis.finished) for lis in listeners]})
 
 
+def machine_busy(seconds: float = 1.0) -> float:
+    """How many cores other processes keep busy before the benchmark starts (from /proc/stat). Anything left
+    running (a stray server executing its queue, even at idle priority) shows up in the latencies."""
+    def ticks() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+
+    busy0, total0 = ticks()
+    time.sleep(seconds)
+    busy1, total1 = ticks()
+    return (busy1 - busy0) / max(1, total1 - total0) * (os.cpu_count() or 1)
+
+
 async def bench(args) -> int:
+    background = machine_busy()
     tmp = Path(tempfile.mkdtemp(prefix="lg-bench-"))
     if args.busy == "sdxl":
         from nodes.demo import make_demo_models
@@ -225,6 +263,8 @@ async def bench(args) -> int:
 
             single = [await submit(args.submissions + i) for i in range(args.sequential)]
             # the burst: the submitter processes, each with its connections open, released together
+            others = {"websocket clients": [child.pid], "executor": executor_pids(proc.pid, loops)}
+            others0 = {k: process_cpu_ms(v) for k, v in others.items()}
             cpu0, t0 = loop_cpu_ms(loops), time.perf_counter()
             go.set()
             latencies, client_cpu = [], 0.0
@@ -236,6 +276,7 @@ async def bench(args) -> int:
                     latencies.append(ms)
             burst = (time.perf_counter() - t0) * 1000
             loop_cpu = loop_cpu_ms(loops) - cpu0
+            others_cpu = {k: process_cpu_ms(v) - others0[k] for k, v in others.items()}
             finish.set()
             for sender in senders:
                 sender.join(30)
@@ -264,13 +305,15 @@ async def bench(args) -> int:
 
     delays = seen["delays"]
     print(f"server on 127.0.0.1, {args.clients} websocket clients, {args.submissions} concurrent /prompt submissions"
-          f" ({os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at the end)")
+          f" ({os.cpu_count()} CPU cores; {background:.2f} of them busy with other work before the start)")
     print(f"worker busy with the {args.busy} prompt during the burst: {still_busy}; burst took {burst:.0f} ms; "
           f"all {total} prompts done after {slow_seconds:.1f} s")
     print(f"event loop CPU for the burst, {args.http_processes} HTTP process(es): {loop_cpu:.0f} ms "
           f"({loop_cpu / args.submissions:.2f} ms per submission, "
           f"including its status broadcasts and the fan-out of the running prompt's messages); "
           f"the {args.submitters} submitting processes' CPU meanwhile: {client_cpu:.0f} ms")
+    print("other CPU during the burst: " + ", ".join(f"{k} {v:.0f} ms" for k, v in others_cpu.items())
+          + " (the executor runs SCHED_IDLE)")
     print(f"one at a time       p50 {pct(single, 50):6.1f} ms   p99 {pct(single, 99):6.1f} ms   "
           f"({args.sequential} sequential submissions, worker busy)")
     print(f"submission latency  p50 {pct(latencies, 50):6.1f} ms   p99 {pct(latencies, 99):6.1f} ms   "
