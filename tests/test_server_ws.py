@@ -178,7 +178,7 @@ async def test_websocket_survives_garbage(client):
 
 
 
-async def statuses(ws, until: int, timeout: float) -> list[int]:
+async def statuses_until(ws, until: int, timeout: float) -> list[int]:
     """queue_remaining of each status message until one carries `until`."""
     seen = []
     async with asyncio.timeout(timeout):
@@ -196,11 +196,11 @@ async def test_a_queue_change_is_sent_at_once_and_the_next_ones_coalesced(client
     ws = await client.ws_connect("/ws?clientId=counter")
     await ws.receive_json()  # the hello
     await client.post("/queue", json={"pause": True})
-    assert await statuses(ws, 0, 5) == [0]  # the first change after a quiet interval: not held for the hour
+    assert await statuses_until(ws, 0, 5) == [0]  # the first change after a quiet interval: not held for the hour
     for i in range(3):
         assert (await client.post("/prompt", json={"prompt": image_prompt(color=i)})).status == 200
     with pytest.raises(TimeoutError):  # within the interval: held for its end
-        await statuses(ws, 3, 0.5)
+        await statuses_until(ws, 3, 0.5)
     await ws.close()
 
 
@@ -211,6 +211,6 @@ async def test_a_burst_of_submissions_ends_with_a_status_of_the_final_count(clie
     burst = await asyncio.gather(*(client.post("/prompt", json={"prompt": image_prompt(color=i)})
                                    for i in range(20)))
     assert all(r.status == 200 for r in burst)
-    seen = await statuses(ws, 20, 5)
+    seen = await statuses_until(ws, 20, 5)
     assert len(seen) < 10, seen  # one per interval, not one per submission
     await ws.close()
