@@ -32,6 +32,8 @@ class Stepper:
     def run(self, ctx):
         for i in range(1, self.steps + 1):
             if self.gate:
+                if self.gate in AT_GATE:
+                    AT_GATE[self.gate].set()
                 while not GATES[self.gate].wait(0.02):
                     ctx.check_interrupted()
             time.sleep(self.delay)
@@ -42,6 +44,7 @@ class Stepper:
 # Instrumented for tests only: kept out of the shared registry, passed to create_app explicitly.
 REGISTRY.pop("TestSteps")
 GATES: dict[str, threading.Event] = {}
+AT_GATE: dict[str, threading.Event] = {}  # set once a TestSteps node waits on the gate of that name
 
 
 def probe_registry() -> dict:

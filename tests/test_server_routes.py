@@ -10,7 +10,7 @@ import pytest
 from aiohttp import FormData
 from PIL import Image
 from yarl import URL
-from server_helpers import GATES, image_prompt, make_config, probe_registry
+from server_helpers import AT_GATE, GATES, image_prompt, make_config, probe_registry
 
 from server.app import STATE, create_app
 
@@ -162,11 +162,9 @@ async def test_requeue_runs_a_finished_prompt_again(client):
 
 async def test_interrupt(client):
     GATES["hold"] = gate = threading.Event()
+    AT_GATE["hold"] = reached = threading.Event()
     res = await submit(client, image_prompt(steps=2, gate="hold"))
-    for _ in range(200):
-        if (await (await client.get("/queue")).json())["queue_running"]:
-            break
-        await asyncio.sleep(0.02)
+    assert await asyncio.to_thread(reached.wait, 30)  # node 3 runs (before it, the interrupt would hit node 2)
     resp = await client.post("/interrupt", json={"prompt_id": "some-other-prompt"})
     assert (await resp.json())["interrupted"] is False
     resp = await client.post("/api/interrupt")  # no body: whatever runs
