@@ -177,7 +177,6 @@ async def test_websocket_survives_garbage(client):
     await ws.close()
 
 
-
 async def statuses_until(ws, until: int, timeout: float) -> list[int]:
     """queue_remaining of each status message until one carries `until`."""
     seen = []
@@ -190,9 +189,7 @@ async def statuses_until(ws, until: int, timeout: float) -> list[int]:
 
 
 async def test_a_queue_change_is_sent_at_once_and_the_next_ones_coalesced(client, monkeypatch):
-    import server.app
-
-    monkeypatch.setattr(server.app, "STATUS_INTERVAL", 3600.0)
+    monkeypatch.setattr("server.app.STATUS_INTERVAL", 3600.0)
     ws = await client.ws_connect("/ws?clientId=counter")
     await ws.receive_json()  # the hello
     await client.post("/queue", json={"pause": True})
