@@ -73,19 +73,24 @@ class Listener:
                 self.finished.add(data["prompt_id"])
 
 
+def thread_cpu_ns(task: Path) -> int:
+    """A thread's CPU time, from the scheduler's nanosecond count (`task`: /proc/PID/task/TID)."""
+    return int((task / "schedstat").read_text().split()[0])
+
+
 def loop_cpu_ms(pids: list[int]) -> float:
     """CPU time of the HTTP processes' main threads (their event loops: HTTP, validation, SQLite, websocket
-    fan-out), from the scheduler's nanosecond count."""
-    return sum(int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0]) for pid in pids) / 1e6
+    fan-out)."""
+    return sum(thread_cpu_ns(Path(f"/proc/{pid}/task/{pid}")) for pid in pids) / 1e6
 
 
 def process_cpu_ms(pids: list[int]) -> float:
-    """CPU time of every thread of these processes (0 for one that is gone)."""
+    """CPU time of every thread of these processes (0 for a thread that is gone)."""
     total = 0
     for pid in pids:
         for task in Path(f"/proc/{pid}/task").glob("*"):
             try:
-                total += int((task / "schedstat").read_text().split()[0])
+                total += thread_cpu_ns(task)
             except (OSError, ValueError):
                 pass
     return total / 1e6
