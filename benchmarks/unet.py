@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from nodes.checkpoints import unet_diffusers_names
 from nodes.demo import unet_config_to_diffusers
+from nodes.families.ldm import unet_diffusers_names
 from nodes.sdxl.configs import SDXL_BASE_UNET, TINY_BASE_UNET, TINY_BIGG_WIDTH
 from nodes.sdxl.embeddings import timestep_embedding
 from nodes.sdxl.unet import UNetModel

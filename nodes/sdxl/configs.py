@@ -1,8 +1,10 @@
-"""SDXL model configs as data: the real base / refiner presets (paper Table 1, sgm yamls) and tiny presets
-for the demo model and the tests."""
+"""SDXL model configs as data: the real base / refiner presets (paper Table 1, sgm yamls), the latent format, and
+tiny presets for the demo model and the tests."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ..latent_format import LatentFormat
 
 FOURIER_DIM = 256  # width of each size / crop / aesthetic embedding in y
 
@@ -54,6 +56,11 @@ class VAEConfig:
 SDXL_BASE_UNET = UNetConfig(320, (1, 2, 4), (0, 2, 10), 10, context_dim=2048, adm_in_channels=2816)
 SDXL_REFINER_UNET = UNetConfig(384, (1, 2, 4, 4), (0, 4, 4, 0), 4, context_dim=1280, adm_in_channels=2560)
 SDXL_VAE = VAEConfig()
+# Preview factors fitted to SDXL's scaled latents (sdxl.md §15).
+SDXL_LATENT = LatentFormat(channels=4, scale_factor=SDXL_VAE.scaling_factor,
+                           rgb_factors=((0.3651, 0.4232, 0.4341), (-0.2533, -0.0042, 0.1068),
+                                        (0.1076, 0.1111, -0.0362), (-0.3165, -0.2492, -0.2188)),
+                           rgb_bias=(0.1084, -0.0175, -0.0011))
 
 # Tiny presets: same structure (3-level base, 4-level refiner whose last level has no attention, f=8 VAE),
 # 64-channel heads so the single-file head convention holds, channel counts multiples of 32.

@@ -250,13 +250,49 @@ def full_size_state_shapes(kind: str) -> dict[str, tuple[int, ...]]:
 
 # --- encoding ------------------------------------------------------------------------------------------
 
-class SDXLTextEncoders:
-    """The value on a CLIP socket: tokenizer plus the towers a checkpoint has. Outputs are float32."""
+def open_clip_hidden(tower, ids: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An open_clip text tower's hidden state after its block ``layer`` (−1 = the last block, −2 = the input of the
+    last; no ln_final) and the last block's output."""
+    x = tower.token_embedding(ids) + tower.positional_embedding.to(tower.token_embedding.weight.dtype)
+    blocks = tower.transformer.resblocks
+    keep = len(blocks) + 1 + layer  # blocks whose output is the hidden state asked for
+    hidden = x if keep == 0 else None
+    for i, block in enumerate(blocks):
+        x = block(x, attn_mask=tower.attn_mask)
+        if i + 1 == keep:
+            hidden = x
+    return hidden, x
 
-    def __init__(self, clip_l: nn.Module | None, bigg: nn.Module | None, tokenizer: ClipTokenizer | None = None):
+
+class SDXLTextEncoders:
+    """The value on a CLIP socket (nodes.families.TextEncoder) for SDXL: tokenizer plus the towers a checkpoint
+    has (base: CLIP-L and bigG, refiner: bigG). Outputs are float32. ``layer`` is the hidden layer both towers stop
+    at: −2, the penultimate, is SDXL's (CLIPSetLastLayer changes it)."""
+
+    def __init__(self, clip_l: nn.Module | None, bigg: nn.Module | None, tokenizer: ClipTokenizer | None = None,
+                 layer: int = -2):
         self.clip_l, self.bigg = clip_l, bigg
         self._tokenizer = tokenizer
         self._empty: dict[str, torch.Tensor] = {}
+        self.layer = layer
+        self.kind = "sdxl_base" if clip_l is not None else "sdxl_refiner"
+
+    def towers(self) -> list[nn.Module]:
+        return [t for t in (self.clip_l, self.bigg) if t is not None]
+
+    def with_layer(self, layer: int) -> "SDXLTextEncoders":
+        depth = min([len(self.bigg.transformer.resblocks)]
+                    + ([self.clip_l.config.num_hidden_layers] if self.has_clip_l else []))
+        if not -depth <= layer <= -1:
+            raise ValueError(f"layer {layer} is outside the text encoders' {depth} layers (-1 … -{depth})")
+        return SDXLTextEncoders(self.clip_l, self.bigg, self._tokenizer, layer)
+
+    def conditioning(self, text: str) -> list:
+        """Base: CLIP-L ‖ bigG hidden states on the channel axis with bigG's pooled vector; refiner: bigG alone."""
+        hidden, pooled = self.encode_bigg(text)
+        if self.has_clip_l:
+            hidden = torch.cat([self.encode_clip_l(text).cpu(), hidden.cpu()], dim=-1)
+        return [[hidden.cpu(), {"pooled_output": pooled.cpu()}]]
 
     @property
     def tokenizer(self) -> ClipTokenizer:
@@ -299,18 +335,14 @@ class SDXLTextEncoders:
 
     # Raw tower calls on a batch of windows [n, 77] ------------------------------------------------------
     def _clip_l_hidden(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.clip_l(input_ids=ids, output_hidden_states=True).hidden_states[-2]
+        return self.clip_l(input_ids=ids, output_hidden_states=True).hidden_states[self.layer]
 
     def _bigg_hidden_pooled(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t = self.bigg
-        x = t.token_embedding(ids) + t.positional_embedding.to(t.token_embedding.weight.dtype)
-        *first, last = t.transformer.resblocks
-        for block in first:
-            x = block(x, attn_mask=t.attn_mask)
-        penultimate = x
-        x = t.ln_final(last(x, attn_mask=t.attn_mask))
-        pooled = x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)] @ t.text_projection
-        return penultimate, pooled
+        """The output of block ``layer`` (−2: the input of the last block) and the pooled projection."""
+        hidden, x = open_clip_hidden(self.bigg, ids, self.layer)
+        x = self.bigg.ln_final(x)
+        pooled = x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)] @ self.bigg.text_projection
+        return hidden, pooled
 
     def _weighted(self, name: str, windows: list, run, pad_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Encode windows in one batch, apply per-token weights against the empty prompt, join windows."""
