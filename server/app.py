@@ -17,6 +17,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from nodes import catalog
+
 from . import frontend_compat, routes
 from .cluster import Cluster, PrimaryLink
 from .queue import PromptQueue
@@ -28,7 +30,6 @@ log = logging.getLogger("latentgraph.server")
 
 REPO = Path(__file__).resolve().parent.parent
 TOKEN_ENV = "LATENTGRAPH_TOKEN"
-MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 GC_YOUNG_THRESHOLD = 20_000  # container allocations between young collections; see settle_gc
 STATUS_INTERVAL = 0.05  # seconds between queue-change statuses; see State.queue_changed
 
@@ -320,20 +321,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 def ensure_demo_models(checkpoints: Path) -> None:
-    """Without any checkpoint, write the tiny random-weight demo models so every workflow can run (as noise)."""
-    checkpoints.mkdir(parents=True, exist_ok=True)
-
-    def found():
-        return [p.relative_to(checkpoints) for p in checkpoints.rglob("*") if p.suffix in MODEL_SUFFIXES]
-
-    if not found():
-        try:
-            from nodes.demo import make_demo_models
-        except ImportError:
-            log.warning("no checkpoint in %s and no demo model generator available", checkpoints)
-            return
-        make_demo_models(checkpoints)
-    if all(p.parts[0].startswith("demo_") for p in found()):
-        log.warning("no real checkpoint found: only the random-weight demo models are in %s. They produce noise, "
-                    "not pictures. Put real SDXL checkpoints (e.g. sd_xl_base_1.0.safetensors) in that folder.",
-                    checkpoints)
+    """Without any checkpoint, nodes/ writes its demo models so every workflow can run (as noise)."""
+    warning = catalog.ensure_demo_models(checkpoints)
+    if warning:
+        log.warning("%s", warning)

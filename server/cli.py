@@ -13,6 +13,7 @@ import threading
 import uuid
 from typing import Any
 
+from nodes import catalog
 from nodes.node import Environment, load_builtin_nodes
 
 from .executor import Executor, Hooks
@@ -239,9 +240,7 @@ def cmd_serve(args) -> int:
 
 
 def cmd_make_demo_model(args) -> int:
-    from nodes import demo
-
-    for path in demo.make_demo_models(args.dir).values():
+    for path in catalog.make_demo_models(args.dir).values():
         print(path)
     return 0
 
@@ -257,7 +256,7 @@ def _folders(p: argparse.ArgumentParser, out: bool = False) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="latentgraph", description="Node-graph workflows for SDXL latent diffusion.")
+    parser = argparse.ArgumentParser(prog="latentgraph", description="Node-graph workflows for latent diffusion.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a workflow (UI or API JSON, or a PNG with an embedded workflow)")
@@ -287,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         app.add_arguments(p)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("make-demo-model", help="write the small demo checkpoint into DIR")
+    p = sub.add_parser("make-demo-model", help="write the tiny demo checkpoints (one set per model family) into DIR")
     p.add_argument("dir")
     p.set_defaults(func=cmd_make_demo_model)
     return parser

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .routes import model_names
+from nodes.catalog import model_names
+
 from .security import PathError, confined, error_json
 
 FRONTENDS = ("latentgraph", "comfyui")

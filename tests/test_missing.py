@@ -3,7 +3,6 @@ by `validate`, the CLI and `POST /prompt`."""
 import json
 import shutil
 
-import pytest
 from server_helpers import make_config
 from template_helpers import demo_checkpoints, load_template
 
@@ -11,7 +10,6 @@ from nodes.node import Environment
 from server.app import create_app
 from server.cli import main
 from server.graph import ui_to_api, validate
-from server.missing import family_from_name
 
 SAVE = {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "t"}}
 
@@ -110,14 +108,6 @@ def test_a_wrong_non_model_combo_is_still_value_not_in_list(registry):
                                                              "height": 8, "crop": "disabled"}},
               "9": dict(SAVE, inputs={"images": ["2", 0], "filename_prefix": "t"})}
     assert validate(prompt, registry).node_errors["2"]["errors"][0]["type"] == "value_not_in_list"
-
-
-@pytest.mark.parametrize("name, family", [("sd_xl_base_1.0.safetensors", "sdxl_base"),
-                                          ("sd_xl_refiner_1.0.safetensors", "sdxl_refiner"),
-                                          ("juggernautXL_v9.safetensors", "sdxl_base"),
-                                          ("v1-5-pruned-emaonly.safetensors", None)])
-def test_family_from_name(name, family):
-    assert family_from_name(name) == family
 
 
 def test_cli_validate_prints_the_missing_report(tmp_path, capsys):
