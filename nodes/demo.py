@@ -40,9 +40,9 @@ def _owner(module: nn.Module, param_name: str) -> nn.Module:
 def unet_config_to_diffusers(cfg: UNetConfig) -> dict:
     """The ``unet/config.json`` diffusers would write for this UNet. diffusers takes the down blocks' depths from
     this list and the middle block's from its last entry, so the last level must be attention-free or as deep
-    as the middle (true of SDXL)."""
+    as the middle (true of SD 1.x, 2.x and SDXL)."""
     attn = [d > 0 for d in cfg.transformer_depth]
-    return {
+    conf = {
         "_class_name": "UNet2DConditionModel", "sample_size": 128,
         "in_channels": cfg.in_channels, "out_channels": cfg.out_channels, "layers_per_block": cfg.num_res_blocks,
         "block_out_channels": cfg.channels,
@@ -51,12 +51,16 @@ def unet_config_to_diffusers(cfg: UNetConfig) -> dict:
         "mid_block_type": "UNetMidBlock2DCrossAttn",
         "transformer_layers_per_block": [d or 1 for d in cfg.transformer_depth[:-1]]
         + [cfg.transformer_depth_middle],
-        "attention_head_dim": [c // cfg.num_head_channels for c in cfg.channels],
-        "cross_attention_dim": cfg.context_dim, "use_linear_projection": True,
+        "attention_head_dim": cfg.num_heads or [c // cfg.num_head_channels for c in cfg.channels],
+        "cross_attention_dim": cfg.context_dim, "use_linear_projection": cfg.use_linear_in_transformer,
         "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
         "projection_class_embeddings_input_dim": cfg.adm_in_channels,
         "norm_num_groups": 32, "norm_eps": 1e-5, "flip_sin_to_cos": True, "freq_shift": 0, "act_fn": "silu",
     }
+    if not cfg.adm_in_channels:  # SD 1.x / 2.x: no vector input
+        for key in ("addition_embed_type", "addition_time_embed_dim", "projection_class_embeddings_input_dim"):
+            del conf[key]
+    return conf
 
 
 def vae_config_to_diffusers(cfg: VAEConfig) -> dict:
@@ -147,8 +151,10 @@ def save_single_file(path: Path, state: dict[str, torch.Tensor], dtype: torch.dt
     return path
 
 
-def write_diffusers(folder: Path, unet, vae, text: dict[str, tuple[dict, dict]], model_index: dict) -> Path:
-    """A diffusers pipeline folder: unet/, vae/, each ``text[sub] = (HF state dict, HF config)`` and model_index.json."""
+def write_diffusers(folder: Path, unet, vae, text: dict[str, tuple[dict, dict]], model_index: dict,
+                    scheduler: dict | None = None) -> Path:
+    """A diffusers pipeline folder: unet/, vae/, each ``text[sub] = (HF state dict, HF config)``, model_index.json
+    and, when given, scheduler/scheduler_config.json."""
     parts = {}
     names = unet_diffusers_names(unet.config)
     parts["unet"] = ({names[k]: v for k, v in unet.state_dict().items()}, unet_config_to_diffusers(unet.config),
@@ -163,6 +169,9 @@ def write_diffusers(folder: Path, unet, vae, text: dict[str, tuple[dict, dict]],
         save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / sub / filename))
         (folder / sub / "config.json").write_text(json.dumps(conf, indent=2, default=str))
     (folder / "model_index.json").write_text(json.dumps(model_index, indent=2))
+    if scheduler is not None:
+        (folder / "scheduler").mkdir(exist_ok=True)
+        (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
     return folder
 
 

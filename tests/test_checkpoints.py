@@ -103,7 +103,11 @@ def test_detect_unsupported_says_what_it_found():
     _unsupported(inpaint, "inpainting")
     sd15 = {"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
             "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (49408, 768)}
-    _unsupported(sd15, "not the text encoders of a supported family (SDXL base, SDXL refiner)")
+    assert detect(sd15) == "sd1"
+    _unsupported({**sd15, "model.diffusion_model.input_blocks.0.0.weight": (320, 9, 3, 3)}, "inpainting SD 1.x")
+    unet_only = {k: v for k, v in base.items() if not k.startswith("conditioner.")}
+    del unet_only["model.diffusion_model.label_emb.0.0.weight"]
+    _unsupported(unet_only, "not the text encoders of a supported family (SD 1.x, ")
     vae_only = {k: v for k, v in base.items() if k.startswith("first_stage_model.")}
     _unsupported(vae_only, "standalone VAE")
     no_text = {k: v for k, v in base.items() if not k.startswith("conditioner.")}
@@ -145,6 +149,17 @@ def test_bad_files(tmp_path):
     with pytest.raises(UnsupportedCheckpoint, match="found no VAE"):
         save_file({"x": torch.zeros(1)}, str(tmp_path / "x.safetensors"))
         load_vae(tmp_path / "x.safetensors")
+
+
+def test_standalone_vae_latent_scale_comes_from_its_family_or_name(tmp_path):
+    """SD 1.x/2.x and SDXL VAEs share one layout: a full checkpoint's VAE has its family's scale, a standalone file's
+    comes from its name (the SD VAEs people download say so), SDXL's otherwise."""
+    sd = {k[len("first_stage_model."):]: v for k, v in tensors().items() if k.startswith("first_stage_model.")}
+    for name, scale in (("vae-ft-mse-840000-ema-pruned.safetensors", 0.18215), ("sdxl_vae.safetensors", 0.13025),
+                        ("mine.safetensors", 0.13025)):
+        save_file(sd, str(tmp_path / name))
+        assert load_vae(tmp_path / name).config.scaling_factor == scale, name
+    assert load_vae(demo_models()["sd1"]).config.scaling_factor == 0.18215
 
 
 def test_diffusers_folder_heads_come_from_config(tmp_path):

@@ -82,13 +82,20 @@ def test_missing_checkpoint_names_folder_and_the_one_same_family_file(registry, 
     assert refiner["extra_info"]["suggestion"] == "my_refiner.safetensors" and "SDXL refiner" in refiner["message"]
 
 
+def test_missing_sd15_checkpoint_names_the_installed_sd15_one(registry, tmp_path):
+    env = checkpoints_env(tmp_path, **{"dreamshaper.safetensors": "sd1", "my_base.safetensors": "sdxl_base"})
+    err = validate(loader_prompt("v1-5-pruned-emaonly.safetensors"), registry, env).node_errors["4"]["errors"][0]
+    assert err["extra_info"]["suggestion"] == "dreamshaper.safetensors"
+    assert "the only installed SD 1.x checkpoint is 'dreamshaper.safetensors'" in err["message"]
+
+
 def test_no_suggestion_when_the_family_is_ambiguous_or_unknown(registry, tmp_path):
     env = checkpoints_env(tmp_path, **{"a.safetensors": "sdxl_base", "b.safetensors": "sdxl_base"})
     err = validate(loader_prompt("sd_xl_base_1.0.safetensors"), registry, env).node_errors["4"]["errors"][0]
     assert err["type"] == "missing_model" and err["extra_info"]["suggestion"] is None
     assert "the only" not in err["message"]
     err = validate(loader_prompt("v1-5-pruned-emaonly.safetensors"), registry, env).node_errors["4"]["errors"][0]
-    assert err["extra_info"]["suggestion"] is None  # an SD1.5 name: no SDXL file stands in for it
+    assert err["extra_info"]["suggestion"] is None  # an SD 1.5 name: no SDXL file stands in for it
 
 
 def test_missing_vae_names_the_vae_folder(registry, tmp_path):

@@ -48,6 +48,7 @@ def test_server_names_no_family_and_matches_no_file_names():
 
 def test_family_from_name():
     names = {"sd_xl_base_1.0.safetensors": "sdxl_base", "sd_xl_refiner_1.0.safetensors": "sdxl_refiner",
-             "juggernautXL_v9.safetensors": "sdxl_base", "sdxl-turbo/": "sdxl_base", "pixel_art.safetensors": None}
+             "juggernautXL_v9.safetensors": "sdxl_base", "sdxl-turbo/": "sdxl_base", "pixel_art.safetensors": None,
+             "v1-5-pruned-emaonly.safetensors": "sd1", "sd-v1-4.safetensors": "sd1", "dreamshaper_8.safetensors": None}
     for name, family in names.items():
         assert family_from_name(name) == family, name

@@ -27,6 +27,28 @@ VAE_PREFIX = "first_stage_model."
 IGNORED_PREFIXES = ("model_ema.", "denoiser.")
 
 
+def ldm_extras(num_timesteps: int = 1000, linear_start: float = 0.00085, linear_end: float = 0.012) -> dict:
+    """What CompVis ``LatentDiffusion`` files (SD 1.x, 2.x) carry besides the weights, never needed for inference:
+    the DDPM schedule buffers ``register_schedule`` stores (Ho et al. 2020, eqs. 6–7; the sampler computes its own
+    schedule, nodes.sampling.schedules) and the EMA bookkeeping scalars. Real values, so the demo files have the
+    real layout."""
+    betas = torch.linspace(linear_start ** 0.5, linear_end ** 0.5, num_timesteps, dtype=torch.float64) ** 2
+    alphas = torch.cumprod(1 - betas, 0)
+    prev = torch.cat([alphas.new_ones(1), alphas[:-1]])
+    posterior = betas * (1 - prev) / (1 - alphas)
+    schedule = {
+        "betas": betas, "alphas_cumprod": alphas, "alphas_cumprod_prev": prev,
+        "sqrt_alphas_cumprod": alphas.sqrt(), "sqrt_one_minus_alphas_cumprod": (1 - alphas).sqrt(),
+        "log_one_minus_alphas_cumprod": (1 - alphas).log(), "sqrt_recip_alphas_cumprod": (1 / alphas).sqrt(),
+        "sqrt_recipm1_alphas_cumprod": (1 / alphas - 1).sqrt(), "posterior_variance": posterior,
+        "posterior_log_variance_clipped": posterior.clamp(min=1e-20).log(),
+        "posterior_mean_coef1": betas * prev.sqrt() / (1 - alphas),
+        "posterior_mean_coef2": (1 - prev) * (1 - betas).sqrt() / (1 - alphas),
+    }
+    return {**{k: v.float() for k, v in schedule.items()}, "model_ema.decay": torch.tensor(0.9999),
+            "model_ema.num_updates": torch.tensor(0, dtype=torch.int32)}
+
+
 # ---- config inference from shapes -------------------------------------------------------------------------
 
 # ---- config inference from shapes -------------------------------------------------------------------------
@@ -40,8 +62,9 @@ def _count(shapes: dict, prefix: str) -> int:
     return n
 
 
-def infer_unet_config(shapes: dict, num_head_channels: int = 64) -> UNetConfig:
-    """UNet config from original-layout UNet shapes (prefix stripped), like sdxl.md §11.2."""
+def infer_unet_config(shapes: dict, num_head_channels: int = 64, num_heads: int = 0) -> UNetConfig:
+    """UNet config from original-layout UNet shapes (prefix stripped), like sdxl.md §11.2. Head counts are not in
+    the weights: the family's convention comes in as ``num_head_channels`` or a fixed ``num_heads``."""
     conv_in = shapes["input_blocks.0.0.weight"]
     c = conv_in[0]
     mults, depths, level_blocks = [], [], []
@@ -59,11 +82,13 @@ def infer_unet_config(shapes: dict, num_head_channels: int = 64) -> UNetConfig:
     if len(set(level_blocks)) != 1:
         raise CheckpointError(f"UNet levels have different block counts {level_blocks}")
     ctx = next((v[1] for k, v in shapes.items() if k.endswith("attn2.to_k.weight")), 0)
+    proj_in = next((v for k, v in shapes.items() if k.endswith(".proj_in.weight")), ())
     return UNetConfig(
         model_channels=c, channel_mult=tuple(mults), transformer_depth=tuple(depths),
         transformer_depth_middle=_count(shapes, "middle_block.1.transformer_blocks."),
-        context_dim=ctx, adm_in_channels=shapes["label_emb.0.0.weight"][1], num_res_blocks=level_blocks[0],
-        num_head_channels=num_head_channels, in_channels=conv_in[1], out_channels=shapes["out.2.weight"][0])
+        context_dim=ctx, adm_in_channels=shapes.get("label_emb.0.0.weight", (0, 0))[1], num_res_blocks=level_blocks[0],
+        num_head_channels=num_head_channels, in_channels=conv_in[1], out_channels=shapes["out.2.weight"][0],
+        num_heads=num_heads, use_linear_in_transformer=len(proj_in) != 4)
 
 
 def infer_vae_config(shapes: dict, scaling_factor: float = VAEConfig.scaling_factor) -> VAEConfig:
@@ -169,7 +194,8 @@ def _vae_attention_to_conv(state: dict[str, torch.Tensor]) -> None:
 # ---- diffusers configs ------------------------------------------------------------------------------------
 
 def unet_config_from_diffusers(conf: dict) -> UNetConfig:
-    """UNetConfig from a diffusers ``unet/config.json``; its ``attention_head_dim`` is the head count per level."""
+    """UNetConfig from a diffusers ``unet/config.json``; its ``attention_head_dim`` is the head count per level
+    (the same count everywhere for SD 1.x, 64-channel heads for SD 2.x and SDXL)."""
     boc = list(conf["block_out_channels"])
     n = len(boc)
     per_level = lambda v: list(v) if isinstance(v, (list, tuple)) else [v] * n  # noqa: E731
@@ -177,19 +203,28 @@ def unet_config_from_diffusers(conf: dict) -> UNetConfig:
     heads = per_level(conf.get("num_attention_heads") or conf["attention_head_dim"])
     attn = [t.startswith("CrossAttn") for t in conf["down_block_types"]]
     depths = tuple(tlpb[i] if attn[i] else 0 for i in range(n))
-    head_channels = {boc[i] // heads[i] for i in range(n) if attn[i]} | {boc[-1] // heads[-1]}
-    if len(head_channels) != 1:
+    levels = [i for i in range(n) if attn[i]] + [n - 1]  # the middle block works at the last level's width
+    head_channels, head_counts = {boc[i] // heads[i] for i in levels}, {heads[i] for i in levels}
+    if len(head_channels) == 1:
+        head_kw = {"num_head_channels": head_channels.pop()}
+    elif len(head_counts) == 1:
+        head_kw = {"num_heads": head_counts.pop()}
+    else:
         raise UnsupportedCheckpoint(f"UNet config has different channels per head across levels {head_channels}")
-    if conf.get("addition_embed_type") != "text_time" or conf.get("addition_time_embed_dim", FOURIER_DIM) != FOURIER_DIM:
-        raise UnsupportedCheckpoint("UNet config is not SDXL's (needs addition_embed_type text_time, "
-                                    f"addition_time_embed_dim {FOURIER_DIM})")
+    addition = conf.get("addition_embed_type")
+    if conf.get("class_embed_type") or addition not in (None, "text_time") or \
+            conf.get("addition_time_embed_dim", FOURIER_DIM) != FOURIER_DIM:
+        raise UnsupportedCheckpoint("UNet config has a class or addition embedding other than SDXL's (text_time, "
+                                    f"addition_time_embed_dim {FOURIER_DIM}); not SD 1.x, 2.x or SDXL")
     mid_type = conf.get("mid_block_type", "UNetMidBlock2DCrossAttn")
     return UNetConfig(
         model_channels=boc[0], channel_mult=tuple(c // boc[0] for c in boc), transformer_depth=depths,
         transformer_depth_middle=tlpb[-1] if mid_type == "UNetMidBlock2DCrossAttn" else 0,
-        context_dim=conf["cross_attention_dim"], adm_in_channels=conf["projection_class_embeddings_input_dim"],
-        num_res_blocks=conf.get("layers_per_block", 2), num_head_channels=head_channels.pop(),
-        in_channels=conf.get("in_channels", 4), out_channels=conf.get("out_channels", 4))
+        context_dim=conf["cross_attention_dim"],
+        adm_in_channels=conf["projection_class_embeddings_input_dim"] if addition else 0,
+        num_res_blocks=conf.get("layers_per_block", 2), in_channels=conf.get("in_channels", 4),
+        out_channels=conf.get("out_channels", 4),
+        use_linear_in_transformer=conf.get("use_linear_projection", False), **head_kw)
 
 
 def vae_config_from_diffusers(conf: dict) -> VAEConfig:
@@ -269,7 +304,9 @@ class LDMFamily(Family):
     ``unet_config`` / ``sampling_for`` where their convention differs)."""
     text_prefixes: dict[str, str]  # single-file prefix → the name text_encoders expects ("clip_l.")
     text_folders: tuple[str, ...]  # diffusers subfolders holding its text encoders
-    num_head_channels = 64  # single files do not store head counts
+    num_head_channels = 64  # single files do not store head counts …
+    num_heads = 0  # … or a fixed count per layer (SD 1.x: 8)
+    extra_tensors: frozenset[str] = frozenset()  # top-level tensors its single files carry (ldm_extras)
 
     def text_encoders(self, state: dict[str, torch.Tensor], layout: str, dtype, device):
         """The CLIP value from the text towers' tensors: layout "original" (keys renamed by ``text_prefixes``) or
@@ -277,7 +314,7 @@ class LDMFamily(Family):
         raise NotImplementedError
 
     def unet_config(self, shapes: dict) -> UNetConfig:
-        return infer_unet_config(shapes, self.num_head_channels)
+        return infer_unet_config(shapes, self.num_head_channels, self.num_heads)
 
     def sampling_for(self, path: Path, shapes: dict):
         """The prediction type of a single file (eps unless the family can tell otherwise)."""
@@ -294,7 +331,7 @@ class LDMFamily(Family):
 
     def load(self, path: Path, shapes: dict, device, dtype, with_text: bool) -> Checkpoint:
         unknown = [k for k in shapes if not k.startswith((UNET_PREFIX, VAE_PREFIX, *self.text_prefixes,
-                                                          *IGNORED_PREFIXES))]
+                                                          *IGNORED_PREFIXES)) and k not in self.extra_tensors]
         if unknown:
             raise CheckpointError(f"{path}: {len(unknown)} tensors outside the {self.title} components, "
                                   f"e.g. {unknown[:3]}")

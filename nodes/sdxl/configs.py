@@ -16,11 +16,13 @@ class UNetConfig:
     transformer_depth: tuple[int, ...]  # effective depth per level; 0 = no attention at that level
     transformer_depth_middle: int
     context_dim: int
-    adm_in_channels: int  # width of the vector y (pooled text + Fourier features)
+    adm_in_channels: int  # width of the vector y (pooled text + Fourier features); 0: no y (SD 1.x / 2.x)
     num_res_blocks: int = 2
-    num_head_channels: int = 64  # SDXL convention; single files do not store heads
+    num_head_channels: int = 64  # SDXL / SD 2.x convention; single files do not store heads
     in_channels: int = 4
     out_channels: int = 4
+    num_heads: int = 0  # a fixed head count at every level instead (SD 1.x: 8); 0 = channels // num_head_channels
+    use_linear_in_transformer: bool = True  # SpatialTransformer proj_in/out as Linear; SD 1.x has 1×1 convs
 
     def __post_init__(self):
         if len(self.transformer_depth) != len(self.channel_mult):
@@ -36,6 +38,9 @@ class UNetConfig:
     @property
     def time_embed_dim(self) -> int:
         return 4 * self.model_channels
+
+    def heads(self, channels: int) -> int:
+        return self.num_heads or channels // self.num_head_channels
 
 
 @dataclass(frozen=True)
