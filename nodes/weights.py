@@ -47,12 +47,21 @@ _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF
 def read_header(path: Path) -> tuple[dict, int]:
     """The safetensors header (name → {dtype, shape, data_offsets}) and where the data starts. Parsed once
     per file version (a load reads it for detection and for each component; the real one is 250 kB of JSON)."""
+    return _header(path)[:2]
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The header's ``__metadata__`` strings (e.g. the SAI model spec's ``modelspec.*`` keys); {} when there are none."""
+    return _header(path)[2]
+
+
+def _header(path: Path) -> tuple[dict, int, dict]:
     st = os.stat(path)
     return _parse_header(str(path), st.st_size, st.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=8)
-def _parse_header(path: str, size: int, mtime_ns: int) -> tuple[dict, int]:
+def _parse_header(path: str, size: int, mtime_ns: int) -> tuple[dict, int, dict]:
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) < 8:
@@ -64,8 +73,8 @@ def _parse_header(path: str, size: int, mtime_ns: int) -> tuple[dict, int]:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{path}: not a safetensors file ({e})") from None
-    header.pop("__metadata__", None)
-    return header, 8 + n
+    metadata = header.pop("__metadata__", None) or {}
+    return header, 8 + n, metadata
 
 
 def read_shapes(path: Path) -> dict[str, tuple[int, ...]]:

@@ -1,5 +1,6 @@
-"""ComfyUI's SDXL node set as `latentgraph nodes --json` lists it, checked against the reference input lists
-(comfyui-compat.md §11, §13): names, order, types, defaults, bounds, outputs and display names."""
+"""ComfyUI's node set as `latentgraph nodes --json` lists it, checked against the reference input lists
+(comfyui-compat.md §11, §13, and ComfyUI's /object_info for the nodes added since): names, order, types, defaults,
+bounds, outputs and display names."""
 import json
 
 import pytest
@@ -20,6 +21,12 @@ REFERENCE = {
     "CLIPTextEncode": ("CLIP Text Encode (Prompt)",
                        [("text", "STRING", {"multiline": True, "dynamicPrompts": True}), ("clip", "CLIP", {})],
                        ["CONDITIONING"]),
+    "CLIPSetLastLayer": ("CLIP Set Last Layer",
+                         [("clip", "CLIP", {}), ("stop_at_clip_layer", "INT", {"default": -1, "min": -24, "max": -1,
+                                                                               "step": 1})], ["CLIP"]),
+    "ModelSamplingDiscrete": ("ModelSamplingDiscrete", [
+        ("model", "MODEL", {}), ("sampling", ["eps", "v_prediction", "lcm", "x0"], {}),
+        ("zsnr", "BOOLEAN", {"default": False})], ["MODEL"]),
     "CLIPTextEncodeSDXL": ("CLIPTextEncodeSDXL", [
         ("clip", "CLIP", {}),
         ("width", "INT", {"default": 1024, "min": 0, "max": MAXRES}),

@@ -356,8 +356,22 @@ def sd15_img2img() -> Workflow:
     return w
 
 
+def sd2_768v_txt2img() -> Workflow:
+    w = Workflow("sd2_768v_txt2img")
+    ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=SD2_768V)
+    model = w.add("ModelSamplingDiscrete", (0, 420), "v-prediction", model=(ckpt, 0), sampling="v_prediction")
+    sampled = _txt2img(w, model, (ckpt, 1), PROMPT, seed=42, size=256, steps=4, cfg=7.0)
+    image = w.add("VAEDecode", (1120, 0), samples=(sampled, 0), vae=(ckpt, 2))
+    w.add("SaveImage", (1420, 0), images=(image, 0), filename_prefix="sd2_768v_txt2img")
+    w.note("Stable Diffusion 2.1 768-v text-to-image: OpenCLIP ViT-H encodes the prompt (its penultimate layer), the "
+           "UNet predicts v rather than the noise. The loader reads that from the file; ModelSamplingDiscrete states "
+           "it here (choose eps for the 512-base models). The demo runs at 256² in 4 steps; the 768-v models are "
+           "made for 768² images and 20+ steps.\n" + RUN.format(name=w.name, family="SD 2.x"), (0, 760))
+    return w
+
+
 ALL = [base_fine_grained, base_comfy, base_refiner, refiner_sdedit, img2img, inpaint, aspect_buckets, sd15_txt2img,
-       sd15_img2img]
+       sd15_img2img, sd2_768v_txt2img]
 
 if __name__ == "__main__":
     for make in ALL:
