@@ -46,6 +46,7 @@ VAE = SocketType("VAE", "the latent autoencoder")
 SAMPLER = SocketType("SAMPLER", "a sampling algorithm")
 SIGMAS = SocketType("SIGMAS", "a noise-level schedule, 1-D tensor")
 NOISE = SocketType("NOISE", "an initial-noise source")
+GUIDER = SocketType("GUIDER", "a model with its conditioning and guidance scale")
 ANY = SocketType("*", "any type")
 
 _BY_PYTHON = {int: INT, float: FLOAT, str: STRING, bool: BOOLEAN}

@@ -12,6 +12,7 @@ from server.cli import main
 from server.graph import ui_to_api, validate
 
 SAVE = {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "t"}}
+AUDIO = "audio_stable_audio_example"  # a shared workflow whose audio nodes latentgraph does not have
 
 
 def checkpoints_env(tmp_path, **files) -> Environment:
@@ -56,11 +57,11 @@ def test_missing_output_node_type_is_still_a_missing_node_report(registry):
 
 
 def test_real_template_lists_its_missing_classes(registry):
-    """sdxlturbo_example uses ComfyUI's custom-sampling nodes; the report names each, with ids."""
-    report = validate(ui_to_api(load_template("sdxlturbo_example"), registry), registry)
+    """audio_stable_audio_example uses ComfyUI's audio nodes; the report names each, with ids."""
+    report = validate(ui_to_api(load_template(AUDIO), registry), registry)
     missing = report.error["extra_info"]["missing_node_types"]
     assert report.error["type"] == "missing_node_type"
-    assert {"SamplerCustom", "KSamplerSelect", "SDTurboScheduler"} <= set(missing)
+    assert {"EmptyLatentAudio", "VAEDecodeAudio"} <= set(missing)
     assert all(ids and all(isinstance(i, str) for i in ids) for ids in missing.values())
     assert "CheckpointLoaderSimple" not in missing and "VAEDecode" not in missing
 
@@ -118,21 +119,21 @@ def test_a_wrong_non_model_combo_is_still_value_not_in_list(registry):
 
 
 def test_cli_validate_prints_the_missing_report(tmp_path, capsys):
-    path = tmp_path / "turbo.json"
-    path.write_text(json.dumps(load_template("sdxlturbo_example")))
+    path = tmp_path / "audio.json"
+    path.write_text(json.dumps(load_template(AUDIO)))
     code = main(["validate", str(path), "--models", str(tmp_path / "models"), "--json"])
     out, err = capsys.readouterr()
     assert code != 0 and "Traceback" not in err
     report = json.loads(out)
-    assert report["error"]["type"] == "missing_node_type" and "SDTurboScheduler" in report["error"]["message"]
+    assert report["error"]["type"] == "missing_node_type" and "EmptyLatentAudio" in report["error"]["message"]
 
 
 async def test_prompt_route_reports_missing_nodes_and_models(aiohttp_client, tmp_path):
     client = await aiohttp_client(create_app(make_config(tmp_path)))
-    resp = await client.post("/api/prompt", json={"prompt": load_template("sdxlturbo_example")})
+    resp = await client.post("/api/prompt", json={"prompt": load_template(AUDIO)})
     data = await resp.json()
     assert resp.status == 400 and data["error"]["type"] == "missing_node_type"
-    assert "SamplerCustom" in data["error"]["extra_info"]["missing_node_types"]
+    assert "VAEDecodeAudio" in data["error"]["extra_info"]["missing_node_types"]
     resp = await client.post("/prompt", json={"prompt": load_template("image_sdxl_simple")})
     data = await resp.json()
     assert resp.status == 400

@@ -370,8 +370,31 @@ def sd2_768v_txt2img() -> Workflow:
     return w
 
 
+def sdxl_turbo_1step() -> Workflow:
+    """ComfyUI's SDXL Turbo example graph: custom sampling, one step from timestep 999, no guidance."""
+    w = Workflow("sdxl_turbo_1step")
+    ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=BASE)
+    pos = w.add("CLIPTextEncode", (380, 0), "Positive", text=PROMPT, clip=(ckpt, 1))
+    neg = w.add("CLIPTextEncode", (380, 260), "Negative", text=NEGATIVE, clip=(ckpt, 1))
+    latent = w.add("EmptyLatentImage", (380, 520), width=256, height=256, batch_size=1)
+    sampler = w.add("KSamplerSelect", (760, 0), sampler_name="euler_ancestral")
+    sigmas = w.add("SDTurboScheduler", (760, 160), model=(ckpt, 0), steps=1, denoise=1.0)
+    sampled = w.add("SamplerCustom", (1120, 0), model=(ckpt, 0), add_noise=True, noise_seed=42, cfg=1.0,
+                    positive=(pos, 0), negative=(neg, 0), sampler=(sampler, 0), sigmas=(sigmas, 0),
+                    latent_image=(latent, 0))
+    image = w.add("VAEDecode", (1480, 0), samples=(sampled, 0), vae=(ckpt, 2))
+    w.add("SaveImage", (1780, 0), images=(image, 0), filename_prefix="sdxl_turbo_1step")
+    w.note("SDXL Turbo (adversarial diffusion distillation): one sampling step from pure noise, without "
+           "classifier-free guidance (cfg 1 skips the negative), built from ComfyUI's custom-sampling nodes: "
+           "KSamplerSelect picks the sampler, SDTurboScheduler gives the σ of timestep 999 (up to 10 steps: 999, 899, "
+           "…), SamplerCustom samples. Turbo checkpoints have the SDXL base layout, so this graph names the base "
+           "demo; put sd_xl_turbo_1.0_fp16.safetensors in the loader for real pictures (512², as it was trained).\n"
+           + RUN.format(name=w.name, family="SDXL Turbo"), (0, 760))
+    return w
+
+
 ALL = [base_fine_grained, base_comfy, base_refiner, refiner_sdedit, img2img, inpaint, aspect_buckets, sd15_txt2img,
-       sd15_img2img, sd2_768v_txt2img]
+       sd15_img2img, sd2_768v_txt2img, sdxl_turbo_1step]
 
 if __name__ == "__main__":
     for make in ALL:

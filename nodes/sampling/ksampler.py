@@ -70,16 +70,17 @@ def _inpainting(model, model_sampling: ModelSampling, latent, noise, mask):
     return denoise
 
 
-def sample(eps_fn, model_sampling: ModelSampling, latent: dict, positive, negative, *, seed: int, steps: int,
-           cfg: float, sampler_name: str, scheduler: str, denoise: float = 1.0, start_step: int = 0,
+def sample(eps_fn, model_sampling: ModelSampling, latent: dict, positive, negative, *, seed: int, cfg: float,
+           sampler_name: str, steps: int = 0, scheduler: str = "", denoise: float = 1.0, start_step: int = 0,
            end_step: int | None = None, add_noise: bool = True, return_leftover_noise: bool = False,
            callback: ProgressFn | None = None, sigmas: torch.Tensor | None = None, node: str = "KSampler") -> dict:
     """Run a sampler node; returns a copy of ``latent`` with new ``samples``.
 
     KSampler is ``sample(..., denoise=d)``; KSamplerAdvanced is ``sample(..., start_step, end_step, add_noise,
-    return_leftover_noise)``; SamplerCustom-style callers pass ``sigmas`` directly. ``callback(step, total, x0)``
-    runs after each step's model evaluation with the denoised estimate (step counts 1..total); an exception it
-    raises (an interruption) ends the run and propagates. ``latent["batch_index"]`` picks each image's noise.
+    return_leftover_noise)``; SamplerCustom passes ``sigmas`` directly (``steps`` and ``scheduler`` are then
+    unused). ``callback(step, total, x0)`` runs after each step's model evaluation with the denoised estimate (step
+    counts 1..total); an exception it raises (an interruption) ends the run and propagates.
+    ``latent["batch_index"]`` picks each image's noise.
     """
     if sampler_name not in SAMPLER_DECLARATIONS:
         raise ValueError(f"{node}: input 'sampler_name': {sampler_name!r} is not one of {SAMPLER_NAMES}")
