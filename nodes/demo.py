@@ -130,10 +130,12 @@ def open_clip_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def open_clip_hf_config(width: int) -> dict:
+def hf_text_config(width: int, architecture: str = "CLIPTextModel", **changes) -> dict:
+    """The config.json transformers writes for a tiny CLIP text model: CLIP-L's settings with ``changes``."""
     conf = clip_l_config(width)
-    conf.hidden_act = "gelu"
-    return {**conf.to_dict(), "architectures": ["CLIPTextModelWithProjection"]}
+    for key, value in changes.items():
+        setattr(conf, key, value)
+    return {**conf.to_dict(), "architectures": [architecture]}
 
 
 # ---- writing ----------------------------------------------------------------------------------------------

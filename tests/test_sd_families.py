@@ -44,14 +44,6 @@ VAE_KWARGS = dict(block_out_channels=(32, 64, 64, 64), layers_per_block=2, laten
 load_builtin_nodes()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
-
-
 def reference_unet_and_vae(kind: str):
     """diffusers modules filled from our single file by diffusers' converters, strictly."""
     from diffusers import AutoencoderKL, UNet2DConditionModel

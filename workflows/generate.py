@@ -235,23 +235,28 @@ def _source_image(w: Workflow, ckpt: int, seed: int) -> int:
     return image
 
 
-def img2img() -> Workflow:
-    w = Workflow("sdxl_img2img")
-    ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=BASE)
+def _img2img(name: str, ckpt_name: str, cfg: float, family: str, about: str) -> Workflow:
+    w = Workflow(name)
+    ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=ckpt_name)
     source = _source_image(w, ckpt, seed=7)
     pos = w.add("CLIPTextEncode", (380, 560), "New prompt", text="a red barn in a snowy field at dusk", clip=(ckpt, 1))
     neg = w.add("CLIPTextEncode", (380, 820), "Negative", text=NEGATIVE, clip=(ckpt, 1))
     encoded = w.add("VAEEncode", (1120, 400), pixels=(source, 0), vae=(ckpt, 2))
-    sampled = w.add("KSampler", (1420, 560), "img2img (denoise 0.6)", model=(ckpt, 0), seed=42, steps=4, cfg=5.0,
+    sampled = w.add("KSampler", (1420, 560), "img2img (denoise 0.6)", model=(ckpt, 0), seed=42, steps=4, cfg=cfg,
                     sampler_name="euler", scheduler="normal", positive=(pos, 0), negative=(neg, 0),
                     latent_image=(encoded, 0), denoise=0.6)
     image = w.add("VAEDecode", (1780, 560), samples=(sampled, 0), vae=(ckpt, 2))
-    w.add("SaveImage", (2080, 560), images=(image, 0), filename_prefix="sdxl_img2img")
-    w.note("Image-to-image: a picture is encoded by the VAE, noised part of the way (denoise 0.6 runs the last 60 % "
-           "of the schedule) and denoised with a new prompt. The source picture is made by the first row so the "
-           "workflow needs no input file; to start from your own picture, replace the first row with Load Image "
-           "feeding VAE Encode.\n" + RUN.format(name=w.name, family="SDXL"), (0, 1100))
+    w.add("SaveImage", (2080, 560), images=(image, 0), filename_prefix=name)
+    w.note(about + "\n" + RUN.format(name=w.name, family=family), (0, 1100))
     return w
+
+
+def img2img() -> Workflow:
+    return _img2img("sdxl_img2img", BASE, 5.0, "SDXL", (
+        "Image-to-image: a picture is encoded by the VAE, noised part of the way (denoise 0.6 runs the last 60 % of "
+        "the schedule) and denoised with a new prompt. The source picture is made by the first row so the workflow "
+        "needs no input file; to start from your own picture, replace the first row with Load Image feeding VAE "
+        "Encode."))
 
 
 def inpaint() -> Workflow:
@@ -338,22 +343,10 @@ def sd15_txt2img() -> Workflow:
 
 
 def sd15_img2img() -> Workflow:
-    w = Workflow("sd15_img2img")
-    ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=SD15)
-    source = _source_image(w, ckpt, seed=7)
-    pos = w.add("CLIPTextEncode", (380, 560), "New prompt", text="a red barn in a snowy field at dusk", clip=(ckpt, 1))
-    neg = w.add("CLIPTextEncode", (380, 820), "Negative", text=NEGATIVE, clip=(ckpt, 1))
-    encoded = w.add("VAEEncode", (1120, 400), pixels=(source, 0), vae=(ckpt, 2))
-    sampled = w.add("KSampler", (1420, 560), "img2img (denoise 0.6)", model=(ckpt, 0), seed=42, steps=4, cfg=7.0,
-                    sampler_name="euler", scheduler="normal", positive=(pos, 0), negative=(neg, 0),
-                    latent_image=(encoded, 0), denoise=0.6)
-    image = w.add("VAEDecode", (1780, 560), samples=(sampled, 0), vae=(ckpt, 2))
-    w.add("SaveImage", (2080, 560), images=(image, 0), filename_prefix="sd15_img2img")
-    w.note("Stable Diffusion 1.5 image-to-image: the picture made by the first row is encoded by the VAE (latents "
-           "scaled by 0.18215), noised part of the way (denoise 0.6) and denoised with a new prompt. Replace the "
-           "first row with Load Image feeding VAE Encode to start from your own picture.\n"
-           + RUN.format(name=w.name, family="SD 1.5"), (0, 1100))
-    return w
+    return _img2img("sd15_img2img", SD15, 7.0, "SD 1.5", (
+        "Stable Diffusion 1.5 image-to-image: the picture made by the first row is encoded by the VAE (latents scaled "
+        "by 0.18215), noised part of the way (denoise 0.6) and denoised with a new prompt. Replace the first row "
+        "with Load Image feeding VAE Encode to start from your own picture."))
 
 
 def sd2_768v_txt2img() -> Workflow:

@@ -360,6 +360,17 @@ class LDMFamily(Family):
             text = self._text(state, "diffusers", dtype, device, folder)
         return Checkpoint(self.name, unet, cfg, vae, text, folder, dtype, self.sampling_for_folder(folder))
 
+    def single_file_state(self, unet: UNetModel, vae: AutoencoderKL, text: dict[str, dict]) -> dict[str, torch.Tensor]:
+        """A single file's tensors (the demo writers'): UNet and VAE under their prefixes, each text tower's state
+        ``text[prefix]`` under its prefix, and the top-level extras the family's files carry."""
+        state = {UNET_PREFIX + k: v for k, v in unet.state_dict().items()}
+        state.update({VAE_PREFIX + k: v for k, v in vae.state_dict().items()})
+        for prefix, tower in text.items():
+            state.update({prefix + k: v for k, v in tower.items()})
+        if self.extra_tensors:
+            state.update(ldm_extras())
+        return state
+
     def full_size_unet_vae_shapes(self, unet: UNetConfig, vae: VAEConfig) -> dict[str, tuple[int, ...]]:
         with torch.device("meta"):
             parts = ((UNET_PREFIX, UNetModel(unet)), (VAE_PREFIX, AutoencoderKL(vae)))

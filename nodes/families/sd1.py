@@ -29,7 +29,7 @@ from ..sdxl.unet import UNetModel
 from ..sdxl.vae import AutoencoderKL
 from ..weights import read_config
 from . import register
-from .ldm import UNET_PREFIX, VAE_PREFIX, LDMFamily, ldm_extras, require_plain_unet
+from .ldm import UNET_PREFIX, LDMFamily, ldm_extras, require_plain_unet
 
 SD_LATENT = LatentFormat(channels=4, scale_factor=0.18215,
                          rgb_factors=((0.298, 0.207, 0.208), (0.187, 0.286, 0.173),
@@ -46,6 +46,13 @@ CLIP_PREFIX = "cond_stage_model.transformer."
 SCHEDULER = {"_class_name": "PNDMScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
              "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "set_alpha_to_one": False,
              "skip_prk_steps": True, "steps_offset": 1}
+
+
+def pipeline_index(scheduler: dict) -> dict:
+    """model_index.json of an SD 1.x / 2.x diffusers folder."""
+    return {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
+            "scheduler": ["diffusers", scheduler["_class_name"]]}
 
 
 def single_text_encoder_act(folder) -> str | None:
@@ -119,18 +126,13 @@ class SD1(LDMFamily):
         unet = demo.randomize(UNetModel(TINY_SD1_UNET), g)
         vae = demo.randomize(AutoencoderKL(TINY_SD_VAE), g)
         clip_l = demo.tiny_clip_l_state(TINY_TEXT_WIDTH, g)
-        state = {UNET_PREFIX + k: v for k, v in unet.state_dict().items()}
-        state.update({VAE_PREFIX + k: v for k, v in vae.state_dict().items()})
-        state.update({CLIP_PREFIX + k: v for k, v in clip_l.items()})
-        state.update(ldm_extras())
-        path = demo.save_single_file(folder / "demo_sd15.safetensors", state, dtype,
+        path = demo.save_single_file(folder / "demo_sd15.safetensors",
+                                     self.single_file_state(unet, vae, {CLIP_PREFIX: clip_l}), dtype,
                                      "SD 1.5 checkpoints (v1-5-pruned-emaonly.safetensors)")
         text = {"text_encoder": ({k: v for k, v in clip_l.items() if not k.endswith("position_ids")},
-                                 {**demo.clip_l_config(TINY_TEXT_WIDTH).to_dict(), "architectures": ["CLIPTextModel"]})}
-        index = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
-                 "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
-                 "scheduler": ["diffusers", "PNDMScheduler"]}
-        folder = demo.write_diffusers(folder / "demo_sd15_diffusers", unet, vae, text, index, SCHEDULER)
+                                 demo.hf_text_config(TINY_TEXT_WIDTH))}
+        folder = demo.write_diffusers(folder / "demo_sd15_diffusers", unet, vae, text, pipeline_index(SCHEDULER),
+                                      SCHEDULER)
         return {"sd1": path, "sd1_diffusers": folder}
 
 

@@ -32,8 +32,8 @@ from ..sdxl.unet import UNetModel
 from ..sdxl.vae import AutoencoderKL
 from ..weights import read_metadata, read_tensors
 from . import register
-from .ldm import UNET_PREFIX, VAE_PREFIX, LDMFamily, ldm_extras, require_plain_unet
-from .sd1 import SD_LATENT, SD_VAE, TINY_SD_VAE, TINY_TEXT_WIDTH, single_text_encoder_act
+from .ldm import UNET_PREFIX, LDMFamily, ldm_extras, require_plain_unet
+from .sd1 import SD_LATENT, SD_VAE, TINY_SD_VAE, TINY_TEXT_WIDTH, pipeline_index, single_text_encoder_act
 
 SD21_UNET = UNetConfig(320, (1, 2, 4, 4), (1, 1, 1, 0), 1, context_dim=1024, adm_in_channels=0)
 OPENCLIP_H = TextTowerConfig(width=1024, layers=24, heads=16, mlp_width=4096, proj_dim=1024)
@@ -144,22 +144,15 @@ class SD2(LDMFamily):
         unet = demo.randomize(UNetModel(TINY_SD2_UNET), g)
         vae = demo.randomize(AutoencoderKL(TINY_SD_VAE), g)
         tower = demo.tiny_open_clip_state(TINY_TEXT_WIDTH, g)
-        state = {UNET_PREFIX + k: v for k, v in unet.state_dict().items()}
-        state.update({VAE_PREFIX + k: v for k, v in vae.state_dict().items()})
-        state.update({TEXT_PREFIX + k: v for k, v in tower.items()})
-        state.update(ldm_extras())
-        path = demo.save_single_file(folder / "demo_sd2_768v.safetensors", state, dtype,
+        path = demo.save_single_file(folder / "demo_sd2_768v.safetensors",
+                                     self.single_file_state(unet, vae, {TEXT_PREFIX: tower}), dtype,
                                      "SD 2.x checkpoints (v2-1_768-ema-pruned.safetensors)")
         # diffusers' SD 2.x text encoder: a CLIPTextModel without the projection, cut after the penultimate block
         last = f"text_model.encoder.layers.{demo.TEXT_LAYERS - 1}."
         hf = {k: v for k, v in demo.open_clip_to_hf(tower).items() if not k.startswith((last, "text_projection"))}
-        config = demo.clip_l_config(TINY_TEXT_WIDTH)
-        config.hidden_act, config.num_hidden_layers = "gelu", demo.TEXT_LAYERS - 1
-        text = {"text_encoder": (hf, {**config.to_dict(), "architectures": ["CLIPTextModel"]})}
-        index = {"_class_name": "StableDiffusionPipeline", "unet": ["diffusers", "UNet2DConditionModel"],
-                 "vae": ["diffusers", "AutoencoderKL"], "text_encoder": ["transformers", "CLIPTextModel"],
-                 "scheduler": ["diffusers", "DDIMScheduler"]}
-        folder = demo.write_diffusers(folder / "demo_sd2_768v_diffusers", unet, vae, text, index, SCHEDULER)
+        config = demo.hf_text_config(TINY_TEXT_WIDTH, hidden_act="gelu", num_hidden_layers=demo.TEXT_LAYERS - 1)
+        folder = demo.write_diffusers(folder / "demo_sd2_768v_diffusers", unet, vae, {"text_encoder": (hf, config)},
+                                      pipeline_index(SCHEDULER), SCHEDULER)
         return {"sd2": path, "sd2_diffusers": folder}
 
 

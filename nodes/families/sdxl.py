@@ -24,7 +24,7 @@ from ..sdxl.unet import UNetModel
 from ..sdxl.vae import AutoencoderKL
 from ..weights import UnsupportedCheckpoint, read_config
 from . import register
-from .ldm import UNET_PREFIX, VAE_PREFIX, LDMFamily, require_plain_unet
+from .ldm import UNET_PREFIX, LDMFamily, require_plain_unet
 
 CLIP_L_PREFIX = SINGLE_FILE_PREFIXES["sdxl_base"]["clip_l"]
 BIGG_PREFIX = {kind: prefixes["clip_g"] for kind, prefixes in SINGLE_FILE_PREFIXES.items()}
@@ -108,17 +108,15 @@ class SDXL(LDMFamily):
         vae = demo.randomize(AutoencoderKL(TINY_VAE), g)
         clip_g = demo.tiny_open_clip_state(TINY_BIGG_WIDTH, g)
         clip_l = demo.tiny_clip_l_state(TINY_CLIP_L_WIDTH, g) if base else {}
-        state = {UNET_PREFIX + k: v for k, v in unet.state_dict().items()}
-        state.update({VAE_PREFIX + k: v for k, v in vae.state_dict().items()})
-        state.update({CLIP_L_PREFIX + k: v for k, v in clip_l.items()})
-        state.update({BIGG_PREFIX[self.name] + k: v for k, v in clip_g.items()})
+        state = self.single_file_state(unet, vae, {CLIP_L_PREFIX: clip_l, BIGG_PREFIX[self.name]: clip_g})
         what = "SDXL checkpoints (sd_xl_base_1.0.safetensors, sd_xl_refiner_1.0.safetensors)"
         paths = {self.name: demo.save_single_file(folder / f"demo_{self.name}.safetensors", state, dtype, what)}
         if base:
             text = {"text_encoder": ({k: v for k, v in clip_l.items() if not k.endswith("position_ids")},
-                                     {**demo.clip_l_config(TINY_CLIP_L_WIDTH).to_dict(),
-                                      "architectures": ["CLIPTextModel"]}),
-                    "text_encoder_2": (demo.open_clip_to_hf(clip_g), demo.open_clip_hf_config(TINY_BIGG_WIDTH))}
+                                     demo.hf_text_config(TINY_CLIP_L_WIDTH)),
+                    "text_encoder_2": (demo.open_clip_to_hf(clip_g),
+                                       demo.hf_text_config(TINY_BIGG_WIDTH, "CLIPTextModelWithProjection",
+                                                           hidden_act="gelu"))}
             index = {"_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": True,
                      "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
                      "text_encoder": ["transformers", "CLIPTextModel"],

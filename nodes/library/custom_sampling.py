@@ -17,6 +17,7 @@ from ..types import CONDITIONING, GUIDER, LATENT, MODEL, NOISE, SAMPLER, SIGMAS
 from .sampling import SEED_MAX, STEP_MAX, sample_with_denoised
 
 TURBO_TIMESTEPS = 10  # SDXL Turbo's distilled steps: timesteps 999, 899, …, 99
+SAMPLED = [Output(LATENT, "output"), Output(LATENT, "denoised_output", "the last step's denoised estimate")]
 
 
 @dataclass(frozen=True)
@@ -138,9 +139,7 @@ class BasicGuider:
         return (Guider(self.model, self.conditioning, [], 1.0),)
 
 
-@node(category="sampling/custom_sampling",
-      outputs=[Output(LATENT, "output"), Output(LATENT, "denoised_output", "the last step's denoised estimate")],
-      display_name="SamplerCustom", version="1.0.0")
+@node(category="sampling/custom_sampling", outputs=SAMPLED, display_name="SamplerCustom", version="1.0.0")
 class SamplerCustom:
     """Denoise the latent with a chosen sampler on a given σ schedule, guided by the positive and negative
     conditioning."""
@@ -159,9 +158,7 @@ class SamplerCustom:
                        Noise(self.noise_seed, self.add_noise), self.sampler, self.sigmas, self.latent_image)
 
 
-@node(category="sampling/custom_sampling",
-      outputs=[Output(LATENT, "output"), Output(LATENT, "denoised_output", "the last step's denoised estimate")],
-      display_name="SamplerCustomAdvanced", version="1.0.0")
+@node(category="sampling/custom_sampling", outputs=SAMPLED, display_name="SamplerCustomAdvanced", version="1.0.0")
 class SamplerCustomAdvanced:
     """SamplerCustom with the noise and the guidance as inputs of their own."""
     noise: NOISE = Input()
