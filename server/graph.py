@@ -90,19 +90,19 @@ def _link_table(workflow: dict) -> dict[Any, _Link]:
 def widget_slots(spec: NodeSpec) -> dict[str, int]:
     """Where each widget input's value sits in a node's positional ``widgets_values``.
 
-    Widgets come in schema order (required, then optional); a seed's "control after generate" value and an
-    image upload button's value follow their widget and belong to no input."""
+    Widgets come in schema order (required, then optional); a seed's "control after generate" value follows its
+    widget, and an image upload button's value follows the required widgets (LoadImageMask saves
+    ``["m.png", "red", "image"]``); those values belong to no input."""
     slots, index = {}, 0
-    ordered = [i for i in spec.inputs.values() if i.required] + [i for i in spec.inputs.values() if i.optional]
-    for inp in ordered:
-        if not inp.is_widget:
-            continue
-        slots[inp.name] = index
-        index += 1
-        if inp.control_after_generate or (inp.type == INT and inp.name in _SEED_NAMES):
+    for group in ([i for i in spec.inputs.values() if i.required], [i for i in spec.inputs.values() if i.optional]):
+        for inp in group:
+            if not inp.is_widget:
+                continue
+            slots[inp.name] = index
             index += 1
-        if inp.image_upload:
-            index += 1
+            if inp.control_after_generate or (inp.type == INT and inp.name in _SEED_NAMES):
+                index += 1
+        index += any(inp.image_upload and inp.is_widget for inp in group)
     return slots
 
 
