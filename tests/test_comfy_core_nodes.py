@@ -1,7 +1,7 @@
 """ComfyUI's core image, latent, mask and conditioning nodes (issue 18 item 5): each node's behaviour, called through
 its declaration as the executor calls it, against hand-computed values or an independent reference (scipy's grey
-morphology, Pillow's blend modes); their widget layout in saved workflows; and all of them together in one graph
-run by `latentgraph run`."""
+morphology, Pillow's blend modes); their widget layout in saved workflows; all of them together in one graph run
+by `latentgraph run`, and a real ComfyUI template made of them."""
 import json
 import os
 
@@ -10,11 +10,12 @@ import pytest
 import torch
 from PIL import Image, ImageChops
 from sdxl_helpers import cli, demo_models_dir, environment
+from template_helpers import load_template
 
 from nodes.node import Context
 from server.graph import ui_to_api, validate
 
-NEW_NODES = ["ImageBlend", "ImagePadForOutpaint", "ImageScaleToTotalPixels", "ImageBatch", "LatentComposite",
+NEW_NODES = ["MaskPreview", "ImageBlend", "ImagePadForOutpaint", "ImageScaleToTotalPixels", "ImageBatch", "LatentComposite",
              "LatentCompositeMasked", "SetLatentNoiseMask", "RepeatLatentBatch", "LatentFromBatch", "LatentBlend",
              "LoadImageMask", "ImageToMask", "MaskToImage", "InvertMask", "GrowMask", "FeatherMask", "ThresholdMask",
              "ConditioningAverage", "UpscaleModelLoader", "ImageUpscaleWithModel"]
@@ -313,6 +314,7 @@ def test_every_new_node_runs_in_one_graph_through_latentgraph_run(run_env, tmp_p
         "31": n("ImageBatch", image1=["26", 0], image2=["29", 0]),
         "32": n("ImageBatch", image1=["30", 0], image2=["31", 0]),
         "33": n("SaveImage", images=["32", 0], filename_prefix="core/all"),
+        "34": n("MaskPreview", mask=["24", 0]),
     }
     assert set(NEW_NODES) <= {node["class_type"] for node in prompt.values()}
     path = tmp_path / "all.json"
@@ -320,8 +322,27 @@ def test_every_new_node_runs_in_one_graph_through_latentgraph_run(run_env, tmp_p
     rc, out, err = cli("run", str(path), "--models", run_env.models_dir, "--input", run_env.input_dir,
                        "--out", run_env.output_dir, "-q")
     assert rc == 0, err
-    written = [line for line in out.splitlines() if line.endswith(".png")]
-    assert len(written) == 6  # 2 latents sampled → 2 + 2 pictures, then the mask picture and the loaded one
-    for file in written:
+    sizes = {}
+    for file in (line for line in out.splitlines() if line.endswith(".png")):
         with Image.open(file) as im:
-            assert im.size == (120, 104)  # 64² ×4 → 0.01 MP in steps of 8 (104²) → 8 px either side
+            sizes[file] = im.size
+    saved = [size for file, size in sizes.items() if file.startswith(run_env.output_dir)]
+    # 2 latents sampled → 2 + 2 pictures, then the mask picture and the loaded one; 64² ×4 → 0.01 MP in steps of 8
+    # (104²) → 8 px more either side
+    assert saved == [(120, 104)] * 6
+    assert sorted(sizes.values()) == [(64, 64)] + saved  # and the mask preview
+
+
+def test_comfyui_mask_template_runs_through_latentgraph_run(env, tmp_path):
+    """basic_mask_operations_and_compositing, a real ComfyUI template (masks from channels, thresholds, feathering,
+    inversion, compositing, previews), runs unchanged with a picture of our own as its example.png."""
+    workflow = load_template("basic_mask_operations_and_compositing")
+    previews = [n for n in workflow["nodes"] if n["type"] in ("PreviewImage", "MaskPreview") and n.get("mode", 0) == 0]
+    Image.new("RGBA", (96, 64), (200, 100, 50, 128)).save(os.path.join(env.input_dir, "example.png"))
+    path = tmp_path / "template.json"
+    path.write_text(json.dumps(workflow))
+    rc, out, err = cli("run", str(path), "--models", str(tmp_path / "models"), "--input", env.input_dir,
+                       "--out", env.output_dir, "-q")
+    assert rc == 0, err
+    written = [line for line in out.splitlines() if line.endswith(".png")]
+    assert len(written) == len(previews) >= 10

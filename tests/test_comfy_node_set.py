@@ -112,6 +112,7 @@ REFERENCE = {
                     ["LATENT"]),
     "LoadImageMask": ("Load Image (as Mask)", [("image", COMBO, {"image_upload": True}),
                                                ("channel", ["alpha", "red", "green", "blue"], {})], ["MASK"]),
+    "MaskPreview": ("Preview Mask", [("mask", "MASK", {})], []),
     "ImageToMask": ("Convert Image to Mask", [("image", "IMAGE", {}), ("channel", ["red", "green", "blue", "alpha"], {})],
                     ["MASK"]),
     "MaskToImage": ("Convert Mask to Image", [("mask", "MASK", {})], ["IMAGE"]),

@@ -283,5 +283,10 @@ class PreviewImage:
     images: IMAGE = Input()
 
     def run(self, ctx):
-        prefix = "ComfyUI_temp_" + "".join(random.choices(string.ascii_lowercase, k=5))
-        return _save_batch(ctx, self.images, ctx.env.temp_dir or "temp", prefix, "temp", 1)
+        return preview(ctx, self.images)
+
+
+def preview(ctx, images) -> Result:
+    """Images written to the temporary folder for the UI to show (fast PNG compression, a random name)."""
+    prefix = "ComfyUI_temp_" + "".join(random.choices(string.ascii_lowercase, k=5))
+    return _save_batch(ctx, images, ctx.env.temp_dir or "temp", prefix, "temp", 1)

@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 from ..images import pil_to_tensor
 from ..node import Input, Output, node
 from ..types import IMAGE, MASK
-from .image import annotated_image_exists, existing_image, file_digest, input_images
+from .image import annotated_image_exists, existing_image, file_digest, input_images, preview
 
 MAX_RESOLUTION = 16384
 MASK_OPERATIONS = {
@@ -122,6 +122,10 @@ class ImageCompositeMasked:
 CHANNELS = ["red", "green", "blue", "alpha"]
 
 
+def mask_to_image(mask: torch.Tensor) -> torch.Tensor:
+    return _batched(mask).float()[..., None].expand(-1, -1, -1, 3).clone()
+
+
 def grow(mask: torch.Tensor, expand: int, tapered_corners: bool) -> torch.Tensor:
     """Dilate (expand > 0) or erode (< 0) by |expand| pixels, one pixel per step: a 3×3 cross per step with tapered
     corners (so corners round off), a 3×3 square without. Outside the mask counts as neither (grey morphology)."""
@@ -195,7 +199,17 @@ class MaskToImage:
     mask: MASK = Input()
 
     def run(self, ctx):
-        return (_batched(self.mask).float()[..., None].expand(-1, -1, -1, 3).clone(),)
+        return (mask_to_image(self.mask),)
+
+
+@node(category="mask", output_node=True, display_name="Preview Mask", hidden={"prompt": "PROMPT",
+      "extra_pnginfo": "EXTRA_PNGINFO"}, version="1.0.0")
+class MaskPreview:
+    """Show the masks as grey pictures without keeping them: they go to the temporary folder."""
+    mask: MASK = Input()
+
+    def run(self, ctx):
+        return preview(ctx, mask_to_image(self.mask))
 
 
 @node(category="mask", outputs=[Output(MASK)], display_name="Invert Mask", version="1.0.0")
