@@ -240,7 +240,6 @@ def cmd_serve(args) -> int:
 
 def cmd_make_demo_model(args) -> int:
     from nodes import demo
-
     from nodes.upscale_models import write_demo_upscaler
 
     for path in demo.make_demo_models(args.dir).values():

@@ -41,8 +41,8 @@ def comfyui_builtin_nodes() -> frozenset[str]:
 
 
 def is_comfyui_builtin(kind: str) -> bool:
-    return kind in comfyui_builtin_nodes() or kind.replace(".", "_") in comfyui_builtin_nodes()  # the list's
-    # source writes "EmptyAceStep1.5LatentAudio" as "EmptyAceStep1_5LatentAudio"
+    # the list's source writes "EmptyAceStep1.5LatentAudio" as "EmptyAceStep1_5LatentAudio"
+    return kind in comfyui_builtin_nodes() or kind.replace(".", "_") in comfyui_builtin_nodes()
 
 
 def missing_node_types(prompt: dict, registry: dict[str, NodeSpec]) -> dict[str, list[str]]:

@@ -42,8 +42,8 @@ class UpscaleModelLoader:
 @node(category="image/upscaling", outputs=[Output(IMAGE)], display_name="Upscale Image (using Model)",
       version="1.0.0")
 class ImageUpscaleWithModel:
-    """Upscale pictures with the model (by its own factor, e.g. 4×), in 512-pixel tiles that overlap by 32 and are
-    blended, so large pictures fit in memory. Follow with Upscale Image By to reach another size."""
+    """Upscale pictures with the model (by its own factor, e.g. 4×), in tiles of at most 512 pixels that overlap by
+    32 and are blended, so large pictures fit in memory. Follow with Upscale Image By to reach another size."""
     upscale_model: UPSCALE_MODEL = Input()
     image: IMAGE = Input()
 
