@@ -1,6 +1,6 @@
 """What the server asks nodes/ about models, so that it knows nothing of diffusion: the model folders and what is
 in them, which folder a loader input reads, which installed file could stand in for a missing one, and the demo
-checkpoints a fresh install runs on.
+checkpoints and upscale model a fresh install runs on.
 """
 from __future__ import annotations
 
@@ -82,3 +82,15 @@ def ensure_demo_models(checkpoints: Path) -> str | None:
 def make_demo_models(folder) -> dict[str, Path]:
     from .demo import make_demo_models as make
     return make(folder)
+
+
+def ensure_demo_upscaler(folder: Path) -> None:
+    """Without any upscale model, write the tiny random-weight demo one so the shipped upscaling workflow runs."""
+    if folder.is_dir() and any(p.suffix in MODEL_SUFFIXES for p in folder.rglob("*")):
+        return
+    write_demo_upscaler(folder)
+
+
+def write_demo_upscaler(folder) -> Path:
+    from .upscale_models import write_demo_upscaler as write
+    return write(folder)

@@ -11,6 +11,7 @@ objects in ComfyUI's shapes:
     MODEL         a denoiser (the protocol in nodes.sampling.denoiser)
     CLIP          a checkpoint's text encoders (the protocol nodes.families.TextEncoder)
     VAE           an AutoencoderKL (nodes.sdxl.vae) whose config holds its latent scale
+    UPSCALE_MODEL nodes.upscale_models.UpscaleModel
 """
 from __future__ import annotations
 
@@ -47,6 +48,7 @@ SAMPLER = SocketType("SAMPLER", "a sampling algorithm")
 SIGMAS = SocketType("SIGMAS", "a noise-level schedule, 1-D tensor")
 NOISE = SocketType("NOISE", "an initial-noise source")
 GUIDER = SocketType("GUIDER", "a model with its conditioning and guidance scale")
+UPSCALE_MODEL = SocketType("UPSCALE_MODEL", "an image-to-image upscale model (ESRGAN, SwinIR, …)")
 ANY = SocketType("*", "any type")
 
 _BY_PYTHON = {int: INT, float: FLOAT, str: STRING, bool: BOOLEAN}

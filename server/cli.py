@@ -242,6 +242,8 @@ def cmd_serve(args) -> int:
 def cmd_make_demo_model(args) -> int:
     for path in catalog.make_demo_models(args.dir).values():
         print(path)
+    folder = args.upscale_models or os.path.join(os.path.dirname(os.path.abspath(args.dir)), "upscale_models")
+    print(catalog.write_demo_upscaler(folder))
     return 0
 
 
@@ -286,8 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
         app.add_arguments(p)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("make-demo-model", help="write the tiny demo checkpoints (one set per model family) into DIR")
-    p.add_argument("dir")
+    p = sub.add_parser("make-demo-model", help="write the tiny demo checkpoints (one set per model family) into DIR "
+                                               "and a demo upscale model")
+    p.add_argument("dir", help="the checkpoints folder, e.g. models/checkpoints")
+    p.add_argument("--upscale-models", help="folder for the demo upscale model (default: upscale_models beside DIR)")
     p.set_defaults(func=cmd_make_demo_model)
     return parser
 
