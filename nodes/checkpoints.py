@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from .families import Checkpoint, family_of, load_builtin_families
-from .families.ldm import load_diffusers_unet, load_diffusers_vae, load_vae_file  # noqa: F401 (a unet/ folder alone)
+# load_diffusers_unet is re-exported: callers load a diffusers unet/ folder on its own with it
+from .families.ldm import load_diffusers_unet, load_diffusers_vae, load_vae_file  # noqa: F401
 from .latent_format import LatentFormat
 from .sdxl.meta import building
 from .weights import UnsupportedCheckpoint, default_dtype, read_shapes

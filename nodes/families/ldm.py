@@ -51,8 +51,6 @@ def ldm_extras(num_timesteps: int = 1000, linear_start: float = 0.00085, linear_
 
 # ---- config inference from shapes -------------------------------------------------------------------------
 
-# ---- config inference from shapes -------------------------------------------------------------------------
-
 def _count(shapes: dict, prefix: str) -> int:
     """Number of consecutive integer children ``prefix{N}.`` present."""
     children = {k[len(prefix):].split(".", 1)[0] for k in shapes if k.startswith(prefix)}
@@ -371,7 +369,13 @@ class LDMFamily(Family):
             state.update(ldm_extras())
         return state
 
-    def full_size_unet_vae_shapes(self, unet: UNetConfig, vae: VAEConfig) -> dict[str, tuple[int, ...]]:
+    def full_size_layout(self, unet: UNetConfig, vae: VAEConfig, text: dict[str, tuple]) -> dict[str, tuple[int, ...]]:
+        """Every tensor name and shape of a full-size single file: UNet and VAE built on meta, the text towers'
+        ``text`` shapes, and the top-level extras the family's files carry."""
         with torch.device("meta"):
             parts = ((UNET_PREFIX, UNetModel(unet)), (VAE_PREFIX, AutoencoderKL(vae)))
-            return {prefix + k: tuple(v.shape) for prefix, module in parts for k, v in module.state_dict().items()}
+            shapes = {prefix + k: tuple(v.shape) for prefix, module in parts for k, v in module.state_dict().items()}
+        shapes.update(text)
+        if self.extra_tensors:
+            shapes.update({k: tuple(v.shape) for k, v in ldm_extras().items()})
+        return shapes

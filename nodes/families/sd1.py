@@ -117,8 +117,7 @@ class SD1(LDMFamily):
         return UNetDenoiser(checkpoint.unet, self.name, checkpoint.sampling, SD_LATENT, name)
 
     def full_size_shapes(self):
-        return {**self.full_size_unet_vae_shapes(SD15_UNET, SD_VAE), **clip_l_state_shapes(CLIP_L, CLIP_PREFIX),
-                **{k: tuple(v.shape) for k, v in ldm_extras().items()}}
+        return self.full_size_layout(SD15_UNET, SD_VAE, clip_l_state_shapes(CLIP_L, CLIP_PREFIX))
 
     def write_demo(self, folder, dtype):
         """``demo_sd15.safetensors`` and its diffusers-layout copy ``demo_sd15_diffusers/``."""

@@ -135,8 +135,7 @@ class SD2(LDMFamily):
         return UNetDenoiser(checkpoint.unet, self.name, checkpoint.sampling, SD_LATENT, name)
 
     def full_size_shapes(self):
-        return {**self.full_size_unet_vae_shapes(SD21_UNET, SD_VAE), **open_clip_state_shapes(OPENCLIP_H, TEXT_PREFIX),
-                **{k: tuple(v.shape) for k, v in ldm_extras().items()}}
+        return self.full_size_layout(SD21_UNET, SD_VAE, open_clip_state_shapes(OPENCLIP_H, TEXT_PREFIX))
 
     def write_demo(self, folder, dtype):
         """``demo_sd2_768v.safetensors`` (v-prediction, as the probe tells) and ``demo_sd2_768v_diffusers/``."""

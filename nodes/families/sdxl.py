@@ -98,7 +98,7 @@ class SDXL(LDMFamily):
 
     def full_size_shapes(self):
         unet = SDXL_BASE_UNET if self.name == "sdxl_base" else SDXL_REFINER_UNET
-        return {**self.full_size_unet_vae_shapes(unet, SDXL_VAE), **full_size_state_shapes(self.name)}
+        return self.full_size_layout(unet, SDXL_VAE, full_size_state_shapes(self.name))
 
     def write_demo(self, folder, dtype):
         """``demo_<kind>.safetensors``, and for the base a diffusers-layout copy ``demo_sdxl_base_diffusers/``."""
