@@ -16,6 +16,7 @@ A family module subclasses ``Family`` and registers an instance at import, as no
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 import re
@@ -106,6 +107,7 @@ def register(family: Family) -> Family:
     return family
 
 
+@functools.cache
 def load_builtin_families() -> dict[str, Family]:
     """Import the family modules (registration happens at import), in name order, and return the registry."""
     for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
