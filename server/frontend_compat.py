@@ -7,14 +7,17 @@ place of ``web/``. Besides the routes in server/routes.py it calls (comfyui-comp
 - ``/userdata`` (saved workflows, per-user files): list, read, write, delete, move; ``/v2/userdata``;
 - ``/jobs`` (the queue and history panels; the frontend validates the shape strictly), ``/jobs/{id}``, cancel;
 - ``/i18n``, ``/workflow_templates``, ``/global_subgraphs``, ``/experiment/models`` (degrade gracefully);
-- ``/templates/index.json`` and ``/templates/<name>.json``: the template browser, served from the MIT
-  ``comfyui-workflow-templates-json`` package when it is installed.
+- ``/templates/index.json``, ``/templates/<name>.json`` and thumbnails: the template browser. Our shipped workflows
+  come first, one category per family (server/templates.py); the MIT ``comfyui-workflow-templates-json`` package's
+  templates follow when it is installed.
 
 User files live under ``<data>/userdata``; every path is confined to it.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
+import functools
 import json
 import os
 import shutil
@@ -23,6 +26,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from . import templates
 from .routes import model_names
 from .security import PathError, confined, error_json
 
@@ -89,6 +93,14 @@ def _templates_dir() -> Path | None:
     return Path(pkg.__file__).parent / "templates"
 
 
+@functools.cache
+def _package_index() -> list:
+    """The template package's own index (read once: an installed package does not change)."""
+    folder = _templates_dir()
+    index = folder / "index.json" if folder else None
+    return json.loads(index.read_text()) if index and index.is_file() else []
+
+
 def _flag(request: web.Request, name: str) -> bool:
     return request.query.get(name, "").lower() in ("true", "1")
 
@@ -101,7 +113,7 @@ class FrontendRoutes:
     @property
     def root(self) -> Path:
         root = Path(self.s.config.data_dir) / "userdata"
-        root.mkdir(parents=True, exist_ok=True)
+        (root / "workflows").mkdir(parents=True, exist_ok=True)  # where both frontends save workflows
         return root
 
     def _path(self, rel: str) -> Path:
@@ -262,17 +274,26 @@ class FrontendRoutes:
         return web.Response(text=text, content_type="text/css", headers={"Cache-Control": "no-cache"})
 
     async def template(self, request):
-        """Template browser files from the MIT template package, when installed."""
+        """Template browser files: the shipped workflows and their thumbnails, then the MIT template package's."""
+        name = request.match_info["name"]
+        shipped = Path(self.s.config.workflows_dir)
         folder = _templates_dir()
+        if name == "index.json":
+            return web.json_response(templates.index(shipped) + _package_index(), headers={"Cache-Control": "no-cache"})
+        found = templates.find(shipped, name)
+        if found and found[0] == "json":
+            return web.FileResponse(found[1], headers={"Content-Type": "application/json", "Cache-Control": "no-cache"})
+        if found:
+            data = await asyncio.get_running_loop().run_in_executor(None, templates.thumbnail, found[1])
+            return web.Response(body=data, content_type="image/webp", headers={"Cache-Control": "no-cache"})
         if folder is None:
-            return error_json(404, "not_found", "no workflow templates installed "
-                                                "(pip install comfyui-workflow-templates-json)")
+            return error_json(404, "not_found", f"no template {name!r} (more: pip install comfyui-workflow-templates-json)")
         try:
-            path = confined(folder, request.match_info["name"])
+            path = confined(folder, name)
         except PathError as exc:
             return error_json(403, "forbidden_path", str(exc))
         if not path.is_file():
-            return error_json(404, "not_found", f"no template file {request.match_info['name']!r}")
+            return error_json(404, "not_found", f"no template file {name!r}")
         return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
 
 
