@@ -7,6 +7,7 @@ Screenshots of each step go to test-artifacts/browser/ (gitignored).
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -125,18 +126,28 @@ def context(chromium):
 @pytest.fixture
 def open_canvas(context, request):
     """Open the canvas of the server at `url` in a new page of `context`; the page gets `.shot(step)`
-    (numbered screenshots) and `.load_seconds`. Uncaught page errors fail the test."""
+    (numbered screenshots) and `.load_seconds`. Uncaught page errors and console errors fail the test, except
+    console errors a test announces with `page.allow_console_error(regex)` (matched against the message and the
+    URL of the resource it names, e.g. a 400 the test provokes)."""
     errors: list[str] = []
+    allowed: list[str] = []
+
+    def on_console(msg):
+        text = f"{msg.text} {msg.location.get('url', '')}"
+        if msg.type == "error" and not any(re.search(p, text) for p in allowed):
+            errors.append(f"console: {text}")
 
     def _open(url: str):
         page = context.new_page()
-        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+        page.on("console", on_console)
+        page.allow_console_error = allowed.append
         page.shot = Shots(page, request.node.name)
         page.load_seconds = load(page, url)
         return page
 
     yield _open
-    assert not errors, f"uncaught errors in the page: {errors}"
+    assert not errors, f"errors in the page: {errors}"
 
 
 @pytest.fixture
