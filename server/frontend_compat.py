@@ -40,6 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frontend", choices=FRONTENDS, default="latentgraph",
                         help="web UI to serve: ours (web/) or the official ComfyUI frontend, if you have installed "
                              "it yourself (pip install comfyui-frontend-package; GPL, not shipped with latentgraph)")
+    parser.add_argument("--front-end-root", metavar="DIR", default=None,
+                        help="serve the web UI from this folder instead (as ComfyUI's flag of that name)")
 
 
 def comfyui_static_dir() -> Path:
@@ -56,8 +58,10 @@ def comfyui_static_dir() -> Path:
 
 
 def configure(config, args: argparse.Namespace):
-    """Apply ``--frontend`` to a server Config: the official frontend replaces web/ as the static root."""
-    if getattr(args, "frontend", "latentgraph") == "comfyui":
+    """Apply ``--frontend`` / ``--front-end-root`` to a server Config: the static root replaces web/."""
+    if getattr(args, "front_end_root", None):
+        config.web_dir = Path(args.front_end_root)
+    elif getattr(args, "frontend", "latentgraph") == "comfyui":
         config.web_dir = comfyui_static_dir()
     return config
 

@@ -60,17 +60,18 @@ def _wait_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180.0
     raise RuntimeError(f"latentgraph serve did not answer within {timeout}s:\n{log.read_text()[-3000:]}")
 
 
-def start_server(root: Path, port: int, data: str = "data") -> subprocess.Popen:
-    """Start `latentgraph serve` on 127.0.0.1:port with folders under root; returns once it answers."""
+def start_server(root: Path, port: int, data: str = "data", *extra: str, env: dict | None = None) -> subprocess.Popen:
+    """Start `latentgraph serve` on 127.0.0.1:port with folders under root (and `extra` arguments); returns once it
+    answers. Its output goes to root/server-<port>.log."""
     dirs = {name: root / name for name in ("models", "output", "input", data)}
     for d in dirs.values():
         d.mkdir(exist_ok=True)
     log = root / f"server-{port}.log"
     cmd = [sys.executable, "-c", "import sys; from server.cli import main; sys.exit(main())", "serve",
            "--host", "127.0.0.1", "--port", str(port), "--models", str(dirs["models"]),
-           "--output", str(dirs["output"]), "--input", str(dirs["input"]), "--data", str(dirs[data])]
+           "--output", str(dirs["output"]), "--input", str(dirs["input"]), "--data", str(dirs[data]), *extra]
     with open(log, "a") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         _wait_up(f"http://127.0.0.1:{port}/", proc, log)
     except Exception:
@@ -137,13 +138,16 @@ def open_canvas(context, request):
         if msg.type == "error" and not any(re.search(p, text) for p in allowed):
             errors.append(f"console: {text}")
 
-    def _open(url: str):
+    def _open(url: str, ready: bool = True, allow: tuple[str, ...] = ()):
+        """`ready`: wait until the canvas is connected (else only until the page loaded); `allow`: console errors
+        expected while it loads."""
+        allowed.extend(allow)
         page = context.new_page()
         page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
         page.on("console", on_console)
         page.allow_console_error = allowed.append
         page.shot = Shots(page, request.node.name)
-        page.load_seconds = load(page, url)
+        page.load_seconds = load(page, url) if ready else page.goto(url) and None
         return page
 
     yield _open
