@@ -3,12 +3,9 @@ search (double-click, or a link dropped on empty canvas), bypass / mute / collap
 "Convert to Subgraph", and older ComfyUI files showing each node's sockets once."""
 from __future__ import annotations
 
-import io
-import json
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from canvas_helpers import (click_node, drag_node, empty_spot, mouse_drag, new_tab, node_ids, open_file, open_template,
                             screen, slot, state, title_bar, wait_for_image_on, widget_value)

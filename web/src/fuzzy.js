@@ -33,6 +33,11 @@ function wordScore(word, f) {
   return Math.max(1, 60 + starts * 10 - gaps * 4);
 }
 
+/** The fields a node type is found by: its title, its type name, and (weakly) its category. */
+export function nodeFields(type, info) {
+  return [[field(info.display_name || type), 1], [field(type), 0.9], [field(info.category ?? ""), 0.4]];
+}
+
 /** Score of an entry {fields: [[prepared field, weight], ...]} for a query; 0 = no match. */
 export function score(query, entry) {
   const q = words(query);

@@ -1,6 +1,6 @@
 // Node library sidebar: server node classes grouped by category, filtered by a fuzzy search box.
 // Items are dragged onto the canvas (HTML drag and drop) or clicked to add at the view centre.
-import { field, score } from "./fuzzy.js";
+import { nodeFields, score } from "./fuzzy.js";
 
 export const NODE_MIME = "application/x-latentgraph-node";
 
@@ -9,7 +9,7 @@ export function buildLibrary(objectInfo, { onPick }) {
   const tree = document.getElementById("library-tree");
   const entries = Object.entries(objectInfo).map(([type, info]) => ({
     type, title: info.display_name || type, category: info.category || "other",
-    fields: [[field(info.display_name || type), 1], [field(type), 0.9], [field(info.category ?? ""), 0.4]],
+    fields: nodeFields(type, info),
   }));
 
   function item(entry) {

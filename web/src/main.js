@@ -40,6 +40,7 @@ let objectInfo = {};
 // -- editing ----------------------------------------------------------------------------------
 
 let checkpointTimer = null;
+let typingTimer = null;
 function scheduleCheckpoint() {
   clearTimeout(checkpointTimer);
   // A drag in progress is one edit: record it when the pointer is released.
@@ -296,7 +297,10 @@ function setupDrop() {
     const type = e.dataTransfer.getData(NODE_MIME);
     if (type) return void addNode(type, pos);
     const model = e.dataTransfer.getData(MODEL_MIME);
-    if (model) return void addModelLoader(...Object.values(JSON.parse(model)), pos);
+    if (model) {
+      const { folder, file } = JSON.parse(model);
+      return void addModelLoader(folder, file, pos);
+    }
     for (const file of e.dataTransfer.files) await openFile(file, pos);
   });
 }
@@ -389,8 +393,6 @@ async function firstWorkflow(listing) {
     workspace.open("Unsaved workflow");
   }
 }
-
-let typingTimer = null;
 
 async function boot() {
   const listing = api.workflowList().catch(() => []); // no list: start empty

@@ -86,7 +86,7 @@ export class Panels {
       const status = outcome(h);
       const workflow = h.prompt?.[3]?.extra_pnginfo?.workflow;
       const buttons = [["✕", "Delete from history", () => this.#act(() => this.api.deleteHistory([id]))]];
-      if (workflow) buttons.unshift(["Load", "Open this run's workflow in a new tab", () => this.openWorkflow(`run ${id.slice(0, 8)}`, workflow)]);
+      if (workflow) buttons.unshift(["Load", "Open this run's workflow in a new tab", () => this.openWorkflow(`${h.prompt[3].workflow_name ?? "run"} ${id.slice(0, 8)}`, workflow)]);
       for (const img of images) this.addImage(img);
       const { start, end } = h.timing ?? {};
       const time = start != null && end != null ? ` · ${((end - start) / 1000).toFixed(1)} s` : "";

@@ -3,7 +3,7 @@
 // canvas, then filtered to the nodes that can take (or give) that link's type; the chosen node
 // arrives at the drop point, linked.
 import { LiteGraph } from "litegraph";
-import { field, score } from "./fuzzy.js";
+import { nodeFields, score } from "./fuzzy.js";
 
 const MAX_RESULTS = 60;
 const WIDGET_TYPES = new Set(["INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"]);
@@ -35,7 +35,7 @@ export class NodeSearch {
       const types = socketTypes(info);
       return {
         type, title, category: info.category || "other", types, io: summary(types),
-        fields: [[field(title), 1], [field(type), 0.9], [field(info.category ?? ""), 0.4]],
+        fields: nodeFields(type, info),
       };
     });
     this.el = null;

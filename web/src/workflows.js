@@ -147,10 +147,10 @@ export class Workspace {
     this.persist();
   }
 
-  close(id) {
-    const index = this.tabs.findIndex((t) => t.id === id);
-    const tab = this.tabs[index];
-    if (this.isDirty(tab) && !confirm(`Close "${tab.name}" without saving?`)) return;
+  async close(id) {
+    const tab = this.tabs.find((t) => t.id === id);
+    if (this.isDirty(tab) && !await confirmDialog(`Close "${tab.name}" without saving?`, "Close")) return;
+    const index = this.tabs.indexOf(tab);
     this.tabs.splice(index, 1);
     if (!this.tabs.length) return void this.open("Unsaved workflow");
     if (id === this.active) {
