@@ -172,17 +172,19 @@ def test_results_stay_visible_and_each_tab_keeps_its_view(page, server):
 
 def test_queue_panel_names_times_cancels_batches_and_queues_to_front(page):
     """#20 item 7."""
-    sampler = node_ids(page, "SDXLSampler")[0]  # the first visit's sdxl_base: long enough to cancel while it runs
+    # the first visit's sdxl_base, made long (and new to the cache) so that it is still running when cancelled
+    sampler = node_ids(page, "SDXLSampler")[0]
+    page.evaluate("(id) => { app.graph.getNodeById(id).widgets.find((w) => w.name === 'steps').value = 5000; }", sampler)
     page.click("#queue-button")
     running = page.locator("#queue-running li")
     running.first.wait_for(timeout=60000)
     assert running.first.inner_text().startswith("sdxl_base · running")
+    page.wait_for_function("(id) => app.graph.getNodeById(id).lg.progress > 0", arg=sampler, timeout=60000)
     running.first.get_by_role("button", name="Cancel").click()
     cancelled = page.locator("#queue-history li.cancelled")
     cancelled.first.wait_for(timeout=60000)
     assert "sdxl_base · cancelled" in cancelled.first.inner_text()
     assert page.locator("#queue-history li.error").count() == 0, "a cancelled prompt is no error"
-    assert sampler
 
     open_template(page, "image_basic")
     page.click("#pause-queue")

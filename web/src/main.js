@@ -137,8 +137,9 @@ function showNodeErrors(nodeErrors, error) {
  * generate" applied, as ComfyUI does); `front` puts them at the head of the queue. */
 async function queuePrompt({ front = false } = {}) {
   const count = Math.max(1, Math.min(99, Number(document.getElementById("batch-count").value) || 1));
+  const tab = workspace.active;
   clearErrors();
-  for (let i = 0; i < count; i++) {
+  for (let i = 0; i < count && workspace.active === tab; i++) { // switching tabs ends the batch
     workspace.history.checkpoint();
     const workflow = JSON.parse(graphState(graph));
     try {

@@ -207,6 +207,7 @@ export function registerNodes(objectInfo, hooks) {
         // only the linked sockets, so sockets came out twice. Keep the schema's slots, take the links.
         super.configure({ ...saved, inputs: null, outputs: null });
         adoptSavedSlots(this, saved);
+        if (withImages) this.size[1] = Math.max(this.size[1], this.computeSize()[1]); // room for its image
       }
       computeSize(out) {
         const size = super.computeSize(out);

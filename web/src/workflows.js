@@ -114,8 +114,8 @@ export class Workspace {
     this.toast(`Missing node types, shown in red and kept unchanged when saved: ${list.join("; ")}`, "warn", 12000);
   }
 
-  /** Show every node, at most at 100 %; a graph too big to read whole is shown from its top-left
-   * corner at a readable zoom instead. */
+  /** Show every node, at most at 100 % and above the minimap; a graph too big to read whole is shown
+   * from its top-left corner at a readable zoom instead. */
   fitView() {
     const nodes = this.graph._nodes;
     if (!nodes.length) return;
@@ -123,7 +123,8 @@ export class Workspace {
     const x0 = Math.min(...nodes.map((n) => n.pos[0])), y0 = Math.min(...nodes.map((n) => n.pos[1] - title));
     const x1 = Math.max(...nodes.map((n) => n.pos[0] + n.size[0])), y1 = Math.max(...nodes.map((n) => n.pos[1] + n.size[1]));
     const el = this.canvas.canvas;
-    const [cw, ch] = [el.clientWidth, el.clientHeight];
+    const minimap = document.getElementById("minimap");
+    const [cw, ch] = [el.clientWidth, el.clientHeight - (minimap?.hidden === false ? minimap.offsetHeight + 10 : 0)];
     const ds = this.canvas.ds;
     const fit = Math.min(1, (0.92 * cw) / (x1 - x0), (0.92 * ch) / (y1 - y0));
     ds.scale = Math.max(MIN_FIT_SCALE, fit);
@@ -164,6 +165,16 @@ export class Workspace {
 
   /** Save the active workflow on the server: where it was saved before, else under a name asked for now. */
   async save() {
+    if (this.saving) return false; // Ctrl+S again while the name is being asked for
+    this.saving = true;
+    try {
+      return await this.#save();
+    } finally {
+      this.saving = false;
+    }
+  }
+
+  async #save() {
     this.history.checkpoint();
     const tab = this.tab;
     const state = tab.state;
