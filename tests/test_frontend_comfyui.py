@@ -226,6 +226,16 @@ async def test_official_frontend_loads_a_template_queues_it_and_shows_the_image(
             assert size == [64, 64]
             await page.screenshot(path=str(ARTIFACTS / "2-output-shown.png"))
             print(f"\nofficial frontend: queued to image shown in {time.monotonic() - started:.1f}s")
+
+            # our shipped workflows are templates there too, with their thumbnails
+            async with page.expect_response(lambda r: r.url.endswith("/templates/sdxl_base_refiner-1.webp")) as thumb:
+                await page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+                await dialog.get_by_placeholder("Search").fill("SDXL base refiner")
+            assert (await thumb.value).status == 200
+            await dialog.get_by_text("SDXL base refiner").first.click()
+            await page.wait_for_function(
+                "() => app.graph.nodes.filter(n => n.type === 'KSamplerAdvanced').length === 2", timeout=30_000)
+            await page.screenshot(path=str(ARTIFACTS / "3-shipped-template.png"))
             assert not errors, errors
             await browser.close()
     finally:
