@@ -60,7 +60,7 @@ def _wait_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180.0
     raise RuntimeError(f"latentgraph serve did not answer within {timeout}s:\n{log.read_text()[-3000:]}")
 
 
-def start_server(root: Path, port: int, data: str = "data", *extra: str, env: dict | None = None) -> subprocess.Popen:
+def start_server(root: Path, port: int, data: str = "data", *extra: str) -> subprocess.Popen:
     """Start `latentgraph serve` on 127.0.0.1:port with folders under root (and `extra` arguments); returns once it
     answers. Its output goes to root/server-<port>.log."""
     dirs = {name: root / name for name in ("models", "output", "input", data)}
@@ -71,7 +71,7 @@ def start_server(root: Path, port: int, data: str = "data", *extra: str, env: di
            "--host", "127.0.0.1", "--port", str(port), "--models", str(dirs["models"]),
            "--output", str(dirs["output"]), "--input", str(dirs["input"]), "--data", str(dirs[data]), *extra]
     with open(log, "a") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     try:
         _wait_up(f"http://127.0.0.1:{port}/", proc, log)
     except Exception:
@@ -184,6 +184,22 @@ class Shots:
         self.page.wait_for_timeout(150)  # let the canvas draw its next frame
         self.page.screenshot(path=str(path))
         return path
+
+
+@pytest.fixture
+def extra_server(server_root, server):
+    """Start another `latentgraph serve` with extra arguments (own data folder; the session server has written the
+    demo models, so start-up is quick); returns its port and log; stopped after the test."""
+    procs = []
+
+    def _start(*extra: str) -> tuple[int, Path]:
+        port = free_port()
+        procs.append(start_server(server_root, port, f"data-{port}", *extra))
+        return port, server_root / f"server-{port}.log"
+
+    yield _start
+    for proc in procs:
+        stop_server(proc)
 
 
 class RestartableServer:
