@@ -51,7 +51,7 @@ def read_header(path: Path) -> tuple[dict, int]:
 
 
 def read_metadata(path: Path) -> dict[str, str]:
-    """The header's ``__metadata__`` strings (e.g. the SAI model spec's ``modelspec.*`` keys); {} when there are none."""
+    """The header's ``__metadata__`` strings (e.g. the SAI model spec's ``modelspec.*`` keys), {} without any."""
     return _header(path)[2]
 
 

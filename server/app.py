@@ -19,7 +19,7 @@ from aiohttp import web
 
 from nodes import catalog
 
-from . import frontend_compat, routes
+from . import canvas_lib, frontend_compat, routes
 from .cluster import Cluster, PrimaryLink
 from .queue import PromptQueue
 from .security import is_loopback, make_middlewares
@@ -29,6 +29,7 @@ from .ws import Hub
 log = logging.getLogger("latentgraph.server")
 
 REPO = Path(__file__).resolve().parent.parent
+BUNDLE = Path(__file__).resolve().parent / "bundle"  # web/ and workflows/ as `pip install .` packs them (canvas_lib)
 TOKEN_ENV = "LATENTGRAPH_TOKEN"
 GC_YOUNG_THRESHOLD = 20_000  # container allocations between young collections; see settle_gc
 STATUS_INTERVAL = 0.05  # seconds between queue-change statuses; see State.queue_changed
@@ -47,8 +48,8 @@ class Config:
     devices: list[str] = field(default_factory=lambda: ["auto"])
     max_upload_bytes: int = 100 * 1024 * 1024
     max_body_bytes: int = 32 * 1024 * 1024
-    web_dir: Path = REPO / "web"
-    workflows_dir: Path = REPO / "workflows"
+    web_dir: Path = field(default_factory=lambda: shipped("web"))
+    workflows_dir: Path = field(default_factory=lambda: shipped("workflows"))
     cache_entries: int = 256
     cache_bytes: int = 4 * 1024 ** 3
     worker_process: bool = True  # run prompts in a child process per device (see runners.py)
@@ -57,6 +58,11 @@ class Config:
     @property
     def temp_dir(self) -> Path:
         return self.data_dir / "temp"
+
+
+def shipped(name: str) -> Path:
+    """A folder that ships with latentgraph: the source checkout's, else the installed package's copy."""
+    return REPO / name if (REPO / name).is_dir() else BUNDLE / name
 
 
 class State:
@@ -291,6 +297,8 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(config)
     settle_gc()
     where = f"http://{config.host}:{config.port}/"
+    if reason := canvas_lib.missing(config.web_dir):
+        log.warning("the page at %s cannot show the canvas: %s", where, reason)
     log.info("latentgraph serving %s%s", where, " (token required: open /?token=<token> once)" if config.token else "")
     web.run_app(app, host=config.host, port=config.port, print=None, access_log=None, loop=new_event_loop(),
                 reuse_port=config.http_processes > 1)

@@ -1,4 +1,5 @@
-"""The `latentgraph` command: run, validate and list nodes headless; start the server; make the demo model.
+"""The `latentgraph` command: run, validate and list nodes headless; start the server; make the demo model; fetch
+the canvas library without npm.
 
 Every failure a user can cause (missing file, bad JSON, invalid graph, a node raising) ends in a readable
 message on stderr and a non-zero exit status, never a traceback."""
@@ -11,6 +12,7 @@ import sys
 import tempfile
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
 from nodes import catalog
@@ -239,6 +241,19 @@ def cmd_serve(args) -> int:
     return app.run(args) or 0
 
 
+def cmd_fetch_canvas(args) -> int:
+    from .app import shipped
+    from .canvas_lib import NAME, fetch, pinned
+
+    web = Path(args.web) if args.web else shipped("web")
+    try:
+        where = fetch(web)
+    except ValueError as exc:
+        raise CLIError(str(exc))
+    print(f"{NAME} {pinned(web)[0]} installed in {where}")
+    return 0
+
+
 def cmd_make_demo_model(args) -> int:
     for path in catalog.make_demo_models(args.dir).values():
         print(path)
@@ -287,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     if app is not None and hasattr(app, "add_arguments"):
         app.add_arguments(p)
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("fetch-canvas", help="download the canvas library from the npm registry, without npm "
+                                            "(checked against web/package-lock.json)")
+    p.add_argument("--web", metavar="DIR", help="the canvas folder to install it in (default: the one served)")
+    p.set_defaults(func=cmd_fetch_canvas)
 
     p = sub.add_parser("make-demo-model", help="write the tiny demo checkpoints (one set per model family) into DIR "
                                                "and a demo upscale model")

@@ -25,6 +25,7 @@ from aiohttp import web
 
 from nodes.catalog import MODEL_FOLDERS, model_names
 
+from . import canvas_lib
 from .security import PathError, confined, error_json
 
 FILE_TYPES = ("output", "input", "temp")
@@ -423,6 +424,9 @@ class Routes:
         index = Path(self.config.web_dir) / "index.html"
         if not index.is_file():
             return web.Response(text="latentgraph API server (web/index.html not found)", content_type="text/plain")
+        if reason := canvas_lib.missing(self.config.web_dir):  # say so, rather than a canvas stuck at "connecting…"
+            return web.Response(text=canvas_lib.missing_page(reason), status=503, content_type="text/html",
+                                headers={"Cache-Control": "no-cache"})
         return web.FileResponse(index, headers={"Cache-Control": "no-cache"})
 
 

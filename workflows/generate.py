@@ -115,28 +115,29 @@ RUN = ("Run headless: latentgraph run workflows/{name}.json. It names the demo c
 
 
 def base_fine_grained() -> Workflow:
+    # laid out in four columns, output last and below the sampler, so the canvas's first view shows it whole
     w = Workflow("sdxl_base")
-    ckpt = w.add("SDXLCheckpointLoader", (0, 200), ckpt_name=BASE)
-    latent = w.add("SDXLEmptyLatent", (0, 420), resolution="custom", width=256, height=256)
+    ckpt = w.add("SDXLCheckpointLoader", (0, 0), ckpt_name=BASE)
+    latent = w.add("SDXLEmptyLatent", (0, 150), resolution="custom", width=256, height=256)
     conds = []
     for i, (label, text) in enumerate((("positive", PROMPT), ("negative", NEGATIVE))):
-        y = 40 + 480 * i
-        clip_l = w.add("SDXLClipLTextEncode", (380, y), f"CLIP-L ({label})", clip=(ckpt, 1), text=text)
-        clip_g = w.add("SDXLBigGTextEncode", (380, y + 220), f"OpenCLIP bigG ({label})", clip=(ckpt, 1), text=text)
-        concat = w.add("SDXLDualEncoderConcat", (760, y + 100), clip_l=(clip_l, 0), clip_g=(clip_g, 0))
-        conds.append(w.add("SDXLSizeConditioning", (1080, y + 40), f"Size & crop ({label})", conditioning=(concat, 0),
+        y = 400 * i
+        clip_l = w.add("SDXLClipLTextEncode", (360, y), f"CLIP-L ({label})", clip=(ckpt, 1), text=text)
+        clip_g = w.add("SDXLBigGTextEncode", (360, y + 180), f"OpenCLIP bigG ({label})", clip=(ckpt, 1), text=text)
+        concat = w.add("SDXLDualEncoderConcat", (720, y), clip_l=(clip_l, 0), clip_g=(clip_g, 0))
+        conds.append(w.add("SDXLSizeConditioning", (720, y + 150), f"Size & crop ({label})", conditioning=(concat, 0),
                            original_width=(latent, 1), original_height=(latent, 2),
                            target_width=(latent, 1), target_height=(latent, 2)))
-    sampled = w.add("SDXLSampler", (1440, 200), model=(ckpt, 0), positive=(conds[0], 0), negative=(conds[1], 0),
+    sampled = w.add("SDXLSampler", (1080, 0), model=(ckpt, 0), positive=(conds[0], 0), negative=(conds[1], 0),
                     latent_image=(latent, 0), seed=42, steps=4, cfg=5.0)
-    image = w.add("SDXLVAEDecode", (1800, 200), samples=(sampled, 0), vae=(ckpt, 2))
-    w.add("SaveImage", (2120, 200), images=(image, 0), filename_prefix="sdxl_base")
+    image = w.add("SDXLVAEDecode", (1080, 480), samples=(sampled, 0), vae=(ckpt, 2))
+    w.add("SaveImage", (1080, 710), images=(image, 0), filename_prefix="sdxl_base")
     w.note("SDXL base text-to-image with the pipeline's parts as nodes (SDXL report §2): CLIP-L and OpenCLIP bigG "
            "encode the prompt separately; their penultimate hidden states are joined on the CHANNEL axis "
            "(768 + 1280 = 2048 per token) and bigG's pooled vector goes with them; the size & crop conditioning "
            "(original = target = output size, crop 0,0, as at inference in the paper) is embedded into the UNet's "
            "vector input. Same prompt and seed as sdxl_base_comfy.json, which gives the identical image with "
-           "ComfyUI's nodes.\n" + RUN.format(name=w.name, family="SDXL"), (0, 900))
+           "ComfyUI's nodes.\n" + RUN.format(name=w.name, family="SDXL"), (0, 400), (320, 360))
     return w
 
 
@@ -282,7 +283,8 @@ def inpaint() -> Workflow:
            "(grown) mask to the latent; the sampler repaints only the masked area and keeps the rest on the input "
            "latent at every step. The decoded result is pasted back through the mask, so pixels outside the mask "
            "are exactly the source picture's. The source picture is made in the first row (no input file needed); "
-           "use Load Image (its mask comes from the alpha channel) for your own.\n" + RUN.format(name=w.name, family="SDXL"),
+           "use Load Image (its mask comes from the alpha channel) for your own.\n"
+           + RUN.format(name=w.name, family="SDXL"),
            (0, 1450))
     return w
 

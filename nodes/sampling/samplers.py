@@ -4,9 +4,9 @@ Every sampler is ``fn(model, x, sigmas, *, extra_args=None, callback=None, noise
 ``model(x, sigma_batch, **extra_args)`` returns the denoised estimate D(x; σ); ``x`` starts at ``sigmas[0]``;
 ``callback({"i", "x", "sigma", "sigma_hat", "denoised"})`` is called once per step; ``noise`` is a noise sampler
 (``nodes.sampling.noise``) for the samplers that inject noise: each sampler's declaration at the end says which
-source it takes, and a sampler run without one raises on its first draw instead of falling back on the global RNG. The update rules are sdxl.md §8, with ComfyUI's
-choices where it differs from k-diffusion (x = D on the final step of the ancestral/SDE/LMS samplers, a log-σ
-midpoint for dpm_2). Notation: d = (x − D)/σ, λ = −log σ, h = λ_next − λ.
+source it takes, and a sampler run without one raises on its first draw instead of falling back on the global RNG.
+The update rules are sdxl.md §8, with ComfyUI's choices where it differs from k-diffusion (x = D on the final step of
+the ancestral/SDE/LMS samplers, a log-σ midpoint for dpm_2). Notation: d = (x − D)/σ, λ = −log σ, h = λ_next − λ.
 """
 from __future__ import annotations
 

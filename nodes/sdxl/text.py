@@ -112,7 +112,8 @@ def open_clip_config(sd: dict[str, torch.Tensor], what: str = "bigG") -> TextTow
     tok = _need(sd, "token_embedding.weight", what)
     return TextTowerConfig(
         width=tok.shape[1], vocab=tok.shape[0], layers=_layers(sd, r"transformer\.resblocks\.(\d+)\."),
-        heads=heads_for(tok.shape[1], what), mlp_width=_need(sd, "transformer.resblocks.0.mlp.c_fc.weight", what).shape[0],
+        heads=heads_for(tok.shape[1], what),
+        mlp_width=_need(sd, "transformer.resblocks.0.mlp.c_fc.weight", what).shape[0],
         context=_need(sd, "positional_embedding", what).shape[0],
         proj_dim=sd["text_projection"].shape[1] if "text_projection" in sd else 0,
     )
