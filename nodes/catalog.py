@@ -16,6 +16,7 @@ MODEL_FOLDERS = ("checkpoints", "vae", "loras", "embeddings", "vae_approx", "cli
 INPUT_FOLDERS = {
     "ckpt_name": "checkpoints", "vae_name": "vae", "lora_name": "loras", "unet_name": "diffusion_models",
     "clip_name": "text_encoders", "clip_name1": "text_encoders", "clip_name2": "text_encoders",
+    "clip_name3": "text_encoders",
     "control_net_name": "controlnet", "style_model_name": "style_models", "upscale_model_name": "upscale_models",
     "model_name": "upscale_models", "embedding_name": "embeddings", "gligen_name": "gligen",
     "hypernetwork_name": "hypernetworks",
@@ -30,6 +31,9 @@ def model_names(env: Environment, path: Path, folder: str) -> list[str]:
     if folder in ("checkpoints", "vae"):
         from .library.loaders import checkpoint_names, vae_names
         return (checkpoint_names if folder == "checkpoints" else vae_names)(env)
+    if folder == "text_encoders":  # with the older clip/ folder, as the loaders read them
+        from .library.text_encoders import text_encoder_names
+        return text_encoder_names(env)
     if not path.is_dir():
         return []
     return sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
@@ -80,8 +84,10 @@ def ensure_demo_models(checkpoints: Path) -> str | None:
 
 
 def make_demo_models(folder) -> dict[str, Path]:
-    from .demo import make_demo_models as make
-    return make(folder)
+    """Every family's demo checkpoints in ``folder``, and their standalone text encoders in text_encoders/ beside
+    it."""
+    from .demo import make_demo_models as make, make_demo_text_encoders
+    return {**make(folder), **make_demo_text_encoders(Path(folder).absolute().parent / "text_encoders")}
 
 
 def ensure_demo_upscaler(folder: Path) -> None:

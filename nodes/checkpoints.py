@@ -83,7 +83,7 @@ def load_vae(path, device="cpu", dtype: torch.dtype | None = None):
     if not path.exists():
         raise FileNotFoundError(f"VAE not found: {path}")
     shapes = read_shapes(path)
-    return load_vae_file(path, shapes, vae_latent_format(path.name, shapes).scale_factor, dtype, device)
+    return load_vae_file(path, shapes, vae_latent_format(path.name, shapes), dtype, device)
 
 
 def vae_latent_format(name: str, shapes: dict[str, tuple]) -> LatentFormat:

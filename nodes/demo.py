@@ -13,6 +13,7 @@ from torch import nn
 from .families import load_builtin_families
 from .families.ldm import unet_diffusers_names, vae_diffusers_names
 from .sdxl.configs import UNetConfig, VAEConfig
+from .weights import FLOAT8
 
 SEED = 20240101
 TEXT_LAYERS, TEXT_HEADS = 3, 4  # tiny towers; H2b's loader reads width 32 as 4 heads
@@ -65,11 +66,15 @@ def unet_config_to_diffusers(cfg: UNetConfig) -> dict:
 
 def vae_config_to_diffusers(cfg: VAEConfig) -> dict:
     n = len(cfg.ch_mult)
-    return {"_class_name": "AutoencoderKL", "in_channels": cfg.in_channels, "out_channels": cfg.out_channels,
+    conf = {"_class_name": "AutoencoderKL", "in_channels": cfg.in_channels, "out_channels": cfg.out_channels,
             "block_out_channels": [cfg.ch * m for m in cfg.ch_mult], "layers_per_block": cfg.num_res_blocks,
             "down_block_types": ["DownEncoderBlock2D"] * n, "up_block_types": ["UpDecoderBlock2D"] * n,
             "latent_channels": cfg.z_channels, "norm_num_groups": 32, "act_fn": "silu", "sample_size": 1024,
             "scaling_factor": cfg.scaling_factor, "force_upcast": True}
+    if cfg.shift_factor or not cfg.use_quant_conv:  # SD3's VAE
+        conf.update(shift_factor=cfg.shift_factor, use_quant_conv=cfg.use_quant_conv,
+                    use_post_quant_conv=cfg.use_quant_conv)
+    return conf
 
 
 # ---- tiny text towers, in the checkpoint layouts ---------------------------------------------------------
@@ -90,15 +95,14 @@ def tiny_clip_l_state(width: int, generator: torch.Generator) -> dict[str, torch
     return sd
 
 
-def tiny_open_clip_state(width: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def tiny_open_clip_state(width: int, generator: torch.Generator, layers: int = TEXT_LAYERS) -> dict[str, torch.Tensor]:
     """A tiny OpenCLIP text tower (bigG's or OpenCLIP-H's shape; visual tower removed), open_clip key layout incl.
     ``logit_scale``."""
     import open_clip
     model = open_clip.model.CLIP(
         embed_dim=width,
         vision_cfg=dict(image_size=32, layers=1, width=32, patch_size=16, head_width=16),
-        text_cfg=dict(context_length=CONTEXT_LENGTH, vocab_size=VOCAB, width=width, heads=TEXT_HEADS,
-                      layers=TEXT_LAYERS))
+        text_cfg=dict(context_length=CONTEXT_LENGTH, vocab_size=VOCAB, width=width, heads=TEXT_HEADS, layers=layers))
     del model.visual
     randomize(model, generator)
     with torch.no_grad():
@@ -146,9 +150,10 @@ def notice(what: str) -> str:
 
 
 def save_single_file(path: Path, state: dict[str, torch.Tensor], dtype: torch.dtype, what: str) -> Path:
-    """Floating tensors in ``dtype``, the demo notice as the only metadata entry (safetensors orders metadata at
-    random, so one entry keeps the file deterministic)."""
-    state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    """Floating tensors in ``dtype`` (float8 ones, as SD3 files store T5, as they are), the demo notice as the only
+    metadata entry (safetensors orders metadata at random, so one entry keeps the file deterministic)."""
+    state = {k: (v.to(dtype) if v.is_floating_point() and v.dtype not in FLOAT8 else v).contiguous()
+             for k, v in state.items()}
     save_file(state, str(path), metadata={"latentgraph_demo": notice(what)})
     return path
 
@@ -157,15 +162,25 @@ def write_diffusers(folder: Path, unet, vae, text: dict[str, tuple[dict, dict]],
                     scheduler: dict | None = None) -> Path:
     """A diffusers pipeline folder: unet/, vae/, each ``text[sub] = (HF state dict, HF config)``, model_index.json
     and, when given, scheduler/scheduler_config.json."""
-    parts = {}
     names = unet_diffusers_names(unet.config)
-    parts["unet"] = ({names[k]: v for k, v in unet.state_dict().items()}, unet_config_to_diffusers(unet.config),
-                     "diffusion_pytorch_model.safetensors")
+    parts = {"unet": ({names[k]: v for k, v in unet.state_dict().items()}, unet_config_to_diffusers(unet.config),
+                      "diffusion_pytorch_model.safetensors"),
+             "vae": vae_diffusers_part(vae)}
+    return write_diffusers_parts(folder, parts, text, model_index, scheduler)
+
+
+def vae_diffusers_part(vae) -> tuple[dict, dict, str]:
+    """(state dict, config, file name) of a VAE as a diffusers vae/ folder holds it."""
     names = vae_diffusers_names(vae.config)
-    vae_sd = {names[k]: (v[:, :, 0, 0] if ".mid.attn_1." in k and v.ndim == 4 else v) for k, v in vae.state_dict().items()}
-    parts["vae"] = (vae_sd, vae_config_to_diffusers(vae.config), "diffusion_pytorch_model.safetensors")
-    for sub, (sd, conf) in text.items():
-        parts[sub] = (sd, conf, "model.safetensors")
+    sd = {names[k]: (v[:, :, 0, 0] if ".mid.attn_1." in k and v.ndim == 4 else v) for k, v in vae.state_dict().items()}
+    return sd, vae_config_to_diffusers(vae.config), "diffusion_pytorch_model.safetensors"
+
+
+def write_diffusers_parts(folder: Path, parts: dict[str, tuple[dict, dict, str]], text: dict[str, tuple[dict, dict]],
+                          model_index: dict, scheduler: dict | None = None) -> Path:
+    """A diffusers pipeline folder from its parts ``{sub: (state dict, config, file name)}`` and text encoders
+    ``{sub: (HF state dict, HF config)}``."""
+    parts = {**parts, **{sub: (sd, conf, "model.safetensors") for sub, (sd, conf) in text.items()}}
     for sub, (sd, conf, filename) in parts.items():
         (folder / sub).mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / sub / filename))
@@ -185,4 +200,14 @@ def make_demo_models(out_dir, dtype: torch.dtype = torch.float32) -> dict[str, P
     paths = {}
     for family in load_builtin_families().values():
         paths.update(family.write_demo(out, dtype))
+    return paths
+
+
+def make_demo_text_encoders(out_dir, dtype: torch.dtype = torch.float32) -> dict[str, Path]:
+    """Every family's standalone demo text encoders in ``out_dir`` (<models>/text_encoders)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for family in load_builtin_families().values():
+        paths.update(family.write_demo_text_encoders(out, dtype))
     return paths

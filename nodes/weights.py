@@ -103,6 +103,23 @@ def read_tensors(path: Path, rename: Callable[[str], str | None], dtype: torch.d
     return _converted_tensors(path, start, wanted, dtype, device)
 
 
+FLOAT8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def read_tensors_keeping_float8(path: Path, rename: Callable[[str], str | None], dtype: torch.dtype, device
+                                ) -> dict[str, torch.Tensor]:
+    """``read_tensors``, except that float8 tensors stay float8 (their user upcasts them when it runs: SD3's T5)."""
+    stored = {k: _DTYPES.get(info["dtype"]) for k, info in read_header(path)[0].items()}
+
+    def stored_as(kind):  # the keys read in one pass: those stored as float8 `kind`, or all the others
+        return lambda k: rename(k) if (stored[k] == kind if kind in FLOAT8 else stored[k] not in FLOAT8) else None
+
+    out = {}
+    for kind in (*FLOAT8, dtype):
+        out.update(read_tensors(path, stored_as(kind), kind, device))
+    return out
+
+
 def _mapped_tensors(path: Path, start: int, wanted: list) -> dict[str, torch.Tensor]:
     """Every tensor is already in its target dtype and aligned: view them straight out of a private (copy-on-write)
     memory map of the file. No copy at all, pages come from the page cache as they are used, and peak memory
@@ -171,6 +188,18 @@ def weights_file(folder: Path) -> Path:
     if any(folder.glob("*.safetensors.index.json")):
         raise UnsupportedCheckpoint(f"{folder}: sharded weights are not supported; save the component unsharded")
     raise CheckpointError(f"{folder}: no safetensors weights (diffusion_pytorch_model.safetensors / model.safetensors)")
+
+
+def read_component(folder: Path, dtype: torch.dtype, device, reader=read_tensors) -> dict[str, torch.Tensor]:
+    """All tensors of a diffusers component folder: its one weights file, or its shards as its
+    ``*.safetensors.index.json`` lists them (SD3's T5-XXL comes in two)."""
+    index = next(iter(sorted(folder.glob("*.safetensors.index.json"))), None)
+    files = [weights_file(folder)] if index is None else \
+        [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    out = {}
+    for file in files:
+        out.update(reader(file, lambda k: k, dtype, device))
+    return out
 
 
 def read_config(folder: Path) -> dict:

@@ -308,8 +308,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--web", metavar="DIR", help="the canvas folder to install it in (default: the one served)")
     p.set_defaults(func=cmd_fetch_canvas)
 
-    p = sub.add_parser("make-demo-model", help="write the tiny demo checkpoints (one set per model family) into DIR "
-                                               "and a demo upscale model")
+    p = sub.add_parser("make-demo-model", help="write the tiny demo checkpoints (one set per model family) into DIR, "
+                                               "their standalone text encoders into text_encoders beside DIR and a "
+                                               "demo upscale model")
     p.add_argument("dir", help="the checkpoints folder, e.g. models/checkpoints")
     p.add_argument("--upscale-models", help="folder for the demo upscale model (default: upscale_models beside DIR)")
     p.set_defaults(func=cmd_make_demo_model)

@@ -12,7 +12,9 @@ A family module subclasses ``Family`` and registers an instance at import, as no
   knows the extra conditioning its network takes) and the checkpoint's text encoders the CLIP (``TextEncoder``:
   what its text encoding produces);
 - its demo writer (``write_demo``), its full-size key layout on the meta device (``full_size_shapes``) and the
-  names people give its files (``file_names``, for hints about missing models).
+  names people give its files (``file_names``, for hints about missing models);
+- optionally, text encoders in files of their own (``clip_type``, ComfyUI's CLIPLoader type naming them;
+  ``load_text_encoders``; ``write_demo_text_encoders``).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ from ..latent_format import LatentFormat
 class TextEncoder(Protocol):
     """The value on a CLIP socket: a checkpoint's text encoders, tokenizer included."""
     kind: str  # the family that made it
+    keep_on_cpu: bool  # CLIPLoader's device "cpu": encode where the towers are, never on the compute device
 
     def towers(self) -> list[nn.Module]:
         """The modules that must be resident on the device to encode."""
@@ -95,6 +98,17 @@ class Family:
     def full_size_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every tensor name and shape of the full-size single file, built on the meta device."""
         raise NotImplementedError
+
+    clip_type: str | None = None  # ComfyUI's CLIPLoader `type` for this family's standalone text encoders
+
+    def load_text_encoders(self, files: list[Path], device, dtype: torch.dtype) -> TextEncoder:
+        """The CLIP value from standalone text-encoder files (CLIPLoader, TripleCLIPLoader), told apart by their
+        tensors."""
+        raise NotImplementedError
+
+    def write_demo_text_encoders(self, folder: Path, dtype: torch.dtype) -> dict[str, Path]:
+        """Tiny random-weight standalone text encoders (for <models>/text_encoders), if the family has such files."""
+        return {}
 
 
 FAMILIES: dict[str, Family] = {}

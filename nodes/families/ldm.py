@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
+from ..latent_format import LatentFormat
 from ..sampling.schedules import DiscreteEps
-from ..sdxl.configs import FOURIER_DIM, UNetConfig, VAEConfig
+from ..sdxl.configs import FOURIER_DIM, SDXL_LATENT, UNetConfig, VAEConfig
 from ..sdxl.meta import empty_modules
 from ..sdxl.unet import UNetModel
 from ..sdxl.vae import AutoencoderKL
@@ -89,23 +90,25 @@ def infer_unet_config(shapes: dict, num_head_channels: int = 64, num_heads: int 
         num_heads=num_heads, use_linear_in_transformer=len(proj_in) != 4)
 
 
-def infer_vae_config(shapes: dict, scaling_factor: float = VAEConfig.scaling_factor) -> VAEConfig:
-    """VAE config from original-layout VAE shapes (prefix stripped); the latent scale is the family's."""
+def infer_vae_config(shapes: dict, latent: LatentFormat = SDXL_LATENT) -> VAEConfig:
+    """VAE config from original-layout VAE shapes (prefix stripped); the latent scale and shift are the family's."""
     ch = shapes["encoder.conv_in.weight"][0]
     levels = _count(shapes, "encoder.down.")
     mult = tuple(shapes[f"encoder.down.{i}.block.0.conv1.weight"][0] // ch for i in range(levels))
     return VAEConfig(ch=ch, ch_mult=mult, num_res_blocks=_count(shapes, "encoder.down.0.block."),
                      z_channels=shapes["decoder.conv_in.weight"][1], in_channels=shapes["encoder.conv_in.weight"][1],
-                     out_channels=shapes["decoder.conv_out.weight"][0], scaling_factor=scaling_factor)
+                     out_channels=shapes["decoder.conv_out.weight"][0], scaling_factor=latent.scale_factor,
+                     shift_factor=latent.shift_factor, use_quant_conv="quant_conv.weight" in shapes)
 
 
-def _vae_config_from_diffusers_shapes(shapes: dict, scaling_factor: float) -> VAEConfig:
+def _vae_config_from_diffusers_shapes(shapes: dict, latent: LatentFormat) -> VAEConfig:
     ch = shapes["encoder.conv_in.weight"][0]
     levels = _count(shapes, "encoder.down_blocks.")
     return VAEConfig(ch=ch, ch_mult=tuple(shapes[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"][0] // ch
                                           for i in range(levels)),
                      num_res_blocks=_count(shapes, "encoder.down_blocks.0.resnets."),
-                     z_channels=shapes["decoder.conv_in.weight"][1], scaling_factor=scaling_factor)
+                     z_channels=shapes["decoder.conv_in.weight"][1], scaling_factor=latent.scale_factor,
+                     shift_factor=latent.shift_factor, use_quant_conv="quant_conv.weight" in shapes)
 
 
 # ---- diffusers ↔ original key maps (sdxl.md §13.1, §13.3) ------------------------------------------------
@@ -229,7 +232,8 @@ def vae_config_from_diffusers(conf: dict) -> VAEConfig:
     boc = list(conf["block_out_channels"])
     return VAEConfig(ch=boc[0], ch_mult=tuple(c // boc[0] for c in boc), num_res_blocks=conf.get("layers_per_block", 1),
                      z_channels=conf.get("latent_channels", 4), in_channels=conf.get("in_channels", 3),
-                     out_channels=conf.get("out_channels", 3), scaling_factor=conf.get("scaling_factor", 0.13025))
+                     out_channels=conf.get("out_channels", 3), scaling_factor=conf.get("scaling_factor", 0.13025),
+                     shift_factor=conf.get("shift_factor") or 0.0, use_quant_conv=conf.get("use_quant_conv", True))
 
 
 def _from_diffusers(path: Path, names: dict[str, str], dtype, device) -> dict[str, torch.Tensor]:
@@ -266,17 +270,17 @@ def load_diffusers_vae(folder: Path, dtype, device) -> AutoencoderKL:
     return build(AutoencoderKL, cfg, state, "VAE", file)
 
 
-def load_vae_file(path: Path, shapes: dict, scaling_factor: float, dtype, device) -> AutoencoderKL:
+def load_vae_file(path: Path, shapes: dict, latent: LatentFormat, dtype, device) -> AutoencoderKL:
     """A standalone VAE file: original layout with or without ``first_stage_model.``, or diffusers layout without
-    its config (the config then comes from the shapes). The latent scale cannot be read from the weights."""
+    its config (the config then comes from the shapes). The latent scale and shift cannot be read from the weights."""
     prefix = VAE_PREFIX if any(k.startswith(VAE_PREFIX) for k in shapes) else ""
     own = {k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)}
     if "encoder.down_blocks.0.resnets.0.conv1.weight" in own:
-        cfg = _vae_config_from_diffusers_shapes(own, scaling_factor)
+        cfg = _vae_config_from_diffusers_shapes(own, latent)
         state = _from_diffusers(path, vae_diffusers_names(cfg), dtype, device)
         _vae_attention_to_conv(state)
         return build(AutoencoderKL, cfg, state, "VAE", path)
-    cfg = infer_vae_config(own, scaling_factor)
+    cfg = infer_vae_config(own, latent)
     state = read_tensors(path, lambda k: k[len(prefix):] if k.startswith(prefix) else None, dtype, device)
     if prefix == "":
         # tolerate a few extra bookkeeping tensors some VAE files carry (e.g. model_ema.*)
@@ -293,7 +297,8 @@ def require_plain_unet(shapes: dict, title: str) -> None:
                                     f"only 4-channel {title} checkpoints are supported")
 
 
-def _strip(prefix: str):
+def strip_prefix(prefix: str):
+    """A read_tensors rename: the keys under ``prefix``, without it."""
     return lambda k: k[len(prefix):] if k.startswith(prefix) else None
 
 
@@ -335,9 +340,9 @@ class LDMFamily(Family):
                                   f"e.g. {unknown[:3]}")
         unet_cfg = self.unet_config({k[len(UNET_PREFIX):]: v for k, v in shapes.items() if k.startswith(UNET_PREFIX)})
         vae_cfg = infer_vae_config({k[len(VAE_PREFIX):]: v for k, v in shapes.items() if k.startswith(VAE_PREFIX)},
-                                   self.latent_format.scale_factor)
-        unet = build(UNetModel, unet_cfg, read_tensors(path, _strip(UNET_PREFIX), dtype, device), "UNet", path)
-        vae = build(AutoencoderKL, vae_cfg, read_tensors(path, _strip(VAE_PREFIX), dtype, device), "VAE", path)
+                                   self.latent_format)
+        unet = build(UNetModel, unet_cfg, read_tensors(path, strip_prefix(UNET_PREFIX), dtype, device), "UNet", path)
+        vae = build(AutoencoderKL, vae_cfg, read_tensors(path, strip_prefix(VAE_PREFIX), dtype, device), "VAE", path)
 
         def text_name(k):
             return next((new + k[len(old):] for old, new in self.text_prefixes.items() if k.startswith(old)), None)

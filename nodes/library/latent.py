@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..families import family_of
 from ..images import CROP_METHODS, center_crop_to_aspect, target_size
 from ..node import Input, Output, node
 from ..sdxl.configs import SDXL_LATENT
@@ -209,6 +210,17 @@ class EmptyLatentImage:
 
     def run(self, ctx):
         return (empty_latent(self.width, self.height, self.batch_size),)
+
+
+@node(category="latent/sd3", outputs=[Output(LATENT)], display_name="EmptySD3LatentImage", version="1.0.0")
+class EmptySD3LatentImage:
+    """A batch of all-zero latents in SD3's 16 channels: the starting point for SD3 text-to-image."""
+    width: int = Input(default=1024, min=16, max=MAX_RESOLUTION, step=16)
+    height: int = Input(default=1024, min=16, max=MAX_RESOLUTION, step=16)
+    batch_size: int = Input(default=1, min=1, max=4096)
+
+    def run(self, ctx):
+        return (empty_latent(self.width, self.height, self.batch_size, family_of("sd3").latent_format.channels),)
 
 
 @node(category="latent", outputs=[Output(IMAGE)], display_name="VAE Decode")

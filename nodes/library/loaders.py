@@ -112,8 +112,9 @@ class LoadedCheckpoint(nn.Module):
         self.sampling = ckpt.sampling
         self.unet = ckpt.unet
         self.vae = ckpt.vae
-        self.towers = nn.ModuleList(ckpt.text.towers())
-        self.text = ckpt.text  # the CLIP value wrapping the towers above (a plain object, not a module)
+        self.towers = nn.ModuleList(ckpt.text.towers() if ckpt.text is not None else [])
+        self.text = ckpt.text  # the CLIP value wrapping the towers above (a plain object, not a module); None for a
+        # file without text encoders (SD3 medium), as ComfyUI gives
 
 
 def _weights_dtype(resources) -> torch.dtype:

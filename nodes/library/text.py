@@ -21,6 +21,7 @@ from typing import NamedTuple
 import torch
 
 from ..families import family_of
+from ..mmdit.text import SD3TextEncoders
 from ..node import Input, Output, node
 from ..sdxl.text import SDXLTextEncoders
 from ..types import CLIP, CONDITIONING, SocketType
@@ -45,10 +46,15 @@ class TextEmbeds(NamedTuple):
 
 # -- shared functions ---------------------------------------------------------------------------------------------
 
-def ready(ctx, clip):
-    """The text encoders with their towers resident on the compute device."""
-    for tower in clip.towers():
-        on_device(ctx, tower)
+def ready(ctx, clip, what: str):
+    """The text encoders with their towers resident on the compute device (CLIPLoader's device "cpu" keeps them
+    where they are). ``what`` names the node and input for the error a missing CLIP gets."""
+    if clip is None:
+        raise ValueError(f"{what}: the checkpoint has no text encoders (e.g. sd3_medium.safetensors holds only the "
+                         "MMDiT and the VAE); load them with TripleCLIPLoader or CLIPLoader")
+    if not clip.keep_on_cpu:
+        for tower in clip.towers():
+            on_device(ctx, tower)
     return clip
 
 
@@ -75,12 +81,12 @@ def _empty_window(clip, tower: str) -> torch.Tensor:
 
 
 def encode_clip_l(ctx, clip, text: str, what: str) -> TextEmbeds:
-    _require(ready(ctx, clip), what, need_clip_l=True)
+    _require(ready(ctx, clip, what), what, need_clip_l=True)
     return TextEmbeds(clip.encode_clip_l(text).cpu(), _empty_window(clip, "l"))
 
 
 def encode_bigg(ctx, clip, text: str, what: str) -> TextEmbeds:
-    _require(ready(ctx, clip), what, need_clip_l=False)
+    _require(ready(ctx, clip, what), what, need_clip_l=False)
     hidden, pooled = clip.encode_bigg(text)
     return TextEmbeds(hidden.cpu(), _empty_window(clip, "g"), pooled.cpu())
 
@@ -169,7 +175,7 @@ class CLIPTextEncode:
     clip: CLIP = Input(description="The CLIP model used for encoding the text.")
 
     def run(self, ctx):
-        return (ready(ctx, self.clip).conditioning(self.text),)
+        return (ready(ctx, self.clip, "CLIPTextEncode: clip").conditioning(self.text),)
 
 
 @node(category="conditioning", outputs=[Output(CLIP)], display_name="CLIP Set Last Layer", version="1.0.0")
@@ -220,3 +226,31 @@ class CLIPTextEncodeSDXLRefiner:
     def run(self, ctx):
         cond = bigg_conditioning(encode_bigg(ctx, self.clip, self.text, "CLIPTextEncodeSDXLRefiner: clip"))
         return (set_aesthetic(set_sizes(cond, self.width, self.height), self.ascore),)
+
+
+@node(category="advanced/conditioning", outputs=[Output(CONDITIONING)], display_name="CLIPTextEncodeSD3",
+      version="1.0.0")
+class CLIPTextEncodeSD3:
+    """SD3 prompt with a text per encoder: clip_l to CLIP-L, clip_g to CLIP-G, t5xxl to T5-XXL; the shorter CLIP
+    prompt is padded with empty windows to the other's length. empty_padding "none" leaves an encoder with an empty
+    text out (both CLIP texts empty: no CLIP tokens and a zero pooled vector; t5xxl empty: T5 encodes its end token
+    alone); "empty_prompt" encodes an empty text like any other."""
+    clip: CLIP = Input()
+    clip_l: str = Input(multiline=True, dynamic_prompts=True)
+    clip_g: str = Input(multiline=True, dynamic_prompts=True)
+    t5xxl: str = Input(multiline=True, dynamic_prompts=True)
+    empty_padding: str = Input(choices=["none", "empty_prompt"])
+
+    def run(self, ctx):
+        what = "CLIPTextEncodeSD3: clip"
+        clip = ready(ctx, self.clip, what)
+        if not isinstance(clip, SD3TextEncoders):
+            raise ValueError(f"{what}: this CLIP is an {family_of(clip.kind).title} checkpoint's; connect an SD3 CLIP "
+                             "(TripleCLIPLoader, or an SD3 checkpoint with its text encoders)")
+        leave_out = self.empty_padding == "none"
+        tokens = {tower: [] if leave_out and not text else clip.tokenize(text)[tower]
+                  for tower, text in (("l", self.clip_l), ("g", self.clip_g), ("t5", self.t5xxl))}
+        windows = max(len(tokens["l"]), len(tokens["g"]))
+        for tower in ("l", "g"):
+            tokens[tower] = tokens[tower] + clip.empty_windows(tower, windows - len(tokens[tower]))
+        return (clip.encode(tokens),)

@@ -3,7 +3,8 @@
 A ``ModelSampling`` is everything a sampler needs to know about a model's parameterisation, and nothing about
 its weights. SD 1.x and SDXL are ``DiscreteEps``: the scaled-linear DDPM schedule over 1000 timesteps with
 ε-prediction (sdxl.md §5); SD 2.x 768-v is ``DiscreteV`` on the same schedule; ``DISCRETE`` lists the
-parameterisations ComfyUI's ModelSamplingDiscrete picks from. A rectified-flow model implements the same methods.
+parameterisations ComfyUI's ModelSamplingDiscrete picks from. SD3's rectified flow is ``DiscreteFlow``: the same
+methods, so the schedulers and samplers run it unchanged.
 
 Schedulers turn (model sampling, steps) into a descending float32 σ list that ends with 0 (sdxl.md §7); the names
 and formulas are the ones ComfyUI users know.
@@ -200,6 +201,52 @@ class DiscreteLCM(DiscreteEps):
 
 # ComfyUI's ModelSamplingDiscrete choices.
 DISCRETE = {"eps": DiscreteEps, "v_prediction": DiscreteV, "lcm": DiscreteLCM, "x0": DiscreteX0}
+
+
+class DiscreteFlow(ModelSampling):
+    """Rectified flow (Esser et al. 2024, SD3): the noisy sample is x_σ = (1 − σ)·x₀ + σ·ε and the network predicts
+    the velocity v = ε − x₀, so x₀ = x − σ·v; it sees the timestep σ·1000. Training shifted the timesteps towards
+    more noise: σ(t) = shift·t / (1 + (shift − 1)·t), t in [0, 1] (§5.3.2; SD3 uses shift 3). As ComfyUI, the
+    σ table the schedulers read is σ(i/1000) for i = 1…1000, a timestep-range percent p is σ(1 − p), and a sample is
+    a latent noised as σ·noise + (1 − σ)·latent (img2img too), turned back by 1/(1 − σ)."""
+    MULTIPLIER = 1000
+
+    def __init__(self, shift: float = 3.0, num_timesteps: int = 1000):
+        self.shift = shift
+        self.sigmas = self.sigma(torch.arange(1, num_timesteps + 1, dtype=torch.float32) / num_timesteps
+                                 * self.MULTIPLIER)
+
+    def timestep(self, sigma):
+        return torch.as_tensor(sigma, dtype=torch.float32) * self.MULTIPLIER
+
+    def sigma(self, t):
+        t = torch.as_tensor(t, dtype=torch.float32) / self.MULTIPLIER
+        return self.shift * t / (1 + (self.shift - 1) * t)
+
+    def calculate_input(self, sigma, x):
+        return x
+
+    def calculate_denoised(self, sigma, model_output, x):
+        return x - model_output * _bcast(sigma, x)
+
+    def noise_scaling(self, sigma, noise, latent, max_denoise):
+        sigma = _bcast(sigma, noise)
+        return sigma * noise + (1.0 - sigma) * latent
+
+    def inverse_noise_scaling(self, sigma, latent):
+        return latent / (1.0 - _bcast(sigma, latent))
+
+    def truncated(self, max_timestep: int) -> "DiscreteFlow":
+        out = copy.copy(self)
+        out.sigmas = self.sigmas[: max_timestep + 1]
+        return out
+
+    def percent_to_sigma(self, percent: float) -> float:
+        if percent <= 0.0:
+            return 1.0
+        if percent >= 1.0:
+            return 0.0
+        return float(self.sigma(torch.tensor((1.0 - percent) * self.MULTIPLIER)))
 
 
 # --- schedulers ---------------------------------------------------------------------------------------------------

@@ -52,6 +52,8 @@ class VAEConfig:
     in_channels: int = 3
     out_channels: int = 3
     scaling_factor: float = 0.13025
+    shift_factor: float = 0.0  # sampling-space latent = (z − shift)·scale (SD3: 0.0609)
+    use_quant_conv: bool = True  # the 1×1 quant_conv / post_quant_conv pair (SD3's VAE has none)
 
     @property
     def downscale(self) -> int:

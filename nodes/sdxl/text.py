@@ -285,6 +285,16 @@ def open_clip_hidden(tower, ids: torch.Tensor, blocks: int) -> torch.Tensor:
     return open_clip_blocks(tower, x, tower.transformer.resblocks[:blocks])
 
 
+def open_clip_hidden_pooled(tower, ids: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An open_clip text tower's hidden state at ``layer`` (−2: the input of the last block; no ln_final) and its
+    pooled projection ``ln_final(last)[end token] @ text_projection``."""
+    keep = len(tower.transformer.resblocks) + 1 + layer
+    hidden = open_clip_hidden(tower, ids, keep)
+    x = tower.ln_final(open_clip_blocks(tower, hidden, tower.transformer.resblocks[keep:]))
+    pooled = x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)] @ tower.text_projection
+    return hidden, pooled
+
+
 def clip_text_model(model):
     """transformers' CLIPTextModel keeps its embeddings, encoder and final LN under ``text_model`` (before 5.x)."""
     return model.text_model if _clip_l_state_names(model) else model
@@ -296,6 +306,7 @@ class ClipTextEncoder:
     stop at (−1 the last, −2 the penultimate; CLIPSetLastLayer changes it). Subclasses set ``kind`` and give
     ``towers``, ``conditioning`` and ``with_layer``."""
     kind: str
+    keep_on_cpu = False  # CLIPLoader's device "cpu": the towers are not moved to the compute device
 
     def __init__(self, tokenizer: ClipTokenizer | None, layer: int):
         self._tokenizer = tokenizer
@@ -326,16 +337,18 @@ class ClipTextEncoder:
         self._empty.clear()
         return self
 
-    def _weighted(self, name: str, windows: list, run, pad_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Encode windows in one batch, apply per-token weights against the empty prompt, join windows."""
+    def _weighted(self, name: str, windows: list, run, pad_id: int, empty_ids: list[int] | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Encode windows in one batch, apply per-token weights against the empty prompt (``empty_ids``, by default
+        a 77-token CLIP window), join windows."""
         ids = torch.tensor([[i for i, _ in w] for w in windows], device=self.device)
         weights = torch.tensor([[x for _, x in w] for w in windows], device=self.device)[..., None]
         hidden, pooled = run(ids)
         hidden = hidden.float()
         if (weights != 1.0).any():
             if name not in self._empty:
-                empty_ids = torch.tensor([[i for i, _ in window([], pad_id)]], device=self.device)
-                self._empty[name] = run(empty_ids)[0].float()
+                empty_ids = empty_ids or [i for i, _ in window([], pad_id)]
+                self._empty[name] = run(torch.tensor([empty_ids], device=self.device))[0].float()
             empty = self._empty[name]
             hidden = torch.where(weights != 1.0, (hidden - empty) * weights + empty, hidden)
         pooled = None if pooled is None else pooled[:1].float()
@@ -393,13 +406,7 @@ class SDXLTextEncoders(ClipTextEncoder):
         return self.clip_l(input_ids=ids, output_hidden_states=True).hidden_states[self.layer]
 
     def _bigg_hidden_pooled(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The hidden state at ``layer`` (−2: the input of the last block) and the pooled projection."""
-        t = self.bigg
-        keep = len(t.transformer.resblocks) + 1 + self.layer
-        hidden = open_clip_hidden(t, ids, keep)
-        x = t.ln_final(open_clip_blocks(t, hidden, t.transformer.resblocks[keep:]))
-        pooled = x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)] @ t.text_projection
-        return hidden, pooled
+        return open_clip_hidden_pooled(self.bigg, ids, self.layer)
 
     @torch.no_grad()  # not inference_mode: callers may edit the outputs in place
     def encode_clip_l(self, text: str | list) -> torch.Tensor:

@@ -161,12 +161,14 @@ class AutoencoderKL(nn.Module):
         self.config = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
-        self.quant_conv = nn.Conv2d(2 * cfg.z_channels, 2 * cfg.z_channels, 1)
-        self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 1)
+        self.quant_conv = self.post_quant_conv = nn.Identity()
+        if cfg.use_quant_conv:
+            self.quant_conv = nn.Conv2d(2 * cfg.z_channels, 2 * cfg.z_channels, 1)
+            self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 1)
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.quant_conv.weight.dtype
+        return self.decoder.conv_in.weight.dtype
 
     def encode(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior (mean, logvar), logvar clamped to [-30, 20]."""
@@ -209,10 +211,10 @@ def _run(vae: AutoencoderKL, fn, x: torch.Tensor) -> torch.Tensor:
 
 def vae_decode(vae: AutoencoderKL, latent: torch.Tensor, tiled: bool = False, tile: int = 64,
                overlap: int = 16) -> torch.Tensor:
-    """Scaled latent [B, 4, h, w] → image [B, H, W, 3] in [0, 1]. Tiled: the latent-resolution part (conv_in and
-    the mid block with its global attention) runs whole, the upsampling levels run on overlapping ``tile``²
-    windows (in latent pixels) blended linearly."""
-    z = latent / vae.config.scaling_factor
+    """Sampling-space latent [B, C, h, w] → image [B, H, W, 3] in [0, 1]. Tiled: the latent-resolution part
+    (conv_in and the mid block with its global attention) runs whole, the upsampling levels run on overlapping
+    ``tile``² windows (in latent pixels) blended linearly."""
+    z = latent / vae.config.scaling_factor + vae.config.shift_factor
     if not tiled:
         x = _run(vae, vae.decode, z)
     else:
@@ -225,7 +227,7 @@ def vae_decode(vae: AutoencoderKL, latent: torch.Tensor, tiled: bool = False, ti
 
 def vae_encode(vae: AutoencoderKL, image: torch.Tensor, tiled: bool = False, tile: int = 512,
                overlap: int = 128) -> torch.Tensor:
-    """Image [B, H, W, C] in [0, 1] → scaled latent (posterior mean). Sizes that are not multiples of the VAE
+    """Image [B, H, W, C] in [0, 1] → sampling-space latent (posterior mean, shifted and scaled). Sizes that are not multiples of the VAE
     factor are cropped to one (top-left kept). Tiled: the downsampling levels run on overlapping ``tile``²
     windows (in image pixels), the mid block and head run whole on the stitched features."""
     f = vae.config.downscale
@@ -243,4 +245,4 @@ def vae_encode(vae: AutoencoderKL, image: torch.Tensor, tiled: bool = False, til
             feats = tiled_apply(vae.encoder.levels, t, tile, overlap, 1 / f, channels).to(vae.dtype)
             return vae.posterior(vae.encoder.head(feats))[0]
         z = _run(vae, encode, pixels)
-    return z.float() * vae.config.scaling_factor
+    return (z.float() - vae.config.shift_factor) * vae.config.scaling_factor
