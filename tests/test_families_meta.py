@@ -16,7 +16,8 @@ from nodes.sdxl.vae import AutoencoderKL
 
 KEYS = Path(__file__).parents[1].parent / "shared" / "reference" / "keys"
 FILES = {"sd1": "v1-5-pruned-emaonly.txt", "sd2": "v2-1_768-ema-pruned.txt", "sdxl_base": "sd_xl_base_1.0.txt",
-         "sdxl_refiner": "sd_xl_refiner_1.0.txt"}
+         "sdxl_refiner": "sd_xl_refiner_1.0.txt", "sd3": "sd3_medium.txt",
+         "sd3_incl_clips": "sd3_medium_incl_clips_t5xxlfp8.txt"}
 NEW = ["sd1", "sd2"]  # the SDXL layouts' parts are checked in test_meta_keys
 
 pytestmark = pytest.mark.skipif(not KEYS.is_dir(), reason=f"reference key lists not found at {KEYS}")
@@ -42,7 +43,7 @@ def test_full_size_layout_is_the_real_files(kind):
 
 @pytest.mark.parametrize("kind", FILES)
 def test_detection_names_each_real_layout(kind):
-    assert detect(reference(kind)) == kind
+    assert detect(reference(kind)) == kind.removesuffix("_incl_clips")
 
 
 def test_sd15_parameter_counts_and_config():
@@ -64,3 +65,19 @@ def test_sd21_parameter_counts_and_config():
     assert params(text) + 1 == 354_032_641  # + logit_scale, which the file keeps beside the tower
     shapes = {k[len(UNET_PREFIX):]: v for k, v in reference("sd2").items() if k.startswith(UNET_PREFIX)}
     assert infer_unet_config(shapes) == SD21_UNET
+
+
+def test_sd3_layouts_parameter_counts_and_config():
+    """SD3 medium with and without its text encoders (T5-XXL's shapes as stored; the file keeps it in float8)."""
+    from nodes.families.sd3 import MMDIT_PREFIX, SD3_VAE
+    from nodes.mmdit.mmdit import SD3_MEDIUM, MMDiT, mmdit_config
+
+    sd3 = family_of("sd3")
+    assert sd3.full_size_shapes(with_text=False) == reference("sd3")
+    assert sd3.full_size_shapes(with_text=True) == reference("sd3_incl_clips")
+    with torch.device("meta"):
+        mmdit, vae = MMDiT(SD3_MEDIUM), AutoencoderKL(SD3_VAE)
+    assert (params(mmdit), mmdit.pos_embed.numel(), params(vae)) == (2_028_328_000, 56_623_104, 83_819_683)
+    assert [name for name, _ in mmdit.named_buffers()] == ["pos_embed"]
+    shapes = {k[len(MMDIT_PREFIX):]: v for k, v in reference("sd3").items() if k.startswith(MMDIT_PREFIX)}
+    assert mmdit_config(shapes) == SD3_MEDIUM
