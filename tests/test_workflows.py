@@ -20,7 +20,7 @@ from sdxl_helpers import demo_models_dir, environment, run_workflow
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOWS = ["sdxl_base", "sdxl_base_comfy", "sdxl_base_refiner", "sdxl_refiner_sdedit", "sdxl_img2img",
              "sdxl_inpaint", "sdxl_aspect_buckets", "sdxl_hires_upscale_model", "sdxl_outpaint", "sd15_txt2img",
-             "sd15_img2img", "sd2_768v_txt2img", "sdxl_turbo_1step"]
+             "sd15_img2img", "sd2_768v_txt2img", "sdxl_turbo_1step", "sd3_txt2img", "sd3_img2img"]
 
 
 def workflow_path(name: str) -> str:
@@ -100,7 +100,7 @@ def test_sdedit_refines_the_base_image(ran):
     assert np.array_equal(base, pixels(by_prefix(ran["sdxl_base"], "sdxl_base")))
 
 
-@pytest.mark.parametrize("name", ["sdxl_img2img", "sd15_img2img"])
+@pytest.mark.parametrize("name", ["sdxl_img2img", "sd15_img2img", "sd3_img2img"])
 def test_img2img_starts_from_the_source(ran, name):
     source = pixels(by_prefix(ran[name], f"{name}_source"))
     out = pixels(by_prefix(ran[name], name))
@@ -108,7 +108,7 @@ def test_img2img_starts_from_the_source(ran, name):
     assert not np.array_equal(source, out)
 
 
-@pytest.mark.parametrize("name", ["sd15_txt2img", "sd2_768v_txt2img", "sdxl_turbo_1step"])
+@pytest.mark.parametrize("name", ["sd15_txt2img", "sd2_768v_txt2img", "sdxl_turbo_1step", "sd3_txt2img"])
 def test_other_families_text_to_image(ran, env, name):
     first = pixels(by_prefix(ran[name], name))
     assert first.shape == (256, 256, 3) and first.std() > 5

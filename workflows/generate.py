@@ -1,4 +1,4 @@
-"""Writes the shipped model workflows (workflows/sdxl_*.json, sd15_*.json, sd2_*.json, UI format 0.4) from the node
+"""Writes the shipped model workflows (workflows/sdxl_*.json, sd15_*.json, sd2_*.json, sd3_*.json, UI format 0.4) from the node
 declarations.
 
 Run `python workflows/generate.py` after changing a node's inputs; the JSON files are what ships (the canvas
@@ -21,6 +21,8 @@ from server.graph import widget_slots  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 BASE, REFINER = "demo_sdxl_base.safetensors", "demo_sdxl_refiner.safetensors"
 SD15, SD2_768V = "demo_sd15.safetensors", "demo_sd2_768v.safetensors"
+SD3, SD3_INCL_CLIPS = "demo_sd3_medium.safetensors", "demo_sd3_medium_incl_clips_t5xxlfp8.safetensors"
+SD3_TEXT = ("demo_clip_l.safetensors", "demo_clip_g.safetensors", "demo_t5xxl_fp8_e4m3fn.safetensors")
 PROMPT = "a majestic lion jumping from a big stone at night, highly detailed"
 NEGATIVE = "blurry, low quality"
 REGISTRY = load_builtin_nodes()
@@ -449,8 +451,68 @@ def sdxl_turbo_1step() -> Workflow:
     return w
 
 
+def _sd3_sampler(w: Workflow, ckpt: int, clip, prompt: str, latent, y: int, title: str, **sampler) -> int:
+    """ComfyUI's SD3 example row: ModelSamplingSD3 (shift 3), the prompt, a negative that is used as written for the
+    first 10 % of the run and zeroed after it (ConditioningZeroOut, timestep ranges, combined), and KSampler with
+    dpmpp_2m on sgm_uniform at cfg 4.5."""
+    model = w.add("ModelSamplingSD3", (0, y + 480), model=(ckpt, 0), shift=3.0)
+    pos = w.add("CLIPTextEncode", (380, y), "Positive", text=prompt, clip=clip)
+    neg = w.add("CLIPTextEncode", (380, y + 260), "Negative", text=NEGATIVE, clip=clip)
+    zero = w.add("ConditioningZeroOut", (760, y + 260), conditioning=(neg, 0))
+    late = w.add("ConditioningSetTimestepRange", (760, y + 360), "Zeroed after 10 %", conditioning=(zero, 0),
+                 start=0.1, end=1.0)
+    early = w.add("ConditioningSetTimestepRange", (760, y + 500), "Negative for the first 10 %",
+                  conditioning=(neg, 0), start=0.0, end=0.1)
+    both = w.add("ConditioningCombine", (760, y + 640), conditioning_1=(late, 0), conditioning_2=(early, 0))
+    return w.add("KSampler", (1120, y), title, model=(model, 0), steps=4, cfg=4.5, sampler_name="dpmpp_2m",
+                 scheduler="sgm_uniform", positive=(pos, 0), negative=(both, 0), latent_image=latent, **sampler)
+
+
+SD3_ABOUT = ("The MMDiT reads the prompt as CLIP-L ‖ CLIP-G penultimate states (zero-padded to 4096 wide) followed by "
+             "T5-XXL's tokens, plus the pooled CLIP-L ‖ CLIP-G vector; it predicts a rectified-flow velocity, sampled "
+             "with timesteps shifted towards noise (ModelSamplingSD3, shift 3). The negative prompt counts for the "
+             "first 10 % of the steps and is zeroed after, as in ComfyUI's SD3 example. Latents have 16 channels "
+             "(EmptySD3LatentImage). The demo runs at 256² in 4 steps; SD3 medium wants 1024² and about 28 steps.")
+
+
+def sd3_txt2img() -> Workflow:
+    w = Workflow("sd3_txt2img")
+    ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=SD3_INCL_CLIPS)
+    latent = w.add("EmptySD3LatentImage", (0, 420), width=256, height=256, batch_size=1)
+    sampled = _sd3_sampler(w, ckpt, (ckpt, 1), PROMPT, (latent, 0), 0, "KSampler", seed=42, denoise=1.0)
+    image = w.add("VAEDecode", (1480, 0), samples=(sampled, 0), vae=(ckpt, 2))
+    w.add("SaveImage", (1780, 0), images=(image, 0), filename_prefix="sd3_txt2img")
+    w.note("SD3 medium text-to-image from the checkpoint that includes its text encoders "
+           "(sd3_medium_incl_clips_t5xxlfp8: T5-XXL stored in float8). " + SD3_ABOUT + "\n"
+           + RUN.format(name=w.name, family="SD3"), (0, 1000))
+    return w
+
+
+def sd3_img2img() -> Workflow:
+    w = Workflow("sd3_img2img")
+    ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=SD3)
+    clip = w.add("TripleCLIPLoader", (0, 420), "CLIP-L, CLIP-G, T5-XXL", clip_name1=SD3_TEXT[0],
+                 clip_name2=SD3_TEXT[1], clip_name3=SD3_TEXT[2])
+    latent = w.add("EmptySD3LatentImage", (0, 640), width=256, height=256, batch_size=1)
+    source = _sd3_sampler(w, ckpt, (clip, 0), "a red barn in a green field, blue sky", (latent, 0), 0,
+                          "Make the source picture", seed=7, denoise=1.0)
+    source_image = w.add("VAEDecode", (1480, 0), samples=(source, 0), vae=(ckpt, 2))
+    w.add("SaveImage", (1780, 0), "Source image", images=(source_image, 0), filename_prefix="sd3_img2img_source")
+    encoded = w.add("VAEEncode", (1480, 400), pixels=(source_image, 0), vae=(ckpt, 2))
+    sampled = _sd3_sampler(w, ckpt, (clip, 0), "a red barn in a snowy field at dusk", (encoded, 0), 900,
+                           "img2img (denoise 0.6)", seed=42, denoise=0.6)
+    image = w.add("VAEDecode", (1480, 900), samples=(sampled, 0), vae=(ckpt, 2))
+    w.add("SaveImage", (1780, 900), images=(image, 0), filename_prefix="sd3_img2img")
+    w.note("SD3 medium image-to-image: the checkpoint without text encoders (sd3_medium) and TripleCLIPLoader reading "
+           "clip_l, clip_g and t5xxl from models/text_encoders. The first row makes the source picture, so the "
+           "workflow needs no input file; the VAE encodes it ((z − 0.0609)·1.5305), denoise 0.6 runs the last 60 % "
+           "of the schedule, from σ·noise + (1 − σ)·latent at its first σ, with a new prompt. " + SD3_ABOUT + "\n" + RUN.format(name=w.name, family="SD3"), (0, 1900))
+    return w
+
+
 ALL = [base_fine_grained, base_comfy, base_refiner, refiner_sdedit, img2img, inpaint, aspect_buckets,
-       hires_upscale_model, outpaint, sd15_txt2img, sd15_img2img, sd2_768v_txt2img, sdxl_turbo_1step]
+       hires_upscale_model, outpaint, sd15_txt2img, sd15_img2img, sd2_768v_txt2img, sdxl_turbo_1step, sd3_txt2img,
+       sd3_img2img]
 
 if __name__ == "__main__":
     for make in ALL:
