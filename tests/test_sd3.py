@@ -12,6 +12,9 @@ real layouts, fp32, loaded through our loaders from files:
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -38,6 +41,7 @@ MMDIT_KWARGS = dict(sample_size=32, patch_size=2, in_channels=16, out_channels=1
 VAE_KWARGS = dict(block_out_channels=(32, 64, 64, 64), layers_per_block=2, latent_channels=16,
                   down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                   use_quant_conv=False, use_post_quant_conv=False, scaling_factor=SCALE, shift_factor=SHIFT_FACTOR)
+KEYS = Path(__file__).parents[1].parent / "shared" / "reference" / "keys"
 load_builtin_nodes()
 
 
@@ -120,6 +124,36 @@ def test_sd35_variants_load_and_match_diffusers(tmp_path):
     inputs = mmdit_inputs(seed=1)
     with torch.no_grad():
         assert rel_err(ours.unet(*inputs), reference_velocity(ref, *inputs)) <= TOL
+
+
+def block_pattern(keys) -> set[str]:
+    """Key names with the joint block index replaced by what the block is (the last one's context stream is
+    pre-only), so a 2-block and a 24-block MMDiT can be compared."""
+    last = max(int(m.group(1)) for k in keys if (m := re.search(r"joint_blocks\.(\d+)\.", k)))
+    return {re.sub(r"joint_blocks\.(\d+)\.", lambda m: "joint_blocks.LAST." if int(m.group(1)) == last
+                   else "joint_blocks.N.", k) for k in keys}
+
+
+@pytest.mark.skipif(not KEYS.is_dir(), reason=f"reference key lists not found at {KEYS}")
+def test_demo_checkpoints_are_in_the_real_layout():
+    """make-demo-model's SD3 files have sd3_medium.txt's MMDiT tensor names (blocks aside) and its VAE prefix
+    without quant convs (the tiny VAE is narrower, so its shortcuts differ), and the incl_clips one also has the three
+    text encoders' prefixes with T5 stored in float8."""
+    ref = {line.split("\t")[0] for line in (KEYS / "sd3_medium.txt").read_text().splitlines()
+           if not line.startswith("#")}
+    demo = load_file(str(demo_models()["sd3"]))
+    assert block_pattern({k for k in demo if k.startswith("model.")}) == block_pattern({k for k in ref
+                                                                                       if k.startswith("model.")})
+    assert {k.split(".")[0] for k in demo} == {k.split(".")[0] for k in ref} == {"model", "first_stage_model"}
+    assert not any("quant_conv" in k for k in demo)
+    incl = load_file(str(demo_models()["sd3_incl_clips"]))
+    text = {k for k in incl if k not in demo}
+    assert set(demo) <= set(incl) and {k.split(".transformer.")[0] for k in text} == \
+        {"text_encoders.clip_l", "text_encoders.clip_g", "text_encoders.t5xxl"}
+    assert {incl[k].dtype for k in text if k.startswith("text_encoders.t5xxl.") and incl[k].ndim == 2} == \
+        {torch.float8_e4m3fn}
+    meta = json.loads(Path(demo_models()["sd3_diffusers"], "model_index.json").read_text())
+    assert meta["_class_name"] == "StableDiffusion3Pipeline"
 
 
 # ---- the 16-channel VAE -------------------------------------------------------------------------------------------
@@ -250,7 +284,7 @@ def test_img2img_noises_the_source_as_flow_does(ctx, reference_mmdit):
 def test_sd3_nodes(ctx):
     (model, clip, vae) = call(ctx, "CheckpointLoaderSimple", ckpt_name="demo_sd3_medium.safetensors")
     assert model.kind == "sd3" and clip is None and model.latent_format.channels == 16
-    with pytest.raises(ValueError, match="CLIPTextEncode: clip: the checkpoint has no text encoders .*TripleCLIPLoader"):
+    with pytest.raises(ValueError, match="CLIPTextEncode: clip: the checkpoint has no text encoders .*TripleCLIP"):
         call(ctx, "CLIPTextEncode", clip=clip, text="a cat")
     (shifted_model,) = call(ctx, "ModelSamplingSD3", model=model, shift=6.0)
     assert shifted_model.sampling.shift == 6.0 and model.sampling.shift == 3.0

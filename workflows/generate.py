@@ -1,4 +1,4 @@
-"""Writes the shipped model workflows (workflows/sdxl_*.json, sd15_*.json, sd2_*.json, sd3_*.json, UI format 0.4) from the node
+"""Writes the shipped model workflows (workflows/sdxl_*, sd15_*, sd2_*, sd3_*.json, UI format 0.4) from the node
 declarations.
 
 Run `python workflows/generate.py` after changing a node's inputs; the JSON files are what ships (the canvas
@@ -468,8 +468,8 @@ def _sd3_sampler(w: Workflow, ckpt: int, clip, prompt: str, latent, y: int, titl
                  scheduler="sgm_uniform", positive=(pos, 0), negative=(both, 0), latent_image=latent, **sampler)
 
 
-SD3_ABOUT = ("The MMDiT reads the prompt as CLIP-L ‖ CLIP-G penultimate states (zero-padded to 4096 wide) followed by "
-             "T5-XXL's tokens, plus the pooled CLIP-L ‖ CLIP-G vector; it predicts a rectified-flow velocity, sampled "
+SD3_ABOUT = ("The MMDiT reads the prompt as CLIP-L ‖ CLIP-G penultimate states (zero-padded to 4096 wide) followed "
+             "by T5-XXL's tokens, plus the pooled CLIP-L ‖ CLIP-G vector; it predicts a rectified-flow velocity, sampled "
              "with timesteps shifted towards noise (ModelSamplingSD3, shift 3). The negative prompt counts for the "
              "first 10 % of the steps and is zeroed after, as in ComfyUI's SD3 example. Latents have 16 channels "
              "(EmptySD3LatentImage). The demo runs at 256² in 4 steps; SD3 medium wants 1024² and about 28 steps.")
