@@ -304,3 +304,64 @@ def test_previews_project_the_16_channels():
     image = latent_to_rgb(latent, fmt)
     assert image.size == (12, 8)
     assert np.asarray(image)[0, 0].tolist() == [round((1 + c) / 2 * 255) for c in (0.1106, 0.1171, 0.1220)]
+
+
+# ---- the whole pipeline --------------------------------------------------------------------------------------------
+
+PROMPT, NEGATIVE = "a photo of a cat sitting on a red chair", "blurry, low quality"
+SEED, CFG, STEPS, HEIGHT, WIDTH = 7, 4.5, 5, 64, 96
+
+
+def sd3_pipeline():
+    """diffusers' StableDiffusion3Pipeline from the demo's diffusers folder (diffusers' and transformers' own
+    from_pretrained), with the CLIP tokenizers diffusers' SD3 uses (CLIP-L pads with its end token, CLIP-G with "!")
+    and T5's vocabulary in transformers' T5TokenizerFast."""
+    from diffusers import AutoencoderKL as DiffusersVAE
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection, T5EncoderModel, T5TokenizerFast
+
+    from nodes.mmdit.t5 import t5_tokenizer
+    from tests.pipeline_oracle import _strict, hf_tokenizers
+
+    folder = demo_models()["sd3_diffusers"]
+    tok, tok_2 = hf_tokenizers()
+    return StableDiffusion3Pipeline(
+        transformer=_strict(SD3Transformer2DModel, folder / "transformer"), vae=_strict(DiffusersVAE, folder / "vae"),
+        text_encoder=_strict(CLIPTextModelWithProjection, folder / "text_encoder"),
+        text_encoder_2=_strict(CLIPTextModelWithProjection, folder / "text_encoder_2"),
+        text_encoder_3=_strict(T5EncoderModel, folder / "text_encoder_3"), tokenizer=tok, tokenizer_2=tok_2,
+        tokenizer_3=T5TokenizerFast(tokenizer_object=t5_tokenizer(), eos_token="</s>", pad_token="<pad>",
+                                    unk_token="<unk>", extra_ids=0),
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0))
+
+
+def test_txt2img_matches_stable_diffusion_3_pipeline(ctx):
+    """Ours through the nodes (CheckpointLoaderSimple on the incl_clips single file, CLIPTextEncode, KSampler euler
+    on `normal`, VAEDecode) against diffusers' pipeline on the same weights from the diffusers folder. Lined up:
+    - σ: diffusers' FlowMatchEulerDiscreteScheduler with shift 3 steps through shift(linspace(1, σ_table_min)), which
+      is ComfyUI's `normal` on the flow table (test_normal_is_diffusers_flow_match_euler_schedule); both give the
+      transformer σ·1000 and step x + (σ' − σ)·v; the start is the same CPU-seeded draw, unscaled;
+    - tokens: max_sequence_length 77, so diffusers' T5 gets the prompt, </s> and pads to 77 without a mask, which is
+      ComfyUI's T5 rule for prompts under 77 tokens; CLIP gets one 77-token window each;
+    - guidance: diffusers mixes velocities, ComfyUI denoised x0 = x − σ·v; at equal σ the two are the same."""
+    pipe = sd3_pipeline()
+    with torch.no_grad():
+        want = pipe(prompt=PROMPT, negative_prompt=NEGATIVE, num_inference_steps=STEPS, guidance_scale=CFG,
+                    height=HEIGHT, width=WIDTH, max_sequence_length=77, generator=torch.Generator().manual_seed(SEED),
+                    output_type="pt").images.permute(0, 2, 3, 1)
+    (model, clip, vae) = call(ctx, "CheckpointLoaderSimple",
+                              ckpt_name="demo_sd3_medium_incl_clips_t5xxlfp8.safetensors")
+    (pos,), (neg,) = call(ctx, "CLIPTextEncode", clip=clip, text=PROMPT), call(ctx, "CLIPTextEncode", clip=clip,
+                                                                                text=NEGATIVE)
+    (latent,) = call(ctx, "EmptySD3LatentImage", width=WIDTH, height=HEIGHT, batch_size=1)
+    (latent,) = call(ctx, "KSampler", model=model, seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler",
+                     scheduler="normal", positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+    got = call(ctx, "VAEDecode", samples=latent, vae=vae)[0]
+    assert got.shape == want.shape == (1, HEIGHT, WIDTH, 3) and want.std() > 0.05
+    assert (got - want).abs().max().item() <= TOL
+    # the comparison sees another shift far above its tolerance
+    (other,) = call(ctx, "ModelSamplingSD3", model=model, shift=1.0)
+    (latent,) = call(ctx, "EmptySD3LatentImage", width=WIDTH, height=HEIGHT, batch_size=1)
+    (latent,) = call(ctx, "KSampler", model=other, seed=SEED, steps=STEPS, cfg=CFG, sampler_name="euler",
+                     scheduler="normal", positive=pos, negative=neg, latent_image=latent, denoise=1.0)
+    assert (call(ctx, "VAEDecode", samples=latent, vae=vae)[0] - want).abs().max() > 100 * TOL
