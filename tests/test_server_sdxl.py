@@ -1,17 +1,20 @@
-"""Shipped SDXL workflows through HTTP and /ws on the demo checkpoints: sampler progress, latent previews, and
-checkpoints that stay loaded across workflows until POST /free — with prompts running in the worker process, as
-`latentgraph serve` runs them."""
+"""Shipped SDXL and SD3 workflows through HTTP and /ws on the demo checkpoints: sampler progress, latent previews
+(SD3's from its 16 channels), and checkpoints that stay loaded across workflows until POST /free — with prompts
+running in the worker process, as `latentgraph serve` runs them."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import struct
 
 import pytest
 from aiohttp import WSMsgType
 from oracles import demo_models
+from PIL import Image
 from server_helpers import REPO, make_config
 
+from nodes.demo import make_demo_text_encoders
 from server.app import STATE, create_app
 
 pytestmark = pytest.mark.slow
@@ -23,6 +26,7 @@ async def client(aiohttp_client, tmp_path):
     cfg = make_config(tmp_path, worker_process=True)
     cfg.models_dir.mkdir(parents=True)
     (cfg.models_dir / "checkpoints").symlink_to(paths["sdxl_base"].parent)
+    make_demo_text_encoders(cfg.models_dir / "text_encoders")
     return await aiohttp_client(create_app(cfg))
 
 
@@ -82,4 +86,23 @@ async def test_sdxl_workflows_progress_previews_and_resident_checkpoints(client)
     assert models()["models"] == 0
     entry, _, _ = await run_workflow(client, ws, "sdxl_base.json")
     assert entry["status"]["completed"] and models()["builds"] == 3
+    await ws.close()
+
+
+async def test_sd3_workflows_with_previews(client):
+    """Both SD3 workflows (the incl_clips checkpoint; sd3_medium with TripleCLIPLoader) complete, with a JPEG
+    preview per sampler step at the latent's size (256² images: 32² latents)."""
+    ws = await client.ws_connect("/ws?clientId=sdxl")
+    await ws.receive_json()
+    for name, samplers in (("sd3_txt2img.json", 1), ("sd3_img2img.json", 2)):
+        entry, msgs, frames = await run_workflow(client, ws, name)
+        assert entry["status"]["completed"]
+        ksamplers = {str(n["id"]) for n in json.loads((REPO / "workflows" / name).read_text())["nodes"]
+                     if n["type"] == "KSampler"}
+        steps = [m["data"] for m in msgs if m["type"] == "progress" and m["data"]["node"] in ksamplers]
+        assert len(ksamplers) == samplers and len(frames) == len(steps) == 4 * samplers, name
+        previews = [Image.open(io.BytesIO(f[8:])) for f in frames]
+        assert {p.size for p in previews} == {(32, 32)} and all(p.getextrema()[0][0] < p.getextrema()[0][1]
+                                                                  for p in previews)
+        assert len([i for o in entry["outputs"].values() for i in o["images"]]) == samplers
     await ws.close()
