@@ -158,7 +158,7 @@ def test_demo_checkpoints_are_in_the_real_layout():
 
 # ---- the 16-channel VAE -------------------------------------------------------------------------------------------
 
-def test_vae_matches_autoencoderkl_with_sd3_scale_and_shift():
+def test_vae_matches_autoencoderkl_with_sd3_scale_and_shift(tmp_path):
     from diffusers import AutoencoderKL as DiffusersVAE
     from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
 
@@ -174,7 +174,11 @@ def test_vae_matches_autoencoderkl_with_sd3_scale_and_shift():
         want_image = (ref.decode(z / SCALE + SHIFT_FACTOR).sample / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
     vaes = {layout: load_checkpoint(demo_models()[layout], with_text=False).vae
             for layout in ("sd3", "sd3_incl_clips", "sd3_diffusers")}
-    vaes["standalone"] = load_vae(demo_models()["sd3"])  # a full checkpoint as a VAE file: its family's latents
+    vaes["checkpoint as VAE file"] = load_vae(demo_models()["sd3"])  # a full checkpoint: its family's latents
+    # a standalone VAE without prefix cannot say its family; 16 latent channels are SD3's whatever its name
+    save_file({k[len("first_stage_model."):]: v for k, v in load_file(str(demo_models()["sd3"])).items()
+               if k.startswith("first_stage_model.")}, str(tmp_path / "ae.safetensors"))
+    vaes["standalone"] = load_vae(tmp_path / "ae.safetensors")
     for layout, vae in vaes.items():
         assert (vae.config.z_channels, vae.config.scaling_factor, vae.config.shift_factor) == (16, SCALE, SHIFT_FACTOR)
         assert rel_err(vae_encode(vae, image), want_latent) <= TOL, layout

@@ -506,7 +506,8 @@ def sd3_img2img() -> Workflow:
     w.note("SD3 medium image-to-image: the checkpoint without text encoders (sd3_medium) and TripleCLIPLoader reading "
            "clip_l, clip_g and t5xxl from models/text_encoders. The first row makes the source picture, so the "
            "workflow needs no input file; the VAE encodes it ((z − 0.0609)·1.5305), denoise 0.6 runs the last 60 % "
-           "of the schedule, from σ·noise + (1 − σ)·latent at its first σ, with a new prompt. " + SD3_ABOUT + "\n" + RUN.format(name=w.name, family="SD3"), (0, 1900))
+           "of the schedule, from σ·noise + (1 − σ)·latent at its first σ, with a new prompt. " + SD3_ABOUT + "\n"
+           + RUN.format(name=w.name, family="SD3"), (0, 1900))
     return w
 
 

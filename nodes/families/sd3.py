@@ -87,7 +87,8 @@ def _diffusers_layers(cfg: MMDiTConfig) -> dict[str, tuple[tuple[str, ...], str]
         same = {"x_block.attn.proj": "attn.to_out.0", "x_block.attn.ln_q": "attn.norm_q",
                 "x_block.attn.ln_k": "attn.norm_k", "context_block.attn.ln_q": "attn.norm_added_q",
                 "context_block.attn.ln_k": "attn.norm_added_k", "x_block.adaLN_modulation.1": "norm1.linear",
-                "x_block.mlp.fc1": "ff.net.0.proj", "x_block.mlp.fc2": "ff.net.2", "x_block.attn2.proj": "attn2.to_out.0",
+                "x_block.mlp.fc1": "ff.net.0.proj", "x_block.mlp.fc2": "ff.net.2",
+                "x_block.attn2.proj": "attn2.to_out.0",
                 "x_block.attn2.ln_q": "attn2.norm_q", "x_block.attn2.ln_k": "attn2.norm_k",
                 "context_block.attn.proj": "attn.to_add_out", "context_block.mlp.fc1": "ff_context.net.0.proj",
                 "context_block.mlp.fc2": "ff_context.net.2"}

@@ -227,8 +227,8 @@ def vae_decode(vae: AutoencoderKL, latent: torch.Tensor, tiled: bool = False, ti
 
 def vae_encode(vae: AutoencoderKL, image: torch.Tensor, tiled: bool = False, tile: int = 512,
                overlap: int = 128) -> torch.Tensor:
-    """Image [B, H, W, C] in [0, 1] → sampling-space latent (posterior mean, shifted and scaled). Sizes that are not multiples of the VAE
-    factor are cropped to one (top-left kept). Tiled: the downsampling levels run on overlapping ``tile``²
+    """Image [B, H, W, C] in [0, 1] → sampling-space latent (posterior mean, shifted and scaled). Sizes that are not
+    multiples of the VAE factor are cropped to one (top-left kept). Tiled: the downsampling levels run on overlapping ``tile``²
     windows (in image pixels), the mid block and head run whole on the stitched features."""
     f = vae.config.downscale
     h, w = image.shape[1] // f * f, image.shape[2] // f * f
