@@ -10,10 +10,10 @@ one process; prints the median ratio. The context is 154 tokens (77 CLIP, 77 T5)
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
+from unet import compare  # benchmarks/ is the script's folder
 
 from nodes.families.sd3 import TINY_MMDIT, mmdit_config_to_diffusers, mmdit_to_diffusers
 from nodes.mmdit.mmdit import SD3_MEDIUM, MMDiT
@@ -53,24 +53,9 @@ def main():
     t = torch.tensor([600.0] * args.batch)
     context = torch.randn(args.batch, CONTEXT_TOKENS, cfg.context_dim, generator=g)
     pooled = torch.randn(args.batch, cfg.pooled_dim, generator=g)
-    runs = [("ours", lambda: ours(x, t, context, pooled)),
-            ("diffusers", lambda: ref(hidden_states=x, encoder_hidden_states=context, pooled_projections=pooled,
-                                      timestep=t).sample)]
-    with torch.inference_mode():
-        a, b = (fn() for _, fn in runs)  # warm-up, and a check that they agree
-        err = ((a - b).abs().max() / b.abs().max()).item()
-        times = {"ours": [], "diffusers": []}
-        for i in range(args.runs):
-            for name, fn in runs if i % 2 == 0 else runs[::-1]:
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    for k, v in times.items():
-        print(f"{k:10s} median {med[k]:.3f}s  runs {', '.join(f'{x:.3f}' for x in v)}")
-    print(f"max relative difference of outputs {err:.2e}")
-    print(f"ratio ours/diffusers (median) {med['ours'] / med['diffusers']:.3f}")
-
+    compare(lambda: ours(x, t, context, pooled),
+            lambda: ref(hidden_states=x, encoder_hidden_states=context, pooled_projections=pooled, timestep=t).sample,
+            args.runs)
 
 if __name__ == "__main__":
     main()

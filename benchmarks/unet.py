@@ -54,6 +54,26 @@ def inputs(cfg, pooled_width, batch, size):
                                     added_cond_kwargs={"text_embeds": pooled, "time_ids": ids})
 
 
+def compare(ours, diffusers, runs: int) -> None:
+    """Time two zero-argument calls that compute the same tensor: a warm-up that also measures how far apart they
+    are, then ``runs`` runs each, alternating which goes first; prints the medians and their ratio."""
+    with torch.inference_mode():
+        a, b = ours(), diffusers()
+        err = ((a - b).abs().max() / b.abs().max()).item()
+        times = {"ours": [], "diffusers": []}
+        calls = [("ours", ours), ("diffusers", diffusers)]
+        for i in range(runs):
+            for name, fn in calls if i % 2 == 0 else calls[::-1]:
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in times.items():
+        print(f"{k:10s} median {med[k]:.3f}s  runs {', '.join(f'{x:.3f}' for x in v)}")
+    print(f"max relative difference of outputs {err:.2e}")
+    print(f"ratio ours/diffusers (median) {med['ours'] / med['diffusers']:.3f}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--family", default="sdxl", choices=list(FAMILIES), help="which UNet (default: SDXL base)")
@@ -70,22 +90,7 @@ def main():
           f"({sum(p.numel() for p in ours.parameters()):,} params, shared) in {time.perf_counter() - t0:.1f}s; "
           f"threads {torch.get_num_threads()}")
     ours_in, ref_in = inputs(cfg, pooled, args.batch, args.size)
-    with torch.inference_mode():
-        a, b = ours(*ours_in), ref(**ref_in).sample  # warm-up, and a check that they agree
-        err = ((a - b).abs().max() / b.abs().max()).item()
-        times = {"ours": [], "diffusers": []}
-        runs = [("ours", lambda: ours(*ours_in)), ("diffusers", lambda: ref(**ref_in))]
-        for i in range(args.runs):
-            for name, fn in runs if i % 2 == 0 else runs[::-1]:
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    for k, v in times.items():
-        print(f"{k:10s} median {med[k]:.3f}s  runs {', '.join(f'{x:.3f}' for x in v)}")
-    print(f"max relative difference of outputs {err:.2e}")
-    print(f"ratio ours/diffusers (median) {med['ours'] / med['diffusers']:.3f}")
-
+    compare(lambda: ours(*ours_in), lambda: ref(**ref_in).sample, args.runs)
 
 if __name__ == "__main__":
     main()
