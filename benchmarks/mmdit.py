@@ -5,11 +5,13 @@ its q, k and v are views of our fused projections), so the run needs one model's
 one process; prints the median ratio. The context is 154 tokens (77 CLIP, 77 T5), as a short prompt gives.
 
     python benchmarks/mmdit.py               # SD3 medium, latent 64×64 (512² images), batch 2: ~9 GB RAM, minutes
+    python benchmarks/mmdit.py --depth 2     # full width, 2 joint blocks: ~1 GB RAM, the per-block ratio
     python benchmarks/mmdit.py --tiny        # smoke run on the tiny preset
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 import torch
@@ -41,11 +43,13 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--size", type=int, default=64, help="latent side")
+    ap.add_argument("--depth", type=int, help="joint blocks (default: the preset's)")
     args = ap.parse_args()
     cfg = TINY_MMDIT if args.tiny else SD3_MEDIUM
+    cfg = dataclasses.replace(cfg, depth=args.depth or cfg.depth)
     t0 = time.perf_counter()
     ours, ref = build(cfg)
-    print(f"built {'tiny' if args.tiny else 'full-size SD3-medium'} MMDiT "
+    print(f"built {'tiny' if args.tiny else 'full-size SD3-medium'} MMDiT, depth {cfg.depth} "
           f"({sum(p.numel() for p in ours.parameters()):,} params, shared) in {time.perf_counter() - t0:.1f}s; "
           f"threads {torch.get_num_threads()}")
     g = torch.Generator().manual_seed(1)
