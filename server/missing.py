@@ -100,6 +100,13 @@ def _model_error(err: dict, node_id: str, env: Environment) -> dict:
                            "suggestion": substitute}}
 
 
+def _title(node: Any) -> str | None:
+    """A node's `_meta.title`, if the client sent one of the right shape."""
+    meta = node.get("_meta") if isinstance(node, dict) else None
+    title = meta.get("title") if isinstance(meta, dict) else None
+    return title if isinstance(title, str) else None
+
+
 def explain(result: Any, prompt: dict, registry: dict[str, NodeSpec], env: Environment | None = None) -> Any:
     """Rewrite a ``server.graph.Validation`` in place with missing-node and missing-model errors; returns it."""
     if not result.node_errors:  # a missing node type or model file is always a node error
@@ -111,7 +118,7 @@ def explain(result: Any, prompt: dict, registry: dict[str, NodeSpec], env: Envir
         errors = entry["errors"]
         for i, err in enumerate(errors):
             kind = entry.get("class_type")
-            if err["type"] == "invalid_prompt" and kind in missing:
+            if err["type"] == "invalid_prompt" and isinstance(kind, str) and kind in missing:
                 errors[i] = {"type": "missing_node_type", "message": _missing_message(kind),
                              "details": f"node {node_id} ({kind})", "extra_info": {"class_type": kind}}
             elif err["type"] == "value_not_in_list" and err["extra_info"].get("input_name") in MODEL_FOLDERS:
@@ -123,7 +130,7 @@ def explain(result: Any, prompt: dict, registry: dict[str, NodeSpec], env: Envir
         # frontend turns into the missing-nodes dialog; the full map is ours
         text = describe_missing_nodes(missing)
         first_kind, first_ids = next(iter(missing.items()))
-        title = ((prompt.get(first_ids[0]) or {}).get("_meta") or {}).get("title") or first_kind
+        title = _title(prompt.get(first_ids[0])) or first_kind
         result.error = {"type": "missing_node_type",
                         "message": f"Cannot execute because these node types are not installed: {text}",
                         "details": text, "extra_info": {"node_id": first_ids[0], "class_type": first_kind,
