@@ -25,6 +25,8 @@ import threading
 import time
 from typing import Any, Callable
 
+from . import watchdog
+
 log = logging.getLogger("latentgraph.runner")
 
 PREVIEW_MAX_SIZE = 512
@@ -39,6 +41,7 @@ class RunnerConfig:
     cache_entries: int
     cache_bytes: int
     registry: str = DEFAULT_REGISTRY  # "module:function" returning the node registry; the child imports it
+    watchdog_seconds: float = watchdog.LIMIT  # a child process silent this long is killed (0: never; watchdog.py)
 
 
 def build_executor(config: RunnerConfig, registry: dict | None = None):
@@ -123,6 +126,9 @@ class ThreadRunner:
     def stats(self) -> dict:
         return stats(self.executor)
 
+    def kill(self) -> None:
+        """A thread cannot be killed: the node runs to its end."""
+
     def close(self) -> None:
         pass
 
@@ -137,6 +143,7 @@ class ProcessRunner:
         self.device = config.device
         self._mp = multiprocessing.get_context("spawn")  # fork would copy the server's threads and sockets
         self.interrupt_event = self._mp.Event()
+        self.heartbeat = watchdog.Heartbeat(self._mp)
         self._stats: dict = {}
         self._conn = None
         self._proc = None
@@ -145,8 +152,9 @@ class ProcessRunner:
 
     def _start(self) -> None:
         parent, child = self._mp.Pipe()
+        self.heartbeat.reset()
         self._proc = self._mp.Process(target=child_main, name=f"latentgraph-{self.device}", daemon=True,
-                                      args=(child, self.config, self.interrupt_event, os.getpid()))
+                                      args=(child, self.config, self.interrupt_event, os.getpid(), self.heartbeat))
         self._proc.start()
         child.close()  # the parent's copy: once the child exits, reading the pipe raises EOFError
         self._conn = parent
@@ -161,7 +169,7 @@ class ProcessRunner:
     def _receive(self):
         """The child's next message, after waiting for it to start if it has not yet answered."""
         while True:
-            message = self._conn.recv()
+            message = self.heartbeat.receive(self._conn, self.config.watchdog_seconds, self._proc.pid)
             if message[0] == "ready":
                 self._stats = message[1]
                 continue
@@ -185,21 +193,35 @@ class ProcessRunner:
                         callback(*args)
             except (EOFError, OSError):
                 return self._died(prompt_id, started)
+            except watchdog.Unresponsive as exc:
+                return self._hung(prompt_id, started, exc)
 
     def _died(self, prompt_id: str, started: float):
         """The child exited mid-prompt (killed, out of memory, a crash in native code): that prompt fails with an
         error saying so; the next prompt starts a new child."""
-        from .executor import RunReport
-
         self._proc.join(5)
         code = self._proc.exitcode
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         if code == -signal.SIGKILL:
             how += " (the system may have run out of memory)"
-        log.error("the %s worker process died during prompt %s (%s)", self.device, prompt_id, how)
+        return self._failed(prompt_id, started, "WorkerProcessDied",
+                            f"the worker process for {self.device} died while running this prompt ({how})")
+
+    def _hung(self, prompt_id: str, started: float, exc: watchdog.Unresponsive):
+        """The child stopped beating mid-prompt: it is killed, the prompt fails, the next prompt starts a new one."""
+        self._proc.kill()
+        self._proc.join(5)
+        return self._failed(prompt_id, started, "WorkerProcessUnresponsive",
+                            f"the worker process for {self.device} stopped responding while running this prompt "
+                            f"({exc}); it was killed and a new one starts for the next prompt")
+
+    def _failed(self, prompt_id: str, started: float, kind: str, message: str):
+        from .executor import RunReport
+
+        log.error("prompt %s: %s", prompt_id, message)
         error = {"prompt_id": prompt_id, "node_id": None, "node_type": None, "executed": [],
-                 "exception_message": f"the worker process for {self.device} died while running this prompt ({how})",
-                 "exception_type": "WorkerProcessDied", "traceback": [], "current_inputs": {}, "current_outputs": {}}
+                 "exception_message": message, "exception_type": kind, "traceback": [], "current_inputs": {},
+                 "current_outputs": {}}
         return RunReport("error", error=error, seconds=time.perf_counter() - started)
 
     def free(self, unload_models: bool, free_memory: bool) -> None:
@@ -211,10 +233,19 @@ class ProcessRunner:
                 kind, self._stats = self._receive()
             except (EOFError, OSError):
                 log.warning("the %s worker process died while freeing memory", self.device)
+            except watchdog.Unresponsive as exc:
+                log.error("the %s worker process stopped responding while freeing memory (%s); killing it",
+                          self.device, exc)
+                self._proc.kill()
 
     def stats(self) -> dict:
         """The child's numbers as of its last prompt or /free (it is not interrupted to ask)."""
         return dict(self._stats)
+
+    def kill(self) -> None:
+        """End the child now, from any thread (a prompt it runs fails as WorkerProcessDied)."""
+        if self._proc is not None:
+            self._proc.kill()
 
     def close(self) -> None:
         with self._lock:
@@ -232,7 +263,8 @@ class ProcessRunner:
 
 
 # -- the child process ----------------------------------------------------------------------------------------
-def child_main(conn, config: RunnerConfig, interrupt, parent_pid: int) -> None:
+def child_main(conn, config: RunnerConfig, interrupt, parent_pid: int, heartbeat: watchdog.Heartbeat) -> None:
+    heartbeat.start()
     die_with_parent(parent_pid)
     lower_priority()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
