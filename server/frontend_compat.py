@@ -157,7 +157,8 @@ class FrontendRoutes:
             return error_json(404, "not_found", f"no user file {request.match_info['file']!r}")
         ctype = USERDATA_TYPES.get(path.suffix.lower(), "application/octet-stream")
         return web.FileResponse(path, headers={"Cache-Control": "no-cache", "Content-Type": ctype,
-                                               "Content-Disposition": "attachment", "X-Content-Type-Options": "nosniff"})
+                                               "Content-Disposition": "attachment",
+                                               "X-Content-Type-Options": "nosniff"})
 
     async def post_userdata(self, request):
         """Write a user file; refuses to replace one unless ``overwrite`` is not false (409, as ComfyUI)."""

@@ -189,8 +189,9 @@ async def test_dns_rebinding_names_are_refused(aiohttp_client, tmp_path):
     assert resp.status == 403 and error_of(await resp.json())[0] == "forbidden_host"
     assert "--allow-host evil.example" in error_of(await resp.json())[1]
     assert (await client.post("/userdata/x.json", data=b"{}", headers=evil)).status == 403
-    resp = await client.get("/ws", headers={**evil, "Connection": "Upgrade", "Upgrade": "websocket",
-                                            "Sec-WebSocket-Version": "13", "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+    upgrade = {"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    resp = await client.get("/ws", headers={**evil, **upgrade})
     assert resp.status == 403
     assert client.app[STATE].queue.remaining() == 0 and not (tmp_path / "data" / "userdata" / "x.json").exists()
     for host in ("localhost:8188", "127.0.0.1", "127.0.0.2:9", "[::1]:8188", "LOCALHOST.", "studio.lan:8188"):
