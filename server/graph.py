@@ -96,19 +96,19 @@ def _link_table(workflow: dict) -> dict[Any, _Link]:
 def widget_slots(spec: NodeSpec) -> dict[str, int]:
     """Where each widget input's value sits in a node's positional ``widgets_values``.
 
-    Widgets come in schema order (required, then optional); a seed's "control after generate" value and an
-    image upload button's value follow their widget and belong to no input."""
+    Widgets come in schema order (required, then optional); a seed's "control after generate" value follows its
+    widget, and an image upload button's value follows the required widgets (LoadImageMask saves
+    ``["m.png", "red", "image"]``); those values belong to no input."""
     slots, index = {}, 0
-    ordered = [i for i in spec.inputs.values() if i.required] + [i for i in spec.inputs.values() if i.optional]
-    for inp in ordered:
-        if not inp.is_widget:
-            continue
-        slots[inp.name] = index
-        index += 1
-        if inp.control_after_generate or (inp.type == INT and inp.name in _SEED_NAMES):
+    for group in ([i for i in spec.inputs.values() if i.required], [i for i in spec.inputs.values() if i.optional]):
+        for inp in group:
+            if not inp.is_widget:
+                continue
+            slots[inp.name] = index
             index += 1
-        if inp.image_upload:
-            index += 1
+            if inp.control_after_generate or (inp.type == INT and inp.name in _SEED_NAMES):
+                index += 1
+        index += any(inp.image_upload and inp.is_widget for inp in group)
     return slots
 
 
@@ -273,6 +273,9 @@ def load_prompt(data: Any, registry: dict[str, NodeSpec]) -> tuple[dict, dict | 
         return ui_to_api(data, registry), data
     if not isinstance(data, dict):
         raise ValueError(f"a workflow must be a JSON object, not {type(data).__name__}")
+    if is_serverless_envelope(data):
+        raise ValueError('this is a serverless request envelope {"input": {"workflow": …}}, not a workflow: send '
+                         'the value of input.workflow itself (as the prompt)')
     body = data.get("prompt")
     if isinstance(body, dict) and "class_type" not in body:
         workflow = ((data.get("extra_data") or {}).get("extra_pnginfo") or {}).get("workflow")
@@ -280,6 +283,13 @@ def load_prompt(data: Any, registry: dict[str, NodeSpec]) -> tuple[dict, dict | 
             return ui_to_api(body, registry), body
         return body, workflow if is_ui_workflow(workflow) else None
     return data, None
+
+
+def is_serverless_envelope(data: Any) -> bool:
+    """``{"input": {"workflow": …}}``, the request body of serverless ComfyUI workers (RunPod's worker-comfyui and
+    its kin); its "input" is no node, so read as a prompt it would only give puzzling node errors."""
+    return isinstance(data, dict) and isinstance(data.get("input"), dict) and "workflow" in data["input"] \
+        and "class_type" not in data["input"]
 
 
 def read_png_workflow(path: str) -> dict:

@@ -202,15 +202,15 @@ class Routes:
     def _accept(self, raw: bytes, content_type: str, client_id: str | None) -> _Accepted:
         """Read, convert and validate a /prompt body and add it to the open group commit (any thread); raises the
         HTTP error a bad one gets."""
-        from .graph import load_prompt, validate
+        from .graph import is_serverless_envelope, load_prompt, validate
 
         if content_type == "image/png":  # a PNG with its embedded workflow, as the canvas would load it
             body = {"prompt": self._png_workflow(raw), "client_id": client_id}
         else:
             body = _json_dict(parse_json(raw))
         graph = body.get("prompt")
-        if graph is None and "nodes" in body:  # a bare UI workflow as the whole body
-            graph, body = body, {}
+        if graph is None and ("nodes" in body or is_serverless_envelope(body)):
+            graph, body = body, {}  # a bare UI workflow as the whole body (or an envelope, which load_prompt names)
         if graph is None:
             raise _bad("no_prompt", "No prompt provided")
         prompt_id = body.get("prompt_id") or str(uuid.uuid4())
