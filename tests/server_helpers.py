@@ -174,3 +174,14 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def upload_form(data: bytes, name="pic.png", **fields):
+    """A multipart /upload/image or /upload/mask body: the file as `image`, plus text fields."""
+    from aiohttp import FormData
+
+    form = FormData()
+    form.add_field("image", data, filename=name, content_type="image/png")
+    for key, value in fields.items():
+        form.add_field(key, value)
+    return form

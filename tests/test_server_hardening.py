@@ -14,9 +14,9 @@ import zlib
 from contextlib import asynccontextmanager
 
 import pytest
-from aiohttp import FormData, WSMsgType
+from aiohttp import WSMsgType
 from PIL import Image
-from server_helpers import image_prompt, load_factor, make_config, probe_registry
+from server_helpers import image_prompt, load_factor, make_config, probe_registry, upload_form
 
 from server import app as server_app
 from server.app import STATE, create_app
@@ -82,14 +82,6 @@ def png_header(width: int, height: int) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
-
-
-def upload_form(data: bytes, name="pic.png", **fields) -> FormData:
-    form = FormData()
-    form.add_field("image", data, filename=name, content_type="image/png")
-    for key, value in fields.items():
-        form.add_field(key, value)
-    return form
 
 
 # 1 -------------------------------------------------------------------------------------------------------------
