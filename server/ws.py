@@ -26,6 +26,7 @@ PREVIEW_IMAGE = 1
 PREVIEW_IMAGE_WITH_METADATA = 4
 IMAGE_JPEG = 1
 OUTBOX_BYTES = 32 << 20  # a client whose unsent messages pass this is disconnected
+HOPS_PER_TURN = 500  # messages from worker threads sent per turn of the event loop
 SERVER_FEATURES = {"supports_preview_metadata": True}
 
 
@@ -128,8 +129,10 @@ class Hub:
             pass
 
     def _run_hops(self) -> None:
-        with self._hops_lock:
-            hops, self._hops = self._hops, []
+        with self._hops_lock:  # a few hundred per turn, so that requests are answered between them
+            hops, self._hops = self._hops[:HOPS_PER_TURN], self._hops[HOPS_PER_TURN:]
+            if self._hops:
+                self.loop.call_soon(self._run_hops)
         for fn, args in hops:
             try:
                 fn(*args)
