@@ -41,10 +41,12 @@ class Fuzzer:
         self.prompts = [json.dumps(p) for p in prompts]
         self.node_types = node_types
 
-    def requests(self, count: int):
-        """`count` requests: nine in ten are mutated /prompt submissions, the rest other routes."""
-        for i in range(count):
-            yield self.submission(i) if self.rng.random() < 0.9 else self.other_route(i)
+    def requests(self, workflows: int, others: int):
+        """`workflows` mutated /prompt submissions and `others` requests to other routes, mixed at random."""
+        kinds = [True] * workflows + [False] * others
+        self.rng.shuffle(kinds)
+        for i, workflow in enumerate(kinds):
+            yield self.submission(i) if workflow else self.other_route(i)
 
     # -- /prompt ------------------------------------------------------------------------------------------------
     def submission(self, i: int) -> tuple:
