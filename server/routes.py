@@ -25,13 +25,13 @@ from urllib.parse import quote
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from . import images
+from nodes.catalog import MODEL_FOLDERS, model_names
+
+from . import canvas_lib, images
 from .limits import MAX_JSON_DEPTH, MAX_PROMPT_ID_CHARS, MAX_PROMPT_NUMBER, MAX_QUEUE_IDS, TooLarge, too_deep
 from .security import PathError, confined, error_json, redacted_argv
 
 FILE_TYPES = ("output", "input", "temp")
-MODEL_FOLDERS = ("checkpoints", "vae", "loras", "embeddings", "vae_approx", "clip", "text_encoders", "unet",
-                 "diffusion_models", "controlnet", "upscale_models")
 FIELD_LIMIT = 64 * 1024
 INLINE_BYTES = 64 * 1024  # a /prompt body up to this size is read and validated on the event loop; larger, off it
 
@@ -489,7 +489,7 @@ class Routes:
         return web.json_response(model_names(self.s.env, self._confined(root, folder), folder))
 
     async def embeddings(self, request):
-        files = _model_files(Path(self.config.models_dir) / "embeddings")
+        files = model_names(self.s.env, Path(self.config.models_dir) / "embeddings", "embeddings")
         return web.json_response([os.path.splitext(f)[0] for f in files])
 
     async def extensions(self, request):
@@ -551,6 +551,9 @@ class Routes:
         index = Path(self.config.web_dir) / "index.html"
         if not index.is_file():
             return web.Response(text="latentgraph API server (web/index.html not found)", content_type="text/plain")
+        if reason := canvas_lib.missing(self.config.web_dir):  # say so, rather than a canvas stuck at "connecting…"
+            return web.Response(text=canvas_lib.missing_page(reason), status=503, content_type="text/html",
+                                headers={"Cache-Control": "no-cache"})
         return web.FileResponse(index, headers={"Cache-Control": "no-cache"})
 
 
@@ -579,24 +582,6 @@ async def _read_part(request, part, limit: int, timeout: float) -> bytes:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def model_names(env, path: Path, folder: str) -> list[str]:
-    """The models in one folder, as every listing route answers. Checkpoints and VAEs are exactly what the
-    loader nodes offer (a diffusers folder is one model); other folders list their weight files."""
-    if folder in ("checkpoints", "vae"):
-        from nodes.library.loaders import checkpoint_names, vae_names
-        return (checkpoint_names if folder == "checkpoints" else vae_names)(env)
-    return _model_files(path)
-
-
-def _model_files(folder: Path) -> list[str]:
-    if not folder.is_dir():
-        return []
-    from .app import MODEL_SUFFIXES
-
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                  if p.is_file() and p.suffix.lower() in MODEL_SUFFIXES)
 
 
 def _preview_format(preview: str | None) -> tuple[str, int]:
