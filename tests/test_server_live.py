@@ -116,8 +116,9 @@ async def test_fuzzed_workflows_get_no_5xx_no_stall_and_bounded_memory(live):
             await asyncio.gather(*(client() for _ in range(FUZZ_CLIENTS)))
         seconds = time.perf_counter() - started
         growth = rss_mb(live.proc.pid) - before
-        print(f"{FUZZ_WORKFLOWS} workflows and {FUZZ_OTHERS} other requests in {seconds:.1f} s; statuses {dict(sorted(statuses.items()))}; slowest "
-              f"/system_stats {watch.worst * 1000:.0f} ms of {watch.polls}; server RSS +{growth:.0f} MB")
+        print(f"{FUZZ_WORKFLOWS} workflows and {FUZZ_OTHERS} other requests in {seconds:.1f} s; statuses "
+              f"{dict(sorted(statuses.items()))}; slowest /system_stats {watch.worst * 1000:.0f} ms of {watch.polls}; "
+              f"server RSS +{growth:.0f} MB")
         assert server_errors == []
         assert sum(statuses.values()) == FUZZ_WORKFLOWS + FUZZ_OTHERS
         assert statuses.get(200, 0) > FUZZ_WORKFLOWS // 50  # some mutations stay valid: the accepting path is fuzzed
