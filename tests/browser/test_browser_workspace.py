@@ -1,6 +1,6 @@
 """The workspace as a ComfyUI user expects it, driven with the mouse and keys: workflows saved on the server (save,
-rename, reopen after a reload, delete), the tab strip, the templates browser, results that stay visible, the queue
-panel, the model library and the settings."""
+rename, reopen after a reload, delete), the tab strip, the templates browser (the SD3 ones run from there), results
+that stay visible, the queue panel, the model library and the settings."""
 from __future__ import annotations
 
 import json
@@ -126,6 +126,21 @@ def test_templates_browser_groups_shipped_workflows_by_family_with_thumbnails(pa
     page.wait_for_function("document.querySelector('.tab.active .name').textContent === 'sdxl_base_refiner'")
     assert page.locator("#templates").count() == 0
     assert len(node_ids(page, "KSamplerAdvanced")) == 2
+
+
+def test_sd3_templates_run_from_the_canvas(page):
+    """Both SD3 workflows open from the templates browser with every node known (TripleCLIPLoader offers the demo
+    text encoders serve writes) and Queue puts their images on their Save Image nodes."""
+    for name in ("sd3_txt2img", "sd3_img2img"):
+        open_template(page, name)
+        assert page.evaluate("app.graph._nodes.filter((n) => !n.constructor.nodeData && n.type !== 'Note')"
+                             ".map((n) => n.type)") == []
+        saves = page.evaluate("app.graph._nodes.filter((n) => n.type === 'SaveImage').map((n) => n.id)")
+        assert len(saves) == (1 if name == "sd3_txt2img" else 2)
+        page.click("#queue-button")
+        for node_id in saves:
+            wait_for_image_on(page, node_id, timeout=300000)
+        page.shot(name)
 
 
 def test_results_stay_visible_and_each_tab_keeps_its_view(page, server):
