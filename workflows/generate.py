@@ -451,11 +451,10 @@ def sdxl_turbo_1step() -> Workflow:
     return w
 
 
-def _sd3_sampler(w: Workflow, ckpt: int, clip, prompt: str, latent, y: int, title: str, **sampler) -> int:
-    """ComfyUI's SD3 example row: ModelSamplingSD3 (shift 3), the prompt, a negative that is used as written for the
-    first 10 % of the run and zeroed after it (ConditioningZeroOut, timestep ranges, combined), and KSampler with
-    dpmpp_2m on sgm_uniform at cfg 4.5."""
-    model = w.add("ModelSamplingSD3", (0, y + 480), model=(ckpt, 0), shift=3.0)
+def _sd3_sampler(w: Workflow, model: int, clip, prompt: str, latent, y: int, title: str, **sampler) -> int:
+    """ComfyUI's SD3 example row: the prompt, a negative that is used as written for the first 10 % of the run and
+    zeroed after it (ConditioningZeroOut, timestep ranges, combined), and KSampler with dpmpp_2m on sgm_uniform at
+    cfg 4.5; ``model`` is ModelSamplingSD3's output."""
     pos = w.add("CLIPTextEncode", (380, y), "Positive", text=prompt, clip=clip)
     neg = w.add("CLIPTextEncode", (380, y + 260), "Negative", text=NEGATIVE, clip=clip)
     zero = w.add("ConditioningZeroOut", (760, y + 260), conditioning=(neg, 0))
@@ -479,7 +478,8 @@ def sd3_txt2img() -> Workflow:
     w = Workflow("sd3_txt2img")
     ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=SD3_INCL_CLIPS)
     latent = w.add("EmptySD3LatentImage", (0, 420), width=256, height=256, batch_size=1)
-    sampled = _sd3_sampler(w, ckpt, (ckpt, 1), PROMPT, (latent, 0), 0, "KSampler", seed=42, denoise=1.0)
+    model = w.add("ModelSamplingSD3", (0, 600), model=(ckpt, 0), shift=3.0)
+    sampled = _sd3_sampler(w, model, (ckpt, 1), PROMPT, (latent, 0), 0, "KSampler", seed=42, denoise=1.0)
     image = w.add("VAEDecode", (1480, 0), samples=(sampled, 0), vae=(ckpt, 2))
     w.add("SaveImage", (1780, 0), images=(image, 0), filename_prefix="sd3_txt2img")
     w.note("SD3 medium text-to-image from the checkpoint that includes its text encoders "
@@ -494,12 +494,13 @@ def sd3_img2img() -> Workflow:
     clip = w.add("TripleCLIPLoader", (0, 420), "CLIP-L, CLIP-G, T5-XXL", clip_name1=SD3_TEXT[0],
                  clip_name2=SD3_TEXT[1], clip_name3=SD3_TEXT[2])
     latent = w.add("EmptySD3LatentImage", (0, 640), width=256, height=256, batch_size=1)
-    source = _sd3_sampler(w, ckpt, (clip, 0), "a red barn in a green field, blue sky", (latent, 0), 0,
+    model = w.add("ModelSamplingSD3", (0, 820), model=(ckpt, 0), shift=3.0)
+    source = _sd3_sampler(w, model, (clip, 0), "a red barn in a green field, blue sky", (latent, 0), 0,
                           "Make the source picture", seed=7, denoise=1.0)
     source_image = w.add("VAEDecode", (1480, 0), samples=(source, 0), vae=(ckpt, 2))
     w.add("SaveImage", (1780, 0), "Source image", images=(source_image, 0), filename_prefix="sd3_img2img_source")
     encoded = w.add("VAEEncode", (1480, 400), pixels=(source_image, 0), vae=(ckpt, 2))
-    sampled = _sd3_sampler(w, ckpt, (clip, 0), "a red barn in a snowy field at dusk", (encoded, 0), 900,
+    sampled = _sd3_sampler(w, model, (clip, 0), "a red barn in a snowy field at dusk", (encoded, 0), 900,
                            "img2img (denoise 0.6)", seed=42, denoise=0.6)
     image = w.add("VAEDecode", (1480, 900), samples=(sampled, 0), vae=(ckpt, 2))
     w.add("SaveImage", (1780, 900), images=(image, 0), filename_prefix="sd3_img2img")
