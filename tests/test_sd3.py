@@ -7,7 +7,9 @@ real layouts, fp32, loaded through our loaders from files:
   them);
 - rectified-flow sampling: the σ table, ``normal`` against diffusers' ``FlowMatchEulerDiscreteScheduler``, and
   KSampler with every scheduler SD3 workflows use against an Euler loop written here on the diffusers transformer;
-- the nodes: the checkpoint loader with and without text encoders, ModelSamplingSD3, EmptySD3LatentImage, previews.
+- the nodes: the checkpoint loader with and without text encoders, ModelSamplingSD3, EmptySD3LatentImage, previews;
+- the whole pipeline through the nodes against diffusers' ``StableDiffusion3Pipeline``;
+- make-demo-model's SD3 files in the real layout.
 """
 from __future__ import annotations
 
