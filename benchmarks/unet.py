@@ -92,5 +92,6 @@ def main():
     ours_in, ref_in = inputs(cfg, pooled, args.batch, args.size)
     compare(lambda: ours(*ours_in), lambda: ref(**ref_in).sample, args.runs)
 
+
 if __name__ == "__main__":
     main()
