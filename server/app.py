@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import importlib.util
 import logging
 import os
 import shutil
@@ -20,6 +21,7 @@ from aiohttp import web
 from . import frontend_compat, routes
 from .cluster import Cluster, PrimaryLink
 from .queue import PromptQueue
+from .routing import MAX_WAIT
 from .security import is_loopback, make_middlewares
 from .worker import Worker
 from .ws import Hub
@@ -52,6 +54,11 @@ class Config:
     cache_bytes: int = 4 * 1024 ** 3
     worker_process: bool = True  # run prompts in a child process per device (see runners.py)
     http_processes: int = 1  # processes answering HTTP on the same port (see cluster.py)
+    ray: str | None = None  # run prompts on Ray actors: the cluster's address, "auto" or "local" (see ray_runner.py)
+    ray_cpu_workers: int = 0  # CPU actors to start (0: one actor per GPU of the cluster, else one CPU actor)
+    ray_max_wait: float = MAX_WAIT  # seconds a prompt waits for the busy actor holding its models (see routing.py)
+    ray_retries: int = 1  # times a prompt whose actor died under it is queued again
+    ray_files: str = "auto"  # how files reach actors: auto, shared (filesystem) or object-store
 
     @property
     def temp_dir(self) -> Path:
@@ -65,9 +72,9 @@ class State:
         """``primary`` is given in an extra HTTP process (cluster.py): the link to the process with the workers."""
         from nodes.node import Environment, load_builtin_nodes
 
-        if registry is not None and (config.worker_process or config.http_processes > 1):
-            raise ValueError("a registry passed to create_app exists only in this process: "
-                             "set Config.worker_process = False and http_processes = 1 to run its nodes")
+        if registry is not None and (config.worker_process or config.http_processes > 1 or config.ray is not None):
+            raise ValueError("a registry passed to create_app exists only in this process: set "
+                             "Config.worker_process = False, http_processes = 1 and ray = None to run its nodes")
         self.config = config
         self.primary = primary
         self.cluster: Cluster | None = None
@@ -91,7 +98,17 @@ class State:
         self._status_timer: asyncio.TimerHandle | None = None
         self._status_sent = float("-inf")  # event-loop time of the last queue-change status
         self._commit: asyncio.Future | None = None
-        self.workers = [] if primary else [self._make_worker(d) for d in resolve_devices(config.devices)]
+        self.ray = None  # ray_runner.RayPool with --ray
+        self.workers = [] if primary else self._make_workers()
+
+    def _make_workers(self) -> list[Worker]:
+        if self.config.ray is None:
+            return [self._make_worker(d) for d in resolve_devices(self.config.devices)]
+        from .ray_runner import RayPool
+
+        self.ray = RayPool(self.config, self.env, self.queue, self.registry)
+        return [Worker(runner.name, self.queue, runner, self.hub, on_queue_change=self.status_changed, source=source)
+                for runner, source in self.ray.sources()]
 
     def _make_worker(self, device: str) -> Worker:
         from .runners import ProcessRunner, RunnerConfig, ThreadRunner
@@ -119,7 +136,8 @@ class State:
             return await self.primary.call("devices")
         return [{"name": w.runner.device, "type": w.runner.device.split(":")[0], "index": 0,
                  "vram_total": 0, "vram_free": 0, "torch_vram_total": 0, "torch_vram_free": 0,
-                 "models": None, "cache": None, **w.runner.stats()}  # a child not started yet has no numbers
+                 "models": None, "cache": None, "running": w.current.prompt_id if w.current else None,
+                 **w.runner.stats()}  # a child not started yet has no numbers
                 for w in self.workers]
 
     # -- group commit -------------------------------------------------------------------------
@@ -203,6 +221,8 @@ class State:
             w.stop()
         for w in self.workers:
             await asyncio.get_running_loop().run_in_executor(None, w.join, 10)
+        if self.ray is not None:
+            self.ray.close()
         self.queue.close()
 
 
@@ -258,6 +278,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--http-processes", type=int, default=1, metavar="N",
                         help="answer HTTP and websockets in N processes sharing the port (for many concurrent "
                              "clients; default 1)")
+    ray = parser.add_argument_group("scale out on Ray (pip install latentgraph[ray]; see docs/scale-out.md)")
+    ray.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
+                     help="run prompts on Ray actors, one per GPU: the cluster at ADDRESS (host:port), 'auto' (the "
+                          "cluster this machine belongs to; what --ray alone means) or 'local' (start one here)")
+    ray.add_argument("--ray-cpu-workers", type=int, default=0, metavar="N",
+                     help="N actors on one CPU each instead (without GPUs in the cluster the default is 1)")
+    ray.add_argument("--ray-max-wait", type=float, default=MAX_WAIT, metavar="SECONDS",
+                     help="how long a prompt waits for the busy actor holding its models before another loads them")
+    ray.add_argument("--ray-retries", type=int, default=Config.ray_retries, metavar="N",
+                     help="times a prompt whose actor died under it is queued again for another actor")
+    ray.add_argument("--ray-files", choices=("auto", "shared", "object-store"), default="auto",
+                     help="how input and output files reach the actors: a shared filesystem (found by default when "
+                          "the server's folders are visible to the actor) or Ray's object store")
     frontend_compat.add_arguments(parser)  # --frontend latentgraph|comfyui
 
 
@@ -266,7 +299,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     config = Config(host=args.host, port=args.port, models_dir=Path(args.models), output_dir=Path(args.output),
                     input_dir=Path(args.input), data_dir=Path(args.data), token=token, debug=args.debug,
                     devices=args.devices or ["auto"], max_upload_bytes=args.max_upload_mb * 1024 * 1024,
-                    worker_process=not args.single_process, http_processes=args.http_processes)
+                    worker_process=not args.single_process, http_processes=args.http_processes, ray=args.ray,
+                    ray_cpu_workers=args.ray_cpu_workers, ray_max_wait=args.ray_max_wait,
+                    ray_retries=args.ray_retries, ray_files=args.ray_files)
     return frontend_compat.configure(config, args)  # --frontend comfyui serves the official frontend's files
 
 
@@ -280,6 +315,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if config.http_processes < 1:
         print("--http-processes must be at least 1", file=sys.stderr)
+        return 2
+    if config.ray is not None and importlib.util.find_spec("ray") is None:
+        print("--ray needs Ray: pip install 'latentgraph[ray]'", file=sys.stderr)
+        return 2
+    if config.ray is None and config.ray_cpu_workers:
+        print("--ray-cpu-workers needs --ray", file=sys.stderr)
+        return 2
+    if config.ray_cpu_workers < 0 or config.ray_retries < 0 or config.ray_max_wait < 0:
+        print("--ray-cpu-workers, --ray-retries and --ray-max-wait cannot be negative", file=sys.stderr)
         return 2
     if not args.no_demo_models:
         ensure_demo_models(config.models_dir / "checkpoints")

@@ -30,6 +30,7 @@ log = logging.getLogger("latentgraph.runner")
 PREVIEW_MAX_SIZE = 512
 CHILD_NICE = 10  # where SCHED_IDLE does not exist (see lower_priority)
 DEFAULT_REGISTRY = "nodes.node:load_builtin_nodes"
+WORKER_DIED = "WorkerProcessDied"  # the exception_type of a prompt whose executor's process died under it
 
 
 @dataclasses.dataclass
@@ -199,7 +200,7 @@ class ProcessRunner:
         log.error("the %s worker process died during prompt %s (%s)", self.device, prompt_id, how)
         error = {"prompt_id": prompt_id, "node_id": None, "node_type": None, "executed": [],
                  "exception_message": f"the worker process for {self.device} died while running this prompt ({how})",
-                 "exception_type": "WorkerProcessDied", "traceback": [], "current_inputs": {}, "current_outputs": {}}
+                 "exception_type": WORKER_DIED, "traceback": [], "current_inputs": {}, "current_outputs": {}}
         return RunReport("error", error=error, seconds=time.perf_counter() - started)
 
     def free(self, unload_models: bool, free_memory: bool) -> None:
