@@ -5,53 +5,30 @@ HTTP and /ws, as a client would."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import shutil
 import signal
 import struct
-import tempfile
-import time
+import subprocess
+import threading
 from pathlib import Path
 
 import aiohttp
 import pytest
-from server_helpers import free_port, http_json, start_server
+from PIL import Image
+from server_helpers import PYTHON, REPO, free_port, http_json, image_prompt, local_ray_cluster, start_server
 from test_durability import alive, wait_for
 
 from nodes.demo import make_demo_models
-from server.ray_runner import MARKER
+from server.ray_runner import FOLDERS, MARKER, EventBuffer, actor_folders, place_file
 
-ray_cluster_utils = pytest.importorskip("ray.cluster_utils")
+pytest.importorskip("ray")
 
 pytestmark = pytest.mark.slow
 
-RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-STORE = 100 * 1024 * 1024  # object store bytes per node: the files and event batches are small
 BASE, REFINER = "demo_sdxl_base.safetensors", "demo_sdxl_refiner.safetensors"
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    # a short temp dir of its own: Ray's socket paths must stay under 108 bytes, and nothing is left in /tmp/ray
-    temp = tempfile.mkdtemp(prefix="lgray-")
-    saved = {k: os.environ.get(k) for k in (*RAY_ENV, "RAY_TMPDIR")}
-    os.environ.update(RAY_ENV, RAY_TMPDIR=temp)
-    cluster = None
-    try:
-        cluster = ray_cluster_utils.Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 1, "num_gpus": 1, "object_store_memory": STORE, "include_dashboard": False})
-        cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=STORE)
-        yield cluster
-    finally:
-        if cluster is not None:
-            cluster.shutdown()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        shutil.rmtree(temp, ignore_errors=True)
 
 
 class Server:
@@ -70,18 +47,32 @@ class Server:
         return http_json(self.port, "/system_stats")["devices"]
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(60)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 @pytest.fixture(scope="module")
-def server(cluster, tmp_path_factory):
+def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ray-server")
-    make_demo_models(folder / "models" / "checkpoints")
-    server = Server(folder, cluster.address)
-    server.start()
-    yield server
-    server.stop()
+    # the demo checkpoints are written while the cluster starts (both mostly wait on imports and process starts)
+    models = threading.Thread(target=make_demo_models, args=(folder / "models" / "checkpoints",))
+    models.start()
+    try:
+        with local_ray_cluster([{"num_gpus": 1}, {"num_gpus": 1}]) as cluster:
+            models.join()
+            server = Server(folder, cluster.address)
+            try:
+                server.start()
+                yield server
+            finally:
+                server.stop()
+    finally:
+        models.join()
     assert not (folder / "output" / MARKER).exists()
 
 
@@ -244,13 +235,40 @@ async def test_an_actor_killed_mid_prompt_loses_nothing_and_its_prompt_runs_else
         await watcher.ws.close()
 
 
+async def test_uploaded_images_travel_to_the_actors_with_their_prompt(server):
+    base = f"http://127.0.0.1:{server.port}"
+    picture = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 30, 60)).save(picture, format="PNG")
+    async with aiohttp.ClientSession() as http:
+        form = aiohttp.FormData()
+        form.add_field("image", picture.getvalue(), filename="upload.png", content_type="image/png")
+        async with http.post(f"{base}/upload/image", data=form) as r:
+            name = (await r.json())["name"]
+        pid = await submit(http, base, {
+            "1": {"class_type": "LoadImage", "inputs": {"image": name}},
+            "9": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "loaded"}}}, "upload")
+        entry = (await until_done(http, base, [pid]))[pid]
+        assert entry["status"]["completed"], entry["status"]
+        async with http.get(f"{base}/view", params=entry["outputs"]["9"]["images"][0]) as r:
+            with Image.open(io.BytesIO(await r.read())) as saved:
+                assert saved.convert("RGB").getpixel((3, 3)) == (200, 30, 60)
+
+
+def test_the_deployment_check_in_the_docs_passes(server):
+    check = subprocess.run([PYTHON, str(REPO / "scripts" / "check_scale_out.py"), f"http://127.0.0.1:{server.port}",
+                            "--actors", "2", "--timeout", "300"], capture_output=True, text=True, timeout=400)
+    assert check.returncode == 0, check.stdout + check.stderr
+    lines = check.stdout.splitlines()
+    assert lines[-1] == "OK" and {"actor ray-0:", "actor ray-1:"} <= {" ".join(line.split()[:2]) for line in lines}
+
+
 async def test_a_restarted_head_carries_on_from_the_queue_in_sqlite(server):
     base = f"http://127.0.0.1:{server.port}"
     async with aiohttp.ClientSession() as http:
         old_actors = [d["pid"] for d in server.devices()]
         async with http.post(f"{base}/queue", json={"pause": True}) as r:
             assert r.status == 200
-        ids = [await submit(http, base, sample(REFINER, seed=400 + i), "restart") for i in range(3)]
+        ids = [await submit(http, base, image_prompt(color=i, prefix="restart"), "restart") for i in range(3)]
     server.proc.send_signal(signal.SIGKILL)
     server.proc.wait(30)
     wait_for(lambda: not any(alive(pid) for pid in old_actors), timeout=60)  # Ray ends a dead driver's actors
@@ -260,3 +278,51 @@ async def test_a_restarted_head_carries_on_from_the_queue_in_sqlite(server):
         entries = await until_done(http, base, ids)
         assert all(entries[pid]["status"]["completed"] for pid in ids)
         assert not {d["pid"] for d in server.devices()} & set(old_actors)
+
+
+# -- the parts that need no cluster -----------------------------------------------------------------------------
+def test_an_actor_shares_a_folder_only_where_it_finds_this_servers_marker(tmp_path):
+    server_dirs = {kind: str(tmp_path / kind) for kind in FOLDERS}
+    for folder in server_dirs.values():
+        os.mkdir(folder)
+    Path(server_dirs["output"], MARKER).write_text("this-server")
+    made = []
+
+    def folders(token: str, mode: str) -> dict[str, bool]:
+        dirs, shared = actor_folders(server_dirs, token, mode)
+        for kind in FOLDERS:
+            assert (dirs[kind] == server_dirs[kind]) == shared[kind] and os.path.isdir(dirs[kind])
+            if not shared[kind]:
+                made.append(os.path.dirname(dirs[kind]))
+        return shared
+
+    try:
+        assert folders("this-server", "auto") == {"input": False, "output": True, "temp": False}
+        assert not any(folders("another-server", "auto").values())
+        assert not any(folders("this-server", "object-store").values())
+        assert all(folders("another-server", "shared").values())
+    finally:
+        for folder in set(made):
+            shutil.rmtree(folder)
+
+
+def test_files_from_actors_never_overwrite_each_other(tmp_path):
+    out = str(tmp_path)
+    assert place_file(out, "", "ray_00001_.png", b"a") == "ray_00001_.png"
+    assert place_file(out, "", "ray_00001_.png", b"a") == "ray_00001_.png"  # a cached node reports it again
+    assert place_file(out, "", "ray_00001_.png", b"b") == "ray_00002_.png"  # another actor's first file
+    assert place_file(out, "sub", "pic.png", b"c") == "pic.png"
+    other = place_file(out, "sub", "pic.png", b"d")
+    assert other.startswith("pic (") and other.endswith(").png")
+    assert [(tmp_path / n).read_bytes() for n in ("ray_00001_.png", "ray_00002_.png")] == [b"a", b"b"]
+    with pytest.raises(ValueError, match="outside"):
+        place_file(out, "..", "escape.png", b"")
+
+
+def test_the_event_buffer_never_blocks_the_executor_and_keeps_a_nodes_newest_progress():
+    events = EventBuffer()
+    events.put(("node_start", "5"))
+    for step in range(1, 10_001):  # nobody reads meanwhile
+        events.put(("progress", "5", step, 10_000, b"jpeg" if step == 9_999 else None))
+    events.put(("executed", "5", {}, []))
+    assert events.take() == [("node_start", "5"), ("progress", "5", 10_000, 10_000, b"jpeg"), ("executed", "5", {}, [])]
