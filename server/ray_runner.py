@@ -38,8 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from .executor import Hooks, RunReport
-from .runners import WORKER_DIED, RunnerConfig, ThreadRunner, lower_priority, stats
+from . import runners
+from .runners import WORKER_DIED, RunnerConfig, ThreadRunner
 from .routing import resident_models
+from .security import confined
 
 log = logging.getLogger("latentgraph.ray")
 
@@ -87,7 +89,7 @@ class ExecutorActor:
         import torch
 
         if ray.get_runtime_context().get_node_id() == server_node:
-            lower_priority()  # as the child process: the HTTP server on this machine comes first
+            runners.lower_priority()  # as the child process: the HTTP server on this machine comes first
         device = "cuda:0" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES
         self.dirs, self.shared = actor_folders(server_dirs, token, file_mode)
         env = dataclasses.replace(config.env, models_dir=os.environ.get("LATENTGRAPH_MODELS") or config.env.models_dir,
@@ -111,7 +113,7 @@ class ExecutorActor:
         on_cpu = executor.resources.on_cpu
         room = (residency["ram_budget"] - residency["ram_bytes"] if on_cpu
                 else residency["device_budget"] - residency["device_bytes"])
-        return {**stats(executor), "resident": resident_models(executor.resources, executor.env.models_dir),
+        return {**runners.stats(executor), "resident": resident_models(executor.resources, executor.env.models_dir),
                 "room": max(0, room)}
 
     def run(self, prompt: dict, outputs: list, prompt_id: str, extra_data: dict, inputs: dict[str, bytes]):
@@ -159,7 +161,7 @@ class ExecutorActor:
             kind = ref["type"]
             if not self.shared[kind]:
                 try:
-                    data = Path(confined(self.dirs[kind], ref.get("subfolder", ""), ref["filename"])).read_bytes()
+                    data = confined(self.dirs[kind], ref.get("subfolder", ""), ref["filename"]).read_bytes()
                 except (OSError, ValueError):
                     continue  # not one of ours (a node may name a file it did not write)
                 files.append({**ref, "data": data})
@@ -207,22 +209,14 @@ def file_refs(ui: Any):
             yield from file_refs(value)
 
 
-def confined(base: str, *parts: str) -> str:
-    root = os.path.realpath(base)
-    path = os.path.realpath(os.path.join(root, *parts))
-    if os.path.commonpath([root, path]) != root:
-        raise ValueError(f"{os.path.join(*parts)!r} points outside {base}")
-    return path
-
-
-def write_if_changed(path: str, data: bytes) -> None:
+def write_if_changed(path: Path, data: bytes) -> None:
     try:
-        if Path(path).read_bytes() == data:
+        if path.read_bytes() == data:
             return
     except OSError:
         pass
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    Path(path).write_bytes(data)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
 
 
 # -- the server's side -----------------------------------------------------------------------------------------
@@ -234,7 +228,7 @@ def place_file(folder: str, subfolder: str, filename: str, data: bytes) -> str:
     are left as they are (a cached node reports its file again); another file under that name (another actor's
     prefix_00001_.png) goes under the next free number."""
     target = confined(folder, subfolder)
-    os.makedirs(target, exist_ok=True)
+    target.mkdir(parents=True, exist_ok=True)
     name = filename
     while True:
         path = confined(target, name)
@@ -243,12 +237,12 @@ def place_file(folder: str, subfolder: str, filename: str, data: bytes) -> str:
                 f.write(data)
             return name
         except FileExistsError:
-            if Path(path).read_bytes() == data:
+            if path.read_bytes() == data:
                 return name
         name = _next_name(target, name)
 
 
-def _next_name(folder: str, name: str) -> str:
+def _next_name(folder: Path, name: str) -> str:
     match = _COUNTED.match(name)
     if match is None:
         stem, dot, suffix = name.rpartition(".")
@@ -389,7 +383,7 @@ class RayRunner:
                 value = (entry.get("inputs") or {}).get(name)
                 if inp.image_upload and isinstance(value, str):
                     try:
-                        found[value] = Path(confined(self.server_dirs["input"], value)).read_bytes()
+                        found[value] = confined(self.server_dirs["input"], value).read_bytes()
                     except (OSError, ValueError):
                         pass  # the node reports the missing file when it runs
         return found

@@ -153,8 +153,8 @@ class Router:
         me = next((v for v in views if v.slot.name == name), None)
         if me is None:
             return None
-        self._needs = {i.prompt_id: self._needs.get(i.prompt_id) or model_files(i.prompt, self.registry, self.env)
-                       for i in items}
+        self._needs = {i.prompt_id: self._needs[i.prompt_id] if i.prompt_id in self._needs
+                       else model_files(i.prompt, self.registry, self.env) for i in items}
         self._seen = {i.prompt_id: self._seen.get(i.prompt_id, now) for i in items}
         self._recheck = math.inf
         for item in items:

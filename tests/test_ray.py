@@ -281,6 +281,12 @@ async def test_a_restarted_head_carries_on_from_the_queue_in_sqlite(server):
 
 
 # -- the parts that need no cluster -----------------------------------------------------------------------------
+def test_serve_refuses_ray_options_without_ray(tmp_path):
+    alone = subprocess.run([PYTHON, "-m", "server.cli", "serve", "--no-demo-models", "--data", str(tmp_path),
+                            "--ray-cpu-workers", "2"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert alone.returncode == 2 and "--ray-cpu-workers needs --ray" in alone.stderr
+
+
 def test_an_actor_shares_a_folder_only_where_it_finds_this_servers_marker(tmp_path):
     server_dirs = {kind: str(tmp_path / kind) for kind in FOLDERS}
     for folder in server_dirs.values():
@@ -315,7 +321,7 @@ def test_files_from_actors_never_overwrite_each_other(tmp_path):
     other = place_file(out, "sub", "pic.png", b"d")
     assert other.startswith("pic (") and other.endswith(").png")
     assert [(tmp_path / n).read_bytes() for n in ("ray_00001_.png", "ray_00002_.png")] == [b"a", b"b"]
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match="leaves its folder"):
         place_file(out, "..", "escape.png", b"")
 
 
