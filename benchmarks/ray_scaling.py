@@ -143,7 +143,8 @@ async def bench(opts) -> int:
             ray_args = ["--ray", cluster.address, "--ray-max-wait", "0"]
             rates: dict[tuple[str, int], float] = {}
             for n in opts.workers:
-                for kind, args in (("local", ["--device", "cpu"] * n), ("ray", [*ray_args, "--ray-cpu-workers", str(n)])):
+                configs = (("local", ["--device", "cpu"] * n), ("ray", [*ray_args, "--ray-cpu-workers", str(n)]))
+                for kind, args in configs:
                     rates[kind, n] = await throughput(tmp, args, n, opts.prompts, seed=1000 * n)
                     print(f"  {kind:5} {n} worker(s): {rates[kind, n]:.3f} prompts/s", flush=True)
             local = await latency(tmp, ["--device", "cpu"], opts.overhead_prompts)

@@ -37,8 +37,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .executor import Hooks, RunReport
 from . import runners
+from .executor import Hooks, RunReport
 from .runners import WORKER_DIED, RunnerConfig, ThreadRunner
 from .routing import resident_models
 from .security import confined
@@ -47,7 +47,6 @@ log = logging.getLogger("latentgraph.ray")
 
 FOLDERS = ("input", "output", "temp")
 MARKER = ".latentgraph-ray"  # written by the server into each folder; an actor that reads it there shares it
-FILE_MODES = ("auto", "shared", "object-store")
 BACKPRESSURE = 16  # event batches the server may fall behind before the actor's generator waits (never the executor)
 CALL_TIMEOUT = 60.0  # seconds to wait for an actor's answer to /free
 ACTOR_THREADS = 4  # a run, plus interrupt, free and describe calls beside it
@@ -101,6 +100,8 @@ class ExecutorActor:
         self.node = ray.util.get_node_ip_address()
         self.current: str | None = None
         self.interrupted: collections.deque = collections.deque(maxlen=64)  # ids /interrupt named
+        self.running = threading.Lock()  # one prompt at a time, even if a server that lost sight of this actor
+        # (a network partition) sent the next one
 
     def describe(self) -> dict:
         return {"node": self.node, "pid": os.getpid(), "device": self.runner.device,
@@ -118,24 +119,29 @@ class ExecutorActor:
 
     def run(self, prompt: dict, outputs: list, prompt_id: str, extra_data: dict, inputs: dict[str, bytes]):
         """A generator of event batches, the last ending with ``("done", report, stats)``."""
-        self.current = prompt_id
-        interrupt = self.runner.interrupt_event
-        interrupt.clear()
-        if prompt_id in self.interrupted:  # /interrupt came before the prompt did
-            interrupt.set()
         for rel, data in inputs.items():
             write_if_changed(confined(self.dirs["input"], rel), data)
         buffer = EventBuffer()
+        hooks = Hooks(on_start=lambda pid: buffer.put(("start", pid)),
+                      on_cached=lambda ids: buffer.put(("cached", ids)),
+                      on_node_start=lambda node: buffer.put(("node_start", node)),
+                      on_progress=lambda node, value, max_, jpeg=None: buffer.put(("progress", node, value, max_,
+                                                                                     jpeg)),
+                      on_executed=lambda node, ui: buffer.put(("executed", node, ui, self._files_of(ui))))
 
         def work() -> None:
-            hooks = Hooks(on_start=lambda pid: buffer.put(("start", pid)),
-                          on_cached=lambda ids: buffer.put(("cached", ids)),
-                          on_node_start=lambda node: buffer.put(("node_start", node)),
-                          on_progress=lambda node, value, max_, jpeg=None: buffer.put(("progress", node, value, max_,
-                                                                                         jpeg)),
-                          on_executed=lambda node, ui: buffer.put(("executed", node, ui, self._files_of(ui))))
             try:
-                report = self.runner.run(prompt, outputs, prompt_id=prompt_id, extra_data=extra_data, hooks=hooks)
+                with self.running:
+                    self.current = prompt_id
+                    interrupt = self.runner.interrupt_event
+                    interrupt.clear()
+                    if prompt_id in self.interrupted:  # /interrupt came before the prompt did
+                        interrupt.set()
+                    try:
+                        report = self.runner.run(prompt, outputs, prompt_id=prompt_id, extra_data=extra_data,
+                                                 hooks=hooks)
+                    finally:
+                        self.current = None
             except BaseException as exc:  # reported like a node error, never a silent hang of the generator
                 log.exception("prompt %s failed in the actor", prompt_id)
                 report = RunReport("error", error={"prompt_id": prompt_id, "node_id": None, "node_type": None,
@@ -145,14 +151,11 @@ class ExecutorActor:
             buffer.put(("done", dataclasses.asdict(report), self.stats()))
 
         threading.Thread(target=work, name=f"prompt-{prompt_id}", daemon=True).start()
-        try:
-            while True:
-                batch = buffer.take()
-                yield batch
-                if batch[-1][0] == "done":
-                    return
-        finally:
-            self.current = None
+        while True:
+            batch = buffer.take()
+            yield batch
+            if batch[-1][0] == "done":
+                return
 
     def _files_of(self, ui: dict) -> list[dict]:
         """The files a node reported, with their bytes, from the folders the server does not share."""
@@ -399,6 +402,7 @@ class RayRunner:
         where = f"{self._info.get('node', '?')}, pid {self._info.get('pid', '?')}"
         log.error("%s: the actor (%s) died during prompt %s: %s", self.name, where, prompt_id, _first_line(exc))
         self.ready = False
+        self.actor.interrupt.remote(prompt_id)  # if it was only out of reach, it stops; the router re-runs it
         self._describing = self.actor.describe.remote()
         error = {"prompt_id": prompt_id, "node_id": None, "node_type": None, "executed": [],
                  "exception_message": f"the Ray actor {self.name} ({where}) died while running this prompt: "

@@ -22,6 +22,7 @@ from server_helpers import PYTHON, REPO, free_port, http_json, image_prompt, loc
 from test_durability import alive, wait_for
 
 from nodes.demo import make_demo_models
+from server.cli import main
 from server.ray_runner import FOLDERS, MARKER, EventBuffer, actor_folders, place_file
 
 pytest.importorskip("ray")
@@ -173,7 +174,8 @@ async def test_prompts_spread_by_model_affinity_and_stream_back_events_and_files
             kinds = [m["type"] for m in watcher.of(pid) if m["type"] != "progress_state"]
             assert kinds[0] == "execution_start" and kinds[-2:] == ["execution_success", "executing"]
             assert kinds.index("executed") > max(i for i, k in enumerate(kinds) if k == "progress")
-            steps = [m["data"]["value"] for m in watcher.of(pid) if m["type"] == "progress" and m["data"]["node"] == "5"]
+            steps = [m["data"]["value"] for m in watcher.of(pid)
+                     if m["type"] == "progress" and m["data"]["node"] == "5"]
             assert steps == sorted(steps) and steps[-1] == 2
 
         # the files came back through the object store: twenty distinct PNGs, each served by /view
@@ -194,7 +196,8 @@ async def test_interrupt_reaches_the_actor_running_the_prompt_and_free_reaches_a
     async with aiohttp.ClientSession() as http:
         watcher = await watch(http, base, "interrupt")
         # one long prompt per actor (each holds one of the checkpoints)
-        stop, keep = [await submit(http, base, sample(ckpt, seed=100, steps=40), "interrupt") for ckpt in (BASE, REFINER)]
+        stop, keep = [await submit(http, base, sample(ckpt, seed=100, steps=40), "interrupt")
+                      for ckpt in (BASE, REFINER)]
         await watcher.until(lambda: all(any(m["type"] == "progress" for m in watcher.of(p)) for p in (stop, keep)))
         async with http.post(f"{base}/interrupt", json={"prompt_id": stop}) as r:
             assert (await r.json()) == {"interrupted": True}
@@ -281,10 +284,9 @@ async def test_a_restarted_head_carries_on_from_the_queue_in_sqlite(server):
 
 
 # -- the parts that need no cluster -----------------------------------------------------------------------------
-def test_serve_refuses_ray_options_without_ray(tmp_path):
-    alone = subprocess.run([PYTHON, "-m", "server.cli", "serve", "--no-demo-models", "--data", str(tmp_path),
-                            "--ray-cpu-workers", "2"], cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert alone.returncode == 2 and "--ray-cpu-workers needs --ray" in alone.stderr
+def test_serve_refuses_ray_options_without_ray(tmp_path, capsys):
+    assert main(["serve", "--no-demo-models", "--data", str(tmp_path), "--ray-cpu-workers", "2"]) == 2
+    assert "--ray-cpu-workers needs --ray" in capsys.readouterr().err
 
 
 def test_an_actor_shares_a_folder_only_where_it_finds_this_servers_marker(tmp_path):
