@@ -49,8 +49,15 @@ def main() -> int:
     client = Client(args.server, args.token)
     deadline = time.time() + args.timeout
 
-    while True:  # actors start (and Ray may still be placing them) after the server answers
-        devices = client.call("/system_stats")["devices"]
+    while True:  # the server may still be starting, and its actors start (Ray places them) after it answers
+        try:
+            devices = client.call("/system_stats")["devices"]
+        except OSError as exc:  # not listening yet
+            if time.time() > deadline:
+                print(f"no answer from {args.server}: {exc}")
+                return 1
+            time.sleep(1)
+            continue
         if "worker" not in (devices[0] if devices else {}):
             print("this server does not run prompts on Ray (start it with --ray)")
             return 1

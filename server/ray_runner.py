@@ -462,9 +462,9 @@ class RayPool:
         self.runners = [RayRunner(f"ray-{i}", actor_class.remote(runner_config, self.server_dirs, token,
                                                                 config.ray_files, here), self.server_dirs, registry)
                         for i in range(count)]
-        log.info("Ray cluster at %s: %s; %d actor(s) with %s each", address,
+        log.info("Ray cluster at %s: %s; %d actor(s), each on one %s", address,
                  ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items()) if k in ("CPU", "GPU")), count,
-                 " and ".join(f"{v} {k.removeprefix('num_').upper()}" for k, v in placement.items() if v))
+                 "GPU" if "num_gpus" in placement else "CPU")
 
     def sources(self) -> list[tuple[RayRunner, Any]]:
         return [(runner, self.router.source(runner.name, runner)) for runner in self.runners]
