@@ -149,11 +149,13 @@ class Worker(threading.Thread):
             self.current, self.current_node = None, None
             log.info("prompt %s: stopped by shutdown after %.2f s; it stays queued", pid, seconds)
             return
-        if (error or {}).get("exception_type") == WORKER_DIED and self.source.retry(item, error):
-            emit("execution_interrupted", {**error, "prompt_id": pid, "timestamp": now_ms()})
-            self.current, self.current_node = None, None
-            log.warning("prompt %s: its worker died after %.2f s; queued again", pid, seconds)
-            return
+        if (error or {}).get("exception_type") == WORKER_DIED:
+            error = {**error, "node_id": error.get("node_id") or self.current_node}  # where it was cut off
+            if self.source.retry(item, error):
+                emit("execution_interrupted", {**error, "prompt_id": pid, "timestamp": now_ms()})
+                self.current, self.current_node = None, None
+                log.warning("prompt %s: its worker died after %.2f s; queued again", pid, seconds)
+                return
 
         if self.current_node is not None:  # the last node's final state: finished, or error where it failed
             emit("progress_state", progress.end(self.current_node, "finished" if status == "success" else "error"))
