@@ -222,8 +222,11 @@ class RouteSource:
         self.router.idle(self.name)
         if not self.runner.wait_ready(timeout):  # a starting or restarting actor takes nothing yet
             return None
-        return self.router.queue.take(timeout=min(timeout, self.router.recheck_in()),
+        item = self.router.queue.take(timeout=min(timeout, self.router.recheck_in()),
                                       choose=lambda items: self.router.choose(self.name, items))
+        if item is not None:  # the others may have left this prompt to this worker and now want the next
+            self.router.queue.wake()
+        return item
 
     def retry(self, item: QueueItem, error: dict) -> bool:
         return self.router.retry(item, error)

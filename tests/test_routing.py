@@ -3,6 +3,7 @@ same router feeds Ray actors in test_ray.py, through HTTP."""
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import pytest
@@ -100,6 +101,20 @@ def test_without_a_holder_the_worker_that_loads_it_most_cheaply_takes_it(queue, 
     queue.put("a+b", both, {}, ["9"])
     assert src["small"].take(0) is None  # holding b already, partial has the least left to load
     assert src["partial"].take(0).prompt_id == "a+b"
+
+
+def test_a_worker_that_left_a_prompt_to_another_takes_the_next_as_soon_as_that_one_claims(queue, registry, models):
+    router, src = router_with(queue, registry, models, a=Runner(), b=Runner())
+    queue.put("x", loads("a.safetensors"), {}, ["9"])
+    queue.put("y", loads("b.safetensors"), {}, ["9"])
+    got = []
+    waiting = threading.Thread(target=lambda: got.append(src["b"].take(60)))
+    waiting.start()
+    while len(router._seen) < 2:  # b has looked: both prompts are a's to load (equal cost, a first by name)
+        time.sleep(0.01)
+    assert src["a"].take(0).prompt_id == "x"
+    waiting.join(20)
+    assert got and got[0].prompt_id == "y"  # woken by a's claim, not by its own timeout
 
 
 def test_a_prompt_waits_a_bounded_time_for_the_busy_worker_holding_its_checkpoint(queue, registry, models):
