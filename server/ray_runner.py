@@ -87,8 +87,8 @@ class ExecutorActor:
         import ray
         import torch
 
-        if ray.get_runtime_context().get_node_id() == server_node:
-            runners.lower_priority()  # as the child process: the HTTP server on this machine comes first
+        # as the child process, the executor yields the CPU to the HTTP server when they share a machine
+        self.yields = ray.get_runtime_context().get_node_id() == server_node
         device = "cuda:0" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES
         self.dirs, self.shared = actor_folders(server_dirs, token, file_mode)
         env = dataclasses.replace(config.env, models_dir=os.environ.get("LATENTGRAPH_MODELS") or config.env.models_dir,
@@ -130,6 +130,8 @@ class ExecutorActor:
                       on_executed=lambda node, ui: buffer.put(("executed", node, ui, self._files_of(ui))))
 
         def work() -> None:
+            if self.yields:  # per thread: this one runs the executor (and starts torch's threads)
+                runners.lower_priority()
             try:
                 with self.running:
                     self.current = prompt_id

@@ -5,6 +5,7 @@ HTTP and /ws, as a client would."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import io
 import json
 import os
@@ -12,7 +13,6 @@ import shutil
 import signal
 import struct
 import subprocess
-import threading
 from pathlib import Path
 
 import aiohttp
@@ -61,19 +61,16 @@ class Server:
 def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("ray-server")
     # the demo checkpoints are written while the cluster starts (both mostly wait on imports and process starts)
-    models = threading.Thread(target=make_demo_models, args=(folder / "models" / "checkpoints",))
-    models.start()
-    try:
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        models = pool.submit(make_demo_models, folder / "models" / "checkpoints")
         with local_ray_cluster([{"num_gpus": 1}, {"num_gpus": 1}]) as cluster:
-            models.join()
+            models.result()
             server = Server(folder, cluster.address)
             try:
                 server.start()
                 yield server
             finally:
                 server.stop()
-    finally:
-        models.join()
     assert not (folder / "output" / MARKER).exists()
 
 
@@ -103,8 +100,8 @@ class Watcher:
         async for m in self.ws:
             if m.type == aiohttp.WSMsgType.BINARY:
                 event, size = struct.unpack(">II", m.data[:8])
-                assert event == 4  # PREVIEW_IMAGE_WITH_METADATA
-                self.previews.append(json.loads(m.data[8:8 + size]))
+                if event == 4:  # PREVIEW_IMAGE_WITH_METADATA, as asked: it names the prompt
+                    self.previews.append(json.loads(m.data[8:8 + size]))
             elif m.type == aiohttp.WSMsgType.TEXT:
                 self.messages.append(json.loads(m.data))
 
