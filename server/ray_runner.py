@@ -21,7 +21,10 @@ are made), at the child's CPU priority.
   used the name first), and the input files a prompt names travel with it. ``--ray-files`` forces one or the other.
 - Faults: an actor that dies mid-prompt fails that prompt with WORKER_DIED; the router queues it again once
   (``--ray-retries``) for another actor, and meanwhile Ray restarts the actor, which takes prompts again when it is
-  back. /interrupt reaches the actor running the prompt, /free every actor.
+  back. An actor that stops answering (stopped, frozen: Ray still sees its process) is found by the watchdog of the
+  local child process (watchdog.py, ``--watchdog``): while it runs a prompt it sends an empty batch every quiet
+  second, and one silent past the limit is killed (WORKER_HUNG), restarted by Ray, its prompt queued again like a
+  dead one's. /interrupt reaches the actor running the prompt, /free every actor.
 """
 from __future__ import annotations
 
@@ -37,9 +40,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import runners
+from . import runners, watchdog
 from .executor import Hooks, RunReport
-from .runners import WORKER_DIED, RunnerConfig, ThreadRunner
+from .runners import WORKER_DIED, WORKER_HUNG, RunnerConfig, ThreadRunner, failed_run
 from .routing import resident_models
 from .security import confined
 
@@ -71,10 +74,11 @@ class EventBuffer:
                 self._events.append(event)
             self._cond.notify()
 
-    def take(self) -> list[tuple]:
+    def take(self, timeout: float | None = None) -> list[tuple]:
+        """What has accumulated, once there is something or `timeout` has passed (then maybe nothing)."""
         with self._cond:
-            while not self._events:
-                self._cond.wait()
+            if not self._events:
+                self._cond.wait_for(lambda: self._events, timeout)
             events, self._events = self._events, []
             return events
 
@@ -118,7 +122,8 @@ class ExecutorActor:
                 "room": max(0, room)}
 
     def run(self, prompt: dict, outputs: list, prompt_id: str, extra_data: dict, inputs: dict[str, bytes]):
-        """A generator of event batches, the last ending with ``("done", report, stats)``."""
+        """A generator of event batches, the last ending with ``("done", report, stats)``; a batch is empty after
+        a second without events: the server's watchdog hears it as a heartbeat."""
         for rel, data in inputs.items():
             write_if_changed(confined(self.dirs["input"], rel), data)
         buffer = EventBuffer()
@@ -130,6 +135,7 @@ class ExecutorActor:
                       on_executed=lambda node, ui: buffer.put(("executed", node, ui, self._files_of(ui))))
 
         def work() -> None:
+            started = time.perf_counter()
             if self.yields:  # per thread: this one runs the executor (and starts torch's threads)
                 runners.lower_priority()
             try:
@@ -146,17 +152,14 @@ class ExecutorActor:
                         self.current = None
             except BaseException as exc:  # reported like a node error, never a silent hang of the generator
                 log.exception("prompt %s failed in the actor", prompt_id)
-                report = RunReport("error", error={"prompt_id": prompt_id, "node_id": None, "node_type": None,
-                                                   "exception_message": str(exc), "exception_type": type(exc).__name__,
-                                                   "executed": [], "traceback": [], "current_inputs": {},
-                                                   "current_outputs": {}})
+                report = failed_run(prompt_id, started, type(exc).__name__, str(exc))
             buffer.put(("done", dataclasses.asdict(report), self.stats()))
 
         threading.Thread(target=work, name=f"prompt-{prompt_id}", daemon=True).start()
         while True:
-            batch = buffer.take()
+            batch = buffer.take(timeout=watchdog.BEAT)
             yield batch
-            if batch[-1][0] == "done":
+            if batch and batch[-1][0] == "done":
                 return
 
     def _files_of(self, ui: dict) -> list[dict]:
@@ -280,11 +283,15 @@ class RemoteInterrupt:
 class RayRunner:
     """A worker's runner (the interface of runners.py) whose executor is a Ray actor."""
 
-    def __init__(self, name: str, actor, server_dirs: dict[str, str], registry: dict):
+    def __init__(self, name: str, actor, server_dirs: dict[str, str], registry: dict, watchdog_seconds: float):
+        import ray
+
         self.name = name
         self.actor = actor
         self.server_dirs = server_dirs
         self.registry = registry
+        self.watchdog_seconds = watchdog_seconds
+        self.here = ray.util.get_node_ip_address()  # the server's machine: an actor here can be seen in /proc
         self.device = "ray"  # until the actor says which
         self.interrupt_event = RemoteInterrupt(self)
         self.ready = False
@@ -333,8 +340,8 @@ class RayRunner:
                 prompt, outputs, prompt_id, extra_data, self._inputs(prompt))
             if self.interrupt_event.is_set():  # /interrupt came before the call went out
                 self.forward_interrupt()
-            for ref in events:
-                for kind, *args in ray.get(ref):
+            for batch in self._batches(events):
+                for kind, *args in batch:
                     if kind == "done":
                         report, self._stats = args
                         _rename(report["outputs"], renamed)
@@ -347,10 +354,34 @@ class RayRunner:
                     if callback is not None:
                         callback(*args)
             raise RuntimeError(f"{self.name}: the actor's event stream ended without a report")
-        except ray.exceptions.RayActorError as exc:
-            return self._died(prompt_id, exc, started)
+        except ray.exceptions.RayActorError as exc:  # killed, out of memory, its node lost
+            self.actor.interrupt.remote(prompt_id)  # if it was only out of reach, it stops; the router re-runs it
+            return self._lost(prompt_id, started, WORKER_DIED, f"died while running this prompt: {_first_line(exc)}")
+        except watchdog.Unresponsive as exc:
+            self.kill()
+            return self._lost(prompt_id, started, WORKER_HUNG, f"stopped responding while running this prompt ({exc}); "
+                                                               "it was killed and Ray starts it again")
         finally:
             self._current = None
+
+    def _batches(self, events):
+        """The actor's event batches in order. Raises watchdog.Unresponsive once the actor has sent nothing (it
+        sends an empty batch every quiet second) for the watchdog's limit, unless it is on this machine and one of
+        its threads is running (a busy machine starves it; it is not hung)."""
+        import ray
+
+        while True:
+            heard = time.monotonic()
+            while self.watchdog_seconds and not ray.wait([events], timeout=watchdog.BEAT)[0]:
+                silent = time.monotonic() - heard
+                if silent > self.watchdog_seconds and not (self._info.get("node") == self.here
+                                                           and watchdog.running(self._info["pid"])):
+                    raise watchdog.Unresponsive(silent)
+            try:
+                ref = next(events)
+            except StopIteration:
+                return
+            yield ray.get(ref)
 
     def forward_interrupt(self) -> None:
         if self._current is not None:
@@ -366,11 +397,18 @@ class RayRunner:
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError) as exc:
             log.warning("%s: /free did not reach the actor: %s", self.name, _first_line(exc))
 
+    def kill(self) -> None:
+        """End the actor now, from any thread (a prompt it runs fails as WORKER_DIED); Ray starts it again."""
+        self._end(restart=True)
+
     def close(self) -> None:
+        self._end(restart=False)
+
+    def _end(self, restart: bool) -> None:
         import ray
 
         try:
-            ray.kill(self.actor, no_restart=True)
+            ray.kill(self.actor, no_restart=not restart)
         except Exception as exc:  # Ray itself may be shutting down
             log.debug("%s: %s", self.name, exc)
 
@@ -398,19 +436,13 @@ class RayRunner:
             key = (f["type"], f.get("subfolder", ""), f["filename"])
             renamed[key] = place_file(self.server_dirs[f["type"]], key[1], key[2], f["data"])
 
-    def _died(self, prompt_id: str, exc: Exception, started: float) -> RunReport:
-        """The actor died under the prompt (killed, out of memory, its node lost): the worker may queue the prompt
-        again (routing.Router.retry). Ray restarts the actor; this runner takes prompts again once it is up."""
-        where = f"{self._info.get('node', '?')}, pid {self._info.get('pid', '?')}"
-        log.error("%s: the actor (%s) died during prompt %s: %s", self.name, where, prompt_id, _first_line(exc))
+    def _lost(self, prompt_id: str, started: float, kind: str, what: str) -> RunReport:
+        """The actor was lost under the prompt: the worker may queue the prompt again (routing.Router.retry). Ray
+        restarts the actor; this runner takes prompts again once it is up."""
         self.ready = False
-        self.actor.interrupt.remote(prompt_id)  # if it was only out of reach, it stops; the router re-runs it
         self._describing = self.actor.describe.remote()
-        error = {"prompt_id": prompt_id, "node_id": None, "node_type": None, "executed": [],
-                 "exception_message": f"the Ray actor {self.name} ({where}) died while running this prompt: "
-                                      f"{_first_line(exc)}",
-                 "exception_type": WORKER_DIED, "traceback": [], "current_inputs": {}, "current_outputs": {}}
-        return RunReport("error", error=error, seconds=time.perf_counter() - started)
+        where = f"{self._info.get('node', '?')}, pid {self._info.get('pid', '?')}"
+        return failed_run(prompt_id, started, kind, f"the Ray actor {self.name} ({where}) {what}")
 
 
 def _rename(ui: Any, renamed: dict[tuple, str]) -> Any:
@@ -456,13 +488,15 @@ class RayPool:
         for folder in self.server_dirs.values():
             Path(folder, MARKER).write_text(token)
         runner_config = RunnerConfig("cpu", dataclasses.replace(env, models_dir=os.path.abspath(env.models_dir)),
-                                     config.cache_entries, config.cache_bytes)
+                                     config.cache_entries, config.cache_bytes,
+                                     watchdog_seconds=config.watchdog_seconds)
         actor_class = ray.remote(ExecutorActor).options(max_concurrency=ACTOR_THREADS, max_restarts=-1,
                                                        max_task_retries=0, **placement)
         self.router = Router(queue, registry, env, max_wait=config.ray_max_wait, retries=config.ray_retries)
         here = ray.get_runtime_context().get_node_id()
         self.runners = [RayRunner(f"ray-{i}", actor_class.remote(runner_config, self.server_dirs, token,
-                                                                config.ray_files, here), self.server_dirs, registry)
+                                                                config.ray_files, here), self.server_dirs, registry,
+                                  config.watchdog_seconds)
                         for i in range(count)]
         log.info("Ray cluster at %s: %s; %d actor(s), each on one %s", address,
                  ", ".join(f"{k} {v:g}" for k, v in sorted(resources.items()) if k in ("CPU", "GPU")), count,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import io
 import json
 import os
@@ -30,6 +31,7 @@ pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
 BASE, REFINER = "demo_sdxl_base.safetensors", "demo_sdxl_refiner.safetensors"
+WATCHDOG = 10.0  # the server's --watchdog: seconds an actor may send nothing mid-prompt
 
 
 class Server:
@@ -40,7 +42,7 @@ class Server:
 
     def start(self) -> None:
         self.proc = start_server(self.folder, self.port, "--ray", self.address, "--ray-files", "object-store",
-                                 "--ray-max-wait", "60")
+                                 "--ray-max-wait", "60", "--watchdog", str(WATCHDOG))
         wait_for(lambda: all(d.get("ready") for d in self.devices()) and len(self.devices()) == 2, timeout=300,
                  every=0.5)
 
@@ -209,24 +211,33 @@ async def test_interrupt_reaches_the_actor_running_the_prompt_and_free_reaches_a
         await watcher.ws.close()
 
 
-async def test_an_actor_killed_mid_prompt_loses_nothing_and_its_prompt_runs_elsewhere(server):
+@pytest.mark.parametrize("sig, reason", [
+    (signal.SIGKILL, "died while running this prompt"),
+    # Ray still sees a live process: only the watchdog (--watchdog) can tell
+    (signal.SIGSTOP, "stopped responding while running this prompt (no heartbeat for"),
+], ids=["killed", "stopped"])
+async def test_an_actor_lost_mid_prompt_loses_nothing_and_its_prompt_runs_elsewhere(server, sig, reason):
     base = f"http://127.0.0.1:{server.port}"
     async with aiohttp.ClientSession() as http:
-        watcher = await watch(http, base, "kill")
-        long = await submit(http, base, sample(BASE, seed=200, steps=30), "kill")
+        watcher = await watch(http, base, f"lost-{sig}")
+        long = await submit(http, base, sample(BASE, seed=200 + sig, steps=30), f"lost-{sig}")
         await watcher.until(lambda: any(m["type"] == "progress" and m["data"]["node"] == "5" for m in watcher.of(long)))
-        queued = [await submit(http, base, sample((BASE, REFINER)[i % 2], seed=300 + i), "kill") for i in range(4)]
+        queued = [await submit(http, base, sample((BASE, REFINER)[i % 2], seed=300 + sig + i), f"lost-{sig}")
+                  for i in range(4)]
         (victim,) = [d for d in server.devices() if d["running"] == long]
-        os.kill(victim["pid"], signal.SIGKILL)
-
-        entries = await until_done(http, base, [long, *queued])
+        os.kill(victim["pid"], sig)
+        try:
+            entries = await until_done(http, base, [long, *queued])
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(victim["pid"], signal.SIGCONT)
         assert all(entries[pid]["status"]["completed"] for pid in [long, *queued])  # nothing lost
         meta = entries[long]["meta"]
         assert meta["worker"] != victim["worker"]
         (attempt,) = meta["attempts"]
         assert attempt["worker"] == victim["worker"] and attempt["status"] == "interrupted"
         assert attempt["node"] in ("5", "6", "7")  # cut off in the sampler (or just after it)
-        assert "died" in attempt["reason"]
+        assert reason in attempt["reason"]
         assert "execution_interrupted" in [m["type"] for m in watcher.of(long)]  # clients saw it cut off
 
         # Ray restarted the actor; it is listed again, in a new process
