@@ -301,8 +301,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also answer requests whose Host header is NAME (repeatable; by default only loopback "
                              "names and --host are answered, which stops DNS-rebinding pages)")
     parser.add_argument("--watchdog", type=float, default=WATCHDOG_LIMIT, metavar="SECONDS",
-                        help="kill and replace a worker process (or Ray actor) that gives no sign of life for this long, "
-                             f"failing its prompt (default {WATCHDOG_LIMIT:g}; 0: never)")
+                        help="kill and replace a worker process (or Ray actor) that gives no sign of life for this "
+                             f"long, failing its prompt (default {WATCHDOG_LIMIT:g}; 0: never)")
     parser.add_argument("--read-timeout", type=float, default=READ_TIMEOUT, metavar="SECONDS",
                         help=f"disconnect a client that sends nothing for this long mid-request (default "
                              f"{READ_TIMEOUT:g})")

@@ -209,15 +209,15 @@ class ProcessRunner:
         if code == -signal.SIGKILL:
             how += " (the system may have run out of memory)"
         return failed_run(prompt_id, started, WORKER_DIED,
-                            f"the worker process for {self.device} died while running this prompt ({how})")
+                          f"the worker process for {self.device} died while running this prompt ({how})")
 
     def _hung(self, prompt_id: str, started: float, exc: watchdog.Unresponsive):
         """The child stopped beating mid-prompt: it is killed, the prompt fails, the next prompt starts a new one."""
         self._proc.kill()
         self._proc.join(5)
         return failed_run(prompt_id, started, WORKER_HUNG,
-                            f"the worker process for {self.device} stopped responding while running this prompt "
-                            f"({exc}); it was killed and a new one starts for the next prompt")
+                          f"the worker process for {self.device} stopped responding while running this prompt "
+                          f"({exc}); it was killed and a new one starts for the next prompt")
 
     def free(self, unload_models: bool, free_memory: bool) -> None:
         with self._lock:
