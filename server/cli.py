@@ -17,6 +17,7 @@ from nodes.node import Environment, load_builtin_nodes
 
 from .executor import Executor, Hooks
 from .graph import load_prompt, read_png_workflow, set_ui_widget, ui_to_api, validate
+from .migrations import NewerVersion
 
 EXIT_INVALID = 1   # the graph is invalid or a node failed
 EXIT_USAGE = 2     # the file could not be read, or arguments are wrong
@@ -112,10 +113,17 @@ def apply_sets(items: list[str], prompt: dict, workflow: dict | None, registry) 
 
 
 def load(args, registry) -> tuple[dict, dict | None]:
+    """The workflow file as (API prompt, UI workflow or None), its nodes migrated to today's versions (each
+    migration reported on stderr)."""
+    migrated: list[str] = []
     try:
-        prompt, workflow = load_prompt(read_workflow(args.workflow), registry)
+        prompt, workflow = load_prompt(read_workflow(args.workflow), registry, migrated)
+    except NewerVersion as exc:
+        raise CLIError(f"{args.workflow}: {exc}") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise CLIError(f"{args.workflow}: not a workflow ({exc})") from None
+    for line in migrated:
+        print(f"migrated: {line}", file=sys.stderr)
     return prompt, workflow
 
 
@@ -254,6 +262,7 @@ def _folders(p: argparse.ArgumentParser, out: bool = False) -> None:
     p.add_argument("--input", default="input", help="folder LoadImage reads from (default: ./input)")
     if out:
         p.add_argument("--out", default="output", help="folder outputs are written to (default: ./output)")
+        p.add_argument("--data", default="data", help="folder for the model hash cache (default: ./data, as serve)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from PIL import Image
 
-from nodes.node import Environment, InputError, NodeSpec
+from nodes.node import Environment, Input, InputError, Migration, NodeSpec
 from nodes.types import INT, compatible
+from server import migrations
 from server.missing import explain as explain_missing
 from server.subgraphs import flatten as flatten_subgraphs
 
@@ -87,22 +88,28 @@ def _link_table(workflow: dict) -> dict[Any, _Link]:
     return table
 
 
-def widget_slots(spec: NodeSpec) -> dict[str, int]:
-    """Where each widget input's value sits in a node's positional ``widgets_values``.
+def widget_layout(spec: NodeSpec, steps: Sequence[Migration] = ()) -> list[tuple[str, Input, int]]:
+    """(name, input, slots taken) for each widget in a node's positional ``widgets_values``.
 
     Widgets come in schema order (required, then optional); a seed's "control after generate" value and an
-    image upload button's value follow their widget and belong to no input."""
-    slots, index = {}, 0
+    image upload button's value follow their widget and belong to no input. Given the migration steps a
+    workflow saved earlier still needs, the layout it was saved in: today's widgets less those the steps added,
+    under the names they had then."""
     ordered = [i for i in spec.inputs.values() if i.required] + [i for i in spec.inputs.values() if i.optional]
-    for inp in ordered:
-        if not inp.is_widget:
-            continue
-        slots[inp.name] = index
-        index += 1
-        if inp.control_after_generate or (inp.type == INT and inp.name in _SEED_NAMES):
-            index += 1
-        if inp.image_upload:
-            index += 1
+    layout = [(i.name, i, 1 + (i.control_after_generate or (i.type == INT and i.name in _SEED_NAMES))
+               + i.image_upload) for i in ordered if i.is_widget]
+    for step in reversed(steps):
+        old_name = {new: old for old, new in step.renamed.items()}
+        layout = [(old_name.get(n, n), i, width) for n, i, width in layout if n not in step.added]
+    return layout
+
+
+def widget_slots(spec: NodeSpec, steps: Sequence[Migration] = ()) -> dict[str, int]:
+    """Where each widget input's value sits in a node's positional ``widgets_values`` (see widget_layout)."""
+    slots, index = {}, 0
+    for name, _, width in widget_layout(spec, steps):
+        slots[name] = index
+        index += width
     return slots
 
 
@@ -201,8 +208,11 @@ def _convert_node(node: dict, graph: _UIGraph, registry: dict[str, NodeSpec]) ->
     for name, value in inputs.items():
         if isinstance(value, list) and not _is_api_link(value):
             inputs[name] = {"__value__": value}
-    title = node.get("title") or (spec.display_name if spec else kind)
-    return {"class_type": kind, "inputs": inputs, "_meta": {"title": title}}
+    meta = {"title": node.get("title") or (spec.display_name if spec else kind)}
+    version = migrations.saved_version(node.get("properties"))
+    if version is not None:
+        meta["ver"] = version
+    return {"class_type": kind, "inputs": inputs, "_meta": meta}
 
 
 def _is_api_link(value: list) -> bool:
@@ -253,21 +263,35 @@ def set_ui_widget(workflow: dict, node_id: str, name: str, value: Any, registry:
 
 # -- reading files -----------------------------------------------------------------------------------------------
 
-def load_prompt(data: Any, registry: dict[str, NodeSpec]) -> tuple[dict, dict | None]:
+def load_prompt(data: Any, registry: dict[str, NodeSpec], changes: list[str] | None = None) -> tuple[dict, dict | None]:
     """Any accepted workflow JSON → (API prompt, UI workflow or None).
 
-    Accepts a UI workflow, an API prompt, or a ``POST /prompt`` body (``{"prompt", "extra_data"}``)."""
+    Accepts a UI workflow, an API prompt, or a ``POST /prompt`` body (``{"prompt", "extra_data"}``). Nodes saved
+    with older versions are migrated in place first, what changed appended to `changes`; nodes newer than the
+    registry's raise ``migrations.NewerVersion`` (server/migrations.py)."""
+    changes = changes if changes is not None else []
     if is_ui_workflow(data):
-        return ui_to_api(data, registry), data
+        return _from_ui(data, registry, changes), data
     if not isinstance(data, dict):
         raise ValueError(f"a workflow must be a JSON object, not {type(data).__name__}")
     body = data.get("prompt")
     if isinstance(body, dict) and "class_type" not in body:
         workflow = ((data.get("extra_data") or {}).get("extra_pnginfo") or {}).get("workflow")
         if is_ui_workflow(body):
-            return ui_to_api(body, registry), body
+            return _from_ui(body, registry, changes), body
+        changes += migrations.migrate_api(body, registry)
+        if is_ui_workflow(workflow):  # the client's copy for the outputs: migrated alike, reported once
+            check_ui_shape(workflow)
+            migrations.migrate_ui(workflow, registry)
         return body, workflow if is_ui_workflow(workflow) else None
+    changes += migrations.migrate_api(data, registry)
     return data, None
+
+
+def _from_ui(workflow: dict, registry: dict[str, NodeSpec], changes: list[str]) -> dict:
+    check_ui_shape(workflow)
+    changes += migrations.migrate_ui(workflow, registry)
+    return ui_to_api(workflow, registry)
 
 
 def read_png_workflow(path: str) -> dict:

@@ -108,6 +108,7 @@ class Routes:
 
     async def post_prompt(self, request):
         from .graph import load_prompt, validate
+        from .migrations import NewerVersion
 
         if request.content_type == "image/png":  # a PNG with its embedded workflow, as the canvas would load it
             body = {"prompt": _png_workflow(await request.read()), "client_id": request.query.get("client_id")}
@@ -118,8 +119,11 @@ class Routes:
             graph, body = body, {}
         if graph is None:
             return error_json(400, "no_prompt", "No prompt provided")
+        migrated: list[str] = []
         try:
-            prompt, workflow = load_prompt(graph, self.s.registry)
+            prompt, workflow = load_prompt(graph, self.s.registry, migrated)
+        except NewerVersion as exc:
+            return error_json(400, "newer_node_version", str(exc))
         except (ValueError, KeyError, TypeError) as exc:
             return error_json(400, "invalid_prompt", f"Cannot read the prompt: {exc}")
         extra = body.get("extra_data") or {}
@@ -127,10 +131,10 @@ class Routes:
             return error_json(400, "invalid_prompt", "extra_data must be a JSON object")
         if body.get("client_id"):
             extra["client_id"] = str(body["client_id"])
-        if workflow is not None:
+        if workflow is not None:  # converted here: outputs embed it as it runs, migrated to today's versions
             pnginfo = extra.setdefault("extra_pnginfo", {})
             if isinstance(pnginfo, dict):
-                pnginfo.setdefault("workflow", workflow)
+                pnginfo["workflow"] = workflow
         targets = body.get("partial_execution_targets")
         if targets is not None and (not isinstance(targets, list) or not all(isinstance(t, (str, int)) for t in targets)):
             return error_json(400, "invalid_prompt", "partial_execution_targets must be a list of node ids")
@@ -148,7 +152,10 @@ class Routes:
         if ticket.duplicate:
             return error_json(400, "duplicate_prompt_id", f"prompt id {prompt_id!r} is already queued or in history")
         self.s.queue_changed()
-        return web.json_response({"prompt_id": prompt_id, "number": ticket.number, "node_errors": result.node_errors})
+        answer = {"prompt_id": prompt_id, "number": ticket.number, "node_errors": result.node_errors}
+        if migrated:
+            answer["migrated"] = migrated
+        return web.json_response(answer)
 
     # -- queue --------------------------------------------------------------------------------
     async def get_queue(self, request):

@@ -158,7 +158,7 @@ def test_interrupt_inside_a_node(executor, env):
 
 
 def test_progress_from_a_long_running_node(registry, env):
-    @node(category="test", outputs=[Output(INT)], name="_TestCountdown")
+    @node(category="test", outputs=[Output(INT)], name="_TestCountdown", version="1.0.0")
     class Countdown:
         steps: int = Input(default=3)
 
@@ -215,7 +215,7 @@ def test_cache_is_lru_bounded_by_entries_and_bytes():
 
 
 def test_failing_fingerprint_is_reported_as_that_nodes_error(registry, env):
-    @node(category="test", outputs=[Output(INT)], name="_TestFlaky")
+    @node(category="test", outputs=[Output(INT)], name="_TestFlaky", version="1.0.0")
     class Flaky:
         n: int = Input(default=1)
 

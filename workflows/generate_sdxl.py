@@ -46,7 +46,7 @@ class Workflow:
                 "flags": {}, "order": len(self.nodes), "mode": 0, "inputs": [],
                 "outputs": [{"name": o.label, "type": o.type.name, "links": [], "slot_index": i}
                             for i, o in enumerate(spec.outputs)],
-                "properties": {"Node name for S&R": kind}}
+                "properties": {"Node name for S&R": kind, "ver": spec.version}}
         if title:
             node["title"] = title
         self.nodes.append(node)

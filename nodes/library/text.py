@@ -108,7 +108,7 @@ def encode_prompt(ctx, clip, text_l: str, text_g: str, what: str) -> list:
 # -- fine-grained nodes -------------------------------------------------------------------------------------------
 
 @node(category="sdxl/text", outputs=[Output(CLIP_L_EMBEDS, "CLIP_L_EMBEDS", "penultimate hidden states, 768 per token")],
-      display_name="CLIP-L Text Encode")
+      display_name="CLIP-L Text Encode", version="1.0.0")
 class SDXLClipLTextEncode:
     """Encode a prompt with CLIP ViT-L/14 (SDXL base only): the penultimate layer's per-token hidden states, without
     the final layer norm; its pooled output is not used by SDXL. Prompt weights (word:1.2) apply per token."""
@@ -120,7 +120,7 @@ class SDXLClipLTextEncode:
 
 
 @node(category="sdxl/text", outputs=[Output(CLIP_G_EMBEDS, "CLIP_G_EMBEDS", "penultimate hidden states, 1280 per token, and pooled vector")],
-      display_name="OpenCLIP bigG Text Encode")
+      display_name="OpenCLIP bigG Text Encode", version="1.0.0")
 class SDXLBigGTextEncode:
     """Encode a prompt with OpenCLIP ViT-bigG/14: the penultimate layer's per-token hidden states, and the pooled
     vector (final layer norm at the end-of-text token, times the text projection) that SDXL adds to its vector input."""
@@ -132,7 +132,7 @@ class SDXLBigGTextEncode:
 
 
 @node(category="sdxl/text", outputs=[Output(CONDITIONING, "CONDITIONING", "[1, 77·n, 768 + 1280] context + pooled bigG")],
-      display_name="SDXL Dual-Encoder Channel Concat")
+      display_name="SDXL Dual-Encoder Channel Concat", version="1.0.0")
 class SDXLDualEncoderConcat:
     """The SDXL base's text context: CLIP-L and bigG hidden states side by side on the CHANNEL axis (768 + 1280 =
     2048 per token), with bigG's pooled vector. Not ComfyUI's ConditioningConcat, which joins on the token axis.
@@ -145,7 +145,7 @@ class SDXLDualEncoderConcat:
 
 
 @node(category="sdxl/text", outputs=[Output(CONDITIONING, "CONDITIONING", "[1, 77·n, 1280] context + pooled bigG")],
-      display_name="SDXL Refiner Text Conditioning (bigG only)")
+      display_name="SDXL Refiner Text Conditioning (bigG only)", version="1.0.0")
 class SDXLRefinerTextConditioning:
     """The SDXL refiner's text context: bigG's hidden states alone (the refiner has no CLIP-L) with its pooled vector."""
     clip_g: CLIP_G_EMBEDS = Input(description="from OpenCLIP bigG Text Encode")
@@ -156,7 +156,8 @@ class SDXLRefinerTextConditioning:
 
 # -- ComfyUI nodes ------------------------------------------------------------------------------------------------
 
-@node(category="conditioning", outputs=[Output(CONDITIONING)], display_name="CLIP Text Encode (Prompt)")
+@node(category="conditioning", outputs=[Output(CONDITIONING)], display_name="CLIP Text Encode (Prompt)",
+      version="1.0.0")
 class CLIPTextEncode:
     """Encode a prompt for the model whose CLIP this is (SDXL base: both towers; refiner: bigG). The size
     conditioning then comes from the latent's size when sampling."""
@@ -167,7 +168,8 @@ class CLIPTextEncode:
         return (encode_prompt(ctx, self.clip, self.text, self.text, "CLIPTextEncode: clip"),)
 
 
-@node(category="advanced/conditioning", outputs=[Output(CONDITIONING)], display_name="CLIPTextEncodeSDXL")
+@node(category="advanced/conditioning", outputs=[Output(CONDITIONING)], display_name="CLIPTextEncodeSDXL",
+      version="1.0.0")
 class CLIPTextEncodeSDXL:
     """SDXL base prompt with its size conditioning: text_g goes to bigG, text_l to CLIP-L (the shorter one is
     padded with empty windows); original size, crop and target size are stored in the conditioning."""
@@ -189,7 +191,8 @@ class CLIPTextEncodeSDXL:
                           self.target_width, self.target_height),)
 
 
-@node(category="advanced/conditioning", outputs=[Output(CONDITIONING)], display_name="CLIPTextEncodeSDXLRefiner")
+@node(category="advanced/conditioning", outputs=[Output(CONDITIONING)], display_name="CLIPTextEncodeSDXLRefiner",
+      version="1.0.0")
 class CLIPTextEncodeSDXLRefiner:
     """SDXL refiner prompt (bigG) with its aesthetic score and original size."""
     ascore: float = Input(default=6.0, min=0.0, max=1000.0, step=0.01)

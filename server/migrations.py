@@ -1,0 +1,136 @@
+"""Node versions in saved workflows: read the version each node was saved with, refuse one newer than this
+server's node, and bring older ones up to date through the node's ``Migration`` steps, in the UI and the API
+format alike. ``graph.load_prompt`` calls this before converting, so the CLI, HTTP and the canvas agree.
+
+The version lives in a UI node's ``properties.ver`` and an API node's ``_meta.ver`` (where ComfyUI's frontend
+writes them). A ``ver`` beside a ``cnr_id`` or ``aux_id`` is the release of the node pack that wrote the file
+(ComfyUI writes "comfy-core" and its own version), not this node's: such a node, like one without a ``ver``, is
+read as first published. Once loaded, every other known node records its current version.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from nodes.node import Migration, NodeSpec, parse_version
+
+from . import graph  # as a module: graph.load_prompt imports this one
+
+
+class NewerVersion(ValueError):
+    """The workflow was saved with node versions this server does not know yet."""
+
+
+def migrate_ui(workflow: dict, registry: dict[str, NodeSpec]) -> list[str]:
+    """Bring a UI workflow's nodes (subgraph definitions' included) to the current versions, in place; one line
+    per migrated node saying what changed."""
+    nodes = list(workflow.get("nodes") or [])
+    for sub in (workflow.get("definitions") or {}).get("subgraphs") or []:
+        if isinstance(sub, dict):
+            nodes += sub.get("nodes") or []
+    nodes = [n for n in nodes if isinstance(n, dict) and isinstance(n.get("type"), str) and n["type"] in registry]
+    plans = _plan([(n.get("id"), n.get("properties"), n["type"]) for n in nodes], registry, "properties.ver")
+    report = []
+    for node, steps in zip(nodes, plans):
+        spec = registry[node["type"]]
+        if steps:
+            changes = _migrate_ui_node(node, spec, steps)
+            if changes:
+                report.append(_line(node.get("id"), spec, node.get("properties"), changes))
+        _stamp(node, "properties", spec)
+    return report
+
+
+def migrate_api(prompt: dict, registry: dict[str, NodeSpec]) -> list[str]:
+    """The same for an API prompt: inputs are renamed, added and mapped by name, in place."""
+    entries = [(i, n) for i, n in prompt.items()
+               if isinstance(n, dict) and isinstance(n.get("class_type"), str) and n["class_type"] in registry]
+    plans = _plan([(i, n.get("_meta"), n["class_type"]) for i, n in entries], registry, "_meta.ver")
+    report = []
+    for (node_id, node), steps in zip(entries, plans):
+        spec = registry[node["class_type"]]
+        inputs = node.get("inputs")
+        if steps and isinstance(inputs, dict):
+            changes = [c for step in steps for c in step.apply(inputs)]
+            if changes:
+                report.append(_line(node_id, spec, node.get("_meta"), changes))
+        _stamp(node, "_meta", spec)
+    return report
+
+
+def saved_version(meta: Any) -> str | None:
+    """The node version a `properties` / `_meta` dict records; None when it records none of ours."""
+    if not isinstance(meta, dict) or meta.get("cnr_id") or meta.get("aux_id"):
+        return None
+    return meta.get("ver")
+
+
+def _plan(nodes: list[tuple[Any, Any, str]], registry: dict[str, NodeSpec], where: str) -> list[list[Migration]]:
+    """The steps each known node (id, meta, type) needs, in order. Every node saved newer than known is refused
+    at once, by id and type; an unreadable version too."""
+    plans, newer = [], []
+    for node_id, meta, kind in nodes:
+        spec = registry[kind]
+        saved = saved_version(meta)
+        if saved == spec.version:
+            plans.append([])
+            continue
+        try:
+            if saved is not None and parse_version(saved) > parse_version(spec.version):
+                newer.append(f"node {node_id} ({kind}) was saved with version {saved}; this latentgraph has {spec.version}")
+                continue
+            plans.append(spec.steps_since(saved))
+        except ValueError as exc:
+            raise ValueError(f"node {node_id} ({kind}): {where} {exc}") from None
+    if newer:
+        raise NewerVersion("the workflow needs newer nodes than this server has (update latentgraph to run it): "
+                           + "; ".join(newer))
+    return plans
+
+
+def _migrate_ui_node(node: dict, spec: NodeSpec, steps: list[Migration]) -> list[str]:
+    """Widget values move from the layout the node was saved in to today's; links follow renamed inputs."""
+    values = node.get("widgets_values")
+    if isinstance(values, dict):
+        changes = [c for step in steps for c in step.apply(values)]
+    else:
+        values = values if isinstance(values, list) else []
+        taken, extras, index = {}, {}, 0
+        for name, _, width in graph.widget_layout(spec, steps):
+            if index < len(values):
+                taken[name], extras[_forward(name, steps)] = values[index], values[index + 1:index + width]
+            index += width
+        changes = [c for step in steps for c in step.apply(taken)]
+        rebuilt = []
+        for name, inp, width in graph.widget_layout(spec):
+            rebuilt.append(taken[name] if name in taken else inp.default if inp.has_default else None)
+            rebuilt += (list(extras.get(name, [])) + ["fixed" if inp.type.name == "INT" else "image"] * width)[:width - 1]
+        node["widgets_values"] = rebuilt
+    for entry in node.get("inputs") or []:
+        if isinstance(entry, dict):
+            entry["name"] = _forward(entry.get("name"), steps)
+            if isinstance(entry.get("widget"), dict):
+                entry["widget"]["name"] = _forward(entry["widget"].get("name"), steps)
+    return changes
+
+
+def _forward(name: Any, steps: list[Migration]) -> Any:
+    """An input's name after the steps' renames."""
+    for step in steps:
+        name = step.renamed.get(name, name)
+    return name
+
+
+def _stamp(node: dict, key: str, spec: NodeSpec) -> None:
+    """Record the node's current version in node[key], unless that holds another node pack's record (which
+    stays as the file has it: such a node is read as first published again next time, and every step is
+    harmless on inputs already migrated)."""
+    meta = node.get(key)
+    if not isinstance(meta, dict):
+        node[key] = {"ver": spec.version}
+    elif not (meta.get("cnr_id") or meta.get("aux_id")):
+        meta["ver"] = spec.version
+
+
+def _line(node_id: Any, spec: NodeSpec, meta: Any, changes: list[str]) -> str:
+    saved = saved_version(meta) or "first published"
+    return f"node {node_id} ({spec.type_name}) {saved} → {spec.version}: " + "; ".join(changes)
