@@ -9,7 +9,10 @@ the next) and a lattice (node i adds nodes i−1 and i//2, so keys have two pare
 Peer, in the same run: the same cache keys built the way ComfyUI 0.3.x builds its input signatures — each
 node's key from a walk over all its ancestors, every prompt — which is quadratic on a chain. The issue's
 figures for ComfyUI itself on this machine class (500-node chain: ~15 s cold, ~17 s cached) are printed too.
-Targets: ≤ 50 µs per node, linear growth, 500-node cached re-run ≤ 5 ms."""
+Targets: ≤ 50 µs per node, linear growth, 500-node cached re-run ≤ 5 ms.
+
+Profiling (issue #21) is always on; the same cold runs with it switched off (Executor(profile=False), interleaved
+with the profiled ones) give what it costs per node. Target: ≤ 2 µs per node."""
 from __future__ import annotations
 
 import argparse
@@ -90,9 +93,10 @@ def measure(shape: str, n: int, registry, env, repeat: int, peer: bool) -> dict:
     prompt = chain(n) if shape == "chain" else lattice(n)
     last = [str(n - 1)]
 
-    def cold() -> None:
-        report = Executor(registry, env, OutputCache(max_entries=10 * n)).run(prompt, last)
+    def cold(profile: bool = True) -> None:
+        report = Executor(registry, env, OutputCache(max_entries=10 * n), profile=profile).run(prompt, last)
         assert report.status == "success" and len(report.executed) == n, report.error
+        assert len(report.profile) == (n if profile else 0)
 
     warm = Executor(registry, env, OutputCache(max_entries=10 * n))
     warm.run(prompt, last)
@@ -111,10 +115,14 @@ def measure(shape: str, n: int, registry, env, repeat: int, peer: bool) -> dict:
         ancestor_walk_keys(prompt, registry)
         return time.perf_counter() - start
 
-    cold_runs = [timed(cold) for _ in range(repeat)]
+    cold_runs, plain_runs = [], []
+    for _ in range(repeat):  # interleaved, so both see the same machine
+        cold_runs.append(timed(cold))
+        plain_runs.append(timed(lambda: cold(profile=False)))
     cached_runs = [timed(cached) for _ in range(3 * repeat)]
     row = {"shape": shape, "n": n, "direct": best(lambda: direct_seconds(prompt, registry, env), repeat),
            "cold": min(w for w, _ in cold_runs), "cold_cpu": min(c for _, c in cold_runs),
+           "unprofiled": min(w for w, _ in plain_runs), "unprofiled_cpu": min(c for _, c in plain_runs),
            "cached": min(w for w, _ in cached_runs), "cached_cpu": min(c for _, c in cached_runs),
            "cached_median": statistics.median(w for w, _ in cached_runs), "validate": best(check, repeat)}
     row["peer"] = best(peer_keys, 1) if peer else None
@@ -160,6 +168,10 @@ def main() -> None:
               f" cached re-run {COMFYUI_500_CHAIN['cached'] / r['cached']:.0f}x faster")
         print(f"targets: ≤50 µs/node cold -> {r['cold'] / 500 * 1e6:.1f} µs (CPU {r['cold_cpu'] / 500 * 1e6:.1f});"
               f" 500-node cached re-run ≤5 ms -> {r['cached'] * 1e3:.2f} ms (CPU {r['cached_cpu'] * 1e3:.2f})")
+    print("\nprofiling (issue #21; target ≤ 2 µs/node): (cold run − the same run unprofiled) / nodes, best of each")
+    for r in rows:
+        print(f"  {r['shape']:8} {r['n']:6d} nodes: {(r['cold'] - r['unprofiled']) / r['n'] * 1e6:+6.2f} µs wall,"
+              f" {(r['cold_cpu'] - r['unprofiled_cpu']) / r['n'] * 1e6:+6.2f} µs CPU")
 
 
 if __name__ == "__main__":

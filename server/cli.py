@@ -18,6 +18,7 @@ from nodes.node import Environment, load_builtin_nodes
 from .executor import Executor, Hooks
 from .graph import load_prompt, read_png_workflow, set_ui_widget, ui_to_api, validate
 from .migrations import NewerVersion
+from .profile import table as profile_table
 
 EXIT_INVALID = 1   # the graph is invalid or a node failed
 EXIT_USAGE = 2     # the file could not be read, or arguments are wrong
@@ -224,6 +225,8 @@ def cmd_run(args) -> int:
             print(os.path.join(folder, image.get("subfolder", ""), image["filename"]))
     print(f"done in {result.seconds:.2f}s: {len(result.executed)} nodes run, {len(result.cached)} cached",
           file=sys.stderr)
+    if args.profile:
+        print(profile_table(result.profile), file=sys.stderr)
     return 0
 
 
@@ -273,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workflow")
     p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="change an input (repeatable)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.add_argument("--profile", action="store_true", help="print each node's time, peak memory and why it ran")
     _folders(p, out=True)
     p.set_defaults(func=cmd_run)
 
