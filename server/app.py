@@ -19,6 +19,7 @@ from aiohttp import web
 
 from . import frontend_compat, routes
 from .cluster import Cluster, PrimaryLink
+from .provenance import HashCache
 from .queue import PromptQueue
 from .security import is_loopback, make_middlewares
 from .worker import Worker
@@ -57,6 +58,10 @@ class Config:
     def temp_dir(self) -> Path:
         return self.data_dir / "temp"
 
+    @property
+    def hash_cache(self) -> Path:
+        return self.data_dir / "model_hashes.json"  # provenance.HashCache
+
 
 class State:
     """What the routes share: config, node registry, queue, websocket hub, workers."""
@@ -81,6 +86,7 @@ class State:
         self.env = Environment(models_dir=str(config.models_dir), input_dir=str(config.input_dir),
                                output_dir=str(config.output_dir), temp_dir=str(config.temp_dir))
         self.registry = registry if registry is not None else load_builtin_nodes()
+        self.hashes = HashCache(str(config.hash_cache))  # for checking dropped images' models (routes)
         self.queue = PromptQueue(Path(config.data_dir) / "queue.sqlite3", owner=primary is None)
         if self.queue.recovered:
             log.warning("%d prompt(s) were running when the server stopped; they are in history as %r and can be "
@@ -96,7 +102,8 @@ class State:
     def _make_worker(self, device: str) -> Worker:
         from .runners import ProcessRunner, RunnerConfig, ThreadRunner
 
-        config = RunnerConfig(device, self.env, self.config.cache_entries, self.config.cache_bytes)
+        config = RunnerConfig(device, self.env, self.config.cache_entries, self.config.cache_bytes,
+                              hash_cache=str(self.config.hash_cache))
         runner = ProcessRunner(config) if self.config.worker_process else ThreadRunner(config, self.registry)
         return Worker(device, self.queue, runner, self.hub, on_queue_change=self.status_changed)
 

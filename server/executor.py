@@ -24,6 +24,7 @@ from nodes.node import Context, Environment, Interrupted, NodeSpec, Result
 
 from .cache import OutputCache
 from .profile import NodeProfiler, why_ran
+from .provenance import HashCache, RunModels
 
 LAST_RUNS_KEPT = 100_000  # node ids remembered for why_ran; beyond, the memory starts over
 
@@ -48,6 +49,7 @@ class RunReport:
     error: dict | None = None         # ComfyUI execution_error / execution_interrupted payload
     seconds: float = 0.0
     profile: dict = field(default_factory=dict)         # {node id: profile entry}, cached ones first (profile.py)
+    provenance: dict | None = None    # models (SHA-256) and node versions (provenance.py); the PNGs' `latentgraph`
 
 
 class _PlanError(Exception):
@@ -70,12 +72,14 @@ class Executor:
     """Runs prompts against a node registry; keeps results in ``cache`` between runs."""
 
     def __init__(self, registry: dict[str, NodeSpec], env: Environment, cache: OutputCache | None = None,
-                 resources: Any = None, profile: bool = True):
-        """`profile=False` only serves benchmarks/executor.py, to measure what profiling costs."""
+                 resources: Any = None, hashes: HashCache | None = None, profile: bool = True):
+        """`hashes`: where model hashes are remembered (default: in memory). `profile=False` only serves
+        benchmarks/executor.py, to measure what profiling costs."""
         self.registry = registry
         self.env = env
         self.cache = cache if cache is not None else OutputCache()
         self.resources = resources
+        self.hashes = hashes if hashes is not None else HashCache()
         self.profiler = NodeProfiler(getattr(resources, "device", None)) if profile else None
         self.last: dict[str, _Node] = {}  # each node id as it last ran or was served: what why_ran compares with
 
@@ -207,28 +211,34 @@ class Executor:
         for node_id in report.cached:
             self._emit_ui(node_id, hits[node_id], report, hooks)
 
+        models = RunModels(order, self.env, self.hashes)  # hashing starts now, in the background
         extra_pnginfo = (extra_data or {}).get("extra_pnginfo") or {}
         is_set = interrupt.is_set if interrupt is not None else None
         for node_id in to_run:
             item = order[node_id]
             if is_set is not None and is_set():
-                return self._stop(report, prompt_id, node_id, item, order, started)
+                return self._stop(report, prompt_id, node_id, item, order, models, started)
             if hooks.on_node_start:
                 hooks.on_node_start(node_id)
             inputs = dict(item.consts)
             for name, source, slot in item.links:
                 inputs[name] = results[source].outputs[slot]
-            ctx = Context(node_id, self.env, prompt, extra_pnginfo, hooks.on_progress, is_set, self.resources)
+            pnginfo = extra_pnginfo
+            if item.spec.hidden and "EXTRA_PNGINFO" in item.spec.hidden.values():  # it writes files: with provenance
+                if report.provenance is None:
+                    report.provenance = models.record(wait=True)
+                pnginfo = {**extra_pnginfo, "latentgraph": report.provenance}
+            ctx = Context(node_id, self.env, prompt, pnginfo, hooks.on_progress, is_set, self.resources)
             node_started = time.perf_counter_ns()
             try:
                 result = item.spec.call(ctx, inputs)
             except Interrupted:
-                return self._stop(report, prompt_id, node_id, item, order, started)
+                return self._stop(report, prompt_id, node_id, item, order, models, started)
             except Exception as exc:  # any node failure becomes a structured error naming the node
                 report.status = "error"
                 report.error = self._error_payload(prompt_id, node_id, item.spec.type_name, report, exc, inputs,
                                                    results)
-                return self._finish(report, order, started)
+                return self._finish(report, order, models, started)
             if profiler is not None:
                 profile[node_id] = profiler.entry(item.spec.type_name, node_started,
                                                   why_ran(item, self.last.get(node_id)))
@@ -236,10 +246,13 @@ class Executor:
             self.cache.put(item.key, result)
             report.executed.append(node_id)
             self._emit_ui(node_id, result, report, hooks)
-        return self._finish(report, order, started)
+        return self._finish(report, order, models, started)
 
-    def _finish(self, report: RunReport, order: dict[str, _Node], started: float) -> RunReport:
-        """Remember the nodes that ran or were served, for the next run's why_ran."""
+    def _finish(self, report: RunReport, order: dict[str, _Node], models: RunModels, started: float) -> RunReport:
+        """Complete the provenance (waiting for hashes only after a success) and remember the nodes that ran or
+        were served, for the next run's why_ran."""
+        if report.provenance is None:
+            report.provenance = models.record(wait=report.status == "success")
         if len(self.last) > LAST_RUNS_KEPT:
             self.last.clear()
         for node_id in report.cached:
@@ -257,11 +270,11 @@ class Executor:
                 hooks.on_executed(node_id, result.ui, report.profile.get(node_id))
 
     def _stop(self, report: RunReport, prompt_id: str, node_id: str, item: _Node, order: dict[str, _Node],
-              started: float) -> RunReport:
+              models: RunModels, started: float) -> RunReport:
         report.status = "interrupted"
         report.error = {"prompt_id": prompt_id, "node_id": node_id, "node_type": item.spec.type_name,
                         "executed": list(report.executed)}
-        return self._finish(report, order, started)
+        return self._finish(report, order, models, started)
 
     @staticmethod
     def _error_payload(prompt_id: str, node_id: str, node_type: str | None, report: RunReport, exc: BaseException,

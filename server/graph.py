@@ -96,12 +96,16 @@ def widget_layout(spec: NodeSpec, steps: Sequence[Migration] = ()) -> list[tuple
     workflow saved earlier still needs, the layout it was saved in: today's widgets less those the steps added,
     under the names they had then."""
     ordered = [i for i in spec.inputs.values() if i.required] + [i for i in spec.inputs.values() if i.optional]
-    layout = [(i.name, i, 1 + (i.control_after_generate or (i.type == INT and i.name in _SEED_NAMES))
-               + i.image_upload) for i in ordered if i.is_widget]
+    layout = [(i.name, i, 1 + is_seed(i) + i.image_upload) for i in ordered if i.is_widget]
     for step in reversed(steps):
         old_name = {new: old for old, new in step.renamed.items()}
         layout = [(old_name.get(n, n), i, width) for n, i, width in layout if n not in step.added]
     return layout
+
+
+def is_seed(inp: Input) -> bool:
+    """A seed: the canvas gives it a "control after generate" widget."""
+    return inp.control_after_generate or (inp.type == INT and inp.name in _SEED_NAMES)
 
 
 def widget_slots(spec: NodeSpec, steps: Sequence[Migration] = ()) -> dict[str, int]:
@@ -296,18 +300,28 @@ def _from_ui(workflow: dict, registry: dict[str, NodeSpec], changes: list[str]) 
 
 def read_png_workflow(path: str) -> dict:
     """The workflow embedded in a PNG: the `workflow` text chunk (UI JSON), else `prompt` (API JSON)."""
+    for key in ("workflow", "prompt"):
+        chunk = read_png_json(path, (key,))
+        if key in chunk:
+            return chunk[key]
+    raise ValueError(f"{path}: the image carries no 'workflow' or 'prompt' metadata")
+
+
+def read_png_json(path: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The JSON text chunks named `keys` that a PNG carries, decoded; ValueError naming what cannot be read."""
     try:
         with Image.open(path) as img:
             text = dict(getattr(img, "text", None) or {})  # PIL reads tEXt, zTXt and iTXt alike
     except (OSError, SyntaxError) as exc:
         raise ValueError(f"{path}: not a readable image ({exc})") from None
-    for key in ("workflow", "prompt"):
+    found = {}
+    for key in keys:
         if key in text:
             try:
-                return json.loads(text[key])
+                found[key] = json.loads(text[key])
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}: the '{key}' chunk is not valid JSON ({exc})") from None
-    raise ValueError(f"{path}: the image carries no 'workflow' or 'prompt' metadata")
+    return found
 
 
 # -- validation --------------------------------------------------------------------------------------------------

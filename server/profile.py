@@ -104,29 +104,3 @@ def why_ran(item: Any, previous: Any) -> str:
     if item.extra != previous.extra:
         reasons.append("its file changed")
     return "; ".join(reasons) or "inputs changed"
-
-
-def table(profile: dict[str, dict]) -> str:
-    """The profile as a text table (``latentgraph run --profile``), in the order the nodes ran."""
-    rows = [("node", "type", "time", "peak memory", "cached", "why it ran")]
-    for node_id, e in profile.items():
-        rows.append((node_id, e["class_type"], "" if e["cached"] else f"{e['ms']:.1f} ms", _bytes(e["peak_bytes"]),
-                     "yes" if e["cached"] else "no", e["why"] or ""))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
-    ran = [e for e in profile.values() if not e["cached"]]
-    memory = next(iter(profile.values()))["memory"] if profile else "rss"
-    lines.append(f"{len(ran)} run, {len(profile) - len(ran)} cached, {sum(e['ms'] for e in ran):.1f} ms in nodes;"
-                 f" memory: {'CUDA peak allocated' if memory == 'cuda' else 'resident-set peak'} added, '-' under 0.1 ms")
-    return "\n".join(lines)
-
-
-def _bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size, unit = float(n), "B"
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            break
-        size /= 1024
-    return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"

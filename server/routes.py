@@ -6,6 +6,11 @@ Extensions over ComfyUI (clients that don't know them are unaffected):
 - ``POST /queue`` also takes ``{"requeue": [ids]}`` (run finished prompts again, e.g. those cut off by a restart)
   and ``{"pause": true|false}``; ``GET /queue`` adds ``"paused"``.
 - ``GET /workflows`` lists the shipped workflows, ``GET /workflows/{name}`` serves one.
+- ``POST /prompt`` answers ``"migrated"`` when nodes saved with older versions were brought up to date
+  (server/migrations.py), and refuses newer ones (``newer_node_version``).
+- ``POST /workflow/open`` (what the canvas asks when it opens a file): ``{"workflow": UI or API JSON,
+  "latentgraph": the image's provenance record}`` → the workflow migrated, what changed (``migrated``), and the
+  model files that differ here from those the image was made with (``mismatches``, server/provenance.py).
 """
 from __future__ import annotations
 
@@ -48,6 +53,7 @@ def setup(app: web.Application, state) -> None:
         ("GET", "/users", r.users), ("GET", "/settings", r.get_settings), ("POST", "/settings", r.post_settings),
         ("GET", "/settings/{id}", r.get_setting), ("POST", "/settings/{id}", r.post_setting),
         ("GET", "/workflows", r.workflows), ("GET", "/workflows/{name}", r.workflow),
+        ("POST", "/workflow/open", r.open_workflow),
         ("GET", "/ws", state.hub.handle),
     ]
     for method, path, handler in api:
@@ -425,6 +431,26 @@ class Routes:
         if path.suffix != ".json" or not path.is_file():
             raise _bad("not_found", f"no workflow {name!r}", 404)
         return web.FileResponse(path, headers={"Content-Type": "application/json", "Cache-Control": "no-cache"})
+
+    async def open_workflow(self, request):
+        from .graph import load_prompt
+        from .migrations import NewerVersion
+        from .provenance import mismatches
+
+        body = _json_dict(await read_json(request))
+        graph, migrated = body.get("workflow"), []
+        try:
+            load_prompt(graph, self.s.registry, migrated)  # migrates `graph` in place
+        except NewerVersion as exc:
+            return error_json(400, "newer_node_version", str(exc))
+        except (ValueError, KeyError, TypeError) as exc:
+            return error_json(400, "invalid_prompt", f"Cannot read the workflow: {exc}")
+        record = body.get("latentgraph")
+        if record is not None and not isinstance(record, dict):
+            return error_json(400, "invalid_provenance", "latentgraph must be the image's provenance record (object)")
+        problems = await asyncio.get_running_loop().run_in_executor(  # hashing a new file takes a while
+            None, mismatches, record, self.s.registry, self.s.env, self.s.hashes)
+        return web.json_response({"workflow": graph, "migrated": migrated, "mismatches": problems})
 
     async def index(self, request):
         index = Path(self.config.web_dir) / "index.html"

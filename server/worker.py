@@ -121,7 +121,7 @@ class Worker(threading.Thread):
                                      extra_data=item.extra_data, hooks=hooks)
             status, outputs, error = report.status, report.outputs or {}, report.error
             executed, cached = list(report.executed or []), list(report.cached or [])
-            extra_meta = {"profile": report.profile}
+            extra_meta = {"profile": report.profile, "latentgraph": report.provenance}
         except Exception as exc:  # an executor bug must not kill the worker or lose the prompt's record
             log.exception("executor failed on prompt %s", pid)
             status, outputs, executed, cached, extra_meta = "error", {}, [], [], {}

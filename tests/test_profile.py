@@ -8,9 +8,8 @@ import os
 from server_helpers import image_prompt, make_config, probe_registry
 
 from server.app import create_app
-from server.cli import main
+from server.cli import main, profile_table
 from server.executor import Executor
-from server.profile import table
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -81,7 +80,7 @@ def test_cli_profile_table(tmp_path, capsys):
 
 
 def test_table_shows_cached_rows_and_units():
-    text = table({"1": {"class_type": "Loader", "cached": True, "ms": 0.0, "peak_bytes": None, "memory": "cuda",
+    text = profile_table({"1": {"class_type": "Loader", "cached": True, "ms": 0.0, "peak_bytes": None, "memory": "cuda",
                         "why": None},
                   "2": {"class_type": "Sampler", "cached": False, "ms": 1234.5, "peak_bytes": 3 * 1024 ** 3,
                         "memory": "cuda", "why": "seed changed"}})

@@ -4,6 +4,7 @@ checkpoints that stay loaded across workflows until POST /free — with prompts 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import struct
 
@@ -73,6 +74,8 @@ async def test_sdxl_workflows_progress_previews_and_resident_checkpoints(client)
     assert models()["builds"] == 1
     profile = entry["meta"]["profile"]
     assert all(e["why"] == "first run" for e in profile.values())
+    (model,) = entry["meta"]["latentgraph"]["models"]  # the history keeps the provenance record the PNG carries
+    assert model["sha256"] == hashlib.sha256(demo_models()["sdxl_base"].read_bytes()).hexdigest()
 
     # the same workflow with another seed: the profile says why each node ran again
     entry, _, _ = await run_workflow(client, ws, "sdxl_base.json", seed=7)
