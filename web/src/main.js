@@ -9,12 +9,14 @@ import { Workspace, graphState } from "./workflows.js";
 import { buildLibrary, NODE_MIME } from "./library.js";
 import { attachMinimap } from "./minimap.js";
 import { Panels, toast } from "./panels.js";
+import { showProfiles } from "./profile.js";
+import { checkedWorkflow } from "./provenance.js";
 
 const api = new Api();
 const graph = new LGraph();
 const wrap = document.getElementById("canvas-wrap");
 const canvas = new LGraphCanvas(document.getElementById("graph-canvas"), graph);
-const workspace = new Workspace({ graph, canvas, toast });
+const workspace = new Workspace({ graph, canvas, toast, check: (wf, record) => checkedWorkflow(api, toast, wf, record) });
 const panels = new Panels(api, { openWorkflow: (name, wf) => workspace.open(name, wf) });
 const promptTabs = new Map(); // prompt_id -> tab id it was queued from
 const unsettled = new Set(); // prompts queued here whose outcome this page has not seen yet
@@ -367,6 +369,7 @@ async function boot() {
   setupShortcuts();
   setupWorkflowMenu();
   listen();
+  showProfiles({ api, graph, canvas, nodeOf });
   if (!workspace.restore()) await firstWorkflow(listing);
   api.connect(); // app.ready is set once the socket is open (see listen)
 }

@@ -198,6 +198,7 @@ export function registerNodes(objectInfo, hooks) {
       constructor(title) {
         super(title ?? info.display_name ?? typeName);
         buildNode(this, info, hooks);
+        this.properties.ver = info.version; // saved workflows record each node's version (server/migrations.py)
       }
       computeSize(out) {
         const size = super.computeSize(out);

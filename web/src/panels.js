@@ -1,5 +1,6 @@
-// Side panels: the queue (running, pending, history; cancel and delete), the gallery of output
-// images (click for full size), and toasts for hints and errors.
+// Side panels: the queue (running, pending, history with each run's profile; cancel and delete), the
+// gallery of output images (click for full size), and toasts for hints and errors.
+import { profileBreakdown } from "./profile.js";
 
 export function toast(message, kind = "info", ms = 6000) {
   const el = Object.assign(document.createElement("div"), { className: `toast ${kind}`, textContent: message });
@@ -79,9 +80,11 @@ export class Panels {
       const buttons = [["✕", "Delete from history", () => this.#act(() => this.api.deleteHistory([id]))]];
       if (workflow) buttons.unshift(["Load", "Open this run's workflow in a new tab", () => this.openWorkflow(`run ${id.slice(0, 8)}`, workflow)]);
       for (const img of images) this.addImage(img);
-      return li(`${status} · ${id.slice(0, 8)}`, {
+      const el = li(`${status} · ${id.slice(0, 8)}`, {
         error: status === "error", thumb: images[0] ? this.api.viewUrl(images[0]) : null, buttons,
       });
+      if (h.meta?.profile && Object.keys(h.meta.profile).length) el.append(profileBreakdown(id, h.meta.profile));
+      return el;
     }));
   }
 
