@@ -27,34 +27,16 @@ def migrate_ui(workflow: dict, registry: dict[str, NodeSpec]) -> list[str]:
     for sub in (workflow.get("definitions") or {}).get("subgraphs") or []:
         if isinstance(sub, dict):
             nodes += sub.get("nodes") or []
-    nodes = [n for n in nodes if isinstance(n, dict) and isinstance(n.get("type"), str) and n["type"] in registry]
-    plans = _plan([(n.get("id"), n.get("properties"), n["type"]) for n in nodes], registry, "properties.ver")
-    report = []
-    for node, steps in zip(nodes, plans):
-        spec = registry[node["type"]]
-        if steps:
-            changes = _migrate_ui_node(node, spec, steps)
-            if changes:
-                report.append(_line(node.get("id"), spec, node.get("properties"), changes))
-        _stamp(node, "properties", spec)
-    return report
+    return _migrate([(n.get("id"), n, registry[n["type"]]) for n in nodes
+                     if isinstance(n, dict) and isinstance(n.get("type"), str) and n["type"] in registry],
+                    "properties", _migrate_ui_node)
 
 
 def migrate_api(prompt: dict, registry: dict[str, NodeSpec]) -> list[str]:
     """The same for an API prompt: inputs are renamed, added and mapped by name, in place."""
-    entries = [(i, n) for i, n in prompt.items()
-               if isinstance(n, dict) and isinstance(n.get("class_type"), str) and n["class_type"] in registry]
-    plans = _plan([(i, n.get("_meta"), n["class_type"]) for i, n in entries], registry, "_meta.ver")
-    report = []
-    for (node_id, node), steps in zip(entries, plans):
-        spec = registry[node["class_type"]]
-        inputs = node.get("inputs")
-        if steps and isinstance(inputs, dict):
-            changes = [c for step in steps for c in step.apply(inputs)]
-            if changes:
-                report.append(_line(node_id, spec, node.get("_meta"), changes))
-        _stamp(node, "_meta", spec)
-    return report
+    return _migrate([(node_id, n, registry[n["class_type"]]) for node_id, n in prompt.items()
+                     if isinstance(n, dict) and isinstance(n.get("class_type"), str) and n["class_type"] in registry],
+                    "_meta", _migrate_api_node)
 
 
 def saved_version(meta: Any) -> str | None:
@@ -64,27 +46,42 @@ def saved_version(meta: Any) -> str | None:
     return meta.get("ver")
 
 
-def _plan(nodes: list[tuple[Any, Any, str]], registry: dict[str, NodeSpec], where: str) -> list[list[Migration]]:
-    """The steps each known node (id, meta, type) needs, in order. Every node saved newer than known is refused
-    at once, by id and type; an unreadable version too."""
+def _migrate(known: list[tuple[Any, dict, NodeSpec]], key: str, migrate_node) -> list[str]:
+    """Migrate and stamp the known nodes (id, node, spec) whose node[key] does not record today's version."""
+    todo = [(node_id, node, spec) for node_id, node, spec in known if saved_version(node.get(key)) != spec.version]
+    plans = _plan(todo, key)
+    report = []
+    for (node_id, node, spec), steps in zip(todo, plans):
+        changes = migrate_node(node, spec, steps) if steps else []
+        if changes:
+            report.append(_line(node_id, spec, node.get(key), changes))
+        _stamp(node, key, spec)
+    return report
+
+
+def _plan(nodes: list[tuple[Any, dict, NodeSpec]], key: str) -> list[list[Migration]]:
+    """The steps each node needs, in order. Every node saved newer than known is refused at once, by id and type;
+    an unreadable version too."""
     plans, newer = [], []
-    for node_id, meta, kind in nodes:
-        spec = registry[kind]
-        saved = saved_version(meta)
-        if saved == spec.version:
-            plans.append([])
-            continue
+    for node_id, node, spec in nodes:
+        saved = saved_version(node.get(key))
         try:
             if saved is not None and parse_version(saved) > parse_version(spec.version):
-                newer.append(f"node {node_id} ({kind}) was saved with version {saved}; this latentgraph has {spec.version}")
+                newer.append(f"node {node_id} ({spec.type_name}) was saved with version {saved}; "
+                             f"this latentgraph has {spec.version}")
                 continue
             plans.append(spec.steps_since(saved))
         except ValueError as exc:
-            raise ValueError(f"node {node_id} ({kind}): {where} {exc}") from None
+            raise ValueError(f"node {node_id} ({spec.type_name}): {key}.ver {exc}") from None
     if newer:
         raise NewerVersion("the workflow needs newer nodes than this server has (update latentgraph to run it): "
                            + "; ".join(newer))
     return plans
+
+
+def _migrate_api_node(node: dict, spec: NodeSpec, steps: list[Migration]) -> list[str]:
+    inputs = node.get("inputs")
+    return [c for step in steps for c in step.apply(inputs)] if isinstance(inputs, dict) else []
 
 
 def _migrate_ui_node(node: dict, spec: NodeSpec, steps: list[Migration]) -> list[str]:
