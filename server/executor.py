@@ -37,7 +37,7 @@ class Hooks:
     on_cached: Callable[[list[str]], None] | None = None                # node ids served from cache
     on_node_start: Callable[[str], None] | None = None                  # node id
     on_progress: Callable[[str, int, int, Any], None] | None = None     # node id, value, max, preview or None
-    on_executed: Callable[[str, dict, dict], None] | None = None        # node id, ui dict, profile entry
+    on_executed: Callable[[str, dict, dict | None], None] | None = None  # node id, ui dict, profile entry
 
 
 @dataclass
@@ -229,6 +229,7 @@ class Executor:
                     report.provenance = models.record(wait=True)
                 pnginfo = {**extra_pnginfo, "latentgraph": report.provenance}
             ctx = Context(node_id, self.env, prompt, pnginfo, hooks.on_progress, is_set, self.resources)
+            why = why_ran(item, self.last.get(node_id)) if profiler is not None else None
             node_started = time.perf_counter_ns()
             try:
                 result = item.spec.call(ctx, inputs)
@@ -240,8 +241,7 @@ class Executor:
                                                    results)
                 return self._finish(report, order, models, started)
             if profiler is not None:
-                profile[node_id] = profiler.entry(item.spec.type_name, node_started,
-                                                  why_ran(item, self.last.get(node_id)))
+                profile[node_id] = profiler.entry(item.spec.type_name, node_started, why)
             results[node_id] = result
             self.cache.put(item.key, result)
             report.executed.append(node_id)

@@ -108,10 +108,10 @@ def is_seed(inp: Input) -> bool:
     return inp.control_after_generate or (inp.type == INT and inp.name in _SEED_NAMES)
 
 
-def widget_slots(spec: NodeSpec, steps: Sequence[Migration] = ()) -> dict[str, int]:
+def widget_slots(spec: NodeSpec) -> dict[str, int]:
     """Where each widget input's value sits in a node's positional ``widgets_values`` (see widget_layout)."""
     slots, index = {}, 0
-    for name, _, width in widget_layout(spec, steps):
+    for name, _, width in widget_layout(spec):
         slots[name] = index
         index += width
     return slots

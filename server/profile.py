@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import functools
 import os
-import resource
 import time
 from typing import Any
 
 import torch
+
+try:
+    import resource
+except ImportError:  # Windows: no resident-set high-water mark to read; memory is not measured there
+    resource = None
 
 MEMORY_AFTER_NS = 100_000  # nodes faster than 0.1 ms are not measured for memory (see the module docstring)
 _MISSING = object()
@@ -44,7 +48,7 @@ class NodeProfiler:
             torch.cuda.synchronize(self.cuda)  # kernels are asynchronous: the node's time includes its GPU work
         elapsed = time.perf_counter_ns() - started_ns
         peak = None
-        if elapsed >= MEMORY_AFTER_NS:
+        if elapsed >= MEMORY_AFTER_NS and (self.cuda is not None or resource is not None):
             peak = max(0, self._peak() - self._base)
             self._reset()
         return {"class_type": class_type, "cached": False, "ms": elapsed / 1e6, "peak_bytes": peak,
@@ -63,6 +67,8 @@ class NodeProfiler:
         if self.cuda is not None:
             torch.cuda.reset_peak_memory_stats(self.cuda)
             self._base = torch.cuda.memory_allocated(self.cuda)
+            return
+        if resource is None:
             return
         fd = _clear_refs()
         if fd is not None:
