@@ -85,9 +85,11 @@ class HashCache:
 
     def _file(self, path: str) -> str:
         st = os.stat(path)
-        entry = self._known.get(path)
-        if entry and entry["size"] == st.st_size and entry["mtime_ns"] == st.st_mtime_ns:
-            return entry["sha256"]
+        for look in (self._known, self._load()):  # then what other processes (the executor's, the CLI) stored
+            entry = look.get(path)
+            if isinstance(entry, dict) and entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
+                self._known[path] = entry
+                return entry["sha256"]
         with open(path, "rb") as f:
             digest = hashlib.file_digest(f, "sha256").hexdigest()  # releases the GIL while it reads and hashes
         self.bytes_hashed += st.st_size

@@ -32,10 +32,12 @@ def test_each_file_is_hashed_once_then_read_from_the_cache(tmp_path):
     model = tmp_path / "model.safetensors"
     model.write_bytes(os.urandom(1 << 20))
     store = str(tmp_path / "data" / "model_hashes.json")
+    server = HashCache(store)  # a long-lived process (the HTTP server's) started before anything was hashed
     first = HashCache(store)
     assert first.sha256(str(model)) == sha256(model) and first.bytes_hashed == 1 << 20
     second = HashCache(store)  # another process, or after a restart: the cache file answers
     assert second.sha256(str(model)) == sha256(model) and second.bytes_hashed == 0
+    assert server.sha256(str(model)) == sha256(model) and server.bytes_hashed == 0
     os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns + 10**9))  # touched: hashed again
     assert second.sha256(str(model)) == sha256(model) and second.bytes_hashed == 1 << 20
 
