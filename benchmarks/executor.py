@@ -116,7 +116,7 @@ def measure(shape: str, n: int, registry, env, repeat: int, peer: bool) -> dict:
         return time.perf_counter() - start
 
     cold_runs, plain_runs = [], []
-    for _ in range(repeat):  # interleaved, so both see the same machine
+    for _ in range(3 * repeat):  # interleaved, so both see the same machine; many, as the difference is small
         cold_runs.append(timed(cold))
         plain_runs.append(timed(lambda: cold(profile=False)))
     cached_runs = [timed(cached) for _ in range(3 * repeat)]

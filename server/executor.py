@@ -23,7 +23,7 @@ import torch
 from nodes.node import Context, Environment, Interrupted, NodeSpec, Result
 
 from .cache import OutputCache
-from .profile import NodeProfiler, why_ran
+from .profile import FIRST_RUN, NodeProfiler, why_ran
 from .provenance import HashCache, RunModels
 
 LAST_RUNS_KEPT = 100_000  # node ids remembered for why_ran; beyond, the memory starts over
@@ -229,7 +229,9 @@ class Executor:
                     report.provenance = models.record(wait=True)
                 pnginfo = {**extra_pnginfo, "latentgraph": report.provenance}
             ctx = Context(node_id, self.env, prompt, pnginfo, hooks.on_progress, is_set, self.resources)
-            why = why_ran(item, self.last.get(node_id)) if profiler is not None else None
+            if profiler is not None:
+                previous = self.last.get(node_id)
+                why = FIRST_RUN if previous is None else why_ran(item, previous)
             node_started = time.perf_counter_ns()
             try:
                 result = item.spec.call(ctx, inputs)

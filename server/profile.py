@@ -44,11 +44,12 @@ class NodeProfiler:
 
     def entry(self, class_type: str, started_ns: int, why: str) -> dict:
         """The entry of a node that ran from `started_ns` (time.perf_counter_ns) until now."""
-        if self.cuda is not None:
-            torch.cuda.synchronize(self.cuda)  # kernels are asynchronous: the node's time includes its GPU work
+        cuda = self.cuda
+        if cuda is not None:
+            torch.cuda.synchronize(cuda)  # kernels are asynchronous: the node's time includes its GPU work
         elapsed = time.perf_counter_ns() - started_ns
         peak = None
-        if elapsed >= MEMORY_AFTER_NS and (self.cuda is not None or resource is not None):
+        if elapsed >= MEMORY_AFTER_NS and (cuda is not None or resource is not None):
             peak = max(0, self._peak() - self._base)
             self._reset()
         return {"class_type": class_type, "cached": False, "ms": elapsed / 1e6, "peak_bytes": peak,
@@ -88,11 +89,14 @@ def _clear_refs() -> int | None:
         return None
 
 
+FIRST_RUN = "first run"
+
+
 def why_ran(item: Any, previous: Any) -> str:
     """Why `item` (a planned node: spec, consts, upstream, extra, key) ran instead of coming from the cache, given
     the same node id as it was when it last ran or was served here (None if never)."""
     if previous is None or previous.spec.type_name != item.spec.type_name:
-        return "first run"
+        return FIRST_RUN
     if previous.key == item.key:
         return "not in the cache (evicted, or memory was freed)"
     reasons = []
