@@ -8,6 +8,7 @@ objects in ComfyUI's shapes:
     LATENT        dict {"samples": [B, 4, H/8, W/8], optional "noise_mask", "batch_index"}
     CONDITIONING  list of [context [B, T, D], {"pooled_output": [B, P], ...extras}] entries
     MODEL / CLIP / VAE   handles defined by nodes.sdxl / nodes.checkpoints
+    UPSCALE_MODEL        nodes.upscale_models.UpscaleModel
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ VAE = SocketType("VAE", "the latent autoencoder")
 SAMPLER = SocketType("SAMPLER", "a sampling algorithm")
 SIGMAS = SocketType("SIGMAS", "a noise-level schedule, 1-D tensor")
 NOISE = SocketType("NOISE", "an initial-noise source")
+UPSCALE_MODEL = SocketType("UPSCALE_MODEL", "an image-to-image upscale model (ESRGAN, SwinIR, …)")
 ANY = SocketType("*", "any type")
 
 _BY_PYTHON = {int: INT, float: FLOAT, str: STRING, bool: BOOLEAN}

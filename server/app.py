@@ -290,6 +290,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not args.no_demo_models:
         ensure_demo_models(config.models_dir / "checkpoints")
+        ensure_demo_upscaler(config.models_dir / "upscale_models")
     # The worker threads (and with --single-process the nodes themselves) run Python beside the event loop; a
     # shorter GIL switch interval keeps the loop's wake-ups (HTTP, websocket fan-out) prompt while they do.
     sys.setswitchinterval(0.001)
@@ -344,3 +345,11 @@ def ensure_demo_models(checkpoints: Path) -> None:
         log.warning("no real checkpoint found: only the random-weight demo models are in %s. They produce noise, "
                     "not pictures. Put real SDXL checkpoints (e.g. sd_xl_base_1.0.safetensors) in that folder.",
                     checkpoints)
+
+
+def ensure_demo_upscaler(folder: Path) -> None:
+    """Without any upscale model, write the tiny random-weight demo one so the shipped upscaling workflow runs."""
+    if folder.is_dir() and any(p.suffix in MODEL_SUFFIXES for p in folder.rglob("*")):
+        return
+    from nodes.upscale_models import write_demo_upscaler
+    write_demo_upscaler(folder)

@@ -357,9 +357,12 @@ def cmd_serve(args) -> int:
 
 def cmd_make_demo_model(args) -> int:
     from nodes import demo
+    from nodes.upscale_models import write_demo_upscaler
 
     for path in demo.make_demo_models(args.dir).values():
         print(path)
+    print(write_demo_upscaler(args.upscale_models or os.path.join(os.path.dirname(os.path.abspath(args.dir)),
+                                                                  "upscale_models")))
     return 0
 
 
@@ -413,8 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
         app.add_arguments(p)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("make-demo-model", help="write the small demo checkpoint into DIR")
-    p.add_argument("dir")
+    p = sub.add_parser("make-demo-model", help="write the small demo checkpoints into DIR and a demo upscale model")
+    p.add_argument("dir", help="the checkpoints folder, e.g. models/checkpoints")
+    p.add_argument("--upscale-models", help="folder for the demo upscale model (default: upscale_models beside DIR)")
     p.set_defaults(func=cmd_make_demo_model)
     return parser
 

@@ -88,18 +88,24 @@ def _link_table(workflow: dict) -> dict[Any, _Link]:
     return table
 
 
-def widget_layout(spec: NodeSpec, steps: Sequence[Migration] = ()) -> list[tuple[str, Input, int]]:
-    """(name, input, slots taken) for each widget in a node's positional ``widgets_values``.
+def widget_layout(spec: NodeSpec, steps: Sequence[Migration] = ()) -> list[tuple[str, Input, tuple[str, ...]]]:
+    """(name, input, extras) for each widget in a node's positional ``widgets_values``; `extras` are the kinds of
+    the values that follow it and belong to no input: "control" (a seed's "control after generate") and "upload"
+    (an image upload button's, after the last widget of its group: LoadImageMask saves ``["m.png", "red",
+    "image"]``).
 
-    Widgets come in schema order (required, then optional); a seed's "control after generate" value and an
-    image upload button's value follow their widget and belong to no input. Given the migration steps a
-    workflow saved earlier still needs, the layout it was saved in: today's widgets less those the steps added,
-    under the names they had then."""
-    ordered = [i for i in spec.inputs.values() if i.required] + [i for i in spec.inputs.values() if i.optional]
-    layout = [(i.name, i, 1 + is_seed(i) + i.image_upload) for i in ordered if i.is_widget]
-    for step in reversed(steps):
-        old_name = {new: old for old, new in step.renamed.items()}
-        layout = [(old_name.get(n, n), i, width) for n, i, width in layout if n not in step.added]
+    Widgets come in schema order (required, then optional). Given the migration steps a workflow saved earlier
+    still needs, the layout it was saved in: today's widgets less those the steps added, under the names they
+    had then."""
+    layout = []
+    for group in ([i for i in spec.inputs.values() if i.required], [i for i in spec.inputs.values() if i.optional]):
+        widgets = [(i.name, i) for i in group if i.is_widget]
+        for step in reversed(steps):
+            old_name = {new: old for old, new in step.renamed.items()}
+            widgets = [(old_name.get(n, n), i) for n, i in widgets if n not in step.added]
+        upload = any(i.image_upload for _, i in widgets)
+        for k, (name, inp) in enumerate(widgets):
+            layout.append((name, inp, ("control",) * is_seed(inp) + ("upload",) * (upload and k == len(widgets) - 1)))
     return layout
 
 
@@ -111,9 +117,9 @@ def is_seed(inp: Input) -> bool:
 def widget_slots(spec: NodeSpec) -> dict[str, int]:
     """Where each widget input's value sits in a node's positional ``widgets_values`` (see widget_layout)."""
     slots, index = {}, 0
-    for name, _, width in widget_layout(spec):
+    for name, _, extras in widget_layout(spec):
         slots[name] = index
-        index += width
+        index += 1 + len(extras)
     return slots
 
 
@@ -278,6 +284,9 @@ def load_prompt(data: Any, registry: dict[str, NodeSpec], changes: list[str] | N
         return _from_ui(data, registry, changes), data
     if not isinstance(data, dict):
         raise ValueError(f"a workflow must be a JSON object, not {type(data).__name__}")
+    if is_serverless_envelope(data):
+        raise ValueError('this is a serverless request envelope {"input": {"workflow": …}}, not a workflow: send '
+                         'the value of input.workflow itself (as the prompt)')
     body = data.get("prompt")
     if isinstance(body, dict) and "class_type" not in body:
         workflow = ((data.get("extra_data") or {}).get("extra_pnginfo") or {}).get("workflow")
@@ -296,6 +305,13 @@ def _from_ui(workflow: dict, registry: dict[str, NodeSpec], changes: list[str]) 
     check_ui_shape(workflow)
     changes += migrations.migrate_ui(workflow, registry)
     return ui_to_api(workflow, registry)
+
+
+def is_serverless_envelope(data: Any) -> bool:
+    """``{"input": {"workflow": …}}``, the request body of serverless ComfyUI workers (RunPod's worker-comfyui and
+    its kin); its "input" is no node, so read as a prompt it would only give puzzling node errors."""
+    return isinstance(data, dict) and isinstance(data.get("input"), dict) and "workflow" in data["input"] \
+        and "class_type" not in data["input"]
 
 
 def read_png_workflow(path: str) -> dict:

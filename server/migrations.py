@@ -91,16 +91,22 @@ def _migrate_ui_node(node: dict, spec: NodeSpec, steps: list[Migration]) -> list
         changes = [c for step in steps for c in step.apply(values)]
     else:
         values = values if isinstance(values, list) else []
-        taken, extras, index = {}, {}, 0
-        for name, _, width in graph.widget_layout(spec, steps):
+        taken, controls, uploads, index = {}, {}, [], 0
+        for name, _, extras in graph.widget_layout(spec, steps):
             if index < len(values):
-                taken[name], extras[_forward(name, steps)] = values[index], values[index + 1:index + width]
-            index += width
+                taken[name] = values[index]
+            for kind, value in zip(extras, values[index + 1:index + 1 + len(extras)]):
+                if kind == "control":
+                    controls[_forward(name, steps)] = value
+                else:
+                    uploads.append(value)
+            index += 1 + len(extras)
         changes = [c for step in steps for c in step.apply(taken)]
         rebuilt = []
-        for name, inp, width in graph.widget_layout(spec):
+        for name, inp, extras in graph.widget_layout(spec):
             rebuilt.append(taken[name] if name in taken else inp.default if inp.has_default else None)
-            rebuilt += (list(extras.get(name, [])) + ["fixed" if inp.type.name == "INT" else "image"] * width)[:width - 1]
+            for kind in extras:
+                rebuilt.append(controls.get(name, "fixed") if kind == "control" else uploads.pop(0) if uploads else "image")
         node["widgets_values"] = rebuilt
     for entry in node.get("inputs") or []:
         if isinstance(entry, dict):

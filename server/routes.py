@@ -113,7 +113,7 @@ class Routes:
         return web.json_response({"exec_info": {"queue_remaining": self.s.queue.remaining()}})
 
     async def post_prompt(self, request):
-        from .graph import load_prompt, validate
+        from .graph import is_serverless_envelope, load_prompt, validate
         from .migrations import NewerVersion
 
         if request.content_type == "image/png":  # a PNG with its embedded workflow, as the canvas would load it
@@ -121,8 +121,8 @@ class Routes:
         else:
             body = _json_dict(await read_json(request))
         graph = body.get("prompt")
-        if graph is None and "nodes" in body:  # a bare UI workflow as the whole body
-            graph, body = body, {}
+        if graph is None and ("nodes" in body or is_serverless_envelope(body)):
+            graph, body = body, {}  # a bare UI workflow as the whole body (or an envelope, which load_prompt names)
         if graph is None:
             return error_json(400, "no_prompt", "No prompt provided")
         migrated: list[str] = []

@@ -231,3 +231,24 @@ async def wait_history(client, prompt_id):
             return data[prompt_id]
         await asyncio.sleep(0.05)
     raise AssertionError(f"prompt {prompt_id} did not finish")
+
+
+def test_values_that_belong_to_no_input_move_with_the_layout():
+    @node(category="testing", name="TestMaskFile", version="2.0.0",
+          migrations=[Migration("2.0.0", renamed={"chan": "channel"}, added={"invert": False})])
+    class MaskFile:
+        image: str = Input(choices=["m.png"], image_upload=True)
+        channel: str = Input(default="alpha", choices=["alpha", "red"])
+        invert: bool = Input(default=True)
+        seed: int = Input(default=0)
+
+        def run(self, ctx):
+            return ()
+
+    REGISTRY.pop("TestMaskFile")
+    saved = {"nodes": [{"id": 1, "type": "TestMaskFile", "properties": {"ver": "1.0.0"},
+                        "widgets_values": ["m.png", "red", 5, "increment", "image"]}], "links": []}
+    prompt, workflow = load_prompt(saved, {"TestMaskFile": MaskFile.spec})
+    # 1.0.0: image, chan, seed + its control, then the upload button's value after the group's last widget
+    assert workflow["nodes"][0]["widgets_values"] == ["m.png", "red", False, 5, "increment", "image"]
+    assert prompt["1"]["inputs"] == {"image": "m.png", "channel": "red", "invert": False, "seed": 5}

@@ -150,3 +150,50 @@ def test_legacy_group_node_is_named_as_such(registry):
     report = validate(prompt, registry)
     assert report.error["extra_info"]["missing_node_types"] == {"workflow>my sampler": ["1"]}
     assert "legacy group node" in report.node_errors["1"]["errors"][0]["message"]
+
+
+def test_comfyui_builtins_are_not_implemented_and_custom_nodes_not_installed(registry, tmp_path):
+    """A ComfyUI built-in we lack and a third-party node are told apart; missing model files are listed beside
+    them in the top-level error."""
+    from server.missing import comfyui_builtin_nodes
+
+    assert {"KSampler", "ImageBlend", "ImageUpscaleWithModel", "LatentCompositeMasked", "ConditioningAverage",
+            "LoraLoader", "ControlNetApplyAdvanced", "CLIPVisionEncode"} <= comfyui_builtin_nodes()
+    builtin = next(n for n in sorted(comfyui_builtin_nodes()) if n not in registry)
+    prompt = {**loader_prompt("sd_xl_base_1.0.safetensors"),
+              "2": {"class_type": builtin, "inputs": {"image": ["6", 0]}},
+              "3": {"class_type": "FaceFixer", "inputs": {"image": ["2", 0]}},
+              "10": dict(SAVE, inputs={"images": ["3", 0], "filename_prefix": "t"})}
+    report = validate(prompt, registry, Environment(models_dir=str(tmp_path / "models")))
+    assert report.error["type"] == "missing_node_type"
+    message = report.error["message"]
+    assert f"not implemented by latentgraph (ComfyUI built-ins): {builtin} (node 2)" in message
+    assert "not installed (custom nodes): FaceFixer (node 3)" in message
+    assert "missing model files: sd_xl_base_1.0.safetensors (checkpoints)" in message
+    assert report.error["extra_info"]["not_implemented"] == [builtin]
+    assert report.error["extra_info"]["missing_models"][0]["node_id"] == "4"
+    assert report.node_errors["2"]["errors"][0]["message"] == \
+        f"{builtin!r} is a ComfyUI built-in node that is not implemented by latentgraph"
+    assert report.node_errors["2"]["errors"][0]["extra_info"]["comfyui_builtin"] is True
+    assert "custom node" in report.node_errors["3"]["errors"][0]["message"]
+    assert report.node_errors["4"]["errors"][0]["type"] == "missing_model"
+
+
+ENVELOPE = {"input": {"workflow": {"1": {"class_type": "EmptyImage", "inputs": {}}}, "images": []}}
+
+
+def test_cli_names_a_serverless_envelope(tmp_path, capsys):
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(ENVELOPE))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert 'serverless request envelope {"input": {"workflow": …}}' in err and "input.workflow" in err
+
+
+async def test_prompt_route_names_a_serverless_envelope(aiohttp_client, tmp_path):
+    client = await aiohttp_client(create_app(make_config(tmp_path)))
+    for body in (ENVELOPE, {"prompt": ENVELOPE}):
+        resp = await client.post("/prompt", json=body)
+        data = await resp.json()
+        assert resp.status == 400 and data["error"]["type"] == "invalid_prompt"
+        assert "serverless request envelope" in data["error"]["message"], body

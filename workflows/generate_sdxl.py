@@ -280,6 +280,67 @@ def inpaint() -> Workflow:
     return w
 
 
+def hires_upscale_model() -> Workflow:
+    from nodes.upscale_models import DEMO_UPSCALER
+
+    w = Workflow("sdxl_hires_upscale_model")
+    ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=BASE)
+    pos = w.add("CLIPTextEncode", (380, 40), "Positive", text=PROMPT, clip=(ckpt, 1))
+    neg = w.add("CLIPTextEncode", (380, 300), "Negative", text=NEGATIVE, clip=(ckpt, 1))
+    latent = w.add("EmptyLatentImage", (380, 560), width=128, height=128, batch_size=1)
+    first = w.add("KSampler", (760, 200), "First pass (low resolution)", model=(ckpt, 0), seed=42, steps=4, cfg=5.0,
+                  sampler_name="euler", scheduler="normal", positive=(pos, 0), negative=(neg, 0),
+                  latent_image=(latent, 0), denoise=1.0)
+    low = w.add("VAEDecode", (1120, 200), samples=(first, 0), vae=(ckpt, 2))
+    w.add("SaveImage", (1420, 0), "First pass", images=(low, 0), filename_prefix=f"{w.name}_lowres")
+    upscaler = w.add("UpscaleModelLoader", (760, 620), model_name=DEMO_UPSCALER)
+    big = w.add("ImageUpscaleWithModel", (1120, 420), "Upscale ×4 with the model", upscale_model=(upscaler, 0),
+                image=(low, 0))
+    scaled = w.add("ImageScaleBy", (1420, 420), "Back down to ×2", image=(big, 0), upscale_method="area",
+                   scale_by=0.5)
+    encoded = w.add("VAEEncode", (1720, 420), pixels=(scaled, 0), vae=(ckpt, 2))
+    second = w.add("KSampler", (2020, 200), "Second pass (denoise 0.5)", model=(ckpt, 0), seed=43, steps=4, cfg=5.0,
+                   sampler_name="euler", scheduler="normal", positive=(pos, 0), negative=(neg, 0),
+                   latent_image=(encoded, 0), denoise=0.5)
+    image = w.add("VAEDecode", (2380, 200), samples=(second, 0), vae=(ckpt, 2))
+    w.add("SaveImage", (2680, 200), images=(image, 0), filename_prefix=w.name)
+    w.note("Hires fix with an upscale model: the first pass makes a small picture, an image upscale model (ESRGAN, "
+           "Real-ESRGAN, SwinIR, HAT, DAT …, read by spandrel from <models>/upscale_models) enlarges it 4× in "
+           "overlapping tiles, Upscale Image By brings it to 2×, and a second pass at denoise 0.5 redraws the "
+           "details at the new size. The demo upscaler (demo_esrgan_4x.safetensors, written by latentgraph serve "
+           "or make-demo-model) has random weights: pick a real one (e.g. RealESRGAN_x4plus, 4x-UltraSharp) and a "
+           "1024² first pass for real pictures.\n" + RUN.format(name=w.name), (0, 900))
+    return w
+
+
+def outpaint() -> Workflow:
+    w = Workflow("sdxl_outpaint")
+    ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=BASE)
+    source = _source_image(w, ckpt, seed=7)
+    padded = w.add("ImagePadForOutpaint", (380, 600), "Grow 64 px left and right", image=(source, 0), left=64,
+                   top=0, right=64, bottom=0, feathering=24)
+    pos = w.add("CLIPTextEncode", (380, 900), "What the wider picture shows",
+                text="a red barn in a wide green field, blue sky, panorama", clip=(ckpt, 1))
+    neg = w.add("CLIPTextEncode", (380, 1160), "Negative", text=NEGATIVE, clip=(ckpt, 1))
+    encoded = w.add("VAEEncodeForInpaint", (760, 640), pixels=(padded, 0), vae=(ckpt, 2), mask=(padded, 1),
+                    grow_mask_by=8)
+    sampled = w.add("KSampler", (1120, 640), "Outpaint", model=(ckpt, 0), seed=42, steps=4, cfg=5.0,
+                    sampler_name="euler", scheduler="normal", positive=(pos, 0), negative=(neg, 0),
+                    latent_image=(encoded, 0), denoise=1.0)
+    image = w.add("VAEDecode", (1480, 640), samples=(sampled, 0), vae=(ckpt, 2))
+    keep = w.add("InvertMask", (1120, 1000), "Where the source stays", mask=(padded, 1))
+    blended = w.add("ImageCompositeMasked", (1780, 640), "Source pixels back, feathered into the new ones",
+                    destination=(image, 0), source=(padded, 0), x=0, y=0, resize_source=False, mask=(keep, 0))
+    w.add("SaveImage", (2100, 640), images=(blended, 0), filename_prefix=w.name)
+    w.note("Outpainting: Pad Image for Outpainting widens the canvas with mid-grey and gives the mask of the new "
+           "area, which fades into the picture over the feathering width; VAE Encode (for Inpainting) and the "
+           "sampler repaint only the masked area. Finally the source pixels are blended back through the inverted "
+           "mask, so the picture away from the seams is exactly the source. The source picture is made in the "
+           "first row (no input file needed); use Load Image for your own.\n" + RUN.format(name=w.name),
+           (0, 1450))
+    return w
+
+
 ASPECT_DEMO = [(768, 1344), (896, 1152), (1024, 1024), (1152, 896), (1344, 768), (1536, 640)]
 ASPECT_SCALE = 0.25
 
@@ -312,7 +373,8 @@ def aspect_buckets() -> Workflow:
     return w
 
 
-ALL = [base_fine_grained, base_comfy, base_refiner, refiner_sdedit, img2img, inpaint, aspect_buckets]
+ALL = [base_fine_grained, base_comfy, base_refiner, refiner_sdedit, img2img, inpaint, aspect_buckets,
+       hires_upscale_model, outpaint]
 
 if __name__ == "__main__":
     for make in ALL:

@@ -39,7 +39,7 @@ def _is_vae_folder(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "config.json")) or os.path.isdir(os.path.join(path, "vae"))
 
 
-def list_models(env: Environment, kind: str, folder_ok=_is_diffusers_folder) -> list[str]:
+def list_models(env: Environment, kind: str, folder_ok=_is_diffusers_folder, suffixes=WEIGHT_SUFFIXES) -> list[str]:
     """Weight files under <models>/<kind> (relative paths, '/'-separated, subfolders included) and model folders
     (diffusers layout) directly recognised by ``folder_ok``; a recognised folder is listed, not walked into."""
     root = model_folder(env, kind)
@@ -54,7 +54,7 @@ def list_models(env: Environment, kind: str, folder_ok=_is_diffusers_folder) -> 
                 dirs.remove(d)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for f in files:
-            if f.lower().endswith(WEIGHT_SUFFIXES):
+            if f.lower().endswith(suffixes):
                 found.append(f if rel == "." else f"{rel}/{f}".replace(os.sep, "/"))
     return sorted(found)
 

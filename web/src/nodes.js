@@ -134,6 +134,7 @@ function buildNode(node, info, hooks) {
   for (const group of ["required", "optional"]) {
     const specs = info.input?.[group] ?? {};
     const names = order[group] ?? Object.keys(specs);
+    let upload = null;
     for (const name of names) {
       const [type, opts = {}] = specs[name];
       const widgetable = (comboValues(type, opts) || PRIMITIVES.has(type)) && !opts.forceInput;
@@ -150,8 +151,10 @@ function buildNode(node, info, hooks) {
         w.lgControl = node.addWidget("combo", "control_after_generate", "randomize", changed,
           { label: "control after generate", values: CONTROL_VALUES });
       }
-      if (opts.image_upload) addUploadWidget(node, name, hooks);
+      if (opts.image_upload) upload = name;
     }
+    // after the group's other widgets, where ComfyUI saves its value (LoadImageMask: ["m.png", "red", "image"])
+    if (upload) addUploadWidget(node, upload, hooks);
   }
   info.output.forEach((type, i) => node.addOutput(info.output_name?.[i] ?? type, type));
   node.size = node.computeSize();
