@@ -168,7 +168,8 @@ def main() -> None:
               f" cached re-run {COMFYUI_500_CHAIN['cached'] / r['cached']:.0f}x faster")
         print(f"targets: ≤50 µs/node cold -> {r['cold'] / 500 * 1e6:.1f} µs (CPU {r['cold_cpu'] / 500 * 1e6:.1f});"
               f" 500-node cached re-run ≤5 ms -> {r['cached'] * 1e3:.2f} ms (CPU {r['cached_cpu'] * 1e3:.2f})")
-    print("\nprofiling (issue #21; target ≤ 2 µs/node): (cold run − the same run unprofiled) / nodes, best of each")
+    print("\nprofiling (issue #21; target ≤ 2 µs/node): (cold run − the same run unprofiled) / nodes,"
+          " best of each")
     for r in rows:
         print(f"  {r['shape']:8} {r['n']:6d} nodes: {(r['cold'] - r['unprofiled']) / r['n'] * 1e6:+6.2f} µs wall,"
               f" {(r['cold_cpu'] - r['unprofiled_cpu']) / r['n'] * 1e6:+6.2f} µs CPU")

@@ -225,8 +225,9 @@ def cmd_run(args) -> int:
     bars = _Progress(len(report.values), prompt, args.quiet)
     interrupt = threading.Event()
     try:
-        result = Executor(registry, env, hashes=hashes).run(prompt, report.outputs, prompt_id=str(uuid.uuid4()), extra_data=extra,
-                                             hooks=bars.hooks(), interrupt=interrupt, values=report.values)
+        result = Executor(registry, env, hashes=hashes).run(prompt, report.outputs, prompt_id=str(uuid.uuid4()),
+                                                            extra_data=extra, hooks=bars.hooks(), interrupt=interrupt,
+                                                            values=report.values)
     except KeyboardInterrupt:
         bars.close()
         print("interrupted", file=sys.stderr)
@@ -297,6 +298,7 @@ def cmd_inspect(args) -> int:
     registry = load_builtin_nodes()
     chunks = png_chunks(args.image, "prompt", "workflow", "latentgraph")
     prompt, record = chunks.get("prompt"), chunks.get("latentgraph")
+    record = record if isinstance(record, dict) else None
     if prompt is None and "workflow" in chunks:
         try:
             prompt, _ = load_prompt(chunks["workflow"], registry)
@@ -313,22 +315,27 @@ def cmd_inspect(args) -> int:
 
 def describe(name: str, prompt: dict, record: dict | None, registry) -> list[str]:
     """`latentgraph inspect`'s report: a summary line, then tables of nodes, models and seeds."""
-    nodes = {node_id: n for node_id, n in prompt.items() if isinstance(n, dict)}
-    specs = {node_id: registry.get(n.get("class_type")) for node_id, n in nodes.items()}
+    nodes = {i: n for i, n in prompt.items() if isinstance(n, dict) and isinstance(n.get("class_type"), str)}
+    specs = {node_id: registry.get(n["class_type"]) for node_id, n in nodes.items()}
     outputs = [f"{i} ({s.type_name})" for i, s in specs.items() if s is not None and s.output_node]
-    versions = (record or {}).get("nodes") or {}
-    made = f"made by latentgraph {record.get('version')}" if record else "no provenance record (not made by latentgraph)"
+    versions = (record or {}).get("nodes")
+    versions = versions if isinstance(versions, dict) else {}
+    made = f"made by latentgraph {record.get('version')}" if record else \
+        "no provenance record (not made by latentgraph)"
     lines = [f"{name}: {made}", f"graph: {len(nodes)} nodes; outputs: {', '.join(outputs) or 'none'}", "", "nodes"]
     lines += columns([("id", "type", "version", "title")] + [
-        (i, n.get("class_type"), versions.get(n.get("class_type"), "-"), (n.get("_meta") or {}).get("title", ""))
+        (i, n["class_type"], versions.get(n["class_type"], "-"), str((n.get("_meta") or {}).get("title", "")))
         for i, n in nodes.items()])
+    recorded = (record or {}).get("models")
     models = [(m.get("node"), m.get("class_type"), m.get("input"), m.get("name"), m.get("autov2") or "-",
-               m.get("sha256") or m.get("error", "-")) for m in (record or {}).get("models") or []]
-    lines += ["", "models"]
-    lines += columns([("node", "type", "input", "file", "AutoV2", "sha256")] + models) if models else ["(none recorded)"]
+               m.get("sha256") or m.get("error", "-"))
+              for m in (recorded if isinstance(recorded, list) else []) if isinstance(m, dict)]
+    lines += ["", "models"] + (columns([("node", "type", "input", "file", "AutoV2", "sha256")] + models)
+                               if models else ["(none recorded)"])
     seeds = []
     for node_id, n in nodes.items():
-        for input_name, value in (n.get("inputs") or {}).items():
+        inputs = n.get("inputs")
+        for input_name, value in (inputs if isinstance(inputs, dict) else {}).items():
             inp = specs[node_id].inputs.get(input_name) if specs[node_id] is not None else None
             if inp is not None and is_seed(inp) and not isinstance(value, list):  # a link is no seed value
                 seeds.append((node_id, n["class_type"], input_name, value))

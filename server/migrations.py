@@ -105,8 +105,9 @@ def _migrate_ui_node(node: dict, spec: NodeSpec, steps: list[Migration]) -> list
         rebuilt = []
         for name, inp, extras in graph.widget_layout(spec):
             rebuilt.append(taken[name] if name in taken else inp.default if inp.has_default else None)
-            for kind in extras:
-                rebuilt.append(controls.get(name, "fixed") if kind == "control" else uploads.pop(0) if uploads else "image")
+            for kind in extras:  # new ones get a fixed seed and the upload button's usual value
+                rebuilt.append(controls.get(name, "fixed") if kind == "control" else
+                               uploads.pop(0) if uploads else "image")
         node["widgets_values"] = rebuilt
     for entry in node.get("inputs") or []:
         if isinstance(entry, dict):

@@ -152,7 +152,8 @@ def mismatches(record: Any, registry: dict[str, NodeSpec], env: Environment, has
     problems = []
     models = record.get("models") if isinstance(record, dict) else None
     for model in models if isinstance(models, list) else []:
-        fields = [model.get(k) for k in ("node", "class_type", "input", "name", "sha256")] if isinstance(model, dict) else []
+        keys = ("node", "class_type", "input", "name", "sha256")
+        fields = [model.get(k) for k in keys] if isinstance(model, dict) else []
         if not fields or not all(isinstance(f, str) for f in fields):
             continue  # not a model entry this version writes: nothing to compare
         node_id, kind, field, name, _ = fields

@@ -9,7 +9,7 @@ from importlib.metadata import version
 
 import pytest
 from oracles import demo_models
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from sdxl_helpers import cli
 from server_helpers import make_config
 
@@ -132,3 +132,14 @@ async def test_the_canvas_asks_the_server_about_a_dropped_images_models(aiohttp_
                                   f"image was made with sha256 {'ab' * 32})"]
     resp = await client.post("/workflow/open", json={"workflow": DECODE, "latentgraph": "yes"})
     assert resp.status == 400 and (await resp.json())["error"]["type"] == "invalid_provenance"
+
+
+def test_inspect_reads_what_it_can_of_an_odd_image(tmp_path):
+    info = PngImagePlugin.PngInfo()
+    info.add_text("prompt", json.dumps({"1": {"class_type": "KSampler", "inputs": {"seed": 7, "steps": 3}},
+                                        "2": {"class_type": ["not", "a", "name"]}, "3": "junk"}))
+    info.add_text("latentgraph", json.dumps("not a record"))
+    Image.new("RGB", (4, 4)).save(tmp_path / "odd.png", pnginfo=info)
+    code, out, err = cli("inspect", str(tmp_path / "odd.png"))
+    assert code == 0 and "Traceback" not in err
+    assert "no provenance record" in out and "1     KSampler  seed   7" in out

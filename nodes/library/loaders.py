@@ -181,7 +181,8 @@ class SDXLCheckpointLoader:
 @node(category="sdxl/loaders", outputs=[Output(VAE)], display_name="Load SDXL VAE", version="1.0.0")
 class SDXLVAELoader:
     """Load a standalone VAE from <models>/vae (original or diffusers layout, single file or folder)."""
-    vae_name: str = Input(choices=vae_names, model_folder="vae", description="a file or diffusers folder in <models>/vae")
+    vae_name: str = Input(choices=vae_names, model_folder="vae",
+                          description="a file or diffusers folder in <models>/vae")
 
     @classmethod
     def fingerprint(cls, values, env):

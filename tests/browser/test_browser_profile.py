@@ -72,7 +72,8 @@ DROP_JS = """async (b64) => {
   dt.items.add(new File([bytes], "elsewhere.png", { type: "image/png" }));
   const wrap = document.getElementById("canvas-wrap");
   for (const type of ["dragenter", "dragover", "drop"]) {
-    wrap.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true, clientX: 600, clientY: 400 }));
+    wrap.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true,
+                                             clientX: 600, clientY: 400 }));
   }
 }"""
 
