@@ -52,8 +52,8 @@ async def test_profile_in_executed_success_messages_and_history(aiohttp_client, 
         resp = await client.post("/prompt", json={"prompt": image_prompt(color=color), "client_id": "prof"})
         pid = (await resp.json())["prompt_id"]
         messages = {}
-        async with asyncio.timeout(30):
-            while "execution_success" not in messages:
+        async with asyncio.timeout(30):  # until `executing` null: by then the history entry is written
+            while messages.get("executing", {"node": "none yet"})["node"] is not None:
                 m = await ws.receive_json()
                 messages[m["type"]] = m["data"]
         history = (await (await client.get(f"/history/{pid}")).json())[pid]
