@@ -17,7 +17,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from . import frontend_compat, routes
+from nodes import catalog
+
+from . import canvas_lib, frontend_compat, routes
 from .cluster import Cluster, PrimaryLink
 from .provenance import HashCache
 from .queue import PromptQueue
@@ -28,8 +30,8 @@ from .ws import Hub
 log = logging.getLogger("latentgraph.server")
 
 REPO = Path(__file__).resolve().parent.parent
+BUNDLE = Path(__file__).resolve().parent / "bundle"  # web/ and workflows/ as `pip install .` packs them (canvas_lib)
 TOKEN_ENV = "LATENTGRAPH_TOKEN"
-MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 GC_YOUNG_THRESHOLD = 20_000  # container allocations between young collections; see settle_gc
 STATUS_INTERVAL = 0.05  # seconds between queue-change statuses; see State.queue_changed
 
@@ -47,8 +49,8 @@ class Config:
     devices: list[str] = field(default_factory=lambda: ["auto"])
     max_upload_bytes: int = 100 * 1024 * 1024
     max_body_bytes: int = 32 * 1024 * 1024
-    web_dir: Path = REPO / "web"
-    workflows_dir: Path = REPO / "workflows"
+    web_dir: Path = field(default_factory=lambda: shipped("web"))
+    workflows_dir: Path = field(default_factory=lambda: shipped("workflows"))
     cache_entries: int = 256
     cache_bytes: int = 4 * 1024 ** 3
     worker_process: bool = True  # run prompts in a child process per device (see runners.py)
@@ -61,6 +63,11 @@ class Config:
     @property
     def hash_cache(self) -> Path:
         return self.data_dir / "model_hashes.json"  # provenance.HashCache
+
+
+def shipped(name: str) -> Path:
+    """A folder that ships with latentgraph: the source checkout's, else the installed package's copy."""
+    return REPO / name if (REPO / name).is_dir() else BUNDLE / name
 
 
 class State:
@@ -290,13 +297,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not args.no_demo_models:
         ensure_demo_models(config.models_dir / "checkpoints")
-        ensure_demo_upscaler(config.models_dir / "upscale_models")
+        catalog.ensure_demo_upscaler(config.models_dir / "upscale_models")
     # The worker threads (and with --single-process the nodes themselves) run Python beside the event loop; a
     # shorter GIL switch interval keeps the loop's wake-ups (HTTP, websocket fan-out) prompt while they do.
     sys.setswitchinterval(0.001)
     app = create_app(config)
     settle_gc()
     where = f"http://{config.host}:{config.port}/"
+    if reason := canvas_lib.missing(config.web_dir):
+        log.warning("the page at %s cannot show the canvas: %s", where, reason)
     log.info("latentgraph serving %s%s", where, " (token required: open /?token=<token> once)" if config.token else "")
     web.run_app(app, host=config.host, port=config.port, print=None, access_log=None, loop=new_event_loop(),
                 reuse_port=config.http_processes > 1)
@@ -328,28 +337,7 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 def ensure_demo_models(checkpoints: Path) -> None:
-    """Without any checkpoint, write the tiny random-weight demo models so every workflow can run (as noise)."""
-    checkpoints.mkdir(parents=True, exist_ok=True)
-
-    def found():
-        return [p.relative_to(checkpoints) for p in checkpoints.rglob("*") if p.suffix in MODEL_SUFFIXES]
-
-    if not found():
-        try:
-            from nodes.demo import make_demo_models
-        except ImportError:
-            log.warning("no checkpoint in %s and no demo model generator available", checkpoints)
-            return
-        make_demo_models(checkpoints)
-    if all(p.parts[0].startswith("demo_") for p in found()):
-        log.warning("no real checkpoint found: only the random-weight demo models are in %s. They produce noise, "
-                    "not pictures. Put real SDXL checkpoints (e.g. sd_xl_base_1.0.safetensors) in that folder.",
-                    checkpoints)
-
-
-def ensure_demo_upscaler(folder: Path) -> None:
-    """Without any upscale model, write the tiny random-weight demo one so the shipped upscaling workflow runs."""
-    if folder.is_dir() and any(p.suffix in MODEL_SUFFIXES for p in folder.rglob("*")):
-        return
-    from nodes.upscale_models import write_demo_upscaler
-    write_demo_upscaler(folder)
+    """Without any checkpoint, nodes/ writes its demo models so every workflow can run (as noise)."""
+    warning = catalog.ensure_demo_models(checkpoints)
+    if warning:
+        log.warning("%s", warning)

@@ -7,14 +7,17 @@ place of ``web/``. Besides the routes in server/routes.py it calls (comfyui-comp
 - ``/userdata`` (saved workflows, per-user files): list, read, write, delete, move; ``/v2/userdata``;
 - ``/jobs`` (the queue and history panels; the frontend validates the shape strictly), ``/jobs/{id}``, cancel;
 - ``/i18n``, ``/workflow_templates``, ``/global_subgraphs``, ``/experiment/models`` (degrade gracefully);
-- ``/templates/index.json`` and ``/templates/<name>.json``: the template browser, served from the MIT
-  ``comfyui-workflow-templates-json`` package when it is installed.
+- ``/templates/index.json``, ``/templates/<name>.json`` and thumbnails: the template browser. Our shipped workflows
+  come first, one category per family (server/templates.py); the MIT ``comfyui-workflow-templates-json`` package's
+  templates follow when it is installed.
 
 User files live under ``<data>/userdata``; every path is confined to it.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
+import functools
 import json
 import os
 import shutil
@@ -23,7 +26,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .routes import model_names
+from nodes.catalog import model_names
+
+from . import templates
 from .security import PathError, confined, error_json
 
 FRONTENDS = ("latentgraph", "comfyui")
@@ -36,6 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frontend", choices=FRONTENDS, default="latentgraph",
                         help="web UI to serve: ours (web/) or the official ComfyUI frontend, if you have installed "
                              "it yourself (pip install comfyui-frontend-package; GPL, not shipped with latentgraph)")
+    parser.add_argument("--front-end-root", metavar="DIR", default=None,
+                        help="serve the web UI from this folder instead (as ComfyUI's flag of that name)")
 
 
 def comfyui_static_dir() -> Path:
@@ -52,8 +59,10 @@ def comfyui_static_dir() -> Path:
 
 
 def configure(config, args: argparse.Namespace):
-    """Apply ``--frontend`` to a server Config: the official frontend replaces web/ as the static root."""
-    if getattr(args, "frontend", "latentgraph") == "comfyui":
+    """Apply ``--frontend`` / ``--front-end-root`` to a server Config: the static root replaces web/."""
+    if getattr(args, "front_end_root", None):
+        config.web_dir = Path(args.front_end_root)
+    elif getattr(args, "frontend", "latentgraph") == "comfyui":
         config.web_dir = comfyui_static_dir()
     return config
 
@@ -89,6 +98,14 @@ def _templates_dir() -> Path | None:
     return Path(pkg.__file__).parent / "templates"
 
 
+@functools.cache
+def _package_index() -> list:
+    """The template package's own index (read once: an installed package does not change)."""
+    folder = _templates_dir()
+    index = folder / "index.json" if folder else None
+    return json.loads(index.read_text()) if index and index.is_file() else []
+
+
 def _flag(request: web.Request, name: str) -> bool:
     return request.query.get(name, "").lower() in ("true", "1")
 
@@ -101,7 +118,7 @@ class FrontendRoutes:
     @property
     def root(self) -> Path:
         root = Path(self.s.config.data_dir) / "userdata"
-        root.mkdir(parents=True, exist_ok=True)
+        (root / "workflows").mkdir(parents=True, exist_ok=True)  # where both frontends save workflows
         return root
 
     def _path(self, rel: str) -> Path:
@@ -262,17 +279,26 @@ class FrontendRoutes:
         return web.Response(text=text, content_type="text/css", headers={"Cache-Control": "no-cache"})
 
     async def template(self, request):
-        """Template browser files from the MIT template package, when installed."""
+        """Template browser files: the shipped workflows and their thumbnails, then the MIT template package's."""
+        name = request.match_info["name"]
+        shipped = Path(self.s.config.workflows_dir)
         folder = _templates_dir()
+        if name == "index.json":
+            return web.json_response(templates.index(shipped) + _package_index(), headers={"Cache-Control": "no-cache"})
+        found = templates.find(shipped, name)
+        if found and found[0] == "json":
+            return web.FileResponse(found[1], headers={"Content-Type": "application/json", "Cache-Control": "no-cache"})
+        if found:
+            data = await asyncio.get_running_loop().run_in_executor(None, templates.thumbnail, found[1])
+            return web.Response(body=data, content_type="image/webp", headers={"Cache-Control": "no-cache"})
         if folder is None:
-            return error_json(404, "not_found", "no workflow templates installed "
-                                                "(pip install comfyui-workflow-templates-json)")
+            return error_json(404, "not_found", f"no template {name!r} (more: pip install comfyui-workflow-templates-json)")
         try:
-            path = confined(folder, request.match_info["name"])
+            path = confined(folder, name)
         except PathError as exc:
             return error_json(403, "forbidden_path", str(exc))
         if not path.is_file():
-            return error_json(404, "not_found", f"no template file {request.match_info['name']!r}")
+            return error_json(404, "not_found", f"no template file {name!r}")
         return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
 
 

@@ -28,11 +28,12 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from nodes.catalog import MODEL_FOLDERS, model_names
+
+from . import canvas_lib
 from .security import PathError, confined, error_json
 
 FILE_TYPES = ("output", "input", "temp")
-MODEL_FOLDERS = ("checkpoints", "vae", "loras", "embeddings", "vae_approx", "clip", "text_encoders", "unet",
-                 "diffusion_models", "controlnet", "upscale_models")
 FIELD_LIMIT = 64 * 1024
 
 
@@ -374,7 +375,7 @@ class Routes:
         return web.json_response(model_names(self.s.env, self._confined(root, folder), folder))
 
     async def embeddings(self, request):
-        files = _model_files(Path(self.config.models_dir) / "embeddings")
+        files = model_names(self.s.env, Path(self.config.models_dir) / "embeddings", "embeddings")
         return web.json_response([os.path.splitext(f)[0] for f in files])
 
     async def extensions(self, request):
@@ -456,6 +457,9 @@ class Routes:
         index = Path(self.config.web_dir) / "index.html"
         if not index.is_file():
             return web.Response(text="latentgraph API server (web/index.html not found)", content_type="text/plain")
+        if reason := canvas_lib.missing(self.config.web_dir):  # say so, rather than a canvas stuck at "connecting…"
+            return web.Response(text=canvas_lib.missing_page(reason), status=503, content_type="text/html",
+                                headers={"Cache-Control": "no-cache"})
         return web.FileResponse(index, headers={"Cache-Control": "no-cache"})
 
 
@@ -512,24 +516,6 @@ def _check_image(data: bytes) -> None:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def model_names(env, path: Path, folder: str) -> list[str]:
-    """The models in one folder, as every listing route answers. Checkpoints and VAEs are exactly what the
-    loader nodes offer (a diffusers folder is one model); other folders list their weight files."""
-    if folder in ("checkpoints", "vae"):
-        from nodes.library.loaders import checkpoint_names, vae_names
-        return (checkpoint_names if folder == "checkpoints" else vae_names)(env)
-    return _model_files(path)
-
-
-def _model_files(folder: Path) -> list[str]:
-    if not folder.is_dir():
-        return []
-    from .app import MODEL_SUFFIXES
-
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                  if p.is_file() and p.suffix.lower() in MODEL_SUFFIXES)
 
 
 async def _reencode(request, path: Path, preview: str | None, channel: str) -> tuple[bytes, str]:

@@ -1,6 +1,7 @@
 """ComfyUI's node set as `latentgraph nodes --json` and GET /object_info list it, checked against the reference
-input lists (comfyui-compat.md §11, §13; for issue 18's nodes ComfyUI's docs, its frontend's English node names and
-the widget values of its shared workflows): names, order, types, defaults, bounds, outputs and display names."""
+input lists (comfyui-compat.md §11, §13; for the nodes added since ComfyUI's docs, its /object_info, its frontend's
+English node names and the widget values of its shared workflows): names, order, types, defaults, bounds, outputs
+and display names."""
 import json
 
 import pytest
@@ -21,6 +22,37 @@ REFERENCE = {
     "CLIPTextEncode": ("CLIP Text Encode (Prompt)",
                        [("text", "STRING", {"multiline": True, "dynamicPrompts": True}), ("clip", "CLIP", {})],
                        ["CONDITIONING"]),
+    "CLIPSetLastLayer": ("CLIP Set Last Layer",
+                         [("clip", "CLIP", {}), ("stop_at_clip_layer", "INT", {"default": -1, "min": -24, "max": -1,
+                                                                               "step": 1})], ["CLIP"]),
+    "ModelSamplingDiscrete": ("ModelSamplingDiscrete", [
+        ("model", "MODEL", {}), ("sampling", ["eps", "v_prediction", "lcm", "x0"], {}),
+        ("zsnr", "BOOLEAN", {"default": False})], ["MODEL"]),
+    "KSamplerSelect": ("KSamplerSelect", [("sampler_name", COMBO, {})], ["SAMPLER"]),
+    "BasicScheduler": ("BasicScheduler", [
+        ("model", "MODEL", {}), ("scheduler", COMBO, {}), ("steps", "INT", {"default": 20, "min": 1, "max": 10000}),
+        ("denoise", "FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01})], ["SIGMAS"]),
+    "SDTurboScheduler": ("SDTurboScheduler", [
+        ("model", "MODEL", {}), ("steps", "INT", {"default": 1, "min": 1, "max": 10}),
+        ("denoise", "FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01})], ["SIGMAS"]),
+    "SplitSigmas": ("SplitSigmas", [("sigmas", "SIGMAS", {}), ("step", "INT", {"default": 0, "min": 0, "max": 10000})],
+                    ["SIGMAS", "SIGMAS"]),
+    "RandomNoise": ("RandomNoise", [("noise_seed", "INT", {"default": 0, "min": 0, "max": BIG,
+                                                           "control_after_generate": True})], ["NOISE"]),
+    "DisableNoise": ("DisableNoise", [], ["NOISE"]),
+    "CFGGuider": ("CFGGuider", [
+        ("model", "MODEL", {}), ("positive", "CONDITIONING", {}), ("negative", "CONDITIONING", {}),
+        ("cfg", "FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01})], ["GUIDER"]),
+    "BasicGuider": ("BasicGuider", [("model", "MODEL", {}), ("conditioning", "CONDITIONING", {})], ["GUIDER"]),
+    "SamplerCustom": ("SamplerCustom", [
+        ("model", "MODEL", {}), ("add_noise", "BOOLEAN", {"default": True}),
+        ("noise_seed", "INT", {"default": 0, "min": 0, "max": BIG, "control_after_generate": True}),
+        ("cfg", "FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+        ("positive", "CONDITIONING", {}), ("negative", "CONDITIONING", {}), ("sampler", "SAMPLER", {}),
+        ("sigmas", "SIGMAS", {}), ("latent_image", "LATENT", {})], ["LATENT", "LATENT"]),
+    "SamplerCustomAdvanced": ("SamplerCustomAdvanced", [
+        ("noise", "NOISE", {}), ("guider", "GUIDER", {}), ("sampler", "SAMPLER", {}), ("sigmas", "SIGMAS", {}),
+        ("latent_image", "LATENT", {})], ["LATENT", "LATENT"]),
     "CLIPTextEncodeSDXL": ("CLIPTextEncodeSDXL", [
         ("clip", "CLIP", {}),
         ("width", "INT", {"default": 1024, "min": 0, "max": MAXRES}),
@@ -207,10 +239,15 @@ async def test_http_object_info_matches_reference(aiohttp_client, tmp_path):
 
 
 def test_sampler_and_scheduler_choices_follow_comfyui(object_info):
-    for class_type in ("KSampler", "KSamplerAdvanced", "SDXLSampler", "SDXLRefinerSampler"):
+    for class_type in ("KSampler", "KSamplerAdvanced", "SDXLSampler", "SDXLRefinerSampler", "KSamplerSelect",
+                       "BasicScheduler"):
         req = object_info[class_type]["input"]["required"]
-        assert req["sampler_name"][0] == SAMPLER_NAMES
-        assert req["scheduler"][0] == SCHEDULER_NAMES
+        if "sampler_name" in req:
+            assert req["sampler_name"][0] == SAMPLER_NAMES
+        if "scheduler" in req:
+            assert req["scheduler"][0] == SCHEDULER_NAMES
+    assert object_info["SamplerCustom"]["output_name"] == ["output", "denoised_output"]
+    assert object_info["SplitSigmas"]["output_name"] == ["high_sigmas", "low_sigmas"]
     # only implemented names are advertised, in ComfyUI's relative order
     assert SAMPLER_NAMES == [s for s in COMFY_SAMPLERS if s in SAMPLER_NAMES]
     assert SCHEDULER_NAMES == [s for s in COMFY_SCHEDULERS if s in SCHEDULER_NAMES]
@@ -254,6 +291,12 @@ def test_comfyui_widget_values_map_to_the_right_inputs():
                                     "enable"]) == {
         "add_noise": "enable", "noise_seed": 721897303308196, "steps": 25, "cfg": 8, "sampler_name": "euler",
         "scheduler": "normal", "start_at_step": 0, "end_at_step": 20, "return_with_leftover_noise": "enable"}
+    assert one("SamplerCustom", [True, 0, "fixed", 1]) == {"add_noise": True, "noise_seed": 0, "cfg": 1}
+    assert one("SDTurboScheduler", [1, 1]) == {"steps": 1, "denoise": 1}
+    assert one("BasicScheduler", ["simple", 20, 1]) == {"scheduler": "simple", "steps": 20, "denoise": 1}
+    assert one("RandomNoise", [5, "randomize"]) == {"noise_seed": 5}
+    assert one("ModelSamplingDiscrete", ["lcm", False]) == {"sampling": "lcm", "zsnr": False}
+    assert one("CLIPSetLastLayer", [-2]) == {"stop_at_clip_layer": -2}
     assert one("CLIPTextEncodeSDXL", [4096, 4096, 0, 0, 4096, 4096, "g", "l"]) == {
         "width": 4096, "height": 4096, "crop_w": 0, "crop_h": 0, "target_width": 4096, "target_height": 4096,
         "text_g": "g", "text_l": "l"}
