@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, PngImagePlugin
-from test_browser_canvas import TO_SCREEN_JS, open_shipped, state, wait_for_image_on
+from canvas_helpers import TO_SCREEN_JS, open_template, state, wait_for_image_on
 
 pytestmark = pytest.mark.browser
 REPO = Path(__file__).resolve().parents[2]
@@ -19,7 +19,7 @@ TIME = re.compile(r"^\d+(\.\d)? ms$|^\d+\.\d\d s$")
 
 
 def test_badges_after_a_run_with_memory_on_hover_and_the_breakdown(page):
-    open_shipped(page, "image_basic")
+    open_template(page, "image_basic")
     ids = page.evaluate("Object.fromEntries(app.graph._nodes.map((n) => [n.type, n.id]))")
     color = random.randrange(1 << 24)  # a colour no earlier test ran: every node runs
     page.evaluate("([id, c]) => { app.graph.getNodeById(id).widgets.find((w) => w.name === 'color').value = c; }",
@@ -94,6 +94,6 @@ def test_an_image_made_with_other_model_files_asks_before_it_opens(page):
     page.evaluate(DROP_JS, image)
     page.wait_for_function("(n) => document.querySelectorAll('.tab').length === n + 1", arg=tabs)
     assert page.locator(".tab.active .name").inner_text() == "elsewhere"
-    assert [n["type"] for n in json.loads(state(page))["nodes"]][:4] == ["EmptyImage", "ImageScale", "ImageInvert",
+    assert [n["type"] for n in state(page)["nodes"]][:4] == ["EmptyImage", "ImageScale", "ImageInvert",
                                                                          "SaveImage"]
     page.shot("opened-anyway")
