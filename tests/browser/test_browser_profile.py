@@ -2,7 +2,6 @@
 hover), the queue panel's per-prompt breakdown, and the question an image made with other model files asks."""
 from __future__ import annotations
 
-import base64
 import io
 import json
 import random
@@ -11,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, PngImagePlugin
-from canvas_helpers import TO_SCREEN_JS, open_template, state, wait_for_image_on
+from canvas_helpers import TO_SCREEN_JS, drop_file, open_template, state, wait_for_image_on
 
 pytestmark = pytest.mark.browser
 REPO = Path(__file__).resolve().parents[2]
@@ -66,23 +65,11 @@ def png_with_record(sha256: str) -> bytes:
     return buf.getvalue()
 
 
-DROP_JS = """async (b64) => {
-  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-  const dt = new DataTransfer();
-  dt.items.add(new File([bytes], "elsewhere.png", { type: "image/png" }));
-  const wrap = document.getElementById("canvas-wrap");
-  for (const type of ["dragenter", "dragover", "drop"]) {
-    wrap.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true,
-                                             clientX: 600, clientY: 400 }));
-  }
-}"""
-
-
 def test_an_image_made_with_other_model_files_asks_before_it_opens(page):
-    image = base64.b64encode(png_with_record("0" * 64)).decode()
+    image = png_with_record("0" * 64)
     tabs = page.locator(".tab").count()
     with page.expect_event("dialog") as asked:
-        page.evaluate(DROP_JS, image)
+        drop_file(page, image, "elsewhere.png")
     question = asked.value
     assert question.type == "confirm" and ("node 1 (CheckpointLoaderSimple) ckpt_name 'demo_sdxl_base.safetensors': "
                                            "the file differs here") in question.message
@@ -91,7 +78,7 @@ def test_an_image_made_with_other_model_files_asks_before_it_opens(page):
     assert page.locator(".tab").count() == tabs, "declined: nothing opened"
 
     page.once("dialog", lambda d: d.accept())
-    page.evaluate(DROP_JS, image)
+    drop_file(page, image, "elsewhere.png")
     page.wait_for_function("(n) => document.querySelectorAll('.tab').length === n + 1", arg=tabs)
     assert page.locator(".tab.active .name").inner_text() == "elsewhere"
     assert [n["type"] for n in state(page)["nodes"]][:4] == ["EmptyImage", "ImageScale", "ImageInvert",
