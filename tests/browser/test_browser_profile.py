@@ -68,19 +68,20 @@ def png_with_record(sha256: str) -> bytes:
 def test_an_image_made_with_other_model_files_asks_before_it_opens(page):
     image = png_with_record("0" * 64)
     tabs = page.locator(".tab").count()
-    with page.expect_event("dialog") as asked:
-        drop_file(page, image, "elsewhere.png")
-    question = asked.value
-    assert question.type == "confirm" and ("node 1 (CheckpointLoaderSimple) ckpt_name 'demo_sdxl_base.safetensors': "
-                                           "the file differs here") in question.message
-    question.dismiss()
+    drop_file(page, image, "elsewhere.png")
+    question = page.locator(".modal p")
+    question.wait_for()
+    assert ("node 1 (CheckpointLoaderSimple) ckpt_name 'demo_sdxl_base.safetensors': the file differs here"
+            in question.inner_text())
+    page.shot("asked")
+    page.locator(".modal button", has_text="Cancel").click()
+    question.wait_for(state="detached")
     page.wait_for_timeout(200)
     assert page.locator(".tab").count() == tabs, "declined: nothing opened"
 
-    page.once("dialog", lambda d: d.accept())
     drop_file(page, image, "elsewhere.png")
+    page.locator(".modal button", has_text="Open anyway").click()
     page.wait_for_function("(n) => document.querySelectorAll('.tab').length === n + 1", arg=tabs)
     assert page.locator(".tab.active .name").inner_text() == "elsewhere"
-    assert [n["type"] for n in state(page)["nodes"]][:4] == ["EmptyImage", "ImageScale", "ImageInvert",
-                                                                         "SaveImage"]
+    assert [n["type"] for n in state(page)["nodes"]][:4] == ["EmptyImage", "ImageScale", "ImageInvert", "SaveImage"]
     page.shot("opened-anyway")
