@@ -13,7 +13,7 @@ from typing import Any
 
 from nodes.node import Migration, NodeSpec, parse_version
 
-from . import graph  # as a module: graph.load_prompt imports this one
+from . import graph, subgraphs  # graph as a module: graph.load_prompt imports this one
 
 
 class NewerVersion(ValueError):
@@ -24,9 +24,9 @@ def migrate_ui(workflow: dict, registry: dict[str, NodeSpec]) -> list[str]:
     """Bring a UI workflow's nodes (subgraph definitions' included) to the current versions, in place; one line
     per migrated node saying what changed."""
     nodes = list(workflow.get("nodes") or [])
-    for sub in (workflow.get("definitions") or {}).get("subgraphs") or []:
-        if isinstance(sub, dict):
-            nodes += sub.get("nodes") or []
+    for sub in subgraphs.definitions(workflow).values():  # malformed ones are left for flattening to name
+        if isinstance(sub.get("nodes"), list):
+            nodes += sub["nodes"]
     return _migrate([(n.get("id"), n, registry[n["type"]]) for n in nodes
                      if isinstance(n, dict) and isinstance(n.get("type"), str) and n["type"] in registry],
                     "properties", _migrate_ui_node)

@@ -104,6 +104,15 @@ def test_unversioned_nodes_are_read_as_first_published_and_foreign_versions_are_
     assert today["2"]["_meta"] == {"ver": "2.0.0"}
 
 
+def test_malformed_subgraph_definitions_do_not_stop_the_migration():
+    """Found by the live fuzz run (test_server_live): these were an AttributeError, a 500 over HTTP."""
+    for definitions in ([], 1.5, {"subgraphs": 1.5}, {"subgraphs": [{"id": "x", "nodes": 3}, 7]}):
+        workflow = ui_workflow("1.0.0", [0.25, 64, "fixed"])
+        workflow["definitions"] = definitions
+        prompt, _ = load_prompt(workflow, V2)
+        assert prompt["2"]["inputs"]["strength"] == 0.25 and prompt["2"]["_meta"]["ver"] == "2.0.0"
+
+
 def test_newer_than_known_is_refused_by_node_for_both_formats():
     newer_ui = ui_workflow("3.1.0", [0.25, "add", 64, "fixed"])
     with pytest.raises(NewerVersion, match=r"node 2 \(TestTint\) was saved with version 3\.1\.0; this latentgraph has "
