@@ -165,7 +165,11 @@ def mismatches(record: Any, registry: dict[str, NodeSpec], env: Environment, has
         if path is None or not os.path.exists(path):
             problems.append(f"{where}: the file is missing here (the image was made with sha256 {model['sha256']})")
             continue
-        local = hashes.sha256(path)
+        try:
+            local = hashes.sha256(path)
+        except OSError as exc:
+            problems.append(f"{where}: the file cannot be read here ({exc})")
+            continue
         if local != model["sha256"]:
             problems.append(f"{where}: the file differs here (sha256 {local}; the image was made with "
                             f"{model['sha256']})")

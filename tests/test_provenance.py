@@ -123,13 +123,18 @@ async def test_the_canvas_asks_the_server_about_a_dropped_images_models(aiohttp_
     record = {"version": "0.1.0", "nodes": {}, "models": [
         {"node": "1", "class_type": "CheckpointLoaderSimple", "input": "ckpt_name",
          "name": "demo_sdxl_base.safetensors", "sha256": base, "autov2": base[:10]},
-        {"node": "5", "class_type": "VAELoader", "input": "vae_name", "name": "gone.safetensors", "sha256": "ab" * 32}]}
+        {"node": "5", "class_type": "VAELoader", "input": "vae_name", "name": "gone.safetensors", "sha256": "ab" * 32},
+        {"node": "6", "class_type": "VAELoader", "input": "vae_name", "name": "broken", "sha256": "cd" * 32}]}
+    (models / "vae" / "broken").mkdir(parents=True)  # a diffusers folder with a dangling link: stat fails
+    (models / "vae" / "broken" / "config.json").symlink_to(models / "nowhere")
     resp = await client.post("/workflow/open", json={"workflow": json.loads(json.dumps(DECODE)), "latentgraph": record})
     body = await resp.json()
     assert resp.status == 200, body
     assert body["migrated"] == [] and body["workflow"]["1"]["_meta"] == {"title": "Load Checkpoint", "ver": "1.0.0"}
-    assert body["mismatches"] == [f"node 5 (VAELoader) vae_name 'gone.safetensors': the file is missing here (the "
-                                  f"image was made with sha256 {'ab' * 32})"]
+    assert body["mismatches"][0] == (f"node 5 (VAELoader) vae_name 'gone.safetensors': the file is missing here "
+                                     f"(the image was made with sha256 {'ab' * 32})")
+    assert body["mismatches"][1].startswith("node 6 (VAELoader) vae_name 'broken': the file cannot be read here (")
+    assert len(body["mismatches"]) == 2
     resp = await client.post("/workflow/open", json={"workflow": DECODE, "latentgraph": "yes"})
     assert resp.status == 400 and (await resp.json())["error"]["type"] == "invalid_provenance"
 
