@@ -314,7 +314,7 @@ def load_prompt(data: Any, registry: dict[str, NodeSpec], changes: list[str] | N
 
 
 def _from_ui(workflow: dict, registry: dict[str, NodeSpec], changes: list[str]) -> dict:
-    check_ui_shape(workflow)
+    check_ui_shape(workflow)  # before migrating, which reads the nodes as the format says
     changes += migrations.migrate_ui(workflow, registry)
     return ui_to_api(workflow, registry)
 
