@@ -11,8 +11,10 @@ It never asks which family it runs: a family differs only in what these members 
 - ``latent_format`` — the latent space it denoises (channels, scale, preview factors).
 - ``prepare`` — CONDITIONING entries → condition entries: the network's inputs as tensors batched on dim 0
   (``context``, SDXL's vector ``y``, later e.g. a ControlNet's residuals) plus the guidance keys
-  ``start_percent``, ``end_percent`` and ``strength``. Guidance batches entries whose inputs have equal shapes
-  and passes them to the network by keyword, so a family adds an input without touching the sampler.
+  ``start_percent``, ``end_percent``, ``strength`` and the region ``area`` / ``mask``
+  (``nodes.sampling.guidance.guidance_options`` reads them from CONDITIONING). Guidance batches entries whose inputs
+  have equal shapes and passes them to the network by keyword, so a family adds an input without touching the
+  sampler.
 - ``eps_fn(module)`` — the raw network call ``net(x_in, t, **inputs)``, answered in float32. Its name is
   historical: it returns what the network predicts (ε, v, x0 or a flow velocity); ``sampling.calculate_denoised``
   turns that into x0.

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ..latent_format import LatentFormat
+from ..sampling.guidance import guidance_options
 from .conditioning import base_vector, refiner_vector
 from .configs import SDXL_LATENT
 
@@ -44,8 +45,9 @@ class UNetDenoiser:
         return eps
 
     def prepare(self, conditioning: list, role: str, latent_hw: tuple[int, int], device=None) -> list[dict]:
-        """CONDITIONING entries → the sampler's condition dicts ``{context, (y,) start_percent, end_percent,
-        strength}``. `role` is "positive" or "negative"; `latent_hw` is the latent's (h, w)."""
+        """CONDITIONING entries → the sampler's condition dicts: ``context`` (and SDXL's ``y``) plus the guidance keys
+        (timestep range, strength, area / mask). `role` is "positive" or "negative"; `latent_hw` is the latent's
+        (h, w)."""
         want = self.unet.config.context_dim
         prepared = []
         for context, extras in conditioning:
@@ -53,12 +55,8 @@ class UNetDenoiser:
                 raise ValueError(f"the conditioning has {context.shape[-1]} channels per token but this {self.kind} "
                                  f"model expects {want}; encode the prompt with this checkpoint's CLIP")
             inputs = {"context": context, **self.vector(extras, role, latent_hw)}
-            prepared.append({
-                **{k: v.to(device) if device is not None else v for k, v in inputs.items()},
-                "start_percent": extras.get("start_percent", 0.0),
-                "end_percent": extras.get("end_percent", 1.0),
-                "strength": extras.get("strength", 1.0),
-            })
+            prepared.append({**{k: v.to(device) if device is not None else v for k, v in inputs.items()},
+                             **guidance_options(extras, latent_hw, device)})
         return prepared
 
     def vector(self, extras: dict, role: str, latent_hw: tuple[int, int]) -> dict:
