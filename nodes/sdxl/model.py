@@ -34,13 +34,15 @@ class UNetDenoiser:
         return dataclasses.replace(self, sampling=sampling)
 
     def eps_fn(self, unet: torch.nn.Module | None = None):
-        """The UNet call the sampler makes: ``eps(x_in, t, context, y)``, in the UNet's dtype, answered in fp32."""
+        """The UNet call the sampler makes: ``eps(x_in, t, context, y, control)``, in the UNet's dtype, answered in
+        fp32. ``control`` (nodes.controlnet.Control) adds its ControlNets' residuals."""
         net = unet or self.unet
         dtype = next(net.parameters()).dtype
 
-        def eps(x_in, timesteps, context, y=None):
-            out = net(x_in.to(dtype), timesteps, context.to(dtype), None if y is None else y.to(dtype))
-            return out.float()
+        def eps(x_in, timesteps, context, y=None, control=None):
+            x_in, context, y = x_in.to(dtype), context.to(dtype), None if y is None else y.to(dtype)
+            residuals = None if control is None else control.residuals(x_in, timesteps, context, y, self.sampling)
+            return net(x_in, timesteps, context, y, residuals).float()
 
         return eps
 
@@ -55,8 +57,12 @@ class UNetDenoiser:
                 raise ValueError(f"the conditioning has {context.shape[-1]} channels per token but this {self.kind} "
                                  f"model expects {want}; encode the prompt with this checkpoint's CLIP")
             inputs = {"context": context, **self.vector(extras, role, latent_hw)}
-            prepared.append({**{k: v.to(device) if device is not None else v for k, v in inputs.items()},
-                             **guidance_options(extras, latent_hw, device)})
+            inputs = {k: v.to(device) if device is not None else v for k, v in inputs.items()}
+            if extras.get("control") is not None:
+                from ..families import family_of  # here: the family modules import this one
+                extras["control"].check(self.unet.config, family_of(self.kind).title)
+                inputs["control"] = extras["control"]
+            prepared.append({**inputs, **guidance_options(extras, latent_hw, device)})
         return prepared
 
     def vector(self, extras: dict, role: str, latent_hw: tuple[int, int]) -> dict:
