@@ -170,6 +170,20 @@ def test_files_that_are_not_controlnets_say_what_they_are(tmp_path):
         load_controlnet(str(other), torch.float32, "Load")
 
 
+def test_make_demo_model_writes_an_sdxl_controlnet_in_the_diffusers_layout(tmp_path, monkeypatch):
+    from diffusers import ControlNetModel as Reference
+
+    import nodes.demo
+    from server.cli import main
+
+    monkeypatch.setattr(nodes.demo, "make_demo_models", lambda folder: {})  # the checkpoints have their own tests
+    assert main(["make-demo-model", str(tmp_path / "models" / "checkpoints")]) == 0
+    path = tmp_path / "models" / "controlnet" / DEMO_CONTROLNET
+    Reference.from_unet(diffusers_unet("base")).load_state_dict(load_file(str(path)), strict=True)
+    net = load_controlnet(str(path), torch.float32, "test")
+    assert net.model.config == ControlNetConfig(TINY_BASE_UNET)  # made for the demo base
+
+
 # -- the nodes through the CLI ------------------------------------------------------------------------------------
 
 STEPS, SPLIT = 10, 5  # normal schedule, 10 steps: timesteps 999, 888, … ; 50 % (t 499.5) falls between steps 4 and 5
