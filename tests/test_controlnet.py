@@ -159,6 +159,21 @@ def test_a_controlnet_for_another_family_is_refused(tmp_path):
         model_value("sdxl_base").prepare(apply(conditioning("sdxl_base"), net, image, 1.0), "positive", (6, 8))
 
 
+def test_a_diff_controlnet_is_added_to_its_base_unet(tmp_path):
+    """A "diff" file stores the ControlNet's change from its base UNet (and a ``difference`` marker)."""
+    path, _ = write_controlnet("sd1", "original", tmp_path, seed=4)
+    whole = load_controlnet(str(path), torch.float32, "test").model.state_dict()
+    base = model_value("sd1").unet.state_dict()
+    diff = {k: v - base[k[len(PREFIX):]] if k[len(PREFIX):] in base else v for k, v in load_file(str(path)).items()}
+    save_file({**diff, "difference": torch.zeros(1)}, str(tmp_path / "diff.safetensors"))
+    with pytest.raises(ValueError, match="a diff ControlNet .* Load ControlNet Model \\(diff\\)"):
+        load_controlnet(str(tmp_path / "diff.safetensors"), torch.float32, "test")
+    got = load_controlnet(str(tmp_path / "diff.safetensors"), torch.float32, "test", base=model_value("sd1").unet)
+    assert sum(k in base for k in whole) > 100  # the encoder's weights were stored as changes
+    for key, value in got.model.state_dict().items():
+        assert torch.allclose(value, whole[key], atol=1e-6), key
+
+
 def test_files_that_are_not_controlnets_say_what_they_are(tmp_path):
     lora = tmp_path / "lora.safetensors"
     save_file({"lora_unet_down_blocks_0.lora_down.weight": torch.zeros(4, 4)}, str(lora))
