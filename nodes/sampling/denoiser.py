@@ -10,7 +10,7 @@ It never asks which family it runs: a family differs only in what these members 
   (ε-, v- or x0-prediction, LCM's boundary condition; rectified flow fits the same six methods).
 - ``latent_format`` — the latent space it denoises (channels, scale, preview factors).
 - ``prepare`` — CONDITIONING entries → condition entries: the network's inputs as tensors batched on dim 0
-  (``context``, SDXL's vector ``y``, later e.g. a ControlNet's residuals) plus the guidance keys
+  (``context``, SDXL's vector ``y``; ``control``, the ControlNets applied, is an object) plus the guidance keys
   ``start_percent``, ``end_percent``, ``strength`` and the region ``area`` / ``mask``
   (``nodes.sampling.guidance.guidance_options`` reads them from CONDITIONING). Guidance batches entries whose inputs
   have equal shapes and passes them to the network by keyword, so a family adds an input without touching the

@@ -59,8 +59,7 @@ class UNetDenoiser:
             inputs = {"context": context, **self.vector(extras, role, latent_hw)}
             inputs = {k: v.to(device) if device is not None else v for k, v in inputs.items()}
             if extras.get("control") is not None:
-                from ..families import family_of  # here: the family modules import this one
-                extras["control"].check(self.unet.config, family_of(self.kind).title)
+                extras["control"].check(self.unet.config, self.kind)
                 inputs["control"] = extras["control"]
             prepared.append({**inputs, **guidance_options(extras, latent_hw, device)})
         return prepared
