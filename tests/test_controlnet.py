@@ -1,7 +1,7 @@
 """ControlNet against diffusers: ``ControlNetModel`` and the UNet's residual injection (``down_block_additional_residuals``
 / ``mid_block_additional_residual``) on tiny random SDXL and SD 1.x models, ours loaded by our loader from files in
 the original layout (filled into diffusers by diffusers' own converter) and in the diffusers layout (a folder, and its
-weights file alone); chained ControlNets add up; the nodes through `latentgraph run`, where start/end percent must
+weights file alone); the full-size SDXL, SD 1.5 and SD 2.1 layouts against diffusers' on the meta device; chained ControlNets add up; the nodes through `latentgraph run`, where start/end percent must
 give exactly what a two-stage KSamplerAdvanced run with and without the control gives."""
 from __future__ import annotations
 
@@ -15,12 +15,16 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from nodes.checkpoints import load_checkpoint
-from nodes.controlnet import DEMO_CONTROLNET, PREFIX, apply, load_controlnet
+from nodes.controlnet import (DEMO_CONTROLNET, PREFIX, apply, config_from_diffusers_shapes, diffusers_names,
+                              load_controlnet)
 from nodes.demo import randomize
 from nodes.families import family_of
-from nodes.families.sd1 import TINY_SD1_UNET
-from nodes.sdxl.configs import TINY_BASE_UNET
+from nodes.families.ldm import unet_config_from_diffusers
+from nodes.families.sd1 import SD15_UNET, TINY_SD1_UNET
+from nodes.families.sd2 import SD21_UNET
+from nodes.sdxl.configs import SDXL_BASE_UNET, TINY_BASE_UNET
 from nodes.sdxl.controlnet import ControlNetConfig, ControlNetModel
+from nodes.sdxl.meta import empty_modules
 from sdxl_helpers import cli, demo_models_dir
 from tests.oracles import demo_models, diffusers_unet, load_single_file_into_diffusers, rel_err, rerandomize
 from tests.test_sd_families import reference_unet_and_vae
@@ -116,9 +120,8 @@ def hint_image(seed: int = 5) -> tuple[torch.Tensor, torch.Tensor]:
     return image, image.movedim(-1, 1).expand(2, -1, -1, -1)
 
 
-@pytest.mark.parametrize("kind,layout", [("sdxl_base", "diffusers"), ("sdxl_base", "diffusers_file"),
-                                         ("sdxl_base", "original"), ("sd1", "original"), ("sd1", "original_bare"),
-                                         ("sd1", "diffusers_file")])
+@pytest.mark.parametrize("kind,layout", [(kind, layout) for kind in ("sdxl_base", "sd1")
+                                         for layout in ("original", "original_bare", "diffusers", "diffusers_file")])
 def test_controlnet_parity_with_diffusers(tmp_path, kind, layout):
     path, ref = write_controlnet(kind, layout, tmp_path, seed=11)
     net = load_controlnet(str(path), torch.float32, "test")
@@ -130,6 +133,39 @@ def test_controlnet_parity_with_diffusers(tmp_path, kind, layout):
     # the control reaches the output well above the tolerance
     plain = reference(unet, [ref], [0.0], pixels, kind)
     assert rel_err(got, plain) > 100 * TOL
+
+
+# full-size diffusers ControlNetModel configs: diffusers' controlnet-canny-sdxl-1.0, lllyasviel's sd-controlnet-*,
+# thibaud's controlnet-sd21-*
+FULL_SIZE = {
+    "sdxl": (SDXL_BASE_UNET, 1251.0, dict(
+        block_out_channels=(320, 640, 1280), transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"), cross_attention_dim=2048,
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816)),
+    "sd15": (SD15_UNET, 361.3, dict(cross_attention_dim=768)),
+    "sd21": (SD21_UNET, 364.2, dict(cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+                                    use_linear_projection=True)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FULL_SIZE))
+def test_full_size_layouts_match_diffusers(name):
+    """On the meta device: our full-size ControlNet's tensors, under their diffusers names, are diffusers' own, and
+    the config comes back from its config.json and from the shapes alone (a weights file without it)."""
+    from diffusers import ControlNetModel as Reference
+
+    unet, millions, kwargs = FULL_SIZE[name]
+    with torch.device("meta"):
+        ref = Reference(**kwargs)
+    want = {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    cfg = ControlNetConfig(unet)
+    with empty_modules():
+        ours = ControlNetModel(cfg)
+    names = diffusers_names(cfg)
+    assert {names[k]: tuple(v.shape) for k, v in ours.state_dict().items()} == want
+    assert round(sum(v.numel() for v in ours.state_dict().values()) / 1e6, 1) == millions
+    assert config_from_diffusers_shapes(want) == cfg and unet_config_from_diffusers(dict(ref.config)) == unet
 
 
 def test_chained_controlnets_add_up(tmp_path):

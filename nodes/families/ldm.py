@@ -213,7 +213,7 @@ def unet_config_from_diffusers(conf: dict) -> UNetConfig:
         raise UnsupportedCheckpoint(f"UNet config has different channels per head across levels {head_channels}")
     addition = conf.get("addition_embed_type")
     if conf.get("class_embed_type") or addition not in (None, "text_time") or \
-            conf.get("addition_time_embed_dim", FOURIER_DIM) != FOURIER_DIM:
+            addition and conf.get("addition_time_embed_dim", FOURIER_DIM) != FOURIER_DIM:  # null when not text_time
         raise UnsupportedCheckpoint("UNet config has a class or addition embedding other than SDXL's (text_time, "
                                     f"addition_time_embed_dim {FOURIER_DIM}); not SD 1.x, 2.x or SDXL")
     mid_type = conf.get("mid_block_type", "UNetMidBlock2DCrossAttn")
