@@ -374,7 +374,7 @@ def controlnet_canny() -> Workflow:
     w.add("SaveImage", (1780, 600), images=(image, 0), filename_prefix=w.name)
     w.note("ControlNet with Canny edges: the edges of a picture (made in the first row; use Load Image for your own) "
            "steer a new picture with another prompt to the same outlines. Apply ControlNet adds the ControlNet's "
-           "residuals × strength to the UNet's skip connections over the first 80 % of the steps (start/end "
+           "residuals × strength to the UNet's skips and middle block over the first 80 % of the steps (start/end "
            "percent), both prompts; chain several Apply ControlNet nodes to combine ControlNets. The demo ControlNet "
            "(demo_controlnet_canny_sdxl.safetensors, in <models>/controlnet, written by latentgraph serve or "
            "make-demo-model) has random weights: pick a real SDXL Canny ControlNet (e.g. diffusers' "
