@@ -83,7 +83,8 @@ class Control:
         for control in self.chain():
             control.net.check(unet, model)
 
-    def residuals(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y, sampling) -> Residuals | None:
+    def residuals(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y,
+                  sampling) -> Residuals | None:
         """The chain's residuals for one network call (x, timesteps, context, y as the UNet gets them), or None
         when no control's step range covers this step."""
         sigma = float(sampling.sigma(timesteps[:1].float().cpu()))

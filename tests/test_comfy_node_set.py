@@ -169,7 +169,8 @@ REFERENCE = {
         (name, "INT", {"default": default, "min": low, "max": MAXRES, "step": 8})
         for name, default, low in (("width", 64, 64), ("height", 64, 64), ("x", 0, 0), ("y", 0, 0))] + [
         ("strength", "FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01})], ["CONDITIONING"]),
-    "ConditioningSetAreaPercentage": ("Conditioning (Set Area with Percentage)", [("conditioning", "CONDITIONING", {})] + [
+    "ConditioningSetAreaPercentage": ("Conditioning (Set Area with Percentage)", [
+        ("conditioning", "CONDITIONING", {})] + [
         (name, "FLOAT", {"default": default, "min": 0.0, "max": 1.0, "step": 0.01})
         for name, default in (("width", 1.0), ("height", 1.0), ("x", 0.0), ("y", 0.0))] + [
         ("strength", "FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01})], ["CONDITIONING"]),

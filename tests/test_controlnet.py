@@ -1,8 +1,9 @@
-"""ControlNet against diffusers: ``ControlNetModel`` and the UNet's residual injection (``down_block_additional_residuals``
-/ ``mid_block_additional_residual``) on tiny random SDXL and SD 1.x models, ours loaded by our loader from files in
+"""ControlNet against diffusers: ``ControlNetModel`` and the UNet's residual injection
+(``down_block_additional_residuals`` / ``mid_block_additional_residual``) on tiny random SDXL and SD 1.x models, ours loaded by our loader from files in
 the original layout (filled into diffusers by diffusers' own converter) and in the diffusers layout (a folder, and its
-weights file alone); the full-size SDXL, SD 1.5 and SD 2.1 layouts against diffusers' on the meta device; chained ControlNets add up; the nodes through `latentgraph run`, where start/end percent must
-give exactly what a two-stage KSamplerAdvanced run with and without the control gives."""
+weights file alone); the full-size SDXL, SD 1.5 and SD 2.1 layouts against diffusers' on the meta device; chained
+ControlNets add up; the nodes through `latentgraph run`, where start/end percent must give exactly what a two-stage
+KSamplerAdvanced run with and without the control gives."""
 from __future__ import annotations
 
 import json
@@ -101,12 +102,13 @@ def controlled(model, conditioning):
         return model.eps_fn()(x, t, context, y, control=control)
 
 
-def reference(unet, nets: list, strengths: list, hint: torch.Tensor, kind: str) -> torch.Tensor:
-    """diffusers: each ControlNet's residuals × its strength, summed, injected into the UNet."""
+def reference(unet, controls: list, kind: str) -> torch.Tensor:
+    """diffusers: each ControlNet's residuals for its hint × its strength (``controls``: (net, strength, hint)),
+    summed, injected into the UNet."""
     x, t, context, _, added = network_inputs(kind)
     with torch.no_grad():
         down, mid = None, 0
-        for net, strength in zip(nets, strengths):
+        for net, strength, hint in controls:
             d, m = net(x, t, context, hint, conditioning_scale=strength, added_cond_kwargs=added, return_dict=False)
             down = d if down is None else [a + b for a, b in zip(down, d)]
             mid = mid + m
@@ -128,10 +130,10 @@ def test_controlnet_parity_with_diffusers(tmp_path, kind, layout):
     model, unet = model_value(kind), reference_unet(kind)
     image, pixels = hint_image()
     got = controlled(model, apply(conditioning(kind), net, image, 0.8))
-    want = reference(unet, [ref], [0.8], pixels, kind)
+    want = reference(unet, [(ref, 0.8, pixels)], kind)
     assert rel_err(got, want) <= TOL, layout
     # the control reaches the output well above the tolerance
-    plain = reference(unet, [ref], [0.0], pixels, kind)
+    plain = reference(unet, [(ref, 0.0, pixels)], kind)
     assert rel_err(got, plain) > 100 * TOL
 
 
@@ -176,14 +178,8 @@ def test_chained_controlnets_add_up(tmp_path):
     image_b, pixels_b = hint_image(6)
     cond = apply(conditioning("sdxl_base"), a, image_a, 0.6)
     cond = apply(cond, b, image_b, 1.3)
-    model, unet = model_value("sdxl_base"), reference_unet("sdxl_base")
-    got = controlled(model, cond)
-    x, t, context, _, added = network_inputs("sdxl_base")
-    with torch.no_grad():
-        da, ma = ref_a(x, t, context, pixels_a, conditioning_scale=0.6, added_cond_kwargs=added, return_dict=False)
-        db, mb = ref_b(x, t, context, pixels_b, conditioning_scale=1.3, added_cond_kwargs=added, return_dict=False)
-        want = unet(x, t, context, added_cond_kwargs=added, mid_block_additional_residual=ma + mb,
-                    down_block_additional_residuals=[p + q for p, q in zip(da, db)]).sample
+    got = controlled(model_value("sdxl_base"), cond)
+    want = reference(reference_unet("sdxl_base"), [(ref_a, 0.6, pixels_a), (ref_b, 1.3, pixels_b)], "sdxl_base")
     assert rel_err(got, want) <= TOL
 
 

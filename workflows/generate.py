@@ -378,8 +378,8 @@ def controlnet_canny() -> Workflow:
            "percent), both prompts; chain several Apply ControlNet nodes to combine ControlNets. The demo ControlNet "
            "(demo_controlnet_canny_sdxl.safetensors, in <models>/controlnet, written by latentgraph serve or "
            "make-demo-model) has random weights: pick a real SDXL Canny ControlNet (e.g. diffusers' "
-           "controlnet-canny-sdxl-1.0) and a 1024² picture for real results.\n" + RUN.format(name=w.name, family="SDXL"),
-           (0, 1500))
+           "controlnet-canny-sdxl-1.0) and a 1024² picture for real results.\n"
+           + RUN.format(name=w.name, family="SDXL"), (0, 1500))
     return w
 
 
