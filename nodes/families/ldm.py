@@ -87,7 +87,7 @@ def infer_unet_config(shapes: dict, num_head_channels: int = 64, num_heads: int 
         transformer_depth_middle=_count(shapes, "middle_block.1.transformer_blocks."),
         context_dim=ctx, adm_in_channels=shapes.get("label_emb.0.0.weight", (0, 0))[1], num_res_blocks=level_blocks[0],
         num_head_channels=num_head_channels, in_channels=conv_in[1],
-        out_channels=shapes.get("out.2.weight", conv_in[1:])[0],
+        out_channels=shapes["out.2.weight"][0] if "out.2.weight" in shapes else conv_in[1],
         num_heads=num_heads, use_linear_in_transformer=len(proj_in) != 4)
 
 
