@@ -231,6 +231,17 @@ def test_make_demo_model_writes_an_sdxl_controlnet_in_the_diffusers_layout(tmp_p
     assert net.model.config == ControlNetConfig(TINY_BASE_UNET)  # made for the demo base
 
 
+def test_serve_writes_the_demo_controlnet_only_into_an_empty_folder(tmp_path):
+    from nodes.catalog import ensure_demo_controlnet
+
+    ensure_demo_controlnet(tmp_path / "controlnet")  # what serve does without --no-demo-models
+    assert [p.name for p in (tmp_path / "controlnet").iterdir()] == [DEMO_CONTROLNET]
+    (tmp_path / "mine" / "canny").mkdir(parents=True)
+    (tmp_path / "mine" / "canny" / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    ensure_demo_controlnet(tmp_path / "mine")  # a diffusers folder counts as a ControlNet
+    assert not (tmp_path / "mine" / DEMO_CONTROLNET).exists()
+
+
 # -- the nodes through the CLI ------------------------------------------------------------------------------------
 
 STEPS, SPLIT = 10, 5  # normal schedule, 10 steps: timesteps 999, 888, … ; 50 % (t 499.5) falls between steps 4 and 5
