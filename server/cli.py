@@ -381,8 +381,9 @@ def cmd_fetch_canvas(args) -> int:
 def cmd_make_demo_model(args) -> int:
     for path in catalog.make_demo_models(args.dir).values():
         print(path)
-    folder = args.upscale_models or os.path.join(os.path.dirname(os.path.abspath(args.dir)), "upscale_models")
-    print(catalog.write_demo_upscaler(folder))
+    beside = os.path.dirname(os.path.abspath(args.dir))
+    print(catalog.write_demo_upscaler(args.upscale_models or os.path.join(beside, "upscale_models")))
+    print(catalog.write_demo_controlnet(args.controlnet or os.path.join(beside, "controlnet")))
     return 0
 
 
@@ -447,9 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fetch_canvas)
 
     p = sub.add_parser("make-demo-model", help="write the tiny demo checkpoints (one set per model family) into DIR "
-                                               "and a demo upscale model")
+                                               "and a demo upscale model and ControlNet")
     p.add_argument("dir", help="the checkpoints folder, e.g. models/checkpoints")
     p.add_argument("--upscale-models", help="folder for the demo upscale model (default: upscale_models beside DIR)")
+    p.add_argument("--controlnet", help="folder for the demo ControlNet (default: controlnet beside DIR)")
     p.set_defaults(func=cmd_make_demo_model)
     return parser
 
