@@ -124,9 +124,13 @@ async def test_the_canvas_asks_the_server_about_a_dropped_images_models(aiohttp_
         {"node": "1", "class_type": "CheckpointLoaderSimple", "input": "ckpt_name",
          "name": "demo_sdxl_base.safetensors", "sha256": base, "autov2": base[:10]},
         {"node": "5", "class_type": "VAELoader", "input": "vae_name", "name": "gone.safetensors", "sha256": "ab" * 32},
-        {"node": "6", "class_type": "VAELoader", "input": "vae_name", "name": "broken", "sha256": "cd" * 32}]}
+        {"node": "6", "class_type": "VAELoader", "input": "vae_name", "name": "broken", "sha256": "cd" * 32},
+        {"node": "7", "class_type": "ControlNetLoader", "input": "control_net_name", "name": "cn.safetensors",
+         "sha256": "ef" * 32}]}
     (models / "vae" / "broken").mkdir(parents=True)  # a diffusers folder with a dangling link: stat fails
     (models / "vae" / "broken" / "config.json").symlink_to(models / "nowhere")
+    (models / "controlnet").mkdir()
+    (models / "controlnet" / "cn.safetensors").write_bytes(b"other weights")
     resp = await client.post("/workflow/open", json={"workflow": json.loads(json.dumps(DECODE)), "latentgraph": record})
     body = await resp.json()
     assert resp.status == 200, body
@@ -134,7 +138,10 @@ async def test_the_canvas_asks_the_server_about_a_dropped_images_models(aiohttp_
     assert body["mismatches"][0] == (f"node 5 (VAELoader) vae_name 'gone.safetensors': the file is missing here "
                                      f"(the image was made with sha256 {'ab' * 32})")
     assert body["mismatches"][1].startswith("node 6 (VAELoader) vae_name 'broken': the file cannot be read here (")
-    assert len(body["mismatches"]) == 2
+    assert body["mismatches"][2] == (f"node 7 (ControlNetLoader) control_net_name 'cn.safetensors': the file differs "
+                                     f"here (sha256 {hashlib.sha256(b'other weights').hexdigest()}; the image was "
+                                     f"made with {'ef' * 32})")
+    assert len(body["mismatches"]) == 3
     resp = await client.post("/workflow/open", json={"workflow": DECODE, "latentgraph": "yes"})
     assert resp.status == 400 and (await resp.json())["error"]["type"] == "invalid_provenance"
 
