@@ -259,6 +259,9 @@ def cmd_make_demo_model(args) -> int:
         print(path)
     folder = args.upscale_models or os.path.join(os.path.dirname(os.path.abspath(args.dir)), "upscale_models")
     print(catalog.write_demo_upscaler(folder))
+    loras = args.loras or os.path.join(os.path.dirname(os.path.abspath(args.dir)), "loras")
+    for path in catalog.write_demo_loras(loras).values():
+        print(path)
     return 0
 
 
@@ -309,9 +312,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fetch_canvas)
 
     p = sub.add_parser("make-demo-model", help="write the tiny demo checkpoints (one set per model family) into DIR "
-                                               "and a demo upscale model")
+                                               "and a demo upscale model and LoRAs")
     p.add_argument("dir", help="the checkpoints folder, e.g. models/checkpoints")
     p.add_argument("--upscale-models", help="folder for the demo upscale model (default: upscale_models beside DIR)")
+    p.add_argument("--loras", help="folder for the demo LoRAs (default: loras beside DIR)")
     p.set_defaults(func=cmd_make_demo_model)
     return parser
 

@@ -292,3 +292,69 @@ def test_unmatched_modules_are_counted_in_a_warning(env, caplog):
     with caplog.at_level(logging.WARNING, logger="latentgraph.lora"):
         call(ctx, "LoraLoaderModelOnly", model=model, lora_name="extra.safetensors", strength_model=1.0)
     assert "3 of the" in caplog.text
+
+
+# ---- the demo LoRAs -----------------------------------------------------------------------------------------------
+
+def test_make_demo_model_writes_the_demo_loras_beside_the_checkpoints(tmp_path, monkeypatch, capsys):
+    import nodes.demo
+    from server.cli import main
+
+    monkeypatch.setattr(nodes.demo, "make_demo_models", lambda folder: {})  # the checkpoints have their own tests
+    assert main(["make-demo-model", str(tmp_path / "models" / "checkpoints")]) == 0
+    names = ["demo_sd15_lora.safetensors", "demo_sdxl_lora.safetensors", "demo_lcm_lora_sdxl.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "models" / "loras").iterdir()) == sorted(names)
+    assert main(["make-demo-model", str(tmp_path / "c"), "--loras", str(tmp_path / "l")]) == 0
+    assert sorted(p.name for p in (tmp_path / "l").iterdir()) == sorted(names)
+    from safetensors import safe_open
+    with safe_open(str(tmp_path / "l" / names[0]), "pt") as f:
+        assert "produce noise" in f.metadata()["latentgraph_demo"] and "<models>/loras" in f.metadata()["latentgraph_demo"]
+
+
+@pytest.mark.parametrize("family, name, fmt, keys", [
+    ("sdxl", "sdxl_lora", "kohya", ("lora_unet_input_blocks_", "lora_unet_output_blocks_", "lora_te1_text_model_",
+                                    "lora_te2_text_model_")),
+    ("sdxl", "sdxl_lcm_lora", "kohya", ("lora_unet_down_blocks_", "lora_unet_up_blocks_")),
+    ("sd1", "sd15_lora", "peft", ("unet.down_blocks.", "unet.up_blocks.", "text_encoder.text_model."))])
+def test_demo_loras_are_in_real_layouts_that_diffusers_reads_as_we_do(env, family, name, fmt, keys):
+    from nodes.demo import make_demo_loras
+
+    path = make_demo_loras(env.models_dir + "/loras")[name]
+    state = load_file(str(path))
+    assert all(any(k.startswith(prefix) for k in state) for prefix in keys)
+    assert all(k.startswith(("lora_unet_", "lora_te") if fmt == "kohya" else ("unet.", "text_encoder.")) for k in state)
+    assert ("lcm" in name) == (not any("text_model" in k for k in state))  # LCM-LoRA adapts the UNet alone
+    pipe = reference_pipeline(family)
+    untouched = reference_outputs(pipe)
+    fuse(pipe, path, fmt, 1.0, 1.0)
+    ours = our_outputs(Context("1", env), family, [(path.name, 1.0, 1.0)])
+    assert_close(ours, reference_outputs(pipe), untouched if "lcm" not in name else untouched[:1])
+
+
+# ---- LyCORIS ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind, layer", [("loha", nn.Linear(64, 96)), ("loha", nn.Conv2d(32, 48, 3)),
+                                         ("lokr", nn.Linear(64, 96))])
+def test_lycoris_changes_match_peft(tmp_path, kind, layer):
+    """LoHa (Hadamard product of two low-rank factors) and LoKr (Kronecker product, its second factor low-rank): the
+    change our reader computes from a file in LyCORIS's names equals peft's ``get_delta_weight`` of the same tensors
+    (alpha / rank scaling as in both)."""
+    from peft import LoHaConfig, LoKrConfig, inject_adapter_in_model
+
+    from nodes.lora import read_lora
+
+    config = (LoHaConfig if kind == "loha" else LoKrConfig)(r=RANK, alpha=ALPHA, target_modules=["layer"],
+                                                             init_weights=False)
+    holder = inject_adapter_in_model(config, nn.ModuleDict({"layer": layer}))
+    g = torch.Generator().manual_seed(4)
+    state = {"lora_unet_layer.alpha": torch.tensor(ALPHA)}
+    with torch.no_grad():
+        for name, p in holder.named_parameters():
+            if name.endswith(".default"):
+                p.copy_(torch.randn(p.shape, generator=g))
+                state["lora_unet_layer." + name.split(".")[1]] = p.detach().clone()
+    save_file(state, str(tmp_path / "lycoris.safetensors"))
+    adapter = read_lora(tmp_path / "lycoris.safetensors")["lora_unet_layer"]
+    want = holder["layer"].get_delta_weight("default")
+    assert adapter.kind == kind and adapter.numel() == want.numel()
+    assert rel_err(adapter.delta(tuple(want.shape), "cpu"), want) <= 1e-6
