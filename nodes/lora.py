@@ -203,7 +203,7 @@ def match(lora: Lora, keys: dict[str, Target], weight_shape, what: str) -> dict[
             continue
         shape = target.shape(weight_shape(target))
         if adapter.numel() != math.prod(shape):
-            raise LoraError(f"{what}: {lora.name!r} changes {name} by {adapter.numel()} values but this {target.weight} "
-                            f"has {list(shape)} ({math.prod(shape)}); the LoRA is for another model")
+            raise LoraError(f"{what}: {lora.name!r} changes {name} by {adapter.numel()} values but this "
+                            f"{target.weight} has {list(shape)} ({math.prod(shape)}); the LoRA is for another model")
         found.setdefault(target, []).append(adapter)
     return found

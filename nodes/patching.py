@@ -105,6 +105,7 @@ class PatchedTextEncoder:
     patches: tuple[Patch, ...]
     resources: Any = None
     _towers: list | None = dataclasses.field(default=None, repr=False)
+    _resolved: Any = dataclasses.field(default=None, repr=False)
 
     kind = property(lambda self: self.base.kind)
 
@@ -116,7 +117,11 @@ class PatchedTextEncoder:
         return self._towers
 
     def resolved(self):
-        return self.base.with_towers(self.towers())
+        towers = self.towers()
+        # the same encoder while its towers stay cached: it keeps what it computed once (the empty prompt's window)
+        if self._resolved is None or any(a is not b for a, b in zip(self._resolved.towers(), towers)):
+            self._resolved = self.base.with_towers(towers)
+        return self._resolved
 
     def conditioning(self, text: str) -> list:
         return self.resolved().conditioning(text)

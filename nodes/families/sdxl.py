@@ -127,7 +127,6 @@ class SDXL(LDMFamily):
                                                                 index)
         return paths
 
-
     def write_demo_loras(self, folder):
         """For the base: ``demo_sdxl_lora`` (kohya-ss names on the sgm UNet, both text encoders) and
         ``demo_lcm_lora_sdxl`` (UNet only, kohya-ss names on diffusers' UNet blocks, the layout LCM-LoRA uses)."""

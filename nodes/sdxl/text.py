@@ -276,14 +276,15 @@ def lora_weight_names(tower) -> dict[str, tuple[str, tuple[int, int] | None, boo
     transformers model already (``text_model.`` may be flattened away in ours); an open_clip tower fuses q, k and v
     in ``in_proj_weight`` and multiplies by ``text_projection`` from the right (hf_to_open_clip)."""
     if not hasattr(tower, "ln_final"):  # transformers' CLIPTextModel(WithProjection)
-        return {(n if n.startswith(("text_model.", "text_projection")) else "text_model." + n): (n + ".weight", None, False)
-                for n, m in tower.named_modules() if isinstance(m, nn.Linear)}
+        return {(n if n.startswith(("text_model.", "text_projection")) else "text_model." + n):
+                (n + ".weight", None, False) for n, m in tower.named_modules() if isinstance(m, nn.Linear)}
     names = {}
     width = tower.token_embedding.weight.shape[1]
     for i in range(len(tower.transformer.resblocks)):
         ours, theirs = f"transformer.resblocks.{i}.", f"text_model.encoder.layers.{i}."
         for j, proj in enumerate("qkv"):
-            names[f"{theirs}self_attn.{proj}_proj"] = (ours + "attn.in_proj_weight", (j * width, (j + 1) * width), False)
+            rows = (j * width, (j + 1) * width)
+            names[f"{theirs}self_attn.{proj}_proj"] = (ours + "attn.in_proj_weight", rows, False)
         names[theirs + "self_attn.out_proj"] = (ours + "attn.out_proj.weight", None, False)
         names[theirs + "mlp.fc1"] = (ours + "mlp.c_fc.weight", None, False)
         names[theirs + "mlp.fc2"] = (ours + "mlp.c_proj.weight", None, False)
