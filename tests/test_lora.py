@@ -1,5 +1,5 @@
 """LoRA loaders (nodes.library.lora) against diffusers' ``load_lora_weights`` + ``fuse_lora`` (peft), on the tiny demo
-SDXL and SD 1.5 models: LoRA files in each key layout people download, written here from diffusers' and
+SDXL, SD 1.5 and SD 2.x models: LoRA files in each key layout people download, written here from diffusers' and
 transformers' own module names (and, for kohya-ss's SDXL names, from diffusers' own original→diffusers converter);
 UNet and text-encoder outputs; negative strengths; stacking; strength 0; the cached base model left bit-identical;
 errors and warnings."""
@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -20,7 +21,8 @@ from tests.oracles import demo_models, rel_err
 TOL = 1e-4
 RANK, ALPHA = 4, 2.0
 PROMPT = "a majestic lion jumping from a big stone at night"
-CHECKPOINTS = {"sdxl": "demo_sdxl_base.safetensors", "sd1": "demo_sd15.safetensors"}
+CHECKPOINTS = {"sdxl": "demo_sdxl_base.safetensors", "sd1": "demo_sd15.safetensors",
+               "sd2": "demo_sd2_768v.safetensors"}
 FORMATS = ["kohya", "peft", "lora_down_up_alpha"]
 UNET_LAYERS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2")
 TEXT_LAYERS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
@@ -35,10 +37,11 @@ def reference_pipeline(family: str):
 
     if family == "sdxl":
         return oracle.base_pipeline(demo_models()["sdxl_base_diffusers"], oracle.euler_karras())
-    folder = demo_models()["sd1_diffusers"]
+    folder = demo_models()[f"{family}_diffusers"]
+    tokenizer = oracle.hf_tokenizers()[0 if family == "sd1" else 1]  # SD 2.x pads with "!" (id 0), like open_clip
     return StableDiffusionPipeline(
         vae=oracle._strict(AutoencoderKL, folder / "vae"), unet=oracle._strict(UNet2DConditionModel, folder / "unet"),
-        text_encoder=oracle._strict(CLIPTextModel, folder / "text_encoder"), tokenizer=oracle.hf_tokenizers()[0],
+        text_encoder=oracle._strict(CLIPTextModel, folder / "text_encoder"), tokenizer=tokenizer,
         scheduler=oracle.euler_karras(), safety_checker=None, feature_extractor=None, requires_safety_checker=False)
 
 
@@ -185,7 +188,7 @@ def assert_close(ours, want, unpatched=None):
 # ---- parity -------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.parametrize("family", ["sdxl", "sd1"])
+@pytest.mark.parametrize("family", ["sdxl", "sd1", "sd2"])
 def test_lora_matches_diffusers_load_lora_weights_and_fuse_lora(env, family, fmt):
     pipe = reference_pipeline(family)
     untouched = reference_outputs(pipe)
@@ -306,9 +309,9 @@ def test_make_demo_model_writes_the_demo_loras_beside_the_checkpoints(tmp_path, 
     assert sorted(p.name for p in (tmp_path / "models" / "loras").iterdir()) == sorted(names)
     assert main(["make-demo-model", str(tmp_path / "c"), "--loras", str(tmp_path / "l")]) == 0
     assert sorted(p.name for p in (tmp_path / "l").iterdir()) == sorted(names)
-    from safetensors import safe_open
     with safe_open(str(tmp_path / "l" / names[0]), "pt") as f:
-        assert "produce noise" in f.metadata()["latentgraph_demo"] and "<models>/loras" in f.metadata()["latentgraph_demo"]
+        notice = f.metadata()["latentgraph_demo"]
+    assert "produce noise" in notice and "<models>/loras" in notice
 
 
 @pytest.mark.parametrize("family, name, fmt, keys", [
