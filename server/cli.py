@@ -258,10 +258,10 @@ def cmd_fetch_canvas(args) -> int:
 def cmd_make_demo_model(args) -> int:
     for path in catalog.make_demo_models(args.dir).values():
         print(path)
-    folder = args.upscale_models or os.path.join(os.path.dirname(os.path.abspath(args.dir)), "upscale_models")
-    print(catalog.write_demo_upscaler(folder))
-    loras = args.loras or os.path.join(os.path.dirname(os.path.abspath(args.dir)), "loras")
-    for path in catalog.write_demo_loras(loras).values():
+    beside = os.path.dirname(os.path.abspath(args.dir))
+    print(catalog.write_demo_upscaler(args.upscale_models or os.path.join(beside, "upscale_models")))
+    print(catalog.write_demo_controlnet(args.controlnet or os.path.join(beside, "controlnet")))
+    for path in catalog.write_demo_loras(args.loras or os.path.join(beside, "loras")).values():
         print(path)
     return 0
 
@@ -318,9 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fetch_canvas)
 
     p = sub.add_parser("make-demo-model", help="write the tiny demo checkpoints (one set per model family) into DIR "
-                                               "and a demo upscale model and LoRAs")
+                                               "and a demo upscale model, ControlNet and LoRAs")
     p.add_argument("dir", help="the checkpoints folder, e.g. models/checkpoints")
     p.add_argument("--upscale-models", help="folder for the demo upscale model (default: upscale_models beside DIR)")
+    p.add_argument("--controlnet", help="folder for the demo ControlNet (default: controlnet beside DIR)")
     p.add_argument("--loras", help="folder for the demo LoRAs (default: loras beside DIR)")
     p.set_defaults(func=cmd_make_demo_model)
     return parser

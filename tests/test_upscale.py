@@ -140,5 +140,5 @@ def test_make_demo_model_writes_the_upscaler_beside_the_checkpoints(tmp_path, mo
     assert (tmp_path / "models" / "upscale_models" / DEMO_UPSCALER).is_file()
     assert main(["make-demo-model", str(tmp_path / "c"), "--upscale-models", str(tmp_path / "u")]) == 0
     written = capsys.readouterr().out.split()
-    assert [p for p in written if p.endswith(DEMO_UPSCALER)] == [
-        str(tmp_path / "models" / "upscale_models" / DEMO_UPSCALER), str(tmp_path / "u" / DEMO_UPSCALER)]
+    assert str(tmp_path / "models" / "upscale_models" / DEMO_UPSCALER) in written
+    assert str(tmp_path / "u" / DEMO_UPSCALER) in written
