@@ -384,6 +384,8 @@ def cmd_make_demo_model(args) -> int:
     beside = os.path.dirname(os.path.abspath(args.dir))
     print(catalog.write_demo_upscaler(args.upscale_models or os.path.join(beside, "upscale_models")))
     print(catalog.write_demo_controlnet(args.controlnet or os.path.join(beside, "controlnet")))
+    for path in catalog.write_demo_loras(args.loras or os.path.join(beside, "loras")).values():
+        print(path)
     return 0
 
 
@@ -448,10 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fetch_canvas)
 
     p = sub.add_parser("make-demo-model", help="write the tiny demo checkpoints (one set per model family) into DIR "
-                                               "and a demo upscale model and ControlNet")
+                                               "and a demo upscale model, ControlNet and LoRAs")
     p.add_argument("dir", help="the checkpoints folder, e.g. models/checkpoints")
     p.add_argument("--upscale-models", help="folder for the demo upscale model (default: upscale_models beside DIR)")
     p.add_argument("--controlnet", help="folder for the demo ControlNet (default: controlnet beside DIR)")
+    p.add_argument("--loras", help="folder for the demo LoRAs (default: loras beside DIR)")
     p.set_defaults(func=cmd_make_demo_model)
     return parser
 

@@ -22,6 +22,7 @@ import torch
 
 from ..families import family_of
 from ..node import Input, Output, node
+from ..patching import PatchedTextEncoder
 from ..sdxl.text import SDXLTextEncoders
 from ..types import CLIP, CONDITIONING, SocketType
 from .conditioning import set_aesthetic, set_sizes
@@ -46,7 +47,10 @@ class TextEmbeds(NamedTuple):
 # -- shared functions ---------------------------------------------------------------------------------------------
 
 def ready(ctx, clip):
-    """The text encoders with their towers resident on the compute device."""
+    """The text encoders with their towers resident on the compute device (a CLIP with LoRAs: its family's encoder
+    on the patched towers)."""
+    if isinstance(clip, PatchedTextEncoder):
+        clip = clip.resolved()
     for tower in clip.towers():
         on_device(ctx, tower)
     return clip
@@ -75,12 +79,12 @@ def _empty_window(clip, tower: str) -> torch.Tensor:
 
 
 def encode_clip_l(ctx, clip, text: str, what: str) -> TextEmbeds:
-    _require(ready(ctx, clip), what, need_clip_l=True)
+    _require(clip := ready(ctx, clip), what, need_clip_l=True)
     return TextEmbeds(clip.encode_clip_l(text).cpu(), _empty_window(clip, "l"))
 
 
 def encode_bigg(ctx, clip, text: str, what: str) -> TextEmbeds:
-    _require(ready(ctx, clip), what, need_clip_l=False)
+    _require(clip := ready(ctx, clip), what, need_clip_l=False)
     hidden, pooled = clip.encode_bigg(text)
     return TextEmbeds(hidden.cpu(), _empty_window(clip, "g"), pooled.cpu())
 
@@ -204,8 +208,8 @@ class CLIPTextEncodeSDXL:
 
     def run(self, ctx):
         what = "CLIPTextEncodeSDXL: clip"
-        _require(self.clip, what, need_clip_l=True)
-        cond = encode_sdxl(ctx, self.clip, self.text_l, self.text_g, what)
+        _require(clip := ready(ctx, self.clip), what, need_clip_l=True)
+        cond = encode_sdxl(ctx, clip, self.text_l, self.text_g, what)
         return (set_sizes(cond, self.width, self.height, self.crop_w, self.crop_h,
                           self.target_width, self.target_height),)
 
