@@ -90,7 +90,7 @@ class LoraLoader:
     them. kohya-ss, diffusers/PEFT, LyCORIS (LoHa, LoKr) and single-file layouts; the base model is not changed."""
     model: MODEL = Input(description="the diffusion model to apply the LoRA to")
     clip: CLIP = Input(description="the text encoders to apply the LoRA to")
-    lora_name: str = Input(choices=lora_names, description="a LoRA file in <models>/loras")
+    lora_name: str = Input(choices=lora_names, model_folder=FOLDER, description="a LoRA file in <models>/loras")
     strength_model: float = Input(**STRENGTH, description="how much the LoRA changes the model; negative reverses it")
     strength_clip: float = Input(**STRENGTH, description="how much the LoRA changes the text encoders; may be negative")
 
@@ -111,7 +111,7 @@ class LoraLoaderModelOnly:
     """Apply a LoRA to a diffusion model alone (its text-encoder weights, if any, are left out): e.g. LCM-LoRA, or a
     LoRA for a model whose prompt is encoded elsewhere. Chain several to stack them."""
     model: MODEL = Input(description="the diffusion model to apply the LoRA to")
-    lora_name: str = Input(choices=lora_names, description="a LoRA file in <models>/loras")
+    lora_name: str = Input(choices=lora_names, model_folder=FOLDER, description="a LoRA file in <models>/loras")
     strength_model: float = Input(**STRENGTH, description="how much the LoRA changes the model; negative reverses it")
 
     @classmethod
