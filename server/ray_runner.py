@@ -98,7 +98,11 @@ class ExecutorActor:
         env = dataclasses.replace(config.env, models_dir=os.environ.get("LATENTGRAPH_MODELS") or config.env.models_dir,
                                   input_dir=self.dirs["input"], output_dir=self.dirs["output"],
                                   temp_dir=self.dirs["temp"])
-        self.runner = ThreadRunner(dataclasses.replace(config, device=device, env=env))
+        # the server's model hash cache where this machine can write it (the same file beside the server), else
+        # hashes are kept in memory
+        hash_cache = config.hash_cache if config.hash_cache and os.access(os.path.dirname(config.hash_cache),
+                                                                          os.W_OK) else None
+        self.runner = ThreadRunner(dataclasses.replace(config, device=device, env=env, hash_cache=hash_cache))
         if device == "cpu":  # the CPUs Ray gave this actor, not the machine's
             torch.set_num_threads(max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1))))
         self.node = ray.util.get_node_ip_address()
@@ -132,7 +136,8 @@ class ExecutorActor:
                       on_node_start=lambda node: buffer.put(("node_start", node)),
                       on_progress=lambda node, value, max_, jpeg=None: buffer.put(("progress", node, value, max_,
                                                                                      jpeg)),
-                      on_executed=lambda node, ui: buffer.put(("executed", node, ui, self._files_of(ui))))
+                      on_executed=lambda node, ui, profile=None: buffer.put(("executed", node, ui, profile,
+                                                                              self._files_of(ui))))
 
         def work() -> None:
             started = time.perf_counter()
@@ -347,9 +352,9 @@ class RayRunner:
                         _rename(report["outputs"], renamed)
                         return RunReport(**report)
                     if kind == "executed":
-                        node_id, ui, files = args
+                        node_id, ui, profile, files = args
                         self._receive(files, renamed)
-                        args = (node_id, _rename(ui, renamed))
+                        args = (node_id, _rename(ui, renamed), profile)
                     callback = getattr(hooks, f"on_{kind}", None)
                     if callback is not None:
                         callback(*args)
@@ -489,6 +494,7 @@ class RayPool:
             Path(folder, MARKER).write_text(token)
         runner_config = RunnerConfig("cpu", dataclasses.replace(env, models_dir=os.path.abspath(env.models_dir)),
                                      config.cache_entries, config.cache_bytes,
+                                     hash_cache=os.path.abspath(config.hash_cache),
                                      watchdog_seconds=config.watchdog_seconds)
         actor_class = ray.remote(ExecutorActor).options(max_concurrency=ACTOR_THREADS, max_restarts=-1,
                                                        max_task_retries=0, **placement)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -163,6 +164,13 @@ async def test_prompts_spread_by_model_affinity_and_stream_back_events_and_files
             assert (workers[pid], ckpt) in builds
             assert ckpt in entries[pid]["meta"]["route_reason"]
         assert all(d["node"] and d["pid"] and d["device"] == "cpu" for d in devices.values())
+
+        # provenance and profiles come back from the actors as from a local worker
+        sha = hashlib.sha256((server.folder / "models" / "checkpoints" / BASE).read_bytes()).hexdigest()
+        (model,) = entries[ids[0]]["meta"]["latentgraph"]["models"]
+        assert model["name"] == BASE and model["sha256"] == sha
+        assert entries[ids[0]]["meta"]["profile"]["5"]["ms"] > 0
+        assert all(m["data"]["profile"] for m in watcher.of(ids[0]) if m["type"] == "executed")
 
         # every actor's progress and previews reached the client, each prompt's messages in order
         for worker in ("ray-0", "ray-1"):
