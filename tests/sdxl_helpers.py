@@ -12,11 +12,12 @@ from nodes.node import Environment
 def demo_models_dir(tmp_path_factory) -> str:
     """A models folder whose checkpoints/ is the session's demo checkpoints (oracles.demo_models writes them once):
     demo_sdxl_base.safetensors, demo_sdxl_refiner.safetensors and demo_sdxl_base_diffusers/ …; whose
-    text_encoders/ holds the standalone demo text encoders (SD3's); and whose upscale_models/ holds the demo
-    upscaler."""
+    upscale_models/ holds the demo upscaler, controlnet/ the demo ControlNet, loras/ the demo LoRAs and text_encoders/
+    the standalone demo text encoders (SD3's)."""
     from oracles import demo_models
 
-    from nodes.demo import make_demo_text_encoders
+    from nodes.controlnet import write_demo_controlnet
+    from nodes.demo import make_demo_loras, make_demo_text_encoders
     from nodes.upscale_models import write_demo_upscaler
 
     root = tmp_path_factory.getbasetemp() / "sdxl_models"
@@ -25,6 +26,8 @@ def demo_models_dir(tmp_path_factory) -> str:
         (root / "checkpoints").symlink_to(demo_models()["sdxl_base"].parent, target_is_directory=True)
         make_demo_text_encoders(root / "text_encoders")
         write_demo_upscaler(root / "upscale_models")
+        write_demo_controlnet(root / "controlnet")
+        make_demo_loras(root / "loras")
     return str(root)
 
 
