@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from patience import Deadline, async_wait_until, patience
 from PIL import Image
 
 from nodes.node import REGISTRY, Input, Output, load_builtin_nodes, node
@@ -105,23 +106,31 @@ def start_server(tmp_path: Path, port: int, *extra: str, log_name: str = "server
     return proc
 
 
-def wait_ready(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+def wait_ready(port: int, proc: subprocess.Popen, log: Path, seconds: float = 60) -> None:
+    """Until the server answers HTTP; an error at once if it exits, or past `seconds` (stretched by the load)."""
+    deadline = Deadline(seconds)
+    while not deadline.expired():
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/prompt", timeout=1):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/prompt", timeout=patience(5)):
                 return
         except OSError:
             time.sleep(0.1)
     proc.kill()
-    raise RuntimeError(f"server did not start in {timeout} s:\n{log.read_text()[-3000:]}")
+    raise RuntimeError(f"server did not start in {deadline.elapsed():.0f} s:\n{log.read_text()[-3000:]}")
 
 
-def http_json(port: int, path: str, body=None, timeout: float = 10):
+def http_json(port: int, path: str, body=None, seconds: float = 10):
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
                                  headers={"Content-Type": "application/json"} if data else {})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
+    with urllib.request.urlopen(req, timeout=patience(seconds)) as resp:
         return json.loads(resp.read())
+
+
+async def wait_history(client, prompt_id: str, seconds: float = 60.0) -> dict:
+    """The /history entry of `prompt_id` once it is there (`client`: aiohttp's test client)."""
+    async def entry():
+        return (await (await client.get(f"/history/{prompt_id}")).json()).get(prompt_id)
+    return await async_wait_until(entry, seconds, what=f"prompt {prompt_id} finishing")

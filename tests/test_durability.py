@@ -3,21 +3,11 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import urllib.request
 from pathlib import Path
 
+from patience import patience, wait_until
 from server_helpers import free_port, http_json, image_prompt, slow_prompt, start_server
-
-
-def wait_for(predicate, timeout=120.0, every=0.1):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("timed out")
 
 
 def children(pid: int) -> list[int]:
@@ -39,11 +29,11 @@ def test_kill_9_loses_no_queued_prompt(tmp_path):
     try:
         # one prompt finishes before the crash: its image must stay viewable afterwards
         done = http_json(port, "/prompt", {"prompt": image_prompt(prefix="before")})["prompt_id"]
-        wait_for(lambda: done in http_json(port, f"/history/{done}"))
+        wait_until(lambda: done in http_json(port, f"/history/{done}"))
         image = http_json(port, f"/history/{done}")[done]["outputs"]["9"]["images"][0]
 
         slow = http_json(port, "/prompt", {"prompt": slow_prompt(2048)})["prompt_id"]
-        wait_for(lambda: [i[1] for i in http_json(port, "/queue")["queue_running"]] == [slow], every=0.02)
+        wait_until(lambda: [i[1] for i in http_json(port, "/queue")["queue_running"]] == [slow], every=0.02)
         http_json(port, "/queue", {"pause": True})  # whatever the machine's speed, the rest stays queued
         queued = [http_json(port, "/prompt", {"prompt": image_prompt(color=i, prefix=f"q{i}")})["prompt_id"]
                   for i in range(5)]
@@ -58,15 +48,15 @@ def test_kill_9_loses_no_queued_prompt(tmp_path):
         assert sorted(os.sched_getscheduler(pid) for pid in executors) == [os.SCHED_OTHER, os.SCHED_IDLE]
     finally:
         proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
+        proc.wait(patience(10))
     assert proc.returncode == -signal.SIGKILL
     # it dies with the server: no orphan goes on running a prompt the restarted server will run again
-    wait_for(lambda: not any(alive(pid) for pid in executors), timeout=2)
+    wait_until(lambda: not any(alive(pid) for pid in executors), 2)
 
     proc = start_server(tmp_path, port, log_name="server2.log")
     try:
         # every queued prompt is there (in the same order; a restart is not paused) and all of them run
-        wait_for(lambda: all(pid in http_json(port, f"/history/{pid}") for pid in queued))
+        wait_until(lambda: all(pid in http_json(port, f"/history/{pid}") for pid in queued))
         history = http_json(port, "/history")
         for pid in queued:
             assert history[pid]["status"]["status_str"] == "success", history[pid]["status"]
@@ -79,7 +69,7 @@ def test_kill_9_loses_no_queued_prompt(tmp_path):
         assert cut["messages"][-1][1]["exception_message"] == "interrupted by server restart"
         assert "interrupted by server restart" in (tmp_path / "server2.log").read_text()
         http_json(port, "/queue", {"requeue": [slow]})
-        wait_for(lambda: http_json(port, f"/history/{slow}").get(slow, {}).get("status", {}).get("completed"))
+        wait_until(lambda: http_json(port, f"/history/{slow}").get(slow, {}).get("status", {}).get("completed"))
 
         # the output from before the crash is still listed and viewable
         assert history[done]["outputs"]["9"]["images"][0] == image
@@ -88,4 +78,4 @@ def test_kill_9_loses_no_queued_prompt(tmp_path):
             assert resp.status == 200 and resp.read(8) == b"\x89PNG\r\n\x1a\n"
     finally:
         proc.terminate()
-        proc.wait(20)
+        proc.wait(patience(20))

@@ -1,12 +1,11 @@
 """Workflows people share: schema-v1 files with subgraphs (hand-built here), and every template of the MIT
 `comfyui-workflow-templates-json` package (installed by the test extra, never copied into the repo)."""
-import asyncio
 import collections
 import json
 
 import pytest
 from PIL import Image
-from server_helpers import make_config
+from server_helpers import make_config, wait_history
 from template_helpers import (SDXL_TEMPLATES, expected_checkpoints, load_template, place_demo_checkpoints,
                               template_names)
 
@@ -264,12 +263,3 @@ async def test_sdxl_templates_run_through_the_server(aiohttp_client, tmp_path):
             (image,) = [i for ui in entry["outputs"].values() for i in ui["images"]]
             resp = await client.get("/api/view", params=image)
             assert resp.status == 200 and (await resp.read()).startswith(b"\x89PNG")
-
-
-async def wait_history(client, prompt_id, timeout=120.0):
-    for _ in range(int(timeout / 0.1)):
-        data = await (await client.get(f"/api/history/{prompt_id}")).json()
-        if prompt_id in data:
-            return data[prompt_id]
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"prompt {prompt_id} did not finish")

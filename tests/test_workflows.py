@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from patience import patience
 from PIL import Image
 
 from nodes.node import load_builtin_nodes
@@ -160,7 +161,7 @@ def test_latentgraph_run_in_a_real_process(env, tmp_path):
     command = [script] if os.path.exists(script) else [sys.executable, "-m", "server.cli"]
     proc = subprocess.run(command + ["run", workflow_path("sdxl_base_comfy"), "--models", env.models_dir,
                                      "--out", str(out), "-q"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+                          cwd=REPO, capture_output=True, text=True, timeout=patience(600))
     assert proc.returncode == 0, proc.stderr
     written = [line for line in proc.stdout.splitlines() if line.endswith(".png")]
     assert len(written) == 1 and os.path.dirname(written[0]) == str(out)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import pytest
+from patience import Deadline, patience
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "browser"
 
@@ -47,10 +47,10 @@ def open_shipped(page, name: str):
     page.wait_for_function("(name) => document.querySelector('.tab.active .name').textContent === name", arg=name)
 
 
-def wait_for_image_on(page, node_id: int, timeout: float = 60000):
+def wait_for_image_on(page, node_id: int, seconds: float = 60):
     page.wait_for_function(
         """(id) => { const img = app.graph.getNodeById(id).lg?.images?.[0];
-                     return img && img.complete && img.naturalWidth > 0; }""", arg=node_id, timeout=timeout)
+                     return img && img.complete && img.naturalWidth > 0; }""", arg=node_id, timeout=patience(seconds) * 1000)
 
 
 def drag_node(page, type_name: str, x: int, y: int) -> int:
@@ -109,7 +109,7 @@ def test_first_visit_opens_the_sdxl_base_workflow_ready_to_queue(page):
     assert outputs
     page.click("#queue-button")
     for node_id in outputs:
-        wait_for_image_on(page, node_id, timeout=240000)
+        wait_for_image_on(page, node_id, seconds=240)
     page.shot("first-visit-run")
 
 
@@ -145,10 +145,10 @@ def test_a_prompt_that_finishes_before_its_answer_arrives_still_shows_its_image(
     context.route(re.compile(r"/history/[0-9a-f-]+$"), lambda route: history.append(route))
     page = open_canvas(server)
 
-    def until(condition, timeout=30.0):
-        deadline = time.monotonic() + timeout
+    def until(condition, seconds=30.0):
+        deadline = Deadline(seconds)
         while not condition():
-            assert time.monotonic() < deadline, "timed out"
+            assert not deadline.expired(), "timed out"
             page.wait_for_timeout(20)  # Playwright runs the route handlers meanwhile
 
     new_tab(page)
@@ -166,7 +166,7 @@ def test_a_prompt_that_finishes_before_its_answer_arrives_still_shows_its_image(
     page.wait_for_timeout(300)
     for pending in history:
         pending.continue_()
-    wait_for_image_on(page, save, timeout=15000)
+    wait_for_image_on(page, save, seconds=15)
 
 
 def test_build_from_empty_canvas_and_run(page, server):
@@ -183,7 +183,7 @@ def test_build_from_empty_canvas_and_run(page, server):
     page.click('.side-tabs button[data-panel="gallery-panel"]')
     src = page.evaluate("(id) => app.graph.getNodeById(id).lg.images[0].src", save)
     gallery = page.locator(f'#gallery img[src="{src.removeprefix(server.rstrip("/"))}"]')
-    gallery.wait_for(timeout=10000)
+    gallery.wait_for(timeout=patience(10) * 1000)
     assert page.evaluate("(id) => app.graph.getNodeById(id).lg.images[0].naturalWidth", save) == 512
     page.shot("image-on-save-node-and-gallery")
     gallery.click()
@@ -227,7 +227,7 @@ def test_build_sdxl_base_from_empty_canvas_and_run(page):
     page.click("#queue-button")
     page.wait_for_function("([id, seed]) => app.graph.getNodeById(id).widgets.find((w) => w.name === 'seed').value !== seed",
                            arg=[sampler, seed])  # "randomize" is the seed's control after generate
-    wait_for_image_on(page, save, timeout=240000)
+    wait_for_image_on(page, save, seconds=240)
     assert page.evaluate("app.progressEvents") >= 2
     page.click('.side-tabs button[data-panel="gallery-panel"]')
     page.locator("#gallery img").first.wait_for()
@@ -398,9 +398,9 @@ def test_queue_panel_pause_delete_resume(page):
         kept = page.evaluate("document.querySelector('#queue-pending li .label').textContent")
         page.click("#pause-queue")
         page.wait_for_function("document.querySelector('#pause-queue').textContent === 'Pause'")
-        page.wait_for_function("document.querySelectorAll('#queue-pending li').length === 0", timeout=60000)
+        page.wait_for_function("document.querySelectorAll('#queue-pending li').length === 0", timeout=patience(60) * 1000)
         history = page.locator("#queue-history li", has_text=kept.split()[-1])
-        history.wait_for(timeout=60000)
+        history.wait_for(timeout=patience(60) * 1000)
         assert history.inner_text().startswith("success")
         deleted = next(i for i in ids if not kept.endswith(i[:8]))
         assert page.locator("#queue-history li", has_text=deleted[:8]).count() == 0
