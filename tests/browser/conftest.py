@@ -26,6 +26,9 @@ VIEWPORT = {"width": 1280, "height": 800}
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:  # under pytest-xdist (--dist loadgroup) they share one worker: one server, one Chromium
+        if item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.xdist_group("browser"))
     reason = None
     if not os.path.exists(CHROMIUM):
         reason = f"{CHROMIUM} is missing (apt-get install chromium)"
