@@ -23,11 +23,6 @@ from pathlib import Path
 
 import torch
 
-from nodes.checkpoints import UNET_PREFIX, VAE_PREFIX
-from nodes.sdxl.configs import SDXL_BASE_UNET, SDXL_VAE
-from nodes.sdxl.unet import UNetModel
-from nodes.sdxl.vae import AutoencoderKL
-
 CHILD = r"""
 import itertools, json, sys, time
 import torch
@@ -70,17 +65,12 @@ print(json.dumps({"seconds": elapsed, "peak_rss": status("VmHWM") - base, "bytes
 
 def full_shapes(tiny: bool, tmp: str) -> dict[str, tuple]:
     if tiny:
-        from nodes.checkpoints import read_shapes
         from nodes.demo import make_demo_models
+        from nodes.weights import read_shapes
         path = make_demo_models(Path(tmp) / "demo")["sdxl_base"]  # inside the run's temp dir, removed with it
         return read_shapes(path)
-    from nodes.sdxl.text import full_size_state_shapes
-    with torch.device("meta"):
-        unet, vae = UNetModel(SDXL_BASE_UNET), AutoencoderKL(SDXL_VAE)
-    shapes = {UNET_PREFIX + k: tuple(v.shape) for k, v in unet.state_dict().items()}
-    shapes.update({VAE_PREFIX + k: tuple(v.shape) for k, v in vae.state_dict().items()})
-    shapes.update({k: tuple(v) for k, v in full_size_state_shapes("sdxl_base").items()})
-    return shapes
+    from nodes.families import family_of
+    return family_of("sdxl_base").full_size_shapes()
 
 
 def write_random_checkpoint(path: Path, shapes: dict[str, tuple]) -> int:

@@ -1,10 +1,11 @@
-"""Full-size SDXL base UNet, fp32 on CPU: ours vs diffusers' UNet2DConditionModel holding the same weights.
+"""A full-size UNet, fp32 on CPU: ours vs diffusers' UNet2DConditionModel holding the same weights.
 
 Both models share one set of weight tensors (diffusers' is built on the meta device and adopts ours under its
-names), so the run needs ~11 GB instead of ~21 GB. Runs alternate in one process; prints the median ratio.
+names), so the run needs one model's memory. Runs alternate in one process; prints the median ratio.
 
-    python benchmarks/unet.py            # full size (latent 32×32, batch 2): ~11 GB RAM, minutes
-    python benchmarks/unet.py --tiny     # smoke run on the tiny preset
+    python benchmarks/unet.py                          # SDXL base (latent 32×32, batch 2): ~11 GB RAM, minutes
+    python benchmarks/unet.py --family sd15 --size 64  # SD 1.5 (latent 64×64, batch 2): ~4 GB RAM
+    python benchmarks/unet.py --tiny                   # smoke run on the family's tiny preset
 """
 from __future__ import annotations
 
@@ -14,11 +15,17 @@ import time
 
 import torch
 
-from nodes.checkpoints import unet_diffusers_names
 from nodes.demo import unet_config_to_diffusers
+from nodes.families.ldm import unet_diffusers_names
+from nodes.families.sd1 import SD15_UNET, TINY_SD1_UNET
+from nodes.families.sd2 import SD21_UNET, TINY_SD2_UNET
 from nodes.sdxl.configs import SDXL_BASE_UNET, TINY_BASE_UNET, TINY_BIGG_WIDTH
 from nodes.sdxl.embeddings import timestep_embedding
 from nodes.sdxl.unet import UNetModel
+
+# family: (full-size config, tiny config, pooled text width for SDXL's vector input)
+FAMILIES = {"sdxl": (SDXL_BASE_UNET, TINY_BASE_UNET, 1280), "sd15": (SD15_UNET, TINY_SD1_UNET, 0),
+            "sd21": (SD21_UNET, TINY_SD2_UNET, 0)}
 
 
 def build(cfg):
@@ -38,6 +45,8 @@ def inputs(cfg, pooled_width, batch, size):
     x = torch.randn(batch, 4, size, size, generator=g)
     t = torch.tensor([600.0] * batch)
     context = torch.randn(batch, 77, cfg.context_dim, generator=g)
+    if not cfg.adm_in_channels:
+        return (x, t, context), dict(sample=x, timestep=t, encoder_hidden_states=context)
     pooled = torch.randn(batch, pooled_width, generator=g)
     ids = torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * batch)
     y = torch.cat([pooled, timestep_embedding(ids.flatten(), 256).reshape(batch, -1)], 1)
@@ -47,15 +56,17 @@ def inputs(cfg, pooled_width, batch, size):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--family", default="sdxl", choices=list(FAMILIES), help="which UNet (default: SDXL base)")
     ap.add_argument("--tiny", action="store_true", help="tiny preset smoke run")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--size", type=int, default=32, help="latent side")
     args = ap.parse_args()
-    cfg, pooled = (TINY_BASE_UNET, TINY_BIGG_WIDTH) if args.tiny else (SDXL_BASE_UNET, 1280)
+    full, tiny, pooled = FAMILIES[args.family]
+    cfg, pooled = (tiny, TINY_BIGG_WIDTH) if args.tiny else (full, pooled)
     t0 = time.perf_counter()
     ours, ref = build(cfg)
-    print(f"built {'tiny' if args.tiny else 'full-size'} base UNet "
+    print(f"built {'tiny' if args.tiny else 'full-size'} {args.family} UNet "
           f"({sum(p.numel() for p in ours.parameters()):,} params, shared) in {time.perf_counter() - t0:.1f}s; "
           f"threads {torch.get_num_threads()}")
     ours_in, ref_in = inputs(cfg, pooled, args.batch, args.size)

@@ -1,5 +1,6 @@
-"""Tiny random-weight SDXL base and refiner checkpoints in the real single-file layout (plus a diffusers-layout
-copy of the base). They exercise every loading path and the whole pipeline in seconds; their images are noise."""
+"""Tiny random-weight demo checkpoints, one set per model family (each family module's ``write_demo`` writes its
+own in its real layouts, with the helpers here). They exercise every loading path and the whole pipeline in
+seconds; their images are noise."""
 from __future__ import annotations
 
 import json
@@ -9,15 +10,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .checkpoints import (BIGG_PREFIX, CLIP_L_PREFIX, UNET_PREFIX, VAE_PREFIX, unet_diffusers_names,
-                          vae_diffusers_names)
-from .sdxl.configs import (TINY_BASE_UNET, TINY_BIGG_WIDTH, TINY_CLIP_L_WIDTH, TINY_REFINER_UNET, TINY_VAE,
-                           UNetConfig, VAEConfig)
-from .sdxl.unet import UNetModel
-from .sdxl.vae import AutoencoderKL
+from .families import load_builtin_families
+from .families.ldm import unet_diffusers_names, vae_diffusers_names
+from .sdxl.configs import UNetConfig, VAEConfig
 
-DEMO_NOTICE = ("Demo model: tiny random weights that produce noise, not pictures. Put real SDXL checkpoints "
-               "(sd_xl_base_1.0.safetensors, sd_xl_refiner_1.0.safetensors) in <models>/checkpoints.")
 SEED = 20240101
 TEXT_LAYERS, TEXT_HEADS = 3, 4  # tiny towers; H2b's loader reads width 32 as 4 heads
 VOCAB, CONTEXT_LENGTH = 49408, 77  # the real tokenizer's ids must stay valid
@@ -44,9 +40,9 @@ def _owner(module: nn.Module, param_name: str) -> nn.Module:
 def unet_config_to_diffusers(cfg: UNetConfig) -> dict:
     """The ``unet/config.json`` diffusers would write for this UNet. diffusers takes the down blocks' depths from
     this list and the middle block's from its last entry, so the last level must be attention-free or as deep
-    as the middle (true of SDXL)."""
+    as the middle (true of SD 1.x, 2.x and SDXL)."""
     attn = [d > 0 for d in cfg.transformer_depth]
-    return {
+    conf = {
         "_class_name": "UNet2DConditionModel", "sample_size": 128,
         "in_channels": cfg.in_channels, "out_channels": cfg.out_channels, "layers_per_block": cfg.num_res_blocks,
         "block_out_channels": cfg.channels,
@@ -55,12 +51,16 @@ def unet_config_to_diffusers(cfg: UNetConfig) -> dict:
         "mid_block_type": "UNetMidBlock2DCrossAttn",
         "transformer_layers_per_block": [d or 1 for d in cfg.transformer_depth[:-1]]
         + [cfg.transformer_depth_middle],
-        "attention_head_dim": [c // cfg.num_head_channels for c in cfg.channels],
-        "cross_attention_dim": cfg.context_dim, "use_linear_projection": True,
+        "attention_head_dim": cfg.num_heads or [c // cfg.num_head_channels for c in cfg.channels],
+        "cross_attention_dim": cfg.context_dim, "use_linear_projection": cfg.use_linear_in_transformer,
         "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
         "projection_class_embeddings_input_dim": cfg.adm_in_channels,
         "norm_num_groups": 32, "norm_eps": 1e-5, "flip_sin_to_cos": True, "freq_shift": 0, "act_fn": "silu",
     }
+    if not cfg.adm_in_channels:  # SD 1.x / 2.x: no vector input
+        for key in ("addition_embed_type", "addition_time_embed_dim", "projection_class_embeddings_input_dim"):
+            del conf[key]
+    return conf
 
 
 def vae_config_to_diffusers(cfg: VAEConfig) -> dict:
@@ -74,29 +74,30 @@ def vae_config_to_diffusers(cfg: VAEConfig) -> dict:
 
 # ---- tiny text towers, in the checkpoint layouts ---------------------------------------------------------
 
-def _clip_l_config(width: int):
+def clip_l_config(width: int):
     from transformers import CLIPTextConfig
     return CLIPTextConfig(hidden_size=width, intermediate_size=4 * width, num_attention_heads=TEXT_HEADS,
                           num_hidden_layers=TEXT_LAYERS, vocab_size=VOCAB, max_position_embeddings=CONTEXT_LENGTH,
                           hidden_act="quick_gelu", projection_dim=width)
 
 
-def tiny_clip_l_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
+def tiny_clip_l_state(width: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """CLIP-L-shaped tower as the single file stores it: ``text_model.*`` plus the int64 ``position_ids``."""
     from transformers import CLIPTextModel
-    model = randomize(CLIPTextModel(_clip_l_config(TINY_CLIP_L_WIDTH)), generator)
+    model = randomize(CLIPTextModel(clip_l_config(width)), generator)
     sd = {k if k.startswith("text_model.") else "text_model." + k: v for k, v in model.state_dict().items()}
     sd["text_model.embeddings.position_ids"] = torch.arange(CONTEXT_LENGTH)[None]
     return sd
 
 
-def tiny_bigg_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """bigG-shaped OpenCLIP text tower (visual tower removed), open_clip key layout incl. ``logit_scale``."""
+def tiny_open_clip_state(width: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """A tiny OpenCLIP text tower (bigG's or OpenCLIP-H's shape; visual tower removed), open_clip key layout incl.
+    ``logit_scale``."""
     import open_clip
     model = open_clip.model.CLIP(
-        embed_dim=TINY_BIGG_WIDTH,
+        embed_dim=width,
         vision_cfg=dict(image_size=32, layers=1, width=32, patch_size=16, head_width=16),
-        text_cfg=dict(context_length=CONTEXT_LENGTH, vocab_size=VOCAB, width=TINY_BIGG_WIDTH, heads=TEXT_HEADS,
+        text_cfg=dict(context_length=CONTEXT_LENGTH, vocab_size=VOCAB, width=width, heads=TEXT_HEADS,
                       layers=TEXT_LAYERS))
     del model.visual
     randomize(model, generator)
@@ -105,7 +106,7 @@ def tiny_bigg_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
     return dict(model.state_dict())
 
 
-def bigg_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def open_clip_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """open_clip text tower → HF ``CLIPTextModelWithProjection`` keys (sdxl.md §11.1)."""
     out = {"text_model.embeddings.token_embedding.weight": sd["token_embedding.weight"],
            "text_model.embeddings.position_embedding.weight": sd["positional_embedding"],
@@ -129,25 +130,33 @@ def bigg_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _bigg_hf_config(width: int) -> dict:
-    conf = _clip_l_config(width)
-    conf.hidden_act = "gelu"
-    return {**conf.to_dict(), "architectures": ["CLIPTextModelWithProjection"]}
+def hf_text_config(width: int, architecture: str = "CLIPTextModel", **changes) -> dict:
+    """The config.json transformers writes for a tiny CLIP text model: CLIP-L's settings with ``changes``."""
+    conf = clip_l_config(width)
+    for key, value in changes.items():
+        setattr(conf, key, value)
+    return {**conf.to_dict(), "architectures": [architecture]}
 
 
 # ---- writing ----------------------------------------------------------------------------------------------
 
-def _single_file(kind: str, unet: UNetModel, vae: AutoencoderKL, text: dict[str, dict], dtype) -> dict:
-    sd = {UNET_PREFIX + k: v for k, v in unet.state_dict().items()}
-    sd.update({VAE_PREFIX + k: v for k, v in vae.state_dict().items()})
-    if kind == "sdxl_base":
-        sd.update({CLIP_L_PREFIX + k: v for k, v in text["clip_l"].items()})
-    sd.update({BIGG_PREFIX[kind] + k: v for k, v in text["clip_g"].items()})
-    return {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in sd.items()}
+def notice(what: str) -> str:
+    """The text every demo file carries in its metadata; ``what`` names the real checkpoints to use instead."""
+    return f"Demo model: tiny random weights that produce noise, not pictures. Put real {what} in <models>/checkpoints."
 
 
-def _write_diffusers(folder: Path, unet: UNetModel, vae: AutoencoderKL, text: dict[str, dict]) -> None:
-    """The base as a diffusers pipeline folder (unet/, vae/, text_encoder/, text_encoder_2/)."""
+def save_single_file(path: Path, state: dict[str, torch.Tensor], dtype: torch.dtype, what: str) -> Path:
+    """Floating tensors in ``dtype``, the demo notice as the only metadata entry (safetensors orders metadata at
+    random, so one entry keeps the file deterministic)."""
+    state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
+    save_file(state, str(path), metadata={"latentgraph_demo": notice(what)})
+    return path
+
+
+def write_diffusers(folder: Path, unet, vae, text: dict[str, tuple[dict, dict]], model_index: dict,
+                    scheduler: dict | None = None) -> Path:
+    """A diffusers pipeline folder: unet/, vae/, each ``text[sub] = (HF state dict, HF config)``, model_index.json
+    and, when given, scheduler/scheduler_config.json."""
     parts = {}
     names = unet_diffusers_names(unet.config)
     parts["unet"] = ({names[k]: v for k, v in unet.state_dict().items()}, unet_config_to_diffusers(unet.config),
@@ -155,45 +164,25 @@ def _write_diffusers(folder: Path, unet: UNetModel, vae: AutoencoderKL, text: di
     names = vae_diffusers_names(vae.config)
     vae_sd = {names[k]: (v[:, :, 0, 0] if ".mid.attn_1." in k and v.ndim == 4 else v) for k, v in vae.state_dict().items()}
     parts["vae"] = (vae_sd, vae_config_to_diffusers(vae.config), "diffusion_pytorch_model.safetensors")
-    clip_l = {k: v for k, v in text["clip_l"].items() if not k.endswith("position_ids")}
-    parts["text_encoder"] = (clip_l, {**_clip_l_config(TINY_CLIP_L_WIDTH).to_dict(),
-                                      "architectures": ["CLIPTextModel"]}, "model.safetensors")
-    parts["text_encoder_2"] = (bigg_to_hf(text["clip_g"]), _bigg_hf_config(TINY_BIGG_WIDTH), "model.safetensors")
+    for sub, (sd, conf) in text.items():
+        parts[sub] = (sd, conf, "model.safetensors")
     for sub, (sd, conf, filename) in parts.items():
         (folder / sub).mkdir(parents=True, exist_ok=True)
         save_file({k: v.contiguous() for k, v in sd.items()}, str(folder / sub / filename))
         (folder / sub / "config.json").write_text(json.dumps(conf, indent=2, default=str))
-    (folder / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusionXLPipeline", "force_zeros_for_empty_prompt": True,
-        "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}, indent=2))
-
-
-def build_demo_parts(kind: str, seed: int = SEED):
-    """Seeded tiny (UNet, VAE, text state dicts) for ``kind``."""
-    g = torch.Generator().manual_seed(seed + (0 if kind == "sdxl_base" else 1))
-    unet = randomize(UNetModel(TINY_BASE_UNET if kind == "sdxl_base" else TINY_REFINER_UNET), g)
-    vae = randomize(AutoencoderKL(TINY_VAE), g)
-    text = {"clip_g": tiny_bigg_state(g)}
-    if kind == "sdxl_base":
-        text["clip_l"] = tiny_clip_l_state(g)
-    return unet, vae, text
+    (folder / "model_index.json").write_text(json.dumps(model_index, indent=2))
+    if scheduler is not None:
+        (folder / "scheduler").mkdir(exist_ok=True)
+        (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2))
+    return folder
 
 
 def make_demo_models(out_dir, dtype: torch.dtype = torch.float32) -> dict[str, Path]:
-    """Write ``demo_sdxl_base.safetensors``, ``demo_sdxl_refiner.safetensors`` and ``demo_sdxl_base_diffusers/``
-    into ``out_dir``; the same seed gives the same files."""
+    """Every family's demo checkpoints in ``out_dir`` ({kind or kind_diffusers: path}); the same seed gives the
+    same files."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for kind in ("sdxl_base", "sdxl_refiner"):
-        unet, vae, text = build_demo_parts(kind)
-        path = out / f"demo_{kind}.safetensors"
-        save_file(_single_file(kind, unet, vae, text, dtype), str(path),
-                  metadata={"latentgraph_demo": DEMO_NOTICE})  # one entry: safetensors orders metadata at random
-        paths[kind] = path
-        if kind == "sdxl_base":
-            paths["sdxl_base_diffusers"] = out / "demo_sdxl_base_diffusers"
-            _write_diffusers(paths["sdxl_base_diffusers"], unet, vae, text)
+    for family in load_builtin_families().values():
+        paths.update(family.write_demo(out, dtype))
     return paths

@@ -54,6 +54,8 @@ class Input:
     step: float | None = None
     round: float | bool | None = None
     choices: Sequence[str] | Callable[["Environment"], Sequence[str]] | None = None
+    # a value outside `choices` that is still valid (LoadImage's annotated "name.png [output]"); not in the schema
+    also_accepts: Callable[[str, "Environment"], bool] | None = None
     multiline: bool = False
     optional: bool = False
     link_only: bool = False  # a widget-typed input that only accepts a link (ComfyUI `forceInput`)
@@ -96,7 +98,8 @@ class Input:
         """Check and convert a constant value; raises InputError with a ComfyUI error type."""
         if self.choices is not None:
             options = self.options(env)
-            if not isinstance(value, str) or value not in options:
+            if not isinstance(value, str) or (value not in options and not (
+                    self.also_accepts is not None and self.also_accepts(value, env or Environment()))):
                 shown = options if len(options) <= 20 else f"(list of length {len(options)})"
                 raise InputError("value_not_in_list", f"Value not in list: {self.name}: {value!r} not in {shown}")
             return value

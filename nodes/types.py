@@ -5,9 +5,13 @@ objects in ComfyUI's shapes:
 
     IMAGE         float tensor [B, H, W, C], 0..1
     MASK          float tensor [B, H, W], 1 = masked
-    LATENT        dict {"samples": [B, 4, H/8, W/8], optional "noise_mask", "batch_index"}
+    LATENT        dict {"samples": [B, C, H/8, W/8], optional "noise_mask", "batch_index"}, in the sampling space
+                  of a family's latent format (nodes.latent_format)
     CONDITIONING  list of [context [B, T, D], {"pooled_output": [B, P], ...extras}] entries
-    MODEL / CLIP / VAE   handles defined by nodes.sdxl / nodes.checkpoints
+    MODEL         a denoiser (the protocol in nodes.sampling.denoiser)
+    CLIP          a checkpoint's text encoders (the protocol nodes.families.TextEncoder)
+    VAE           an AutoencoderKL (nodes.sdxl.vae) whose config holds its latent scale
+    UPSCALE_MODEL nodes.upscale_models.UpscaleModel
 """
 from __future__ import annotations
 
@@ -35,14 +39,16 @@ _PRIMITIVES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
 IMAGE = SocketType("IMAGE", "pictures, float [B, H, W, C] in 0..1")
 MASK = SocketType("MASK", "masks, float [B, H, W], 1 = masked")
-LATENT = SocketType("LATENT", "latents {'samples': [B, 4, H/8, W/8]}")
+LATENT = SocketType("LATENT", "latents {'samples': [B, C, H/8, W/8]}")
 CONDITIONING = SocketType("CONDITIONING", "text conditioning entries [context, {pooled_output, ...}]")
-MODEL = SocketType("MODEL", "a denoising UNet with its noise schedule")
+MODEL = SocketType("MODEL", "a denoising network with its noise schedule and latent format")
 CLIP = SocketType("CLIP", "text encoders and tokenizers")
 VAE = SocketType("VAE", "the latent autoencoder")
 SAMPLER = SocketType("SAMPLER", "a sampling algorithm")
 SIGMAS = SocketType("SIGMAS", "a noise-level schedule, 1-D tensor")
 NOISE = SocketType("NOISE", "an initial-noise source")
+GUIDER = SocketType("GUIDER", "a model with its conditioning and guidance scale")
+UPSCALE_MODEL = SocketType("UPSCALE_MODEL", "an image-to-image upscale model (ESRGAN, SwinIR, …)")
 ANY = SocketType("*", "any type")
 
 _BY_PYTHON = {int: INT, float: FLOAT, str: STRING, bool: BOOLEAN}

@@ -1,4 +1,5 @@
-"""The `latentgraph` command: run, validate and list nodes headless; start the server; make the demo model.
+"""The `latentgraph` command: run, validate and list nodes headless; start the server; make the demo model; fetch
+the canvas library without npm.
 
 Every failure a user can cause (missing file, bad JSON, invalid graph, a node raising) ends in a readable
 message on stderr and a non-zero exit status, never a traceback."""
@@ -11,8 +12,10 @@ import sys
 import tempfile
 import threading
 import uuid
+from pathlib import Path
 from typing import Any
 
+from nodes import catalog
 from nodes.node import Environment, load_builtin_nodes
 
 from .executor import Executor, Hooks
@@ -20,6 +23,7 @@ from .graph import load_prompt, read_png_workflow, set_ui_widget, ui_to_api, val
 
 EXIT_INVALID = 1   # the graph is invalid or a node failed
 EXIT_USAGE = 2     # the file could not be read, or arguments are wrong
+MODELS_ENV = "LATENTGRAPH_MODELS"
 
 
 class CLIError(Exception):
@@ -238,26 +242,44 @@ def cmd_serve(args) -> int:
     return app.run(args) or 0
 
 
-def cmd_make_demo_model(args) -> int:
-    from nodes import demo
+def cmd_fetch_canvas(args) -> int:
+    from .app import shipped
+    from .canvas_lib import NAME, fetch, pinned
 
-    for path in demo.make_demo_models(args.dir).values():
+    web = Path(args.web) if args.web else shipped("web")
+    try:
+        where = fetch(web)
+    except ValueError as exc:
+        raise CLIError(str(exc))
+    print(f"{NAME} {pinned(web)[0]} installed in {where}")
+    return 0
+
+
+def cmd_make_demo_model(args) -> int:
+    for path in catalog.make_demo_models(args.dir).values():
         print(path)
+    folder = args.upscale_models or os.path.join(os.path.dirname(os.path.abspath(args.dir)), "upscale_models")
+    print(catalog.write_demo_upscaler(folder))
     return 0
 
 
 # -- parser ------------------------------------------------------------------------------------------------------
 
+def add_models_argument(p: argparse.ArgumentParser) -> None:
+    """--models, for every command that reads models (serve included)."""
+    p.add_argument("--models", default=os.environ.get(MODELS_ENV, "models"),
+                   help=f"model folder: checkpoints/, vae/, loras/ ... (default: ${MODELS_ENV} or ./models)")
+
+
 def _folders(p: argparse.ArgumentParser, out: bool = False) -> None:
-    p.add_argument("--models", default=os.environ.get("LATENTGRAPH_MODELS", "models"),
-                   help="model folder (default: $LATENTGRAPH_MODELS or ./models)")
+    add_models_argument(p)
     p.add_argument("--input", default="input", help="folder LoadImage reads from (default: ./input)")
     if out:
         p.add_argument("--out", default="output", help="folder outputs are written to (default: ./output)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="latentgraph", description="Node-graph workflows for SDXL latent diffusion.")
+    parser = argparse.ArgumentParser(prog="latentgraph", description="Node-graph workflows for latent diffusion.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run a workflow (UI or API JSON, or a PNG with an embedded workflow)")
@@ -287,8 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
         app.add_arguments(p)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("make-demo-model", help="write the small demo checkpoint into DIR")
-    p.add_argument("dir")
+    p = sub.add_parser("fetch-canvas", help="download the canvas library from the npm registry, without npm "
+                                            "(checked against web/package-lock.json)")
+    p.add_argument("--web", metavar="DIR", help="the canvas folder to install it in (default: the one served)")
+    p.set_defaults(func=cmd_fetch_canvas)
+
+    p = sub.add_parser("make-demo-model", help="write the tiny demo checkpoints (one set per model family) into DIR "
+                                               "and a demo upscale model")
+    p.add_argument("dir", help="the checkpoints folder, e.g. models/checkpoints")
+    p.add_argument("--upscale-models", help="folder for the demo upscale model (default: upscale_models beside DIR)")
     p.set_defaults(func=cmd_make_demo_model)
     return parser
 

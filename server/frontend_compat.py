@@ -7,14 +7,17 @@ place of ``web/``. Besides the routes in server/routes.py it calls (comfyui-comp
 - ``/userdata`` (saved workflows, per-user files): list, read, write, delete, move; ``/v2/userdata``;
 - ``/jobs`` (the queue and history panels; the frontend validates the shape strictly), ``/jobs/{id}``, cancel;
 - ``/i18n``, ``/workflow_templates``, ``/global_subgraphs``, ``/experiment/models`` (degrade gracefully);
-- ``/templates/index.json`` and ``/templates/<name>.json``: the template browser, served from the MIT
-  ``comfyui-workflow-templates-json`` package when it is installed.
+- ``/templates/index.json``, ``/templates/<name>.json`` and thumbnails: the template browser. Our shipped workflows
+  come first, one category per family (server/templates.py); the MIT ``comfyui-workflow-templates-json`` package's
+  templates follow when it is installed.
 
 User files live under ``<data>/userdata``; every path is confined to it.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
+import functools
 import json
 import os
 import shutil
@@ -23,11 +26,18 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .routes import model_names
+from nodes.catalog import model_names
+
+from . import templates
+from .routes import read_body
 from .security import PathError, confined, error_json
 
 FRONTENDS = ("latentgraph", "comfyui")
 JOB_STATES = ("pending", "in_progress", "completed", "failed", "cancelled")
+# user files are served as these types only (never HTML or script a browser would run), as attachments
+USERDATA_TYPES = {".json": "application/json", ".css": "text/plain", ".txt": "text/plain", ".md": "text/plain",
+                  ".csv": "text/plain", ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+                  ".webp": "image/webp"}
 
 
 # -- command line ------------------------------------------------------------------------------------------------
@@ -36,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frontend", choices=FRONTENDS, default="latentgraph",
                         help="web UI to serve: ours (web/) or the official ComfyUI frontend, if you have installed "
                              "it yourself (pip install comfyui-frontend-package; GPL, not shipped with latentgraph)")
+    parser.add_argument("--front-end-root", metavar="DIR", default=None,
+                        help="serve the web UI from this folder instead (as ComfyUI's flag of that name)")
 
 
 def comfyui_static_dir() -> Path:
@@ -52,8 +64,10 @@ def comfyui_static_dir() -> Path:
 
 
 def configure(config, args: argparse.Namespace):
-    """Apply ``--frontend`` to a server Config: the official frontend replaces web/ as the static root."""
-    if getattr(args, "frontend", "latentgraph") == "comfyui":
+    """Apply ``--frontend`` / ``--front-end-root`` to a server Config: the static root replaces web/."""
+    if getattr(args, "front_end_root", None):
+        config.web_dir = Path(args.front_end_root)
+    elif getattr(args, "frontend", "latentgraph") == "comfyui":
         config.web_dir = comfyui_static_dir()
     return config
 
@@ -89,6 +103,14 @@ def _templates_dir() -> Path | None:
     return Path(pkg.__file__).parent / "templates"
 
 
+@functools.cache
+def _package_index() -> list:
+    """The template package's own index (read once: an installed package does not change)."""
+    folder = _templates_dir()
+    index = folder / "index.json" if folder else None
+    return json.loads(index.read_text()) if index and index.is_file() else []
+
+
 def _flag(request: web.Request, name: str) -> bool:
     return request.query.get(name, "").lower() in ("true", "1")
 
@@ -101,7 +123,7 @@ class FrontendRoutes:
     @property
     def root(self) -> Path:
         root = Path(self.s.config.data_dir) / "userdata"
-        root.mkdir(parents=True, exist_ok=True)
+        (root / "workflows").mkdir(parents=True, exist_ok=True)  # where both frontends save workflows
         return root
 
     def _path(self, rel: str) -> Path:
@@ -151,7 +173,10 @@ class FrontendRoutes:
         path = self._path(request.match_info["file"])
         if not path.is_file():
             return error_json(404, "not_found", f"no user file {request.match_info['file']!r}")
-        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+        ctype = USERDATA_TYPES.get(path.suffix.lower(), "application/octet-stream")
+        return web.FileResponse(path, headers={"Cache-Control": "no-cache", "Content-Type": ctype,
+                                               "Content-Disposition": "attachment",
+                                               "X-Content-Type-Options": "nosniff"})
 
     async def post_userdata(self, request):
         """Write a user file; refuses to replace one unless ``overwrite`` is not false (409, as ComfyUI)."""
@@ -160,10 +185,15 @@ class FrontendRoutes:
             return error_json(409, "file_exists", f"{request.match_info['file']!r} already exists")
         if path.is_dir():
             return error_json(400, "is_a_directory", f"{request.match_info['file']!r} is a folder")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        config = self.s.config
+        data = await read_body(request, config.max_body_bytes, config.read_timeout)
         tmp = path.with_name(path.name + ".part")
-        tmp.write_bytes(await request.read())
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError as exc:  # e.g. `a.json/x` where a.json is a file
+            return error_json(409, "cannot_write", f"cannot write {request.match_info['file']!r}: {exc.strerror}")
         return web.json_response(self._info(path) if _flag(request, "full_info") else
                                  path.relative_to(self.root).as_posix())
 
@@ -180,8 +210,11 @@ class FrontendRoutes:
             return error_json(404, "not_found", f"no user file {request.match_info['file']!r}")
         if dest.exists() and request.query.get("overwrite", "true").lower() == "false":
             return error_json(409, "file_exists", f"{request.match_info['dest']!r} already exists")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(source, dest)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(source, dest)
+        except OSError as exc:
+            return error_json(409, "cannot_write", f"cannot move to {request.match_info['dest']!r}: {exc.strerror}")
         return web.json_response(self._info(dest) if _flag(request, "full_info") else
                                  dest.relative_to(self.root).as_posix())
 
@@ -210,7 +243,14 @@ class FrontendRoutes:
 
     async def job(self, request):
         job_id = request.match_info["job_id"]
-        found = next((j for j in self._all_jobs() if j["id"] == job_id), None)
+        q = self.s.queue
+        state = q.state_of(job_id)  # one row, not every job
+        if state == "done":
+            found = _finished_job(q.history_item(job_id))
+        else:
+            items = q.pending() if state == "pending" else q.running() if state == "running" else []
+            status = "in_progress" if state == "running" else "pending"
+            found = next((_queued_job(i, status) for i in items if i.prompt_id == job_id), None)
         if found is None:
             return error_json(404, "not_found", f"no job {job_id!r}")
         return web.json_response(found)
@@ -262,17 +302,26 @@ class FrontendRoutes:
         return web.Response(text=text, content_type="text/css", headers={"Cache-Control": "no-cache"})
 
     async def template(self, request):
-        """Template browser files from the MIT template package, when installed."""
+        """Template browser files: the shipped workflows and their thumbnails, then the MIT template package's."""
+        name = request.match_info["name"]
+        shipped = Path(self.s.config.workflows_dir)
         folder = _templates_dir()
+        if name == "index.json":
+            return web.json_response(templates.index(shipped) + _package_index(), headers={"Cache-Control": "no-cache"})
+        found = templates.find(shipped, name)
+        if found and found[0] == "json":
+            return web.FileResponse(found[1], headers={"Content-Type": "application/json", "Cache-Control": "no-cache"})
+        if found:
+            data = await asyncio.get_running_loop().run_in_executor(None, templates.thumbnail, found[1])
+            return web.Response(body=data, content_type="image/webp", headers={"Cache-Control": "no-cache"})
         if folder is None:
-            return error_json(404, "not_found", "no workflow templates installed "
-                                                "(pip install comfyui-workflow-templates-json)")
+            return error_json(404, "not_found", f"no template {name!r} (more: pip install comfyui-workflow-templates-json)")
         try:
-            path = confined(folder, request.match_info["name"])
+            path = confined(folder, name)
         except PathError as exc:
             return error_json(403, "forbidden_path", str(exc))
         if not path.is_file():
-            return error_json(404, "not_found", f"no template file {request.match_info['name']!r}")
+            return error_json(404, "not_found", f"no template file {name!r}")
         return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
 
 
@@ -283,8 +332,11 @@ def _ms(t: float | None) -> int | None:
     return None if t is None else int(t * 1000)
 
 
-def _workflow_id(extra: dict) -> str | None:
-    workflow = (extra.get("extra_pnginfo") or {}).get("workflow")
+def _workflow_id(extra) -> str | None:
+    """The id of the UI workflow a prompt came from; None when it carries none (stored rows are read as they
+    are: an older server accepted any JSON in extra_pnginfo)."""
+    pnginfo = extra.get("extra_pnginfo") if isinstance(extra, dict) else None
+    workflow = pnginfo.get("workflow") if isinstance(pnginfo, dict) else None
     value = workflow.get("id") if isinstance(workflow, dict) else None
     return str(value) if value is not None else None
 

@@ -3,30 +3,37 @@
 ComfyUI reports a missing node type as a generic ``invalid_prompt`` and a missing model as ``value_not_in_list``
 on a combo (comfyui-compat.md §16). ``explain`` rewrites a validation result so that
 
-- every node of an unknown class gets a ``missing_node_type`` error, and the top-level error lists each missing
-  class with the node ids that use it (``extra_info.missing_node_types = {class: [ids]}``);
+- every node of an unknown class gets a ``missing_node_type`` error that says whether the class is one of ComfyUI's
+  built-in nodes latentgraph does not implement, or a custom node that is not installed; the top-level error
+  lists each missing class with the node ids that use it (``extra_info.missing_node_types = {class: [ids]}``,
+  the built-in ones again in ``extra_info.not_implemented``) and any missing model files with them;
 - a model-file combo (``ckpt_name``, ``vae_name`` …) whose file is absent gets a ``missing_model`` error naming
-  the file and the folder it is expected in — and, when exactly one installed checkpoint of the same family
-  (SDXL base / SDXL refiner) exists, naming that one as the likely substitute.
+  the file and the folder it is expected in — and, when nodes/ knows an installed file that could stand in for it
+  (``nodes.catalog.substitute``), naming that one.
 """
 from __future__ import annotations
 
+import functools
+import json
 import os
-import re
 from typing import Any
 
+from nodes.catalog import INPUT_FOLDERS, substitute
 from nodes.node import Environment, NodeSpec
 
-# input name → folder under <models>, as ComfyUI names them (folder_paths), so shared workflows map unchanged
-MODEL_FOLDERS = {
-    "ckpt_name": "checkpoints", "vae_name": "vae", "lora_name": "loras", "unet_name": "diffusion_models",
-    "clip_name": "text_encoders", "clip_name1": "text_encoders", "clip_name2": "text_encoders",
-    "control_net_name": "controlnet", "style_model_name": "style_models", "upscale_model_name": "upscale_models",
-    "model_name": "upscale_models", "embedding_name": "embeddings", "gligen_name": "gligen",
-    "hypernetwork_name": "hypernetworks",
-}
 LEGACY_GROUP_PREFIXES = ("workflow>", "workflow/")
-FAMILY_NAMES = {"sdxl_base": "SDXL base", "sdxl_refiner": "SDXL refiner"}
+
+
+@functools.cache
+def comfyui_builtin_nodes() -> frozenset[str]:
+    """ComfyUI's own node classes (server/comfyui_builtin_nodes.json says where the list comes from)."""
+    with open(os.path.join(os.path.dirname(__file__), "comfyui_builtin_nodes.json"), encoding="utf-8") as f:
+        return frozenset(json.load(f)["nodes"])
+
+
+def is_comfyui_builtin(kind: str) -> bool:
+    # the list's source writes "EmptyAceStep1.5LatentAudio" as "EmptyAceStep1_5LatentAudio"
+    return kind in comfyui_builtin_nodes() or kind.replace(".", "_") in comfyui_builtin_nodes()
 
 
 def missing_node_types(prompt: dict, registry: dict[str, NodeSpec]) -> dict[str, list[str]]:
@@ -47,57 +54,30 @@ def _missing_message(kind: str) -> str:
     if kind.startswith(LEGACY_GROUP_PREFIXES):  # old frontends' group nodes; their widget layout is not recorded
         return (f"{kind!r} is a legacy group node, which is not supported: open the workflow in the ComfyUI "
                 "frontend and convert it to a subgraph (or ungroup it), then save again")
-    return f"Node type {kind!r} is not installed"
-
-
-def checkpoint_family(path: str) -> str | None:
-    """"sdxl_base" / "sdxl_refiner" for an installed checkpoint (file header or diffusers folder), else None."""
-    from nodes.checkpoints import detect, read_shapes
-    try:
-        if os.path.isdir(path):
-            has_l = os.path.isdir(os.path.join(path, "text_encoder"))
-            return "sdxl_base" if has_l else "sdxl_refiner" if os.path.isdir(os.path.join(path, "unet")) else None
-        return detect(read_shapes(path))
-    except (OSError, ValueError):  # unreadable or not SDXL (UnsupportedCheckpoint is a ValueError): no family
-        return None
-
-
-def family_from_name(name: str) -> str | None:
-    """Guess the family of a file we do not have from its name (the only thing a shared workflow carries)."""
-    low = os.path.basename(name).lower()
-    if "refiner" in low:
-        return "sdxl_refiner"
-    if re.search(r"sd[_-]?xl|(^|[^a-z])xl|xl([^a-z]|$)", low):  # sd_xl_base, sdxl-turbo, juggernautXL_v9
-        return "sdxl_base"
-    return None
-
-
-def suggestion(env: Environment, folder: str, name: str, installed: list[str]) -> tuple[str | None, str]:
-    """(substitute file or None, sentence to append) for a missing model `name` in `folder`."""
-    if folder == "checkpoints":
-        family = family_from_name(name)
-        root = os.path.join(env.models_dir or "models", folder)
-        same = [f for f in installed if family and checkpoint_family(os.path.join(root, f)) == family]
-        if family and len(same) == 1:
-            return same[0], f"; the only installed {FAMILY_NAMES[family]} checkpoint is {same[0]!r}"
-        return None, ""
-    if len(installed) == 1:
-        return installed[0], f"; the only file installed there is {installed[0]!r}"
-    return None, ""
+    if is_comfyui_builtin(kind):
+        return f"{kind!r} is a ComfyUI built-in node that is not implemented by latentgraph"
+    return f"Node type {kind!r} is not installed (a custom node, not part of ComfyUI or latentgraph)"
 
 
 def _model_error(err: dict, node_id: str, env: Environment) -> dict:
     info = err["extra_info"]
     name, value = info.get("input_name"), info.get("received_value")
-    folder = MODEL_FOLDERS[name]
+    folder = INPUT_FOLDERS[name]
     config = info.get("input_config") or []
     installed = list(config[0]) if config and isinstance(config[0], list) else []
     where = os.path.join(env.models_dir or "models", folder)
-    substitute, hint = suggestion(env, folder, str(value), installed)
+    stand_in, hint = substitute(env, folder, str(value), installed)
     message = f"Model file {value!r} is not installed: expected in {where} (input {name} of node {node_id}){hint}"
     return {"type": "missing_model", "message": message, "details": err["details"],
             "extra_info": {**info, "file": value, "folder": folder, "path": where, "installed": installed,
-                           "suggestion": substitute}}
+                           "suggestion": stand_in}}
+
+
+def _title(node: Any) -> str | None:
+    """A node's `_meta.title`, if the client sent one of the right shape."""
+    meta = node.get("_meta") if isinstance(node, dict) else None
+    title = meta.get("title") if isinstance(meta, dict) else None
+    return title if isinstance(title, str) else None
 
 
 def explain(result: Any, prompt: dict, registry: dict[str, NodeSpec], env: Environment | None = None) -> Any:
@@ -111,25 +91,35 @@ def explain(result: Any, prompt: dict, registry: dict[str, NodeSpec], env: Envir
         errors = entry["errors"]
         for i, err in enumerate(errors):
             kind = entry.get("class_type")
-            if err["type"] == "invalid_prompt" and kind in missing:
+            if err["type"] == "invalid_prompt" and isinstance(kind, str) and kind in missing:
                 errors[i] = {"type": "missing_node_type", "message": _missing_message(kind),
-                             "details": f"node {node_id} ({kind})", "extra_info": {"class_type": kind}}
-            elif err["type"] == "value_not_in_list" and err["extra_info"].get("input_name") in MODEL_FOLDERS:
+                             "details": f"node {node_id} ({kind})",
+                             "extra_info": {"class_type": kind, "comfyui_builtin": is_comfyui_builtin(kind)}}
+            elif err["type"] == "value_not_in_list" and err["extra_info"].get("input_name") in INPUT_FOLDERS:
                 errors[i] = _model_error(err, node_id, env)
                 models.append({"node_id": node_id, **{k: errors[i]["extra_info"][k] for k in
                                                       ("input_name", "file", "folder", "suggestion")}})
+    files = ", ".join(f"{m['file']} ({m['folder']})" for m in models)
     if missing:
         # ComfyUI (PR #12194) answers this type with the first missing node's id, class and title, which its
         # frontend turns into the missing-nodes dialog; the full map is ours
-        text = describe_missing_nodes(missing)
+        builtin = {k: ids for k, ids in missing.items() if is_comfyui_builtin(k)}
+        custom = {k: ids for k, ids in missing.items() if k not in builtin}
+        parts = []
+        if builtin:
+            parts.append(f"not implemented by latentgraph (ComfyUI built-ins): {describe_missing_nodes(builtin)}")
+        if custom:
+            parts.append(f"not installed (custom nodes): {describe_missing_nodes(custom)}")
+        if models:
+            parts.append(f"missing model files: {files}")
         first_kind, first_ids = next(iter(missing.items()))
-        title = ((prompt.get(first_ids[0]) or {}).get("_meta") or {}).get("title") or first_kind
-        result.error = {"type": "missing_node_type",
-                        "message": f"Cannot execute because these node types are not installed: {text}",
-                        "details": text, "extra_info": {"node_id": first_ids[0], "class_type": first_kind,
-                                                        "node_title": title, "missing_node_types": missing}}
+        title = _title(prompt.get(first_ids[0])) or first_kind
+        result.error = {"type": "missing_node_type", "message": "Cannot execute because of missing node types: "
+                        + "; ".join(parts), "details": describe_missing_nodes(missing),
+                        "extra_info": {"node_id": first_ids[0], "class_type": first_kind, "node_title": title,
+                                       "missing_node_types": missing, "not_implemented": sorted(builtin),
+                                       **({"missing_models": models} if models else {})}}
     elif models and result.error is not None:
         result.error["extra_info"] = {**result.error.get("extra_info", {}), "missing_models": models}
-        files = ", ".join(f"{m['file']} ({m['folder']})" for m in models)
         result.error["message"] = f"{result.error['message']}: missing model files: {files}"
     return result

@@ -40,8 +40,9 @@ def _nbytes(t: torch.Tensor) -> int:
 
 
 class ModelResidency:
-    """Entries may nest (a checkpoint container registered with `cached`, its UNet with `load`): memory is
-    counted per tensor, once, wherever it lives, and a module in use protects every entry sharing its tensors."""
+    """Entries may nest (a checkpoint container registered with `cached`, its denoising network with `load`):
+    memory is counted per tensor, once, wherever it lives, and a module in use protects every entry sharing its
+    tensors."""
 
     def __init__(self, device: str | torch.device = "cpu", device_budget: int | None = None,
                  ram_budget: int | None = None):

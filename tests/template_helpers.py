@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-SDXL_TEMPLATES = ("image_sdxl_simple", "sdxl_simple_example", "sdxl_refiner_prompt_example")
+SDXL_TEMPLATES = ("image_sdxl_simple", "sdxl_simple_example", "sdxl_refiner_prompt_example", "sdxlturbo_example")
 
 
 def template_dir() -> str:

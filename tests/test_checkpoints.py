@@ -5,8 +5,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from nodes.checkpoints import (CheckpointError, UnsupportedCheckpoint, detect, load_checkpoint, load_vae,
-                               read_shapes)
+from nodes.checkpoints import detect, load_checkpoint, load_vae
+from nodes.weights import CheckpointError, UnsupportedCheckpoint, read_shapes
 from nodes.sdxl.configs import TINY_BASE_UNET, TINY_REFINER_UNET, TINY_VAE
 from tests.oracles import demo_models, rel_err
 
@@ -73,11 +73,11 @@ def test_converting_read_drops_mapped_pages_behind(tmp_path, monkeypatch):
     every page, so the page-aligned bookkeeping runs on a tiny file): values are the file's, exactly."""
     import mmap
 
-    import nodes.checkpoints as checkpoints
+    import nodes.weights as weights
     sd = {k: v.half() if v.is_floating_point() else v for k, v in tensors().items()}
     save_file(sd, str(tmp_path / "half.safetensors"))
-    monkeypatch.setattr(checkpoints, "_DROP_EVERY", mmap.PAGESIZE)
-    got = checkpoints.read_tensors(tmp_path / "half.safetensors", lambda k: k, torch.float32, "cpu")
+    monkeypatch.setattr(weights, "_DROP_EVERY", mmap.PAGESIZE)
+    got = weights.read_tensors(tmp_path / "half.safetensors", lambda k: k, torch.float32, "cpu")
     assert got.keys() == sd.keys()
     for k, v in sd.items():
         assert got[k].dtype == (torch.float32 if v.is_floating_point() else v.dtype)
@@ -103,15 +103,16 @@ def test_detect_unsupported_says_what_it_found():
     _unsupported(inpaint, "inpainting")
     sd15 = {"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
             "cond_stage_model.transformer.text_model.embeddings.token_embedding.weight": (49408, 768)}
-    _unsupported(sd15, "Stable Diffusion 1.x")
-    sd2 = {"model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
-           "cond_stage_model.model.token_embedding.weight": (49408, 1024)}
-    _unsupported(sd2, "Stable Diffusion 2.x")
+    assert detect(sd15) == "sd1"
+    _unsupported({**sd15, "model.diffusion_model.input_blocks.0.0.weight": (320, 9, 3, 3)}, "inpainting SD 1.x")
+    unet_only = {k: v for k, v in base.items() if not k.startswith("conditioner.")}
+    del unet_only["model.diffusion_model.label_emb.0.0.weight"]
+    _unsupported(unet_only, "not the text encoders of a supported family (SD 1.x, ")
     vae_only = {k: v for k, v in base.items() if k.startswith("first_stage_model.")}
     _unsupported(vae_only, "standalone VAE")
     no_text = {k: v for k, v in base.items() if not k.startswith("conditioner.")}
     _unsupported(no_text, "text encoders")
-    _unsupported({"foo.weight": (3,)}, "no UNet", "foo.weight")
+    _unsupported({"foo.weight": (3,)}, "no diffusion model", "foo.weight")
 
 
 def test_errors_name_missing_and_unexpected_keys(tmp_path):
@@ -148,6 +149,17 @@ def test_bad_files(tmp_path):
     with pytest.raises(UnsupportedCheckpoint, match="found no VAE"):
         save_file({"x": torch.zeros(1)}, str(tmp_path / "x.safetensors"))
         load_vae(tmp_path / "x.safetensors")
+
+
+def test_standalone_vae_latent_scale_comes_from_its_family_or_name(tmp_path):
+    """SD 1.x/2.x and SDXL VAEs share one layout: a full checkpoint's VAE has its family's scale, a standalone file's
+    comes from its name (the SD VAEs people download say so), SDXL's otherwise."""
+    sd = {k[len("first_stage_model."):]: v for k, v in tensors().items() if k.startswith("first_stage_model.")}
+    for name, scale in (("vae-ft-mse-840000-ema-pruned.safetensors", 0.18215), ("sdxl_vae.safetensors", 0.13025),
+                        ("mine.safetensors", 0.13025)):
+        save_file(sd, str(tmp_path / name))
+        assert load_vae(tmp_path / name).config.scaling_factor == scale, name
+    assert load_vae(demo_models()["sd1"]).config.scaling_factor == 0.18215
 
 
 def test_diffusers_folder_heads_come_from_config(tmp_path):

@@ -1,5 +1,7 @@
-"""ComfyUI's SDXL node set as `latentgraph nodes --json` lists it, checked against the reference input lists
-(comfyui-compat.md §11, §13): names, order, types, defaults, bounds, outputs and display names."""
+"""ComfyUI's node set as `latentgraph nodes --json` and GET /object_info list it, checked against the reference
+input lists (comfyui-compat.md §11, §13; for the nodes added since ComfyUI's docs, its /object_info, its frontend's
+English node names and the widget values of its shared workflows): names, order, types, defaults, bounds, outputs
+and display names."""
 import json
 
 import pytest
@@ -20,6 +22,37 @@ REFERENCE = {
     "CLIPTextEncode": ("CLIP Text Encode (Prompt)",
                        [("text", "STRING", {"multiline": True, "dynamicPrompts": True}), ("clip", "CLIP", {})],
                        ["CONDITIONING"]),
+    "CLIPSetLastLayer": ("CLIP Set Last Layer",
+                         [("clip", "CLIP", {}), ("stop_at_clip_layer", "INT", {"default": -1, "min": -24, "max": -1,
+                                                                               "step": 1})], ["CLIP"]),
+    "ModelSamplingDiscrete": ("ModelSamplingDiscrete", [
+        ("model", "MODEL", {}), ("sampling", ["eps", "v_prediction", "lcm", "x0"], {}),
+        ("zsnr", "BOOLEAN", {"default": False})], ["MODEL"]),
+    "KSamplerSelect": ("KSamplerSelect", [("sampler_name", COMBO, {})], ["SAMPLER"]),
+    "BasicScheduler": ("BasicScheduler", [
+        ("model", "MODEL", {}), ("scheduler", COMBO, {}), ("steps", "INT", {"default": 20, "min": 1, "max": 10000}),
+        ("denoise", "FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01})], ["SIGMAS"]),
+    "SDTurboScheduler": ("SDTurboScheduler", [
+        ("model", "MODEL", {}), ("steps", "INT", {"default": 1, "min": 1, "max": 10}),
+        ("denoise", "FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01})], ["SIGMAS"]),
+    "SplitSigmas": ("SplitSigmas", [("sigmas", "SIGMAS", {}), ("step", "INT", {"default": 0, "min": 0, "max": 10000})],
+                    ["SIGMAS", "SIGMAS"]),
+    "RandomNoise": ("RandomNoise", [("noise_seed", "INT", {"default": 0, "min": 0, "max": BIG,
+                                                           "control_after_generate": True})], ["NOISE"]),
+    "DisableNoise": ("DisableNoise", [], ["NOISE"]),
+    "CFGGuider": ("CFGGuider", [
+        ("model", "MODEL", {}), ("positive", "CONDITIONING", {}), ("negative", "CONDITIONING", {}),
+        ("cfg", "FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01})], ["GUIDER"]),
+    "BasicGuider": ("BasicGuider", [("model", "MODEL", {}), ("conditioning", "CONDITIONING", {})], ["GUIDER"]),
+    "SamplerCustom": ("SamplerCustom", [
+        ("model", "MODEL", {}), ("add_noise", "BOOLEAN", {"default": True}),
+        ("noise_seed", "INT", {"default": 0, "min": 0, "max": BIG, "control_after_generate": True}),
+        ("cfg", "FLOAT", {"default": 8.0, "min": 0.0, "max": 100.0, "step": 0.1, "round": 0.01}),
+        ("positive", "CONDITIONING", {}), ("negative", "CONDITIONING", {}), ("sampler", "SAMPLER", {}),
+        ("sigmas", "SIGMAS", {}), ("latent_image", "LATENT", {})], ["LATENT", "LATENT"]),
+    "SamplerCustomAdvanced": ("SamplerCustomAdvanced", [
+        ("noise", "NOISE", {}), ("guider", "GUIDER", {}), ("sampler", "SAMPLER", {}), ("sigmas", "SIGMAS", {}),
+        ("latent_image", "LATENT", {})], ["LATENT", "LATENT"]),
     "CLIPTextEncodeSDXL": ("CLIPTextEncodeSDXL", [
         ("clip", "CLIP", {}),
         ("width", "INT", {"default": 1024, "min": 0, "max": MAXRES}),
@@ -82,7 +115,58 @@ REFERENCE = {
     "SaveImage": ("Save Image", [("images", "IMAGE", {}), ("filename_prefix", "STRING", {"default": "ComfyUI"})], []),
     "PreviewImage": (None, [("images", "IMAGE", {})], []),
     "LoadImage": ("Load Image", [("image", COMBO, {"image_upload": True})], ["IMAGE", "MASK"]),
+    # issue 18: ComfyUI's core image, latent, mask, conditioning and upscale-model nodes
+    "ImageBlend": ("Blend Images", [
+        ("image1", "IMAGE", {}), ("image2", "IMAGE", {}),
+        ("blend_factor", "FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01}),
+        ("blend_mode", ["normal", "multiply", "screen", "overlay", "soft_light", "difference"], {})], ["IMAGE"]),
+    "ImagePadForOutpaint": ("Pad Image for Outpainting", [("image", "IMAGE", {})] + [
+        (side, "INT", {"default": 0, "min": 0, "max": MAXRES, "step": 8}) for side in ("left", "top", "right", "bottom")]
+        + [("feathering", "INT", {"default": 40, "min": 0, "max": MAXRES, "step": 1})], ["IMAGE", "MASK"]),
+    "ImageScaleToTotalPixels": ("Scale Image to Total Pixels", [
+        ("image", "IMAGE", {}), ("upscale_method", ["nearest-exact", "bilinear", "area", "bicubic", "lanczos"], {}),
+        ("megapixels", "FLOAT", {"default": 1.0, "min": 0.01, "max": 16.0, "step": 0.01}),
+        ("resolution_steps", "INT", {"default": 1, "min": 1, "max": 256})], ["IMAGE"]),
+    "ImageBatch": (None, [("image1", "IMAGE", {}), ("image2", "IMAGE", {})], ["IMAGE"]),
+    "LatentComposite": ("Latent Composite", [("samples_to", "LATENT", {}), ("samples_from", "LATENT", {})] + [
+        (name, "INT", {"default": 0, "min": 0, "max": MAXRES, "step": 8}) for name in ("x", "y", "feather")],
+        ["LATENT"]),
+    "LatentCompositeMasked": ("Latent Composite Masked", [("destination", "LATENT", {}), ("source", "LATENT", {})] + [
+        (name, "INT", {"default": 0, "min": 0, "max": MAXRES, "step": 8}) for name in ("x", "y")] + [
+        ("resize_source", "BOOLEAN", {"default": False}), ("mask", "MASK", {})], ["LATENT"]),
+    "SetLatentNoiseMask": ("Set Latent Noise Mask", [("samples", "LATENT", {}), ("mask", "MASK", {})], ["LATENT"]),
+    "RepeatLatentBatch": ("Repeat Latent Batch", [("samples", "LATENT", {}),
+                                                  ("amount", "INT", {"default": 1, "min": 1, "max": 64})], ["LATENT"]),
+    "LatentFromBatch": (None, [("samples", "LATENT", {}), ("batch_index", "INT", {"default": 0, "min": 0, "max": 63}),
+                               ("length", "INT", {"default": 1, "min": 1, "max": 64})], ["LATENT"]),
+    "LatentBlend": ("Latent Blend", [("samples1", "LATENT", {}), ("samples2", "LATENT", {}),
+                                     ("blend_factor", "FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01})],
+                    ["LATENT"]),
+    "LoadImageMask": ("Load Image (as Mask)", [("image", COMBO, {"image_upload": True}),
+                                               ("channel", ["alpha", "red", "green", "blue"], {})], ["MASK"]),
+    "MaskPreview": ("Preview Mask", [("mask", "MASK", {})], []),
+    "ImageToMask": ("Convert Image to Mask", [("image", "IMAGE", {}), ("channel", ["red", "green", "blue", "alpha"], {})],
+                    ["MASK"]),
+    "MaskToImage": ("Convert Mask to Image", [("mask", "MASK", {})], ["IMAGE"]),
+    "InvertMask": ("Invert Mask", [("mask", "MASK", {})], ["MASK"]),
+    "GrowMask": ("Grow Mask", [("mask", "MASK", {}),
+                               ("expand", "INT", {"default": 0, "min": -MAXRES, "max": MAXRES, "step": 1}),
+                               ("tapered_corners", "BOOLEAN", {"default": True})], ["MASK"]),
+    "FeatherMask": ("Feather Mask", [("mask", "MASK", {})] + [
+        (side, "INT", {"default": 0, "min": 0, "max": MAXRES, "step": 1}) for side in ("left", "top", "right", "bottom")],
+        ["MASK"]),
+    "ThresholdMask": ("Threshold Mask", [("mask", "MASK", {}),
+                                         ("value", "FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01})],
+                      ["MASK"]),
+    "ConditioningAverage": ("Conditioning (Average)", [
+        ("conditioning_to", "CONDITIONING", {}), ("conditioning_from", "CONDITIONING", {}),
+        ("conditioning_to_strength", "FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01})],
+        ["CONDITIONING"]),
+    "UpscaleModelLoader": ("Load Upscale Model", [("model_name", COMBO, {})], ["UPSCALE_MODEL"]),
+    "ImageUpscaleWithModel": ("Upscale Image (using Model)", [("upscale_model", "UPSCALE_MODEL", {}),
+                                                              ("image", "IMAGE", {})], ["IMAGE"]),
 }
+OPTIONAL = {("LatentCompositeMasked", "mask")}  # ComfyUI declares these optional
 
 # comfyui-compat.md §13, in ComfyUI's order
 COMFY_SAMPLERS = ("euler euler_cfg_pp euler_ancestral euler_ancestral_cfg_pp heun heunpp2 dpm_2 dpm_2_ancestral lms "
@@ -115,20 +199,20 @@ def _inputs(entry):
            [(name, opt[name]) for name in entry["input_order"].get("optional", [])]
 
 
-@pytest.mark.parametrize("class_type", sorted(REFERENCE))
-def test_comfy_node_matches_reference(object_info, class_type):
+def check_reference(object_info, class_type):
     display, expected, outputs = REFERENCE[class_type]
     entry = object_info[class_type]
+    assert {name for name in entry["input"].get("optional", {})} == {n for c, n in OPTIONAL if c == class_type}
     got = _inputs(entry)
-    assert [name for name, _ in got] == [name for name, _, _ in expected], "input names / order"
+    assert [name for name, _ in got] == [name for name, _, _ in expected], f"{class_type}: input names / order"
     for (name, spec), (_, kind, options) in zip(got, expected):
         head, opts = spec[0], (spec[1] if len(spec) > 1 else {})
         if kind == COMBO:
-            assert isinstance(head, list), name
+            assert isinstance(head, list), f"{class_type}.{name}"
         elif isinstance(kind, list):
-            assert head == kind, name
+            assert head == kind, f"{class_type}.{name}"
         else:
-            assert head == kind, name
+            assert head == kind, f"{class_type}.{name}"
         for key, value in options.items():
             assert opts.get(key) == value, f"{class_type}.{name} {key}"
     assert entry["output"] == outputs
@@ -137,11 +221,33 @@ def test_comfy_node_matches_reference(object_info, class_type):
     assert entry["name"] == class_type and entry["category"]
 
 
+@pytest.mark.parametrize("class_type", sorted(REFERENCE))
+def test_comfy_node_matches_reference(object_info, class_type):
+    check_reference(object_info, class_type)
+
+
+async def test_http_object_info_matches_reference(aiohttp_client, tmp_path):
+    """The same schemas over GET /object_info, as API clients and the canvas read them."""
+    from server_helpers import make_config
+
+    from server.app import create_app
+
+    client = await aiohttp_client(create_app(make_config(tmp_path)))
+    info = await (await client.get("/object_info")).json()
+    for class_type in REFERENCE:
+        check_reference(info, class_type)
+
+
 def test_sampler_and_scheduler_choices_follow_comfyui(object_info):
-    for class_type in ("KSampler", "KSamplerAdvanced", "SDXLSampler", "SDXLRefinerSampler"):
+    for class_type in ("KSampler", "KSamplerAdvanced", "SDXLSampler", "SDXLRefinerSampler", "KSamplerSelect",
+                       "BasicScheduler"):
         req = object_info[class_type]["input"]["required"]
-        assert req["sampler_name"][0] == SAMPLER_NAMES
-        assert req["scheduler"][0] == SCHEDULER_NAMES
+        if "sampler_name" in req:
+            assert req["sampler_name"][0] == SAMPLER_NAMES
+        if "scheduler" in req:
+            assert req["scheduler"][0] == SCHEDULER_NAMES
+    assert object_info["SamplerCustom"]["output_name"] == ["output", "denoised_output"]
+    assert object_info["SplitSigmas"]["output_name"] == ["high_sigmas", "low_sigmas"]
     # only implemented names are advertised, in ComfyUI's relative order
     assert SAMPLER_NAMES == [s for s in COMFY_SAMPLERS if s in SAMPLER_NAMES]
     assert SCHEDULER_NAMES == [s for s in COMFY_SCHEDULERS if s in SCHEDULER_NAMES]
@@ -185,6 +291,12 @@ def test_comfyui_widget_values_map_to_the_right_inputs():
                                     "enable"]) == {
         "add_noise": "enable", "noise_seed": 721897303308196, "steps": 25, "cfg": 8, "sampler_name": "euler",
         "scheduler": "normal", "start_at_step": 0, "end_at_step": 20, "return_with_leftover_noise": "enable"}
+    assert one("SamplerCustom", [True, 0, "fixed", 1]) == {"add_noise": True, "noise_seed": 0, "cfg": 1}
+    assert one("SDTurboScheduler", [1, 1]) == {"steps": 1, "denoise": 1}
+    assert one("BasicScheduler", ["simple", 20, 1]) == {"scheduler": "simple", "steps": 20, "denoise": 1}
+    assert one("RandomNoise", [5, "randomize"]) == {"noise_seed": 5}
+    assert one("ModelSamplingDiscrete", ["lcm", False]) == {"sampling": "lcm", "zsnr": False}
+    assert one("CLIPSetLastLayer", [-2]) == {"stop_at_clip_layer": -2}
     assert one("CLIPTextEncodeSDXL", [4096, 4096, 0, 0, 4096, 4096, "g", "l"]) == {
         "width": 4096, "height": 4096, "crop_w": 0, "crop_h": 0, "target_width": 4096, "target_height": 4096,
         "text_g": "g", "text_l": "l"}

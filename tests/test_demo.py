@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from nodes.checkpoints import load_checkpoint
-from nodes.demo import DEMO_NOTICE, make_demo_models
+from nodes.demo import make_demo_models, notice
 from nodes.sdxl.vae import vae_decode
 from tests.oracles import demo_models, rel_err
 
@@ -28,7 +28,7 @@ def test_real_layout_markers():
     assert sd["conditioner.embedders.0.transformer.text_model.embeddings.position_ids"].dtype == torch.int64
     assert sd["conditioner.embedders.1.model.logit_scale"].shape == ()
     assert "conditioner.embedders.0.model.text_projection" in load_file(str(demo_models()["sdxl_refiner"]))
-    assert "produce noise" in DEMO_NOTICE and "checkpoints" in DEMO_NOTICE
+    assert "produce noise" in notice("SDXL checkpoints") and "checkpoints" in notice("SDXL checkpoints")
 
 
 def test_outputs_are_not_constant():

@@ -3,16 +3,20 @@
 real browser booting it against `latentgraph serve --frontend comfyui`, loading an SDXL template from its template
 browser, queueing it and seeing the output image."""
 import argparse
+import io
+import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from patience import async_wait_until, patience
 from server_helpers import free_port, make_config, start_server
 from template_helpers import place_demo_checkpoints
 
-from server.app import STATE, add_arguments, config_from_args, create_app
+from server.app import REPO, STATE, add_arguments, config_from_args, create_app
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -108,6 +112,35 @@ async def test_optional_extras_answer(client):
     assert resp.status == 200 and resp.content_type == "text/css"
 
 
+async def test_shipped_workflows_are_templates_grouped_by_family_with_thumbnails(aiohttp_client, tmp_path):
+    """/templates/index.json exists without the template package: our workflows, one category per family (from the
+    file's extra.family, else its name), each with its JSON and a WebP thumbnail of its layout."""
+    shipped = tmp_path / "workflows"
+    shipped.mkdir()
+    for name in ("image_basic.json", "sdxl_base.json", "sdxl_base_comfy.json"):
+        shutil.copy(REPO / "workflows" / name, shipped)
+    newcomer = json.loads((REPO / "workflows" / "image_basic.json").read_text())
+    del newcomer["extra"]["family"]
+    (shipped / "flux_dev_basic.json").write_text(json.dumps(newcomer))  # a family that lands later: grouped by name
+    client = await aiohttp_client(create_app(make_config(tmp_path, workflows_dir=shipped)))
+    index = await (await client.get("/templates/index.json")).json()
+    ours = [c for c in index if c["category"] == "latentgraph"]
+    assert [(c["title"], [t["name"] for t in c["templates"]]) for c in ours] == [
+        ("FLUX", ["flux_dev_basic"]), ("Basics", ["image_basic"]), ("SDXL", ["sdxl_base", "sdxl_base_comfy"])]
+    sdxl = ours[2]["templates"][0]
+    assert sdxl["title"] == "SDXL base" and sdxl["description"].startswith("SDXL base text-to-image")
+    assert ours[2]["moduleName"] == "default" and sdxl["mediaSubtype"] == "webp"
+    workflow = await (await client.get("/templates/sdxl_base.json")).json()
+    assert workflow == json.loads((shipped / "sdxl_base.json").read_text())
+    resp = await client.get("/templates/sdxl_base-1.webp")
+    assert resp.status == 200 and resp.content_type == "image/webp"
+    with Image.open(io.BytesIO(await resp.read())) as thumb:
+        assert thumb.size == (400, 300)
+        assert len(thumb.convert("RGB").getcolors(maxcolors=1 << 16)) > 5, "the thumbnail draws the layout"
+    for bad in ("..%2Fsdxl_base.json", "nope.json", "sdxl_base-1.png"):
+        assert (await client.get(f"/templates/{bad}")).status in (403, 404)
+
+
 async def test_template_browser_files_come_from_the_template_package(client):
     pytest.importorskip("comfyui_workflow_templates_json")
     index = await (await client.get("/templates/index.json")).json()
@@ -194,6 +227,16 @@ async def test_official_frontend_loads_a_template_queues_it_and_shows_the_image(
             assert size == [64, 64]
             await page.screenshot(path=str(ARTIFACTS / "2-output-shown.png"))
             print(f"\nofficial frontend: queued to image shown in {time.monotonic() - started:.1f}s")
+
+            # our shipped workflows are templates there too, with their thumbnails
+            async with page.expect_response(lambda r: r.url.endswith("/templates/sdxl_base_refiner-1.webp")) as thumb:
+                await page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+                await dialog.get_by_placeholder("Search").fill("SDXL base refiner")
+            assert (await thumb.value).status == 200
+            await dialog.get_by_text("SDXL base refiner").first.click()
+            await page.wait_for_function(
+                "() => app.graph.nodes.filter(n => n.type === 'KSamplerAdvanced').length === 2", timeout=patience(30) * 1000)
+            await page.screenshot(path=str(ARTIFACTS / "3-shipped-template.png"))
             assert not errors, errors
             await browser.close()
     finally:

@@ -16,6 +16,7 @@ from nodes.sampling.ksampler import (
 from nodes.sampling.noise import prepare_noise
 from nodes.sampling.preview import latent_to_rgb
 from nodes.sampling.schedules import DiscreteEps, get_sigmas, ksampler_sigmas
+from nodes.sdxl.configs import SDXL_LATENT
 
 MS = DiscreteEps(integer_timesteps=False)
 
@@ -263,14 +264,14 @@ def test_bad_inputs_name_the_node_and_input():
 def test_preview_projects_latent_channels_to_rgb():
     lat = torch.zeros(2, 4, 3, 5)
     lat[0, 0] = 1.0
-    image = latent_to_rgb(lat)
+    image = latent_to_rgb(lat, SDXL_LATENT)
     assert image.size == (5, 3) and image.mode == "RGB"
     expected = [round((v + 1) / 2 * 255) for v in (0.3651 + 0.1084, 0.4232 - 0.0175, 0.4341 - 0.0011)]
     assert list(image.getpixel((0, 0))) == expected
-    big = latent_to_rgb(torch.randn(1, 4, 128, 1024))
+    big = latent_to_rgb(torch.randn(1, 4, 128, 1024), SDXL_LATENT)
     assert big.size == (512, 64)
     with pytest.raises(ValueError, match="latent"):
-        latent_to_rgb(torch.zeros(1, 3, 8, 8))
+        latent_to_rgb(torch.zeros(1, 3, 8, 8), SDXL_LATENT)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nodes.checkpoints import UNET_PREFIX, VAE_PREFIX, detect, infer_unet_config, infer_vae_config
+from nodes.checkpoints import detect
+from nodes.families.ldm import UNET_PREFIX, VAE_PREFIX, infer_unet_config, infer_vae_config
 from nodes.sdxl.configs import SDXL_BASE_UNET, SDXL_REFINER_UNET, SDXL_VAE
 from nodes.sdxl.unet import UNetModel
 from nodes.sdxl.vae import AutoencoderKL

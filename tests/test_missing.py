@@ -3,7 +3,6 @@ by `validate`, the CLI and `POST /prompt`."""
 import json
 import shutil
 
-import pytest
 from server_helpers import make_config
 from template_helpers import demo_checkpoints, load_template
 
@@ -11,9 +10,9 @@ from nodes.node import Environment
 from server.app import create_app
 from server.cli import main
 from server.graph import ui_to_api, validate
-from server.missing import family_from_name
 
 SAVE = {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "t"}}
+AUDIO = "audio_stable_audio_example"  # a shared workflow whose audio nodes latentgraph does not have
 
 
 def checkpoints_env(tmp_path, **files) -> Environment:
@@ -58,11 +57,11 @@ def test_missing_output_node_type_is_still_a_missing_node_report(registry):
 
 
 def test_real_template_lists_its_missing_classes(registry):
-    """sdxlturbo_example uses ComfyUI's custom-sampling nodes; the report names each, with ids."""
-    report = validate(ui_to_api(load_template("sdxlturbo_example"), registry), registry)
+    """audio_stable_audio_example uses ComfyUI's audio nodes; the report names each, with ids."""
+    report = validate(ui_to_api(load_template(AUDIO), registry), registry)
     missing = report.error["extra_info"]["missing_node_types"]
     assert report.error["type"] == "missing_node_type"
-    assert {"SamplerCustom", "KSamplerSelect", "SDTurboScheduler"} <= set(missing)
+    assert {"EmptyLatentAudio", "VAEDecodeAudio"} <= set(missing)
     assert all(ids and all(isinstance(i, str) for i in ids) for ids in missing.values())
     assert "CheckpointLoaderSimple" not in missing and "VAEDecode" not in missing
 
@@ -84,13 +83,20 @@ def test_missing_checkpoint_names_folder_and_the_one_same_family_file(registry, 
     assert refiner["extra_info"]["suggestion"] == "my_refiner.safetensors" and "SDXL refiner" in refiner["message"]
 
 
+def test_missing_sd15_checkpoint_names_the_installed_sd15_one(registry, tmp_path):
+    env = checkpoints_env(tmp_path, **{"dreamshaper.safetensors": "sd1", "my_base.safetensors": "sdxl_base"})
+    err = validate(loader_prompt("v1-5-pruned-emaonly.safetensors"), registry, env).node_errors["4"]["errors"][0]
+    assert err["extra_info"]["suggestion"] == "dreamshaper.safetensors"
+    assert "the only installed SD 1.x checkpoint is 'dreamshaper.safetensors'" in err["message"]
+
+
 def test_no_suggestion_when_the_family_is_ambiguous_or_unknown(registry, tmp_path):
     env = checkpoints_env(tmp_path, **{"a.safetensors": "sdxl_base", "b.safetensors": "sdxl_base"})
     err = validate(loader_prompt("sd_xl_base_1.0.safetensors"), registry, env).node_errors["4"]["errors"][0]
     assert err["type"] == "missing_model" and err["extra_info"]["suggestion"] is None
     assert "the only" not in err["message"]
     err = validate(loader_prompt("v1-5-pruned-emaonly.safetensors"), registry, env).node_errors["4"]["errors"][0]
-    assert err["extra_info"]["suggestion"] is None  # an SD1.5 name: no SDXL file stands in for it
+    assert err["extra_info"]["suggestion"] is None  # an SD 1.5 name: no SDXL file stands in for it
 
 
 def test_missing_vae_names_the_vae_folder(registry, tmp_path):
@@ -112,30 +118,22 @@ def test_a_wrong_non_model_combo_is_still_value_not_in_list(registry):
     assert validate(prompt, registry).node_errors["2"]["errors"][0]["type"] == "value_not_in_list"
 
 
-@pytest.mark.parametrize("name, family", [("sd_xl_base_1.0.safetensors", "sdxl_base"),
-                                          ("sd_xl_refiner_1.0.safetensors", "sdxl_refiner"),
-                                          ("juggernautXL_v9.safetensors", "sdxl_base"),
-                                          ("v1-5-pruned-emaonly.safetensors", None)])
-def test_family_from_name(name, family):
-    assert family_from_name(name) == family
-
-
 def test_cli_validate_prints_the_missing_report(tmp_path, capsys):
-    path = tmp_path / "turbo.json"
-    path.write_text(json.dumps(load_template("sdxlturbo_example")))
+    path = tmp_path / "audio.json"
+    path.write_text(json.dumps(load_template(AUDIO)))
     code = main(["validate", str(path), "--models", str(tmp_path / "models"), "--json"])
     out, err = capsys.readouterr()
     assert code != 0 and "Traceback" not in err
     report = json.loads(out)
-    assert report["error"]["type"] == "missing_node_type" and "SDTurboScheduler" in report["error"]["message"]
+    assert report["error"]["type"] == "missing_node_type" and "EmptyLatentAudio" in report["error"]["message"]
 
 
 async def test_prompt_route_reports_missing_nodes_and_models(aiohttp_client, tmp_path):
     client = await aiohttp_client(create_app(make_config(tmp_path)))
-    resp = await client.post("/api/prompt", json={"prompt": load_template("sdxlturbo_example")})
+    resp = await client.post("/api/prompt", json={"prompt": load_template(AUDIO)})
     data = await resp.json()
     assert resp.status == 400 and data["error"]["type"] == "missing_node_type"
-    assert "SamplerCustom" in data["error"]["extra_info"]["missing_node_types"]
+    assert "VAEDecodeAudio" in data["error"]["extra_info"]["missing_node_types"]
     resp = await client.post("/prompt", json={"prompt": load_template("image_sdxl_simple")})
     data = await resp.json()
     assert resp.status == 400
@@ -150,3 +148,50 @@ def test_legacy_group_node_is_named_as_such(registry):
     report = validate(prompt, registry)
     assert report.error["extra_info"]["missing_node_types"] == {"workflow>my sampler": ["1"]}
     assert "legacy group node" in report.node_errors["1"]["errors"][0]["message"]
+
+
+def test_comfyui_builtins_are_not_implemented_and_custom_nodes_not_installed(registry, tmp_path):
+    """A ComfyUI built-in we lack and a third-party node are told apart; missing model files are listed beside
+    them in the top-level error."""
+    from server.missing import comfyui_builtin_nodes
+
+    assert {"KSampler", "ImageBlend", "ImageUpscaleWithModel", "LatentCompositeMasked", "ConditioningAverage",
+            "LoraLoader", "ControlNetApplyAdvanced", "CLIPVisionEncode"} <= comfyui_builtin_nodes()
+    builtin = next(n for n in sorted(comfyui_builtin_nodes()) if n not in registry)
+    prompt = {**loader_prompt("sd_xl_base_1.0.safetensors"),
+              "2": {"class_type": builtin, "inputs": {"image": ["6", 0]}},
+              "3": {"class_type": "FaceFixer", "inputs": {"image": ["2", 0]}},
+              "10": dict(SAVE, inputs={"images": ["3", 0], "filename_prefix": "t"})}
+    report = validate(prompt, registry, Environment(models_dir=str(tmp_path / "models")))
+    assert report.error["type"] == "missing_node_type"
+    message = report.error["message"]
+    assert f"not implemented by latentgraph (ComfyUI built-ins): {builtin} (node 2)" in message
+    assert "not installed (custom nodes): FaceFixer (node 3)" in message
+    assert "missing model files: sd_xl_base_1.0.safetensors (checkpoints)" in message
+    assert report.error["extra_info"]["not_implemented"] == [builtin]
+    assert report.error["extra_info"]["missing_models"][0]["node_id"] == "4"
+    assert report.node_errors["2"]["errors"][0]["message"] == \
+        f"{builtin!r} is a ComfyUI built-in node that is not implemented by latentgraph"
+    assert report.node_errors["2"]["errors"][0]["extra_info"]["comfyui_builtin"] is True
+    assert "custom node" in report.node_errors["3"]["errors"][0]["message"]
+    assert report.node_errors["4"]["errors"][0]["type"] == "missing_model"
+
+
+ENVELOPE = {"input": {"workflow": {"1": {"class_type": "EmptyImage", "inputs": {}}}, "images": []}}
+
+
+def test_cli_names_a_serverless_envelope(tmp_path, capsys):
+    path = tmp_path / "request.json"
+    path.write_text(json.dumps(ENVELOPE))
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert 'serverless request envelope {"input": {"workflow": …}}' in err and "input.workflow" in err
+
+
+async def test_prompt_route_names_a_serverless_envelope(aiohttp_client, tmp_path):
+    client = await aiohttp_client(create_app(make_config(tmp_path)))
+    for body in (ENVELOPE, {"prompt": ENVELOPE}):
+        resp = await client.post("/prompt", json=body)
+        data = await resp.json()
+        assert resp.status == 400 and data["error"]["type"] == "invalid_prompt"
+        assert "serverless request envelope" in data["error"]["message"], body

@@ -68,3 +68,21 @@ def test_cuda_run_matches_the_cpu_run(name):
     gpu = run(name, device="cuda")
     assert gpu.device.type == "cuda"
     assert torch.allclose(gpu.cpu(), run(name), atol=1e-4)
+
+
+def test_every_sampler_declares_its_noise_and_never_draws_from_the_global_rng():
+    """One declaration per sampler states its noise (samplers.SAMPLER_DECLARATIONS); KSampler wires that seeded
+    source, so no sampler touches torch's global generator, and an undeclared draw is an error."""
+    from nodes.sampling.samplers import SAMPLER_DECLARATIONS, SAMPLERS, SamplerDeclaration
+
+    assert list(SAMPLER_DECLARATIONS) == SAMPLER_NAMES
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    for name in SAMPLER_NAMES:
+        run(name, steps=3)
+    assert torch.equal(torch.get_rng_state(), before)
+    # euler is declared noise-free; churn makes it draw, and without a source that fails instead of going global
+    with pytest.raises(RuntimeError, match="declare the noise it draws"):
+        SAMPLERS["euler"](lambda x, sigma: x * 0, torch.ones(1, 4, 2, 2), torch.tensor([1.0, 0.5, 0.0]), s_churn=1.0)
+    with pytest.raises(ValueError, match="noise must be one of"):
+        SamplerDeclaration(SAMPLERS["euler"], "global")

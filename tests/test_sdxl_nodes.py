@@ -250,7 +250,8 @@ def test_refiner_sampler_modes(ctx, base, refiner, conds):
 
 def test_sampler_names_the_input_whose_conditioning_does_not_fit(ctx, base, conds):
     pos, _, _, rneg = conds
-    with pytest.raises(ValueError, match=r"KSampler: input 'negative' has \d+ channels per token .* sdxl_base"):
+    with pytest.raises(ValueError, match=r"KSampler: input 'negative': the conditioning has \d+ channels per token "
+                                         r".* sdxl_base"):
         call("KSampler", ctx, model=base[0], seed=0, steps=1, cfg=5.0, sampler_name="euler", scheduler="normal",
              positive=pos, negative=rneg, latent_image={"samples": torch.zeros(1, 4, 8, 8)}, denoise=1.0)
 

@@ -1,7 +1,8 @@
-"""The shipped SDXL workflows run headless through `latentgraph run` on the demo checkpoints, and what they
-write is checked: sizes, embedded workflows, determinism per seed, identical pixels from the fine-grained and
-the ComfyUI-named graph, refiner effect, inpainting confined to the mask, one image per aspect bucket; and the
-executor re-runs only what a change touches."""
+"""The shipped workflows run headless through `latentgraph run` on the demo checkpoints, and what they write is
+checked: sizes, embedded workflows, determinism per seed, identical pixels from the fine-grained and the
+ComfyUI-named graph, refiner effect, inpainting confined to the mask, one image per aspect bucket, the
+upscale-model hires fix's sizes, outpainting around a kept source, the other families' text-to-image and
+image-to-image; and the executor re-runs only what a change touches."""
 import json
 import os
 import subprocess
@@ -19,7 +20,8 @@ from sdxl_helpers import demo_models_dir, environment, run_workflow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOWS = ["sdxl_base", "sdxl_base_comfy", "sdxl_base_refiner", "sdxl_refiner_sdedit", "sdxl_img2img",
-             "sdxl_inpaint", "sdxl_aspect_buckets"]
+             "sdxl_inpaint", "sdxl_aspect_buckets", "sdxl_hires_upscale_model", "sdxl_outpaint", "sd15_txt2img",
+             "sd15_img2img", "sd2_768v_txt2img", "sdxl_turbo_1step"]
 
 
 def workflow_path(name: str) -> str:
@@ -99,11 +101,19 @@ def test_sdedit_refines_the_base_image(ran):
     assert np.array_equal(base, pixels(by_prefix(ran["sdxl_base"], "sdxl_base")))
 
 
-def test_img2img_starts_from_the_source(ran):
-    source = pixels(by_prefix(ran["sdxl_img2img"], "sdxl_img2img_source"))
-    out = pixels(by_prefix(ran["sdxl_img2img"], "sdxl_img2img"))
+@pytest.mark.parametrize("name", ["sdxl_img2img", "sd15_img2img"])
+def test_img2img_starts_from_the_source(ran, name):
+    source = pixels(by_prefix(ran[name], f"{name}_source"))
+    out = pixels(by_prefix(ran[name], name))
     assert source.shape == out.shape == (256, 256, 3)
     assert not np.array_equal(source, out)
+
+
+@pytest.mark.parametrize("name", ["sd15_txt2img", "sd2_768v_txt2img", "sdxl_turbo_1step"])
+def test_other_families_text_to_image(ran, env, name):
+    first = pixels(by_prefix(ran[name], name))
+    assert first.shape == (256, 256, 3) and first.std() > 5
+    assert np.array_equal(first, pixels(next(iter(run_workflow(workflow_path(name), env).values()))))
 
 
 def test_inpaint_changes_pixels_only_inside_the_mask(ran):
@@ -114,6 +124,24 @@ def test_inpaint_changes_pixels_only_inside_the_mask(ran):
     changed = np.abs(out - source).sum(-1) > 0
     assert not changed[~inside].any()
     assert changed[inside].mean() > 0.5
+
+
+def test_hires_upscale_model_upscales_then_redraws(ran):
+    low = pixels(by_prefix(ran["sdxl_hires_upscale_model"], "sdxl_hires_upscale_model_lowres"))
+    final = pixels(by_prefix(ran["sdxl_hires_upscale_model"], "sdxl_hires_upscale_model"))
+    assert low.shape == (128, 128, 3) and final.shape == (256, 256, 3)  # ×4 by the model, then × 0.5
+    assert final.std() > 5
+
+
+def test_outpaint_widens_the_picture_and_keeps_the_source_inside(ran):
+    source = pixels(by_prefix(ran["sdxl_outpaint"], "sdxl_outpaint_source"))
+    out = pixels(by_prefix(ran["sdxl_outpaint"], "sdxl_outpaint"))
+    assert source.shape == (256, 256, 3) and out.shape == (256, 384, 3)  # 64 px more on the left and the right
+    # more than the 24 px feathering away from the new sides the source is pasted back exactly
+    assert np.array_equal(out[:, 64 + 24:64 + 233], source[:, 24:233])
+    assert not np.array_equal(out[:, 64:64 + 24], source[:, :24])
+    for side in (out[:, :64], out[:, -64:]):  # new content, not the grey padding
+        assert np.abs(side - 128).mean() > 10 and side.std() > 5
 
 
 def test_aspect_buckets_one_image_per_bucket_at_its_size(ran):

@@ -71,6 +71,32 @@ def concat_tokens(to: list, source: list, what: str = "ConditioningConcat") -> l
     return out
 
 
+def average(to: list, source: list, to_strength: float) -> list:
+    """Each `to` entry's context and pooled vector mixed with the first `source` entry's: to × strength + source ×
+    (1 − strength). The source's tokens are cut or zero-padded to the entry's length; `to`'s extras are kept."""
+    if not source:
+        return list(to)
+    context_from = source[0][0]
+    pooled_from = source[0][1].get("pooled_output")
+    out = []
+    for context, extras in to:
+        if context.shape[-1] != context_from.shape[-1]:
+            raise ValueError(f"ConditioningAverage: conditioning_to has {context.shape[-1]} channels per token but "
+                             f"conditioning_from has {context_from.shape[-1]}; both must come from the same kind of "
+                             "text encoder")
+        tokens = context_from[:, : context.shape[1]].to(context.dtype)
+        if tokens.shape[1] < context.shape[1]:
+            pad = tokens.new_zeros(tokens.shape[0], context.shape[1] - tokens.shape[1], tokens.shape[2])
+            tokens = torch.cat([tokens, pad], dim=1)
+        new = dict(extras)
+        pooled_to = extras.get("pooled_output")
+        if pooled_from is not None:
+            new["pooled_output"] = pooled_from if pooled_to is None else \
+                pooled_to * to_strength + pooled_from.to(pooled_to.dtype) * (1 - to_strength)
+        out.append([context * to_strength + tokens * (1 - to_strength), new])
+    return out
+
+
 def zero_out(conditioning: list) -> list:
     """Zeros in place of the context and the pooled vector (the sgm / diffusers 'zeroed negative')."""
     out = []
@@ -145,6 +171,18 @@ class ConditioningConcat:
 
     def run(self, ctx):
         return (concat_tokens(self.conditioning_to, self.conditioning_from),)
+
+
+@node(category="conditioning", outputs=[Output(CONDITIONING)], display_name="Conditioning (Average)", version="1.0.0")
+class ConditioningAverage:
+    """Interpolate between two prompts: conditioning_to × strength + conditioning_from × (1 − strength), for the
+    token contexts and the pooled vectors (only conditioning_from's first entry is used)."""
+    conditioning_to: CONDITIONING = Input()
+    conditioning_from: CONDITIONING = Input()
+    conditioning_to_strength: float = Input(default=1.0, min=0.0, max=1.0, step=0.01)
+
+    def run(self, ctx):
+        return (average(self.conditioning_to, self.conditioning_from, self.conditioning_to_strength),)
 
 
 @node(category="advanced/conditioning", outputs=[Output(CONDITIONING)], display_name="ConditioningZeroOut")

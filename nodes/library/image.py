@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -44,25 +45,59 @@ def _inside(folder: str, name: str) -> str:
     return path
 
 
+# ComfyUI's mask editor and "open image" menu name files as "sub/x.png [input]", "[output]" or "[temp]"
+_ANNOTATED = re.compile(r"(.+) \[(input|output|temp)\]")
+_DEFAULT_FOLDERS = {"input": ".", "output": "output", "temp": "temp"}
+
+
+def image_file(env, name: str) -> tuple[str, str]:
+    """(path, folder) of an image name: in the input folder, or in the folder its annotation names."""
+    match = _ANNOTATED.fullmatch(name)
+    kind, name = (match.group(2), match.group(1)) if match else ("input", name)
+    folder = getattr(env, f"{kind}_dir") or _DEFAULT_FOLDERS[kind]
+    return _inside(folder, name), folder
+
+
+def annotated_image_exists(name: str, env) -> bool:
+    """True for an annotated name of an existing file: valid though the input folder's list cannot show it."""
+    if not _ANNOTATED.fullmatch(name):
+        return False
+    try:
+        return os.path.isfile(image_file(env, name)[0])
+    except ValueError:
+        return False
+
+
+def file_digest(env, name: str) -> str | None:
+    """The image file's sha256: the same name can hold new pixels, so loaders key the cache on the bytes."""
+    try:
+        with open(image_file(env, name)[0], "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except (OSError, ValueError):
+        return None  # run() reports the missing file with the node's name
+
+
+def existing_image(env, name: str, what: str) -> str:
+    path, folder = image_file(env, name)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what}: image {name!r} not found in {folder}")
+    return path
+
+
 @node(category="image", outputs=[Output(IMAGE), Output(MASK)], display_name="Load Image")
 class LoadImage:
-    """Load a picture from the input folder; the mask is 1 − alpha (all zeros, 64×64, without alpha)."""
-    image: str = Input(choices=input_images, image_upload=True, description="a file in the input folder")
+    """Load a picture from the input folder; the mask is 1 − alpha (all zeros, 64×64, without alpha). ComfyUI's
+    annotated names ("clipspace/x.png [input]", "x.png [output]", "x.png [temp]", as its mask editor saves them)
+    read from the folder they name."""
+    image: str = Input(choices=input_images, also_accepts=annotated_image_exists, image_upload=True,
+                       description="a file in the input folder")
 
     @classmethod
     def fingerprint(cls, values, env):
-        # The same name can hold new pixels: key the cache on the file's bytes.
-        try:
-            with open(_inside(env.input_dir or ".", values["image"]), "rb") as f:
-                return hashlib.file_digest(f, "sha256").hexdigest()
-        except OSError:
-            return None  # run() reports the missing file with the node's name
+        return file_digest(env, values["image"])
 
     def run(self, ctx):
-        folder = ctx.env.input_dir or "."
-        path = _inside(folder, self.image)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"LoadImage: image {self.image!r} not found in {folder}")
+        path = existing_image(ctx.env, self.image, "LoadImage")
         with Image.open(path) as img:
             images, alphas = [], []
             for frame in ImageSequence.Iterator(img):
@@ -127,6 +162,23 @@ class ImageScaleBy:
     def run(self, ctx):
         _, h, w, _ = self.image.shape
         width, height = max(1, round(w * self.scale_by)), max(1, round(h * self.scale_by))
+        return (resize(self.image, width, height, self.upscale_method),)
+
+
+@node(category="image/upscaling", outputs=[Output(IMAGE)], display_name="Scale Image to Total Pixels", version="1.0.0")
+class ImageScaleToTotalPixels:
+    """Resize to about `megapixels` × 1024² pixels keeping the aspect ratio; each side is rounded to a multiple of
+    `resolution_steps`."""
+    image: IMAGE = Input()
+    upscale_method: str = Input(default="nearest-exact", choices=UPSCALE_METHODS)
+    megapixels: float = Input(default=1.0, min=0.01, max=16.0, step=0.01)
+    resolution_steps: int = Input(default=1, min=1, max=256, description="each side becomes a multiple of this")
+
+    def run(self, ctx):
+        _, h, w, _ = self.image.shape
+        scale = math.sqrt(self.megapixels * 1024 * 1024 / (w * h))
+        step = self.resolution_steps
+        width, height = (max(step, round(side * scale / step) * step) for side in (w, h))
         return (resize(self.image, width, height, self.upscale_method),)
 
 
@@ -231,5 +283,10 @@ class PreviewImage:
     images: IMAGE = Input()
 
     def run(self, ctx):
-        prefix = "ComfyUI_temp_" + "".join(random.choices(string.ascii_lowercase, k=5))
-        return _save_batch(ctx, self.images, ctx.env.temp_dir or "temp", prefix, "temp", 1)
+        return preview(ctx, self.images)
+
+
+def preview(ctx, images) -> Result:
+    """Images written to the temporary folder for the UI to show (fast PNG compression, a random name)."""
+    prefix = "ComfyUI_temp_" + "".join(random.choices(string.ascii_lowercase, k=5))
+    return _save_batch(ctx, images, ctx.env.temp_dir or "temp", prefix, "temp", 1)

@@ -1,8 +1,10 @@
 """Latents: empty latents (with the paper's aspect-ratio buckets), latent upscaling, and the VAE's encode /
 decode / encode-for-inpainting, as fine-grained nodes and under ComfyUI's names on the same functions.
 
-LATENT values are dicts ``{"samples": [B, 4, H/8, W/8], "noise_mask"?: [B, 1, H, W], "batch_index"?}``
-(nodes.types); every function returns a new dict and leaves its input alone (outputs are cached and shared).
+LATENT values are dicts ``{"samples": [B, C, H/8, W/8], "noise_mask"?: [B, 1, H, W], "batch_index"?}``
+(nodes.types) in the sampling space of a family's latent format (nodes.latent_format); every function returns a
+new dict and leaves its input alone (outputs are cached and shared). Empty Latent Image makes ComfyUI's 4 channels;
+the sampler turns an empty latent into its model's channel count, as ComfyUI's does.
 """
 from __future__ import annotations
 
@@ -12,12 +14,12 @@ import torch.nn.functional as F
 
 from ..images import CROP_METHODS, center_crop_to_aspect, target_size
 from ..node import Input, Output, node
+from ..sdxl.configs import SDXL_LATENT
 from ..sdxl.vae import vae_decode, vae_encode
 from ..types import IMAGE, INT, LATENT, MASK, VAE
 from .loaders import device_of, on_device
 
 MAX_RESOLUTION = 16384
-LATENT_CHANNELS = 4
 FACTOR = 8  # pixels per latent cell
 
 # SDXL's multi-aspect training buckets (SDXL report Appendix I; sgm demo SD_XL_BASE_RATIOS), width x height:
@@ -39,8 +41,8 @@ UPSCALE_METHODS = ["nearest-exact", "bilinear", "area", "bicubic", "bislerp"]
 
 # -- shared functions ---------------------------------------------------------------------------------------------
 
-def empty_latent(width: int, height: int, batch_size: int) -> dict:
-    return {"samples": torch.zeros(batch_size, LATENT_CHANNELS, height // FACTOR, width // FACTOR)}
+def empty_latent(width: int, height: int, batch_size: int, channels: int = 4) -> dict:
+    return {"samples": torch.zeros(batch_size, channels, height // FACTOR, width // FACTOR)}
 
 
 def bucket_size(choice: str, width: int, height: int, scale: float = 1.0) -> tuple[int, int]:
@@ -106,7 +108,11 @@ def upscale_to_pixels(latent: dict, method: str, width: int, height: int, crop: 
     return upscale_latent(latent, method, max(1, new_w // FACTOR), max(1, new_h // FACTOR), crop)
 
 
-def decode(ctx, vae, latent: dict, tiled: bool = False, tile_size: int = 512, overlap: int = 64) -> torch.Tensor:
+def decode(ctx, vae, latent: dict, tiled: bool = False, tile_size: int = 512, overlap: int = 64,
+           what: str = "VAEDecode") -> torch.Tensor:
+    if latent["samples"].shape[1] != vae.config.z_channels:
+        raise ValueError(f"{what}: samples: a {latent['samples'].shape[1]}-channel latent, but this VAE decodes "
+                         f"{vae.config.z_channels}-channel latents; decode with the VAE of the model that made it")
     vae = on_device(ctx, vae)
     samples = latent["samples"].to(device_of(vae))
     image = vae_decode(vae, samples, tiled=tiled, tile=max(tile_size // FACTOR, 1), overlap=overlap // FACTOR)
@@ -162,7 +168,7 @@ class SDXLEmptyLatent:
 
     def run(self, ctx):
         width, height = bucket_size(self.resolution, self.width, self.height, self.scale)
-        return empty_latent(width, height, self.batch_size), width, height
+        return empty_latent(width, height, self.batch_size, SDXL_LATENT.channels), width, height
 
 
 @node(category="sdxl/vae", outputs=[Output(IMAGE)], display_name="SDXL VAE Decode")
@@ -176,7 +182,7 @@ class SDXLVAEDecode:
     overlap: int = Input(default=64, min=0, max=4096, step=32, description="pixels")
 
     def run(self, ctx):
-        return (decode(ctx, self.vae, self.samples, self.tiled, self.tile_size, self.overlap),)
+        return (decode(ctx, self.vae, self.samples, self.tiled, self.tile_size, self.overlap, "SDXLVAEDecode"),)
 
 
 @node(category="sdxl/vae", outputs=[Output(LATENT)], display_name="SDXL VAE Encode")

@@ -1,12 +1,13 @@
-"""Loaders: SDXL checkpoints (single file or diffusers folder, base or refiner) and standalone VAEs.
+"""Loaders: checkpoints of every supported family (single file or diffusers folder; nodes.checkpoints finds the
+family) and standalone VAEs.
 
 A loaded checkpoint is shared: the executor caches the loader's outputs by content key (file name plus the
 ``fingerprint`` below, so a replaced file reloads), and when a residency service is present (``ctx.resources``,
 server.models) the weights are registered there under the same key, so another workflow naming the same file gets
 the same modules without reading them again.
 
-The fine-grained loader (category sdxl/loaders) and ComfyUI's CheckpointLoaderSimple / VAELoader call the same
-functions (``load_sdxl`` / ``load_vae_file``).
+The fine-grained SDXL loader (category sdxl/loaders) and ComfyUI's CheckpointLoaderSimple / VAELoader call the same
+functions (``load_model`` / ``load_vae_file``).
 """
 from __future__ import annotations
 
@@ -16,9 +17,8 @@ import torch
 from torch import nn
 
 from ..checkpoints import load_checkpoint, load_vae
+from ..families import family_of
 from ..node import Environment, Input, Output, node
-from ..sampling.schedules import DiscreteEps
-from ..sdxl.model import SDXLModel
 from ..types import CLIP, MODEL, VAE
 
 WEIGHT_SUFFIXES = (".safetensors", ".sft")
@@ -39,7 +39,7 @@ def _is_vae_folder(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "config.json")) or os.path.isdir(os.path.join(path, "vae"))
 
 
-def list_models(env: Environment, kind: str, folder_ok=_is_diffusers_folder) -> list[str]:
+def list_models(env: Environment, kind: str, folder_ok=_is_diffusers_folder, suffixes=WEIGHT_SUFFIXES) -> list[str]:
     """Weight files under <models>/<kind> (relative paths, '/'-separated, subfolders included) and model folders
     (diffusers layout) directly recognised by ``folder_ok``; a recognised folder is listed, not walked into."""
     root = model_folder(env, kind)
@@ -54,7 +54,7 @@ def list_models(env: Environment, kind: str, folder_ok=_is_diffusers_folder) -> 
                 dirs.remove(d)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for f in files:
-            if f.lower().endswith(WEIGHT_SUFFIXES):
+            if f.lower().endswith(suffixes):
                 found.append(f if rel == "." else f"{rel}/{f}".replace(os.sep, "/"))
     return sorted(found)
 
@@ -109,21 +109,21 @@ class LoadedCheckpoint(nn.Module):
     def __init__(self, ckpt):
         super().__init__()
         self.kind = ckpt.kind
+        self.sampling = ckpt.sampling
         self.unet = ckpt.unet
         self.vae = ckpt.vae
-        self.clip_l = ckpt.text.clip_l
-        self.bigg = ckpt.text.bigg
-        self.text = ckpt.text  # SDXLTextEncoders wrapping the two towers above (a plain object, not a module)
+        self.towers = nn.ModuleList(ckpt.text.towers())
+        self.text = ckpt.text  # the CLIP value wrapping the towers above (a plain object, not a module)
 
 
 def _weights_dtype(resources) -> torch.dtype:
     return getattr(resources, "dtype", None) or torch.float32
 
 
-def load_sdxl(ctx, name: str, what: str = "CheckpointLoaderSimple: ckpt_name") -> tuple:
-    """(MODEL, CLIP, VAE) of the checkpoint `name` in <models>/checkpoints: an SDXLModel, the SDXLTextEncoders
-    and the AutoencoderKL. Weights are read into CPU RAM in the residency service's dtype; samplers and encoders
-    move them to the device when they run."""
+def load_model(ctx, name: str, what: str = "CheckpointLoaderSimple: ckpt_name") -> tuple:
+    """(MODEL, CLIP, VAE) of the checkpoint `name` in <models>/checkpoints: its family's denoiser
+    (nodes.sampling.denoiser), text encoders (nodes.families.TextEncoder) and AutoencoderKL. Weights are read into
+    CPU RAM in the residency service's dtype; samplers and encoders move them to the device when they run."""
     path = resolve(ctx.env, "checkpoints", name, what)
     dtype = _weights_dtype(ctx.resources)
 
@@ -134,8 +134,7 @@ def load_sdxl(ctx, name: str, what: str = "CheckpointLoaderSimple: ckpt_name") -
         loaded = ctx.resources.cached(("checkpoint", path, file_fingerprint(path), str(dtype)), build)
     else:
         loaded = build()
-    model = SDXLModel(loaded.unet, loaded.kind, DiscreteEps(), name=name)
-    return model, loaded.text, loaded.vae
+    return family_of(loaded.kind).model(loaded, name), loaded.text, loaded.vae
 
 
 def load_vae_file(ctx, name: str, what: str = "VAELoader: vae_name") -> nn.Module:
@@ -175,7 +174,12 @@ class SDXLCheckpointLoader:
         return _fingerprint(env, "checkpoints", values["ckpt_name"])
 
     def run(self, ctx):
-        return load_sdxl(ctx, self.ckpt_name, "SDXLCheckpointLoader: ckpt_name")
+        what = "SDXLCheckpointLoader: ckpt_name"
+        model, clip, vae = load_model(ctx, self.ckpt_name, what)
+        if not model.kind.startswith("sdxl"):
+            raise ValueError(f"{what}: {self.ckpt_name!r} is an {family_of(model.kind).title} checkpoint, not SDXL; "
+                             "load it with Load Checkpoint")
+        return model, clip, vae
 
 
 @node(category="sdxl/loaders", outputs=[Output(VAE)], display_name="Load SDXL VAE")
@@ -196,7 +200,7 @@ class SDXLVAELoader:
 @node(category="loaders", outputs=[Output(MODEL, "MODEL"), Output(CLIP, "CLIP"), Output(VAE, "VAE")],
       display_name="Load Checkpoint")
 class CheckpointLoaderSimple:
-    """Load a diffusion model checkpoint (SDXL base or refiner; single file or diffusers folder)."""
+    """Load a diffusion model checkpoint (any supported family; single file or diffusers folder)."""
     ckpt_name: str = Input(choices=checkpoint_names, description="The name of the checkpoint (model) to load.")
 
     @classmethod
@@ -204,7 +208,7 @@ class CheckpointLoaderSimple:
         return _fingerprint(env, "checkpoints", values["ckpt_name"])
 
     def run(self, ctx):
-        return load_sdxl(ctx, self.ckpt_name)
+        return load_model(ctx, self.ckpt_name)
 
 
 @node(category="loaders", outputs=[Output(VAE)], display_name="Load VAE")

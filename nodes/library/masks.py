@@ -1,14 +1,20 @@
-"""Masks for inpainting under ComfyUI's names: a solid mask, mask compositing, and pasting an image through a mask
-(the last step of an inpainting workflow: only the masked area takes the new pixels).
+"""Masks under ComfyUI's names: solid masks, masks loaded from or turned into pictures, inverting, growing,
+feathering and thresholding them, mask compositing, and pasting an image through a mask (the last step of an
+inpainting workflow: only the masked area takes the new pixels).
 
 MASK values are float tensors [B, H, W] in 0..1, 1 = masked (nodes.types)."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+from PIL import Image, ImageOps
 
+from ..images import pil_to_tensor
 from ..node import Input, Output, node
 from ..types import IMAGE, MASK
+from .image import annotated_image_exists, existing_image, file_digest, input_images, preview
 
 MAX_RESOLUTION = 16384
 MASK_OPERATIONS = {
@@ -37,28 +43,36 @@ def composite_mask(destination: torch.Tensor, source: torch.Tensor, x: int, y: i
     return dest
 
 
-def composite_image(destination: torch.Tensor, source: torch.Tensor, x: int, y: int, resize_source: bool,
-                    mask: torch.Tensor | None) -> torch.Tensor:
-    """`source` pasted over `destination` at (x, y), weighted by `mask` (all of it without one); pixels where the
-    mask is 0 keep the destination's values exactly."""
+def repeat_to_batch(t: torch.Tensor, batch: int) -> torch.Tensor:
+    """ComfyUI's rule for a batch of another size: repeat it and cut it to `batch`."""
+    if t.shape[0] == batch:
+        return t
+    return t.repeat(math.ceil(batch / t.shape[0]), *[1] * (t.ndim - 1))[:batch]
+
+
+def paste(destination: torch.Tensor, source: torch.Tensor, x: int, y: int, mask: torch.Tensor | None = None,
+          resize_source: bool = False) -> torch.Tensor:
+    """`source` [B, C, h, w] over a copy of `destination` [B, C, H, W], its top-left corner at (x, y), clipped to
+    the destination and weighted by `mask` (any size, resized to the source's; all of the source without one).
+    Where the weight is 0 the destination keeps its values exactly. With `resize_source` the source is first
+    resized to the destination's size. Shared by the image and the latent composite nodes."""
     dest = destination.clone()
-    src = source
+    src = source.to(dest.dtype)
     if resize_source:
-        src = F.interpolate(src.movedim(-1, 1), size=dest.shape[1:3], mode="bilinear",
-                            align_corners=False).movedim(1, -1)
-    _, h, w, _ = dest.shape
+        src = F.interpolate(src, size=dest.shape[-2:], mode="bilinear", align_corners=False)
+    src = repeat_to_batch(src, dest.shape[0])[:, : dest.shape[1]]
+    h, w = dest.shape[-2:]
     x, y = min(x, w), min(y, h)
-    sh, sw = min(src.shape[1], h - y), min(src.shape[2], w - x)
+    sh, sw = min(src.shape[-2], h - y), min(src.shape[-1], w - x)
+    region, pasted = dest[..., y:y + sh, x:x + sw], src[..., :sh, :sw]
     if mask is None:
-        m = torch.ones(1, sh, sw, 1)
-    else:
-        m = _batched(mask).float()[:, None]
-        m = F.interpolate(m, size=src.shape[1:3], mode="bilinear", align_corners=False) \
-            if m.shape[-2:] != src.shape[1:3] else m
-        m = m[:, :, :sh, :sw].movedim(1, -1)
-    region = dest[:, y:y + sh, x:x + sw]
-    pasted = src[:, :sh, :sw, : region.shape[-1]]
-    dest[:, y:y + sh, x:x + sw] = torch.where(m > 0, region * (1 - m) + pasted * m, region)
+        dest[..., y:y + sh, x:x + sw] = pasted
+        return dest
+    m = _batched(mask).float()[:, None]
+    if m.shape[-2:] != src.shape[-2:]:
+        m = F.interpolate(m, size=src.shape[-2:], mode="bilinear", align_corners=False)
+    m = repeat_to_batch(m, src.shape[0])[..., :sh, :sw].to(dest.dtype)
+    dest[..., y:y + sh, x:x + sw] = torch.where(m > 0, region * (1 - m) + pasted * m, region)
     return dest
 
 
@@ -98,4 +112,145 @@ class ImageCompositeMasked:
     mask: MASK = Input(optional=True)
 
     def run(self, ctx):
-        return (composite_image(self.destination, self.source, self.x, self.y, self.resize_source, self.mask),)
+        out = paste(self.destination.movedim(-1, 1), self.source.movedim(-1, 1), self.x, self.y, self.mask,
+                    self.resize_source)
+        return (out.movedim(1, -1),)
+
+
+# -- masks from and to pictures, and edits ------------------------------------------------------------------------
+
+CHANNELS = ["red", "green", "blue", "alpha"]
+
+
+def mask_to_image(mask: torch.Tensor) -> torch.Tensor:
+    return _batched(mask).float()[..., None].expand(-1, -1, -1, 3).clone()
+
+
+def grow(mask: torch.Tensor, expand: int, tapered_corners: bool) -> torch.Tensor:
+    """Dilate (expand > 0) or erode (< 0) by |expand| pixels, one pixel per step: a 3×3 cross per step with tapered
+    corners (so corners round off), a 3×3 square without. Outside the mask counts as neither (grey morphology)."""
+    sign = 1.0 if expand >= 0 else -1.0
+    x = _batched(mask).float()[:, None] * sign  # erosion is dilation of the negative
+    for _ in range(abs(expand)):
+        if tapered_corners:
+            p = F.pad(x, (1, 1, 1, 1), value=-math.inf)
+            x = torch.stack([x, p[..., :-2, 1:-1], p[..., 2:, 1:-1], p[..., 1:-1, :-2], p[..., 1:-1, 2:]]).amax(0)
+        else:
+            x = F.max_pool2d(x, 3, stride=1, padding=1)
+    return x[:, 0] * sign
+
+
+def edge_ramp(size: int, start: int, end: int) -> torch.Tensor:
+    """Weights along one axis: (d + 1) / n for the n pixels nearest a feathered edge, d being the distance to it."""
+    r = torch.ones(size)
+    n = min(start, size)
+    if n:
+        r[:n] *= (torch.arange(n) + 1) / n
+    n = min(end, size)
+    if n:
+        r[size - n:] *= ((torch.arange(n) + 1) / n).flip(0)
+    return r
+
+
+def feather(mask: torch.Tensor, left: int, top: int, right: int, bottom: int) -> torch.Tensor:
+    m = _batched(mask).float()
+    h, w = m.shape[-2:]
+    return m * edge_ramp(h, top, bottom)[:, None] * edge_ramp(w, left, right)[None, :]
+
+
+@node(category="mask", outputs=[Output(MASK)], display_name="Load Image (as Mask)", version="1.0.0")
+class LoadImageMask:
+    """One channel of a picture in the input folder (or an annotated name, as Load Image) as a mask; for alpha the
+    mask is 1 − alpha (transparent = masked), like Load Image's."""
+    image: str = Input(choices=input_images, also_accepts=annotated_image_exists, image_upload=True,
+                       description="a file in the input folder")
+    channel: str = Input(choices=["alpha", "red", "green", "blue"])
+
+    @classmethod
+    def fingerprint(cls, values, env):
+        return file_digest(env, values["image"])
+
+    def run(self, ctx):
+        with Image.open(existing_image(ctx.env, self.image, "LoadImageMask")) as img:
+            img = ImageOps.exif_transpose(img)
+            if img.mode == "I":  # 16-bit greyscale
+                img = img.point(lambda v: v * (1 / 255))
+            band = pil_to_tensor(img.convert("RGBA").getchannel(self.channel[0].upper()))
+        return ((1.0 - band if self.channel == "alpha" else band)[None],)
+
+
+@node(category="mask", outputs=[Output(MASK)], display_name="Convert Image to Mask", version="1.0.0")
+class ImageToMask:
+    """One channel of the images as masks."""
+    image: IMAGE = Input()
+    channel: str = Input(choices=CHANNELS)
+
+    def run(self, ctx):
+        index = CHANNELS.index(self.channel)
+        if index >= self.image.shape[-1]:
+            raise ValueError(f"ImageToMask: channel {self.channel!r}: the image has only "
+                             f"{self.image.shape[-1]} channels")
+        return (self.image[..., index].clone(),)
+
+
+@node(category="mask", outputs=[Output(IMAGE)], display_name="Convert Mask to Image", version="1.0.0")
+class MaskToImage:
+    """Masks as grey pictures (the value in all three channels)."""
+    mask: MASK = Input()
+
+    def run(self, ctx):
+        return (mask_to_image(self.mask),)
+
+
+@node(category="mask", output_node=True, display_name="Preview Mask", hidden={"prompt": "PROMPT",
+      "extra_pnginfo": "EXTRA_PNGINFO"}, version="1.0.0")
+class MaskPreview:
+    """Show the masks as grey pictures without keeping them: they go to the temporary folder."""
+    mask: MASK = Input()
+
+    def run(self, ctx):
+        return preview(ctx, mask_to_image(self.mask))
+
+
+@node(category="mask", outputs=[Output(MASK)], display_name="Invert Mask", version="1.0.0")
+class InvertMask:
+    """1 − mask."""
+    mask: MASK = Input()
+
+    def run(self, ctx):
+        return (1.0 - _batched(self.mask).float(),)
+
+
+@node(category="mask", outputs=[Output(MASK)], display_name="Grow Mask", version="1.0.0")
+class GrowMask:
+    """Grow the masked area by `expand` pixels (shrink it when negative)."""
+    mask: MASK = Input()
+    expand: int = Input(default=0, min=-MAX_RESOLUTION, max=MAX_RESOLUTION, step=1)
+    tapered_corners: bool = Input(default=True, description="round the corners off (a cross per pixel step)")
+
+    def run(self, ctx):
+        return (grow(self.mask, self.expand, self.tapered_corners),)
+
+
+@node(category="mask", outputs=[Output(MASK)], display_name="Feather Mask", version="1.0.0")
+class FeatherMask:
+    """Fade the mask out towards the chosen edges of the picture: the n pixels nearest an edge with n = that
+    side's value are multiplied by 1/n, 2/n, … from the edge inwards."""
+    mask: MASK = Input()
+    left: int = Input(default=0, min=0, max=MAX_RESOLUTION, step=1)
+    top: int = Input(default=0, min=0, max=MAX_RESOLUTION, step=1)
+    right: int = Input(default=0, min=0, max=MAX_RESOLUTION, step=1)
+    bottom: int = Input(default=0, min=0, max=MAX_RESOLUTION, step=1)
+
+    def run(self, ctx):
+        return (feather(self.mask, self.left, self.top, self.right, self.bottom),)
+
+
+@node(category="mask", outputs=[Output(MASK)], display_name="Threshold Mask", version="1.0.0")
+class ThresholdMask:
+    """1 where the mask is above `value`, else 0."""
+    mask: MASK = Input()
+    value: float = Input(default=0.5, min=0.0, max=1.0, step=0.01)
+
+    def run(self, ctx):
+        return ((_batched(self.mask) > self.value).float(),)

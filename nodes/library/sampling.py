@@ -1,13 +1,15 @@
 """Samplers: the SDXL base sampler and the paper's SDEdit refiner sampler, and ComfyUI's KSampler /
 KSamplerAdvanced, all on one function (``run_sampler``) over nodes.sampling.ksampler.sample.
 
-The model (MODEL = nodes.sdxl.model.SDXLModel) turns CONDITIONING entries into the UNet's context and vector
-``y`` (sizes default to the latent's size × 8, the refiner's aesthetic score to 6.0 / 2.5 by role); the sampler
-knows nothing of SDXL. Progress goes to ``ctx.progress`` with a cheap latent preview, which is also where an
-interruption stops the run.
+The MODEL value (nodes.sampling.denoiser) turns CONDITIONING entries into its network's inputs (SDXL: the context
+and the vector ``y``, sizes defaulting to the latent's size × 8, the refiner's aesthetic score to 6.0 / 2.5 by
+role); the sampler knows no family. Progress goes to ``ctx.progress`` with a cheap latent preview in the model's
+latent format, which is also where an interruption stops the run.
 """
 from __future__ import annotations
 
+
+import torch
 
 from ..node import Input, Output, node
 from ..sampling.ksampler import sample, sdedit_sigmas
@@ -25,39 +27,54 @@ REFINER_TIMESTEPS = 200  # the refiner is trained on the first 200 of the 1000 n
 # -- shared function ----------------------------------------------------------------------------------------------
 
 def _prepare(model, conditioning, role: str, latent_hw, device, what: str) -> list[dict]:
-    want = model.unet.config.context_dim
-    for context, _ in conditioning:
-        if context.shape[-1] != want:
-            raise ValueError(
-                f"{what}: input '{role}' has {context.shape[-1]} channels per token but this {model.kind} model "
-                f"expects {want}; encode the prompt with this checkpoint's CLIP (the base joins CLIP-L and bigG, "
-                "the refiner uses bigG alone)")
     try:
         return model.prepare(conditioning, role, latent_hw, device=device)
     except ValueError as exc:
         raise ValueError(f"{what}: input '{role}': {exc}") from None
 
 
+def _fit_channels(model, samples: torch.Tensor, what: str) -> torch.Tensor:
+    """The latent in the model's channel count. An empty (all-zero) latent of another count becomes zeros of the
+    right one, as in ComfyUI, so Empty Latent Image serves every family; any other mismatch is an error."""
+    want = model.latent_format.channels
+    if samples.shape[1] == want:
+        return samples
+    if not samples.any():
+        return samples.new_zeros((samples.shape[0], want, *samples.shape[2:]))
+    raise ValueError(f"{what}: input 'latent_image' has {samples.shape[1]} channels but this {model.kind} model "
+                     f"works on {want}-channel latents; encode the image with this checkpoint's VAE")
+
+
 def run_sampler(ctx, model, positive, negative, latent: dict, *, node: str, **options) -> dict:
     """Denoise `latent` with `model`; `options` are ksampler.sample's keywords (seed, steps, cfg, sampler_name,
     scheduler, denoise, start_step, end_step, add_noise, return_leftover_noise, sigmas)."""
-    unet = on_device(ctx, model.unet)
-    device = device_of(unet)
-    hw = tuple(latent["samples"].shape[-2:])
+    return sample_with_denoised(ctx, model, positive, negative, latent, node=node, **options)[0]
+
+
+def sample_with_denoised(ctx, model, positive, negative, latent: dict, *, node: str, **options) -> tuple[dict, dict]:
+    """``run_sampler``'s latent and the last step's denoised estimate x0 as a latent (the input latent when no step
+    ran): SamplerCustom's two outputs."""
+    module = on_device(ctx, model.module)
+    device = device_of(module)
+    samples = _fit_channels(model, latent["samples"], node)
+    hw = tuple(samples.shape[-2:])
     pos = _prepare(model, positive, "positive", hw, device, node)
     neg = _prepare(model, negative, "negative", hw, device, node)
-    work = {**latent, "samples": latent["samples"].to(device)}
+    work = {**latent, "samples": samples.to(device)}
     if work.get("noise_mask") is not None:
         work["noise_mask"] = work["noise_mask"].to(device)
+    last = {}
 
     def progress(step, total, x0):
-        ctx.progress(step, total, latent_to_rgb(x0))
+        last["x0"] = x0
+        ctx.progress(step, total, latent_to_rgb(x0, model.latent_format))
 
-    out = sample(model.eps_fn(unet), model.sampling, work, pos, neg, callback=progress, node=node, **options)
+    out = sample(model.eps_fn(module), model.sampling, work, pos, neg, callback=progress, node=node, **options)
     out["samples"] = out["samples"].cpu()
     if out.get("noise_mask") is not None:
         out["noise_mask"] = out["noise_mask"].cpu()
-    return out
+    denoised = {**out, "samples": last["x0"].cpu()} if last else out
+    return out, denoised
 
 
 # -- fine-grained nodes -------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Text encoding: SDXL's two text towers as separate nodes, and ComfyUI's text-encode nodes on the same code.
+"""Text encoding: SDXL's two text towers as separate nodes, and ComfyUI's text-encode nodes. CLIPTextEncode and
+CLIPSetLastLayer take any family's CLIP (nodes.families.TextEncoder); the SDXL nodes need an SDXL CLIP.
 
 The fine-grained nodes show the paper's conditioning (SDXL report §2.1, sdxl.md §4): CLIP ViT-L/14 gives
 per-token hidden states (penultimate layer, 768 wide); OpenCLIP ViT-bigG/14 gives per-token hidden states
@@ -19,7 +20,9 @@ from typing import NamedTuple
 
 import torch
 
+from ..families import family_of
 from ..node import Input, Output, node
+from ..sdxl.text import SDXLTextEncoders
 from ..types import CLIP, CONDITIONING, SocketType
 from .conditioning import set_aesthetic, set_sizes
 from .loaders import on_device
@@ -44,13 +47,15 @@ class TextEmbeds(NamedTuple):
 
 def ready(ctx, clip):
     """The text encoders with their towers resident on the compute device."""
-    for tower in (clip.clip_l, clip.bigg):
-        if tower is not None:
-            on_device(ctx, tower)
+    for tower in clip.towers():
+        on_device(ctx, tower)
     return clip
 
 
 def _require(clip, what: str, need_clip_l: bool) -> None:
+    if not isinstance(clip, SDXLTextEncoders):
+        raise ValueError(f"{what}: this CLIP is an {family_of(clip.kind).title} checkpoint's; connect an SDXL "
+                         "checkpoint's CLIP (CLIP Text Encode takes any)")
     if need_clip_l and not clip.has_clip_l:
         raise ValueError(f"{what}: this CLIP has no CLIP-L text encoder (it is a refiner's, bigG only); "
                          "connect an SDXL base checkpoint's CLIP")
@@ -98,8 +103,8 @@ def bigg_conditioning(clip_g: TextEmbeds) -> list:
     return [[clip_g.hidden, {"pooled_output": clip_g.pooled}]]
 
 
-def encode_prompt(ctx, clip, text_l: str, text_g: str, what: str) -> list:
-    """CONDITIONING for the model this CLIP belongs to: base → both towers (channel concat); refiner → bigG."""
+def encode_sdxl(ctx, clip, text_l: str, text_g: str, what: str) -> list:
+    """SDXL CONDITIONING with a prompt per tower: base → both towers (channel concat); refiner → bigG."""
     if clip.has_clip_l:
         return channel_concat(encode_clip_l(ctx, clip, text_l, what), encode_bigg(ctx, clip, text_g, what))
     return bigg_conditioning(encode_bigg(ctx, clip, text_g, what))
@@ -158,13 +163,27 @@ class SDXLRefinerTextConditioning:
 
 @node(category="conditioning", outputs=[Output(CONDITIONING)], display_name="CLIP Text Encode (Prompt)")
 class CLIPTextEncode:
-    """Encode a prompt for the model whose CLIP this is (SDXL base: both towers; refiner: bigG). The size
-    conditioning then comes from the latent's size when sampling."""
+    """Encode a prompt for the model whose CLIP this is, as its family does (SDXL base: both towers; refiner:
+    bigG; SD 1.x: CLIP-L; SD 2.x: OpenCLIP-H). SDXL's size conditioning then comes from the latent's size."""
     text: str = Input(multiline=True, dynamic_prompts=True, description="The text to be encoded.")
     clip: CLIP = Input(description="The CLIP model used for encoding the text.")
 
     def run(self, ctx):
-        return (encode_prompt(ctx, self.clip, self.text, self.text, "CLIPTextEncode: clip"),)
+        return (ready(ctx, self.clip).conditioning(self.text),)
+
+
+@node(category="conditioning", outputs=[Output(CLIP)], display_name="CLIP Set Last Layer", version="1.0.0")
+class CLIPSetLastLayer:
+    """Stop the text encoders at an earlier layer ("clip skip"): −1 is the last layer, −2 the one before. Each
+    family starts from its own (SD 1.x: −1; SD 2.x and SDXL: −2, the penultimate)."""
+    clip: CLIP = Input()
+    stop_at_clip_layer: int = Input(default=-1, min=-24, max=-1, step=1)
+
+    def run(self, ctx):
+        try:
+            return (self.clip.with_layer(self.stop_at_clip_layer),)
+        except ValueError as exc:
+            raise ValueError(f"CLIPSetLastLayer: stop_at_clip_layer: {exc}") from None
 
 
 @node(category="advanced/conditioning", outputs=[Output(CONDITIONING)], display_name="CLIPTextEncodeSDXL")
@@ -184,7 +203,7 @@ class CLIPTextEncodeSDXL:
     def run(self, ctx):
         what = "CLIPTextEncodeSDXL: clip"
         _require(self.clip, what, need_clip_l=True)
-        cond = encode_prompt(ctx, self.clip, self.text_l, self.text_g, what)
+        cond = encode_sdxl(ctx, self.clip, self.text_l, self.text_g, what)
         return (set_sizes(cond, self.width, self.height, self.crop_w, self.crop_h,
                           self.target_width, self.target_height),)
 

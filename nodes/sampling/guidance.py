@@ -1,20 +1,21 @@
 """Classifier-free guidance: turns an ε-network and positive/negative conditioning into the ``model(x, σ) -> D``
 that the samplers call.
 
-A conditioning entry is a dict prepared for the network by the model glue::
+A conditioning entry is a dict prepared for the network by the model (nodes.sampling.denoiser)::
 
-    {"context": Tensor [b, T, D], "y": Tensor [b, P] | None,
+    {"context": Tensor [b, T, D], "y": Tensor [b, P] | None, ...,
      "start_percent": 0.0, "end_percent": 1.0, "strength": 1.0}
 
-(b prompts are tiled over the latent batch as ComfyUI does, so b = 1 serves every latent.)
+Every key but the three guidance keys is a network input, passed by keyword (``context`` is required; SDXL adds
+``y``). b prompts are tiled over the latent batch as ComfyUI does, so b = 1 serves every latent.
 
 Several entries in one list (ComfyUI ConditioningCombine) are each predicted and averaged, weighted by strength.
 An entry only takes part while σ lies in its range (ComfyUI ConditioningSetTimestepRange; percent → σ through the
 model sampling, 0 % = the start of sampling). The result is ``D = D_neg + cfg·(D_pos − D_neg)`` (sdxl.md §9; for
 ε-models identical to guidance on ε); the negative pass is skipped when cfg == 1.
 
-Batching: every active entry of both branches whose context and ``y`` have the same per-item shape goes through
-the network in one call (negative first, as sgm's VanillaCFG). Entries with different context lengths (e.g. a
+Batching: every active entry of both branches whose inputs have the same per-item shapes goes through the
+network in one call (negative first, as sgm's VanillaCFG). Entries with different context lengths (e.g. a
 154-token prompt against a 77-token one) run as separate calls rather than being repeated to a common length;
 the results are the same, only the batching differs.
 """
@@ -25,9 +26,10 @@ from typing import Callable, Sequence
 
 import torch
 
+from .denoiser import Network
 from .schedules import ModelSampling
 
-EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+GUIDANCE_KEYS = ("start_percent", "end_percent", "strength")
 
 
 def _fit_batch(t: torch.Tensor | None, batch: int) -> torch.Tensor | None:
@@ -54,8 +56,9 @@ class _Entry:
     def __init__(self, entry: dict, branch: int, model_sampling: ModelSampling, what: str):
         if "context" not in entry:
             raise ValueError(f"{what}: a conditioning entry has no 'context'")
-        self.context = entry["context"] if entry["context"].ndim == 3 else entry["context"][None]
-        self.y = entry.get("y")
+        self.inputs = {k: v for k, v in entry.items() if k not in GUIDANCE_KEYS}
+        if self.inputs["context"].ndim == 2:
+            self.inputs["context"] = self.inputs["context"][None]
         self.branch = branch
         self.strength = float(entry.get("strength", 1.0))
         self.sigma_start = model_sampling.percent_to_sigma(float(entry.get("start_percent", 0.0)))
@@ -65,15 +68,17 @@ class _Entry:
         return self.sigma_end <= sigma <= self.sigma_start
 
     def group_key(self):
-        return tuple(self.context.shape[1:]), None if self.y is None else tuple(self.y.shape[1:])
+        """Entries with equal keys go through the network together: per-item shapes of tensors, else the object."""
+        return tuple((k, tuple(v.shape[1:]) if isinstance(v, torch.Tensor) else id(v))
+                     for k, v in sorted(self.inputs.items()))
 
 
-def cfg_denoiser(eps_fn: EpsFn, model_sampling: ModelSampling, positive: Sequence[dict], negative: Sequence[dict],
+def cfg_denoiser(eps_fn: Network, model_sampling: ModelSampling, positive: Sequence[dict], negative: Sequence[dict],
                  cfg: float, node: str = "KSampler") -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The guided denoiser ``model(x, sigma_batch) -> D`` for the samplers.
 
-    ``eps_fn(x_in, timesteps, context, y) -> eps`` is one network call; x_in is already scaled by
-    ``model_sampling.calculate_input`` and ``timesteps`` comes from ``model_sampling.timestep``."""
+    ``eps_fn(x_in, timesteps, **inputs)`` is one network call (nodes.sampling.denoiser.Network); x_in is already
+    scaled by ``model_sampling.calculate_input`` and ``timesteps`` comes from ``model_sampling.timestep``."""
     skip_uncond = math.isclose(cfg, 1.0)
     if not positive:
         raise ValueError(f"{node}: input 'positive' has no conditioning entries")
@@ -115,11 +120,12 @@ def _predict(eps_fn, model_sampling, x, sigma, active, node):
     results = {}
     for group in groups.values():
         n = len(group)
-        context = torch.cat([_fit_batch(e.context, batch) for e in group]).to(x.device, x.dtype)
-        y = None
-        if group[0].y is not None:
-            y = torch.cat([_fit_batch(e.y, batch) for e in group]).to(x.device, x.dtype)
-        eps = eps_fn(x_in.repeat(n, *[1] * (x.ndim - 1)), t.repeat(n), context, y)
+        inputs = {}
+        for key, value in group[0].inputs.items():
+            if isinstance(value, torch.Tensor):
+                value = torch.cat([_fit_batch(e.inputs[key], batch) for e in group]).to(x.device, x.dtype)
+            inputs[key] = value
+        eps = eps_fn(x_in.repeat(n, *[1] * (x.ndim - 1)), t.repeat(n), **inputs)
         if eps.shape[0] != n * batch:
             raise ValueError(f"{node}: the model returned batch {eps.shape[0]}, expected {n * batch}")
         for e, chunk in zip(group, eps.chunk(n)):

@@ -2,9 +2,9 @@
 
 ``sample`` is the whole denoising run a sampler node performs: schedule (with denoise strength and the
 start/end-step window), seeded initial noise, guidance, inpainting mask blending, per-step progress, and the
-leftover-noise rules that make the base → refiner hand-offs work. It knows no UNet: ``eps_fn(x_in, t, context,
-y) -> eps`` is the network call and ``model_sampling`` its parameterisation. Latents are in sampling space
-(already multiplied by the VAE scaling factor).
+leftover-noise rules that make the base → refiner hand-offs work. It knows no network: ``eps_fn(x_in, t,
+**inputs)`` is the call and ``model_sampling`` its parameterisation (nodes.sampling.denoiser). Latents are in
+sampling space (nodes.latent_format).
 
 Refiner hand-offs:
 
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .guidance import cfg_denoiser
 from .noise import BrownianTreeNoiseSampler, ancestral_noise_sampler, prepare_noise
-from .samplers import ANCESTRAL_SAMPLERS, SAMPLER_NAMES, SAMPLERS, SDE_SAMPLERS
+from .samplers import ANCESTRAL, BROWNIAN, SAMPLER_DECLARATIONS, SAMPLER_NAMES
 from .schedules import SCHEDULER_NAMES, ModelSampling, get_sigmas, ksampler_sigmas
 
 ProgressFn = Callable[[int, int, torch.Tensor], None]
@@ -70,18 +70,19 @@ def _inpainting(model, model_sampling: ModelSampling, latent, noise, mask):
     return denoise
 
 
-def sample(eps_fn, model_sampling: ModelSampling, latent: dict, positive, negative, *, seed: int, steps: int,
-           cfg: float, sampler_name: str, scheduler: str, denoise: float = 1.0, start_step: int = 0,
+def sample(eps_fn, model_sampling: ModelSampling, latent: dict, positive, negative, *, seed: int, cfg: float,
+           sampler_name: str, steps: int = 0, scheduler: str = "", denoise: float = 1.0, start_step: int = 0,
            end_step: int | None = None, add_noise: bool = True, return_leftover_noise: bool = False,
            callback: ProgressFn | None = None, sigmas: torch.Tensor | None = None, node: str = "KSampler") -> dict:
     """Run a sampler node; returns a copy of ``latent`` with new ``samples``.
 
     KSampler is ``sample(..., denoise=d)``; KSamplerAdvanced is ``sample(..., start_step, end_step, add_noise,
-    return_leftover_noise)``; SamplerCustom-style callers pass ``sigmas`` directly. ``callback(step, total, x0)``
-    runs after each step's model evaluation with the denoised estimate (step counts 1..total); an exception it
-    raises (an interruption) ends the run and propagates. ``latent["batch_index"]`` picks each image's noise.
+    return_leftover_noise)``; SamplerCustom passes ``sigmas`` directly (``steps`` and ``scheduler`` are then
+    unused). ``callback(step, total, x0)`` runs after each step's model evaluation with the denoised estimate (step
+    counts 1..total); an exception it raises (an interruption) ends the run and propagates.
+    ``latent["batch_index"]`` picks each image's noise.
     """
-    if sampler_name not in SAMPLERS:
+    if sampler_name not in SAMPLER_DECLARATIONS:
         raise ValueError(f"{node}: input 'sampler_name': {sampler_name!r} is not one of {SAMPLER_NAMES}")
     if sigmas is None:
         if scheduler not in SCHEDULER_NAMES:
@@ -111,21 +112,14 @@ def sample(eps_fn, model_sampling: ModelSampling, latent: dict, positive, negati
         mask = _prepare_mask(mask, samples, node)
         model = _inpainting(model, model_sampling, samples, noise, mask)
 
-    step_noise = None
-    if sampler_name in ANCESTRAL_SAMPLERS:
-        step_noise = ancestral_noise_sampler(x, seed)
-    elif sampler_name in SDE_SAMPLERS and int((sigmas > 0).sum()) > 1:
-        # (A single positive σ is one step to 0, which draws no noise and has no interval for a Brownian tree.)
-        positive_sigmas = sigmas[sigmas > 0]
-        step_noise = BrownianTreeNoiseSampler(x, float(positive_sigmas.min()), float(positive_sigmas.max()), seed)
-
+    declared = SAMPLER_DECLARATIONS[sampler_name]
     total = len(sigmas) - 1
 
     def report(info):
         if callback is not None:
             callback(info["i"] + 1, total, info["denoised"])
 
-    x = SAMPLERS[sampler_name](model, x, sigmas, callback=report, noise=step_noise)
+    x = declared.fn(model, x, sigmas, callback=report, noise=step_noise(declared.noise, x, sigmas, seed))
     x = model_sampling.inverse_noise_scaling(sigmas[-1], x)
     if mask is not None:
         # The unmasked area ends exactly on the input (noised to the final σ when leftover noise is kept).
@@ -135,6 +129,17 @@ def sample(eps_fn, model_sampling: ModelSampling, latent: dict, positive, negati
         x = x * mask + known * (1 - mask)
     out["samples"] = x
     return out
+
+
+def step_noise(kind: str, x: torch.Tensor, sigmas: torch.Tensor, seed: int):
+    """The seeded noise source a sampler declared (samplers.SAMPLER_DECLARATIONS), or None for one that draws none."""
+    if kind == ANCESTRAL:
+        return ancestral_noise_sampler(x, seed)
+    if kind == BROWNIAN and int((sigmas > 0).sum()) > 1:
+        # (A single positive σ is one step to 0, which draws no noise and has no interval for a Brownian tree.)
+        positive_sigmas = sigmas[sigmas > 0]
+        return BrownianTreeNoiseSampler(x, float(positive_sigmas.min()), float(positive_sigmas.max()), seed)
+    return None
 
 
 def sdedit_sigmas(model_sampling: ModelSampling, scheduler: str, steps: int, strength: float,

@@ -3,11 +3,15 @@
 Every sampler is ``fn(model, x, sigmas, *, extra_args=None, callback=None, noise=None, **options) -> x``:
 ``model(x, sigma_batch, **extra_args)`` returns the denoised estimate D(x; σ); ``x`` starts at ``sigmas[0]``;
 ``callback({"i", "x", "sigma", "sigma_hat", "denoised"})`` is called once per step; ``noise`` is a noise sampler
-(``nodes.sampling.noise``) for the samplers that inject noise. The update rules are sdxl.md §8, with ComfyUI's
-choices where it differs from k-diffusion (x = D on the final step of the ancestral/SDE/LMS samplers, a log-σ
-midpoint for dpm_2). Notation: d = (x − D)/σ, λ = −log σ, h = λ_next − λ.
+(``nodes.sampling.noise``) for the samplers that inject noise: each sampler's declaration at the end says which
+source it takes, and a sampler run without one raises on its first draw instead of falling back on the global RNG.
+The update rules are sdxl.md §8, with ComfyUI's choices where it differs from k-diffusion (x = D on the final step of
+the ancestral/SDE/LMS samplers, a log-σ midpoint for dpm_2). Notation: d = (x − D)/σ, λ = −log σ, h = λ_next − λ.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -26,12 +30,13 @@ def get_ancestral_step(sigma, sigma_next, eta=1.0):
     return (sigma_next ** 2 - sigma_up ** 2) ** 0.5, sigma_up
 
 
-def _default_noise(x):
-    return lambda sigma, sigma_next: torch.randn_like(x)
+def _no_noise(sigma, sigma_next):
+    raise RuntimeError("this sampler drew noise but was given no noise source: declare the noise it draws in "
+                       "SAMPLER_DECLARATIONS (an unseeded draw would make seeds stop reproducing)")
 
 
 def _setup(x, extra_args, noise):
-    return extra_args or {}, noise or _default_noise(x), x.new_ones([x.shape[0]])
+    return extra_args or {}, noise or _no_noise, x.new_ones([x.shape[0]])
 
 
 def _report(callback, i, x, sigma, sigma_hat, denoised):
@@ -455,36 +460,51 @@ def sample_uni_pc_bh2(model, x, sigmas, **kwargs):
     return sample_uni_pc(model, x, sigmas, variant="bh2", **kwargs)
 
 
-SAMPLERS = {
-    "euler": sample_euler,
-    "euler_ancestral": sample_euler_ancestral,
-    "heun": sample_heun,
-    "dpm_2": sample_dpm_2,
-    "dpm_2_ancestral": sample_dpm_2_ancestral,
-    "lms": sample_lms,
-    "dpmpp_2s_ancestral": sample_dpmpp_2s_ancestral,
-    "dpmpp_sde": sample_dpmpp_sde,
+NO_NOISE, ANCESTRAL, BROWNIAN = "none", "ancestral", "brownian"
+
+
+@dataclass(frozen=True)
+class SamplerDeclaration:
+    """A sampler and the noise it draws: NO_NOISE (deterministic; euler/heun/dpm_2 churn stays off), ANCESTRAL
+    (fresh Gaussian noise per step) or BROWNIAN (increments of one Brownian motion over the run). ksampler.sample
+    gives it exactly that source, seeded from the run's seed."""
+    fn: Callable
+    noise: str
+
+    def __post_init__(self):
+        if self.noise not in (NO_NOISE, ANCESTRAL, BROWNIAN):
+            raise ValueError(f"sampler {self.fn.__name__}: noise must be one of none/ancestral/brownian, "
+                             f"got {self.noise!r}")
+
+
+SAMPLER_DECLARATIONS = {
+    "euler": SamplerDeclaration(sample_euler, NO_NOISE),
+    "euler_ancestral": SamplerDeclaration(sample_euler_ancestral, ANCESTRAL),
+    "heun": SamplerDeclaration(sample_heun, NO_NOISE),
+    "dpm_2": SamplerDeclaration(sample_dpm_2, NO_NOISE),
+    "dpm_2_ancestral": SamplerDeclaration(sample_dpm_2_ancestral, ANCESTRAL),
+    "lms": SamplerDeclaration(sample_lms, NO_NOISE),
+    "dpmpp_2s_ancestral": SamplerDeclaration(sample_dpmpp_2s_ancestral, ANCESTRAL),
+    "dpmpp_sde": SamplerDeclaration(sample_dpmpp_sde, BROWNIAN),
     # ComfyUI's _gpu variants differ only in building the Brownian tree on the sampling device. Here every noise
     # source is drawn on the CPU so that a seed gives the same image on any device (noise.py), so they run the
     # same sampler with the same CPU tree: identical to ComfyUI's _gpu on a CPU, another noise draw on a GPU.
-    "dpmpp_sde_gpu": sample_dpmpp_sde,
-    "dpmpp_2m": sample_dpmpp_2m,
-    "dpmpp_2m_sde": sample_dpmpp_2m_sde,
-    "dpmpp_2m_sde_gpu": sample_dpmpp_2m_sde,
-    "dpmpp_2m_sde_heun": sample_dpmpp_2m_sde_heun,
-    "dpmpp_2m_sde_heun_gpu": sample_dpmpp_2m_sde_heun,
-    "dpmpp_3m_sde": sample_dpmpp_3m_sde,
-    "dpmpp_3m_sde_gpu": sample_dpmpp_3m_sde,
-    "ddpm": sample_ddpm,
-    "lcm": sample_lcm,
-    "ipndm": sample_ipndm,
-    "ddim": sample_ddim,
-    "uni_pc": sample_uni_pc,
-    "uni_pc_bh2": sample_uni_pc_bh2,
+    "dpmpp_sde_gpu": SamplerDeclaration(sample_dpmpp_sde, BROWNIAN),
+    "dpmpp_2m": SamplerDeclaration(sample_dpmpp_2m, NO_NOISE),
+    "dpmpp_2m_sde": SamplerDeclaration(sample_dpmpp_2m_sde, BROWNIAN),
+    "dpmpp_2m_sde_gpu": SamplerDeclaration(sample_dpmpp_2m_sde, BROWNIAN),
+    "dpmpp_2m_sde_heun": SamplerDeclaration(sample_dpmpp_2m_sde_heun, BROWNIAN),
+    "dpmpp_2m_sde_heun_gpu": SamplerDeclaration(sample_dpmpp_2m_sde_heun, BROWNIAN),
+    "dpmpp_3m_sde": SamplerDeclaration(sample_dpmpp_3m_sde, BROWNIAN),
+    "dpmpp_3m_sde_gpu": SamplerDeclaration(sample_dpmpp_3m_sde, BROWNIAN),
+    "ddpm": SamplerDeclaration(sample_ddpm, ANCESTRAL),
+    "lcm": SamplerDeclaration(sample_lcm, ANCESTRAL),
+    "ipndm": SamplerDeclaration(sample_ipndm, NO_NOISE),
+    "ddim": SamplerDeclaration(sample_ddim, NO_NOISE),
+    "uni_pc": SamplerDeclaration(sample_uni_pc, NO_NOISE),
+    "uni_pc_bh2": SamplerDeclaration(sample_uni_pc_bh2, NO_NOISE),
 }
+SAMPLERS = {name: d.fn for name, d in SAMPLER_DECLARATIONS.items()}
 SAMPLER_NAMES = list(SAMPLERS)  # ComfyUI's order
-
-# Which noise source each stochastic sampler takes (the rest are deterministic unless churn is on).
-ANCESTRAL_SAMPLERS = frozenset({"euler_ancestral", "dpm_2_ancestral", "dpmpp_2s_ancestral", "ddpm", "lcm"})
-SDE_SAMPLERS = frozenset({"dpmpp_sde", "dpmpp_sde_gpu", "dpmpp_2m_sde", "dpmpp_2m_sde_gpu", "dpmpp_2m_sde_heun",
-                          "dpmpp_2m_sde_heun_gpu", "dpmpp_3m_sde", "dpmpp_3m_sde_gpu"})
+ANCESTRAL_SAMPLERS = frozenset(n for n, d in SAMPLER_DECLARATIONS.items() if d.noise == ANCESTRAL)
+SDE_SAMPLERS = frozenset(n for n, d in SAMPLER_DECLARATIONS.items() if d.noise == BROWNIAN)

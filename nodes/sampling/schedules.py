@@ -1,14 +1,16 @@
 """Model sampling (how a noise level σ maps to the network's input, timestep and output) and the schedulers.
 
 A ``ModelSampling`` is everything a sampler needs to know about a model's parameterisation, and nothing about
-its weights. SDXL is ``DiscreteEps``: the scaled-linear DDPM schedule over 1000 timesteps with ε-prediction
-(sdxl.md §5). A v-prediction or rectified-flow model implements the same six methods.
+its weights. SD 1.x and SDXL are ``DiscreteEps``: the scaled-linear DDPM schedule over 1000 timesteps with
+ε-prediction (sdxl.md §5); SD 2.x 768-v is ``DiscreteV`` on the same schedule; ``DISCRETE`` lists the
+parameterisations ComfyUI's ModelSamplingDiscrete picks from. A rectified-flow model implements the same methods.
 
 Schedulers turn (model sampling, steps) into a descending float32 σ list that ends with 0 (sdxl.md §7); the names
 and formulas are the ones ComfyUI users know.
 """
 from __future__ import annotations
 
+import copy
 import functools
 import math
 
@@ -81,17 +83,22 @@ class DiscreteEps(ModelSampling):
     """
 
     def __init__(self, linear_start: float = 0.00085, linear_end: float = 0.012, num_timesteps: int = 1000,
-                 integer_timesteps: bool = True, sigmas: torch.Tensor | None = None):
+                 integer_timesteps: bool = True, sigmas: torch.Tensor | None = None, zsnr: bool = False):
         if sigmas is None:
             betas = torch.linspace(linear_start ** 0.5, linear_end ** 0.5, num_timesteps, dtype=torch.float64) ** 2
             alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+            if zsnr:
+                alphas_cumprod = zero_terminal_snr(alphas_cumprod)
             sigmas = ((1.0 - alphas_cumprod) / alphas_cumprod) ** 0.5
         self.sigmas = sigmas.to(torch.float32)
         self.log_sigmas = self.sigmas.log()
         self.integer_timesteps = integer_timesteps
 
     def truncated(self, max_timestep: int) -> "DiscreteEps":
-        return DiscreteEps(sigmas=self.sigmas[: max_timestep + 1], integer_timesteps=self.integer_timesteps)
+        out = copy.copy(self)
+        out.sigmas = self.sigmas[: max_timestep + 1]
+        out.log_sigmas = out.sigmas.log()
+        return out
 
     def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
         sigma = torch.as_tensor(sigma, dtype=torch.float32)
@@ -126,6 +133,73 @@ class DiscreteEps(ModelSampling):
         sigma = _bcast(sigma, noise)
         scale = (1.0 + sigma ** 2) ** 0.5 if max_denoise else sigma
         return latent + noise * scale
+
+
+def zero_terminal_snr(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """Lin et al. 2023, Algorithm 1: shift and scale √ᾱ so the last timestep is pure noise (SNR 0), keeping the
+    first. ᾱ at the last step is then floored at 4.897e-8 as ComfyUI does, so σ_max stays finite (≈ 4519)."""
+    root = alphas_cumprod.sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    out = ((root - last) * first / (first - last)) ** 2
+    out[-1] = 4.8973451890853435e-08
+    return out
+
+
+class DiscreteV(DiscreteEps):
+    """v-prediction (Salimans & Ho 2022; SD 2.x 768-v): the network predicts v = α·ε − s·x₀ of the VP sample
+    z = α·x₀ + s·ε (α = 1/√(1+σ²), s = σ/√(1+σ²)), so x₀ = α·z − s·v, and with z = α·x in σ space
+    D = x/(1+σ²) − v·σ/√(1+σ²)."""
+
+    def calculate_denoised(self, sigma, model_output, x):
+        sigma = _bcast(sigma, x)
+        return x / (sigma ** 2 + 1.0) - model_output * sigma / (sigma ** 2 + 1.0) ** 0.5
+
+
+class DiscreteX0(DiscreteEps):
+    """x₀-prediction: the network's output is the denoised sample itself."""
+
+    def calculate_denoised(self, sigma, model_output, x):
+        return model_output
+
+
+class DiscreteLCM(DiscreteEps):
+    """A latent consistency model (Luo et al. 2023), e.g. SDXL with an LCM LoRA: distilled on 50 of the 1000
+    timesteps (t = 19, 39, …, 999: diffusers LCMScheduler's ``original_inference_steps``), so its σ table holds
+    those 50 and the network sees their timesteps. The ε-prediction goes through LCM's boundary condition
+    D = c_out·x̂₀ + c_skip·z with c_skip = σ_d²/(τ² + σ_d²), c_out = τ/√(τ² + σ_d²), τ = 10·t, σ_d = 0.5 (the paper's
+    and diffusers' scalings, on the VP sample z = x/√(1+σ²))."""
+    ORIGINAL_STEPS = 50
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.skip = len(self.sigmas) // self.ORIGINAL_STEPS
+        self.sigmas = self.sigmas[self.skip - 1::self.skip]
+        self.log_sigmas = self.sigmas.log()
+
+    def timestep(self, sigma):
+        return super().timestep(sigma) * self.skip + (self.skip - 1)
+
+    def sigma(self, t):
+        return super().sigma((torch.as_tensor(t, dtype=torch.float32) - (self.skip - 1)) / self.skip)
+
+    def truncated(self, max_timestep: int) -> "DiscreteLCM":
+        return super().truncated(max(max_timestep - (self.skip - 1), 0) // self.skip)
+
+    def percent_to_sigma(self, percent: float) -> float:
+        if 0.0 < percent < 1.0:
+            return float(self.sigma(torch.tensor((1.0 - percent) * (len(self.sigmas) * self.skip - 1))))
+        return super().percent_to_sigma(percent)
+
+    def calculate_denoised(self, sigma, model_output, x):
+        x0 = super().calculate_denoised(sigma, model_output, x)
+        tau = _bcast(self.timestep(sigma).to(x.device, x.dtype), x) * 10.0
+        sigma = _bcast(sigma, x)
+        c_skip, c_out = 0.25 / (tau ** 2 + 0.25), tau / (tau ** 2 + 0.25) ** 0.5
+        return c_out * x0 + c_skip * x / (sigma ** 2 + 1.0) ** 0.5
+
+
+# ComfyUI's ModelSamplingDiscrete choices.
+DISCRETE = {"eps": DiscreteEps, "v_prediction": DiscreteV, "lcm": DiscreteLCM, "x0": DiscreteX0}
 
 
 # --- schedulers ---------------------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
-"""SDXL model configs as data: the real base / refiner presets (paper Table 1, sgm yamls) and tiny presets
-for the demo model and the tests."""
+"""SDXL model configs as data: the real base / refiner presets (paper Table 1, sgm yamls), the latent format, and
+tiny presets for the demo model and the tests."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from ..latent_format import LatentFormat
 
 FOURIER_DIM = 256  # width of each size / crop / aesthetic embedding in y
 
@@ -14,11 +16,13 @@ class UNetConfig:
     transformer_depth: tuple[int, ...]  # effective depth per level; 0 = no attention at that level
     transformer_depth_middle: int
     context_dim: int
-    adm_in_channels: int  # width of the vector y (pooled text + Fourier features)
+    adm_in_channels: int  # width of the vector y (pooled text + Fourier features); 0: no y (SD 1.x / 2.x)
     num_res_blocks: int = 2
-    num_head_channels: int = 64  # SDXL convention; single files do not store heads
+    num_head_channels: int = 64  # SDXL / SD 2.x convention; single files do not store heads
     in_channels: int = 4
     out_channels: int = 4
+    num_heads: int = 0  # a fixed head count at every level instead (SD 1.x: 8); 0 = channels // num_head_channels
+    use_linear_in_transformer: bool = True  # SpatialTransformer proj_in/out as Linear; SD 1.x has 1×1 convs
 
     def __post_init__(self):
         if len(self.transformer_depth) != len(self.channel_mult):
@@ -34,6 +38,9 @@ class UNetConfig:
     @property
     def time_embed_dim(self) -> int:
         return 4 * self.model_channels
+
+    def heads(self, channels: int) -> int:
+        return self.num_heads or channels // self.num_head_channels
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,11 @@ class VAEConfig:
 SDXL_BASE_UNET = UNetConfig(320, (1, 2, 4), (0, 2, 10), 10, context_dim=2048, adm_in_channels=2816)
 SDXL_REFINER_UNET = UNetConfig(384, (1, 2, 4, 4), (0, 4, 4, 0), 4, context_dim=1280, adm_in_channels=2560)
 SDXL_VAE = VAEConfig()
+# Preview factors fitted to SDXL's scaled latents (sdxl.md §15).
+SDXL_LATENT = LatentFormat(channels=4, scale_factor=SDXL_VAE.scaling_factor,
+                           rgb_factors=((0.3651, 0.4232, 0.4341), (-0.2533, -0.0042, 0.1068),
+                                        (0.1076, 0.1111, -0.0362), (-0.3165, -0.2492, -0.2188)),
+                           rgb_bias=(0.1084, -0.0175, -0.0011))
 
 # Tiny presets: same structure (3-level base, 4-level refiner whose last level has no attention, f=8 VAE),
 # 64-channel heads so the single-file head convention holds, channel counts multiples of 32.

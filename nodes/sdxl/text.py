@@ -1,13 +1,14 @@
-"""SDXL's two text encoders (SDXL report §2.1): CLIP ViT-L/14 and OpenCLIP ViT-bigG/14, text towers only.
+"""Text towers: CLIP ViT-L/14 through ``transformers.CLIPTextModel`` and OpenCLIP text towers (SDXL's bigG, SD 2.x's
+ViT-H) through open_clip's own ``TextTransformer`` modules; open_clip ≥ 3 is batch-first, so nothing is permuted.
+``ClipTextEncoder`` is what every CLIP value shares: long prompts are encoded window by window and concatenated
+on the token axis; prompt weights act per token as ``z = (z − z_empty)·w + z_empty``.
 
-CLIP-L runs through ``transformers.CLIPTextModel`` and gives its penultimate hidden state (no final LN).
-bigG runs through open_clip's own ``TextTransformer`` modules and gives the input of its last resblock
-(no ``ln_final``) plus the pooled projection ``ln_final(last)[argmax id] @ text_projection``. open_clip ≥ 3
-is batch-first, so nothing is permuted. Long prompts are encoded window by window and concatenated on the
-token axis; prompt weights act per token as ``z = (z − z_empty)·w + z_empty``.
+SDXL's two text encoders (SDXL report §2.1, ``SDXLTextEncoders``): CLIP-L gives its penultimate hidden state (no
+final LN); bigG gives the input of its last resblock (no ``ln_final``) plus the pooled projection
+``ln_final(last)[argmax id] @ text_projection``.
 
-Both towers are built on the meta device and adopt the loaded tensors as they are (``meta.adopt``), so loading
-never holds two copies of the weights.
+Towers are built on the meta device and adopt the loaded tensors as they are (``meta.adopt``), so loading never
+holds two copies of the weights.
 """
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ def build_clip_l(cfg: TextTowerConfig):
     return CLIPTextModel(config)
 
 
-def build_bigg(cfg: TextTowerConfig):
+def build_open_clip(cfg: TextTowerConfig):
     # open_clip's package import drags in torchvision, so it is imported only when a tower is built.
     from open_clip.transformer import LayerNorm, TextTransformer
 
@@ -105,13 +106,16 @@ def clip_l_config(sd: dict[str, torch.Tensor]) -> TextTowerConfig:
     )
 
 
-def bigg_config(sd: dict[str, torch.Tensor]) -> TextTowerConfig:
-    """Config of a bigG-style tower from its open_clip-named state dict."""
-    tok = _need(sd, "token_embedding.weight", "bigG")
+def open_clip_config(sd: dict[str, torch.Tensor], what: str = "bigG") -> TextTowerConfig:
+    """Config of an OpenCLIP tower from its open_clip-named state dict (no ``text_projection``: none, as in the
+    HF CLIPTextModel diffusers stores SD 2.x's tower as)."""
+    tok = _need(sd, "token_embedding.weight", what)
     return TextTowerConfig(
         width=tok.shape[1], vocab=tok.shape[0], layers=_layers(sd, r"transformer\.resblocks\.(\d+)\."),
-        heads=heads_for(tok.shape[1], "bigG"), mlp_width=_need(sd, "transformer.resblocks.0.mlp.c_fc.weight", "bigG").shape[0],
-        context=_need(sd, "positional_embedding", "bigG").shape[0], proj_dim=_need(sd, "text_projection", "bigG").shape[1],
+        heads=heads_for(tok.shape[1], what),
+        mlp_width=_need(sd, "transformer.resblocks.0.mlp.c_fc.weight", what).shape[0],
+        context=_need(sd, "positional_embedding", what).shape[0],
+        proj_dim=sd["text_projection"].shape[1] if "text_projection" in sd else 0,
     )
 
 
@@ -207,10 +211,21 @@ def load_clip_l(sd: dict[str, torch.Tensor], dtype, device):
     return model
 
 
-def load_bigg(sd: dict[str, torch.Tensor], dtype, device):
+def tower_state(state: dict[str, torch.Tensor], prefix: str, what: str) -> dict[str, torch.Tensor]:
+    """The one tower's tensors, ``prefix`` stripped, without those inference never uses; any other key is an error."""
+    stray = [k for k in state if not k.startswith(prefix)]
+    if stray:
+        raise KeyError(f"{what} text encoder: {len(stray)} keys outside {prefix!r}, e.g. {stray[:3]}")
+    sd = {k[len(prefix):]: v for k, v in state.items() if not k.endswith(_UNUSED)}
+    if not sd:
+        raise KeyError(f"{what} text encoder: no weights with prefix {prefix!r}")
+    return sd
+
+
+def load_open_clip(sd: dict[str, torch.Tensor], dtype, device, what: str = "bigG"):
     with empty_modules():
-        model = build_bigg(bigg_config(sd))
-    _fill(model, sd, "bigG", dtype, device)
+        model = build_open_clip(open_clip_config(sd, what))
+    _fill(model, sd, what, dtype, device)
     model.attn_mask = model.build_causal_mask().to(device)  # non-persistent
     return model
 
@@ -226,37 +241,69 @@ def build_text_encoders(kind: str, state_dict: dict[str, torch.Tensor], layout: 
     parts = _split(state_dict, kind, layout)
     clip_l = load_clip_l(parts["clip_l"], dtype, device) if "clip_l" in parts else None
     g = parts["clip_g"]
-    bigg = load_bigg(hf_to_open_clip(g) if layout == "diffusers" else g, dtype, device)
+    bigg = load_open_clip(hf_to_open_clip(g) if layout == "diffusers" else g, dtype, device)
     return SDXLTextEncoders(clip_l, bigg)
 
 
-def full_size_state_shapes(kind: str) -> dict[str, tuple[int, ...]]:
-    """Key → shape of the full-size text encoders in the original single-file layout, built on meta."""
-    prefixes = SINGLE_FILE_PREFIXES[kind]
-    shapes: dict[str, tuple[int, ...]] = {}
+def clip_l_state_shapes(cfg: TextTowerConfig, prefix: str) -> dict[str, tuple[int, ...]]:
+    """Key → shape of a CLIP-L tower as single files store it (``text_model.*`` and ``position_ids``), on meta."""
     with torch.device("meta"):
-        if "clip_l" in prefixes:
-            model = build_clip_l(CLIP_L)
-            sd = model.state_dict()
-            if not _clip_l_state_names(model):
-                sd = {f"text_model.{k}": v for k, v in sd.items()}
-            sd["text_model.embeddings.position_ids"] = torch.empty(1, CLIP_L.context)
-            shapes.update({prefixes["clip_l"] + k: tuple(v.shape) for k, v in sd.items()})
-        sd = build_bigg(BIGG).state_dict()
-        sd["logit_scale"] = torch.empty(())
-        shapes.update({prefixes["clip_g"] + k: tuple(v.shape) for k, v in sd.items()})
-    return shapes
+        model = build_clip_l(cfg)
+    sd = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if not _clip_l_state_names(model):
+        sd = {f"text_model.{k}": v for k, v in sd.items()}
+    sd["text_model.embeddings.position_ids"] = (1, cfg.context)
+    return {prefix + k: v for k, v in sd.items()}
+
+
+def open_clip_state_shapes(cfg: TextTowerConfig, prefix: str) -> dict[str, tuple[int, ...]]:
+    """Key → shape of an OpenCLIP text tower as single files store it (with ``logit_scale``), on meta."""
+    with torch.device("meta"):
+        sd = {k: tuple(v.shape) for k, v in build_open_clip(cfg).state_dict().items()}
+    return {prefix + k: v for k, v in {**sd, "logit_scale": ()}.items()}
+
+
+def full_size_state_shapes(kind: str) -> dict[str, tuple[int, ...]]:
+    """Key → shape of SDXL's full-size text encoders in the original single-file layout, built on meta."""
+    prefixes = SINGLE_FILE_PREFIXES[kind]
+    shapes = clip_l_state_shapes(CLIP_L, prefixes["clip_l"]) if "clip_l" in prefixes else {}
+    return {**shapes, **open_clip_state_shapes(BIGG, prefixes["clip_g"])}
 
 
 # --- encoding ------------------------------------------------------------------------------------------
 
-class SDXLTextEncoders:
-    """The value on a CLIP socket: tokenizer plus the towers a checkpoint has. Outputs are float32."""
+def open_clip_blocks(tower, x: torch.Tensor, blocks) -> torch.Tensor:
+    """Run an open_clip text tower's resblocks ``blocks`` on hidden states x."""
+    for block in blocks:
+        x = block(x, attn_mask=tower.attn_mask)
+    return x
 
-    def __init__(self, clip_l: nn.Module | None, bigg: nn.Module | None, tokenizer: ClipTokenizer | None = None):
-        self.clip_l, self.bigg = clip_l, bigg
+
+def open_clip_hidden(tower, ids: torch.Tensor, blocks: int) -> torch.Tensor:
+    """An open_clip text tower's hidden state after its first ``blocks`` resblocks (no ln_final)."""
+    x = tower.token_embedding(ids) + tower.positional_embedding.to(tower.token_embedding.weight.dtype)
+    return open_clip_blocks(tower, x, tower.transformer.resblocks[:blocks])
+
+
+def clip_text_model(model):
+    """transformers' CLIPTextModel keeps its embeddings, encoder and final LN under ``text_model`` (before 5.x)."""
+    return model.text_model if _clip_l_state_names(model) else model
+
+
+class ClipTextEncoder:
+    """What every CLIP value (nodes.families.TextEncoder) shares: the tokenizer, the towers' device and dtype, and
+    weighted 77-token windows encoded in one batch. Outputs are float32. ``layer`` is the hidden layer the towers
+    stop at (−1 the last, −2 the penultimate; CLIPSetLastLayer changes it). Subclasses set ``kind`` and give
+    ``towers``, ``conditioning`` and ``with_layer``."""
+    kind: str
+
+    def __init__(self, tokenizer: ClipTokenizer | None, layer: int):
         self._tokenizer = tokenizer
         self._empty: dict[str, torch.Tensor] = {}
+        self.layer = layer
+
+    def towers(self) -> list[nn.Module]:
+        raise NotImplementedError
 
     @property
     def tokenizer(self) -> ClipTokenizer:
@@ -266,51 +313,18 @@ class SDXLTextEncoders:
         return self._tokenizer
 
     @property
-    def has_clip_l(self) -> bool:
-        return self.clip_l is not None
-
-    @property
-    def has_bigg(self) -> bool:
-        return self.bigg is not None
-
-    @property
     def device(self) -> torch.device:
-        return next((self.bigg or self.clip_l).parameters()).device
+        return next(self.towers()[-1].parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return next((self.bigg or self.clip_l).parameters()).dtype
+        return next(self.towers()[-1].parameters()).dtype
 
-    def to(self, device=None, dtype=None) -> "SDXLTextEncoders":
-        for tower in (self.clip_l, self.bigg):
-            if tower is not None:
-                tower.to(device=device, dtype=dtype)
+    def to(self, device=None, dtype=None) -> "ClipTextEncoder":
+        for tower in self.towers():
+            tower.to(device=device, dtype=dtype)
         self._empty.clear()
         return self
-
-    def tokenize(self, text: str) -> dict[str, list]:
-        """Weighted 77-token windows per tower present: {"l": [...], "g": [...]}."""
-        out = {}
-        if self.has_clip_l:
-            out["l"] = self.tokenizer.tokenize_weighted(text, PAD_CLIP_L)
-        if self.has_bigg:
-            out["g"] = self.tokenizer.tokenize_weighted(text, PAD_BIGG)
-        return out
-
-    # Raw tower calls on a batch of windows [n, 77] ------------------------------------------------------
-    def _clip_l_hidden(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.clip_l(input_ids=ids, output_hidden_states=True).hidden_states[-2]
-
-    def _bigg_hidden_pooled(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        t = self.bigg
-        x = t.token_embedding(ids) + t.positional_embedding.to(t.token_embedding.weight.dtype)
-        *first, last = t.transformer.resblocks
-        for block in first:
-            x = block(x, attn_mask=t.attn_mask)
-        penultimate = x
-        x = t.ln_final(last(x, attn_mask=t.attn_mask))
-        pooled = x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)] @ t.text_projection
-        return penultimate, pooled
 
     def _weighted(self, name: str, windows: list, run, pad_id: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Encode windows in one batch, apply per-token weights against the empty prompt, join windows."""
@@ -326,6 +340,66 @@ class SDXLTextEncoders:
             hidden = torch.where(weights != 1.0, (hidden - empty) * weights + empty, hidden)
         pooled = None if pooled is None else pooled[:1].float()
         return hidden.reshape(1, -1, hidden.shape[-1]), pooled
+
+    def _check_layer(self, layer: int, depth: int) -> None:
+        if not -depth <= layer <= -1:
+            raise ValueError(f"layer {layer} is outside the text encoders' {depth} layers (-1 … -{depth})")
+
+
+class SDXLTextEncoders(ClipTextEncoder):
+    """SDXL's CLIP value: tokenizer plus the towers a checkpoint has (base: CLIP-L and bigG, refiner: bigG), both
+    stopping at ``layer``, −2 (the penultimate) by default."""
+
+    def __init__(self, clip_l: nn.Module | None, bigg: nn.Module | None, tokenizer: ClipTokenizer | None = None,
+                 layer: int = -2):
+        super().__init__(tokenizer, layer)
+        self.clip_l, self.bigg = clip_l, bigg
+        self.kind = "sdxl_base" if clip_l is not None else "sdxl_refiner"
+
+    def towers(self) -> list[nn.Module]:
+        return [t for t in (self.clip_l, self.bigg) if t is not None]
+
+    def with_layer(self, layer: int) -> "SDXLTextEncoders":
+        self._check_layer(layer, min([len(self.bigg.transformer.resblocks)]
+                                     + ([self.clip_l.config.num_hidden_layers] if self.has_clip_l else [])))
+        return SDXLTextEncoders(self.clip_l, self.bigg, self._tokenizer, layer)
+
+    def conditioning(self, text: str) -> list:
+        """Base: CLIP-L ‖ bigG hidden states on the channel axis with bigG's pooled vector; refiner: bigG alone."""
+        hidden, pooled = self.encode_bigg(text)
+        if self.has_clip_l:
+            hidden = torch.cat([self.encode_clip_l(text).cpu(), hidden.cpu()], dim=-1)
+        return [[hidden.cpu(), {"pooled_output": pooled.cpu()}]]
+
+    @property
+    def has_clip_l(self) -> bool:
+        return self.clip_l is not None
+
+    @property
+    def has_bigg(self) -> bool:
+        return self.bigg is not None
+
+    def tokenize(self, text: str) -> dict[str, list]:
+        """Weighted 77-token windows per tower present: {"l": [...], "g": [...]}."""
+        out = {}
+        if self.has_clip_l:
+            out["l"] = self.tokenizer.tokenize_weighted(text, PAD_CLIP_L)
+        if self.has_bigg:
+            out["g"] = self.tokenizer.tokenize_weighted(text, PAD_BIGG)
+        return out
+
+    # Raw tower calls on a batch of windows [n, 77] ------------------------------------------------------
+    def _clip_l_hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.clip_l(input_ids=ids, output_hidden_states=True).hidden_states[self.layer]
+
+    def _bigg_hidden_pooled(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The hidden state at ``layer`` (−2: the input of the last block) and the pooled projection."""
+        t = self.bigg
+        keep = len(t.transformer.resblocks) + 1 + self.layer
+        hidden = open_clip_hidden(t, ids, keep)
+        x = t.ln_final(open_clip_blocks(t, hidden, t.transformer.resblocks[keep:]))
+        pooled = x[torch.arange(x.shape[0], device=x.device), ids.argmax(dim=-1)] @ t.text_projection
+        return hidden, pooled
 
     @torch.no_grad()  # not inference_mode: callers may edit the outputs in place
     def encode_clip_l(self, text: str | list) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""The SDXL UNet (sgm ``openaimodel.UNetModel``) as plain modules whose state-dict keys are exactly the
-original checkpoint's (``model.diffusion_model.`` stripped). Structure and layer details: sdxl.md §2."""
+"""The latent-diffusion UNet (CompVis / sgm ``openaimodel.UNetModel``) of SD 1.x, SD 2.x and SDXL as plain modules
+whose state-dict keys are exactly the original checkpoints' (``model.diffusion_model.`` stripped). The families
+differ in config only (nodes.sdxl.configs.UNetConfig). Structure and layer details: sdxl.md §2."""
 from __future__ import annotations
 
 import torch
@@ -124,24 +125,31 @@ class BasicTransformerBlock(nn.Module):
 
 
 class SpatialTransformer(nn.Module):
-    """GroupNorm → Linear proj_in on flattened tokens → blocks → Linear proj_out → residual."""
+    """GroupNorm → Linear proj_in on flattened tokens → blocks → Linear proj_out → residual. SD 1.x projects with
+    1×1 convs before flattening and after unflattening instead (``linear=False``)."""
 
-    def __init__(self, ch: int, depth: int, context_dim: int, head_channels: int):
+    def __init__(self, ch: int, depth: int, context_dim: int, heads: int, linear: bool = True):
         super().__init__()
+        self.linear = linear
         self.norm = nn.GroupNorm(32, ch, eps=1e-6)
-        self.proj_in = nn.Linear(ch, ch)
+        self.proj_in = nn.Linear(ch, ch) if linear else Conv2d(ch, ch, 1)
         self.transformer_blocks = nn.ModuleList(
-            BasicTransformerBlock(ch, context_dim, ch // head_channels) for _ in range(depth))
-        self.proj_out = nn.Linear(ch, ch)
+            BasicTransformerBlock(ch, context_dim, heads) for _ in range(depth))
+        self.proj_out = nn.Linear(ch, ch) if linear else Conv2d(ch, ch, 1)
 
     def forward(self, x, context):
         b, c, h, w = x.shape
-        t = self.proj_in(self.norm(x).flatten(2).transpose(1, 2))
+        if self.linear:
+            t = self.proj_in(self.norm(x).flatten(2).transpose(1, 2))
+        else:
+            t = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)
         for block in self.transformer_blocks:
             t = block(t, context)
         # x first: the sum takes its (contiguous) layout. The other way round it comes out channels-last, and every
         # following conv would copy its weight into that layout (0.25 s per full-size call on CPU).
-        return x + self.proj_out(t).transpose(1, 2).reshape(b, c, h, w)
+        if self.linear:
+            return x + self.proj_out(t).transpose(1, 2).reshape(b, c, h, w)
+        return x + self.proj_out(t.transpose(1, 2).reshape(b, c, h, w))
 
 
 class Downsample(nn.Module):
@@ -183,15 +191,19 @@ class UNetModel(nn.Module):
     def __init__(self, cfg: UNetConfig):
         super().__init__()
         self.config = cfg
-        c, emb_ch, hc = cfg.model_channels, cfg.time_embed_dim, cfg.num_head_channels
+        c, emb_ch = cfg.model_channels, cfg.time_embed_dim
         self.time_embed = nn.Sequential(nn.Linear(c, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
-        self.label_emb = nn.Sequential(nn.Sequential(
-            nn.Linear(cfg.adm_in_channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch)))
+        if cfg.adm_in_channels:
+            self.label_emb = nn.Sequential(nn.Sequential(
+                nn.Linear(cfg.adm_in_channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch)))
+
+        def transformer(ch, depth):
+            return SpatialTransformer(ch, depth, cfg.context_dim, cfg.heads(ch), cfg.use_linear_in_transformer)
 
         def level_block(ch_in, ch_out, depth):
             layers = [ResBlock(ch_in, ch_out, emb_ch)]
             if depth:
-                layers.append(SpatialTransformer(ch_out, depth, cfg.context_dim, hc))
+                layers.append(transformer(ch_out, depth))
             return layers
 
         self.input_blocks = nn.ModuleList([TimestepEmbedSequential(Conv2d(cfg.in_channels, c, 3, padding=1))])
@@ -207,7 +219,7 @@ class UNetModel(nn.Module):
 
         middle = [ResBlock(ch, ch, emb_ch)]
         if cfg.transformer_depth_middle:
-            middle.append(SpatialTransformer(ch, cfg.transformer_depth_middle, cfg.context_dim, hc))
+            middle.append(transformer(ch, cfg.transformer_depth_middle))
         self.middle_block = TimestepEmbedSequential(*middle, ResBlock(ch, ch, emb_ch))
 
         self.output_blocks = nn.ModuleList()
@@ -226,11 +238,16 @@ class UNetModel(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.out[2].weight.dtype
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """x [B, 4, h, w], timesteps [B] (fractional allowed), context [B, T, context_dim], y [B, adm] → ε̂."""
+    def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                y: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, 4, h, w], timesteps [B] (fractional allowed), context [B, T, context_dim], y [B, adm] (SDXL; None
+        without a vector input) → the raw prediction (ε̂ or v̂)."""
         dtype = self.dtype
         t_emb = timestep_embedding(timesteps.expand(x.shape[0]), self.config.model_channels).to(dtype)
-        emb = self.time_embed(t_emb) + self.label_emb(y.to(dtype))
+        if self.config.adm_in_channels:
+            emb = self.time_embed(t_emb) + self.label_emb(y.to(dtype))
+        else:
+            emb = self.time_embed(t_emb)
         h, context = x.to(dtype), context.to(dtype)
         skips = []
         for block in self.input_blocks:

@@ -7,6 +7,7 @@ Screenshots of each step go to test-artifacts/browser/ (gitignored).
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -63,15 +64,16 @@ def _wait_up(url: str, proc: subprocess.Popen, log: Path, seconds: float = 180.0
     raise RuntimeError(f"latentgraph serve did not answer within {deadline.elapsed():.0f}s:\n{log.read_text()[-3000:]}")
 
 
-def start_server(root: Path, port: int, data: str = "data") -> subprocess.Popen:
-    """Start `latentgraph serve` on 127.0.0.1:port with folders under root; returns once it answers."""
+def start_server(root: Path, port: int, data: str = "data", *extra: str) -> subprocess.Popen:
+    """Start `latentgraph serve` on 127.0.0.1:port with folders under root (and `extra` arguments); returns once it
+    answers. Its output goes to root/server-<port>.log."""
     dirs = {name: root / name for name in ("models", "output", "input", data)}
     for d in dirs.values():
         d.mkdir(exist_ok=True)
     log = root / f"server-{port}.log"
     cmd = [sys.executable, "-c", "import sys; from server.cli import main; sys.exit(main())", "serve",
            "--host", "127.0.0.1", "--port", str(port), "--models", str(dirs["models"]),
-           "--output", str(dirs["output"]), "--input", str(dirs["input"]), "--data", str(dirs[data])]
+           "--output", str(dirs["output"]), "--input", str(dirs["input"]), "--data", str(dirs[data]), *extra]
     with open(log, "a") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -130,18 +132,31 @@ def context(chromium):
 @pytest.fixture
 def open_canvas(context, request):
     """Open the canvas of the server at `url` in a new page of `context`; the page gets `.shot(step)`
-    (numbered screenshots) and `.load_seconds`. Uncaught page errors fail the test."""
+    (numbered screenshots) and `.load_seconds`. Uncaught page errors and console errors fail the test, except
+    console errors a test announces with `page.allow_console_error(regex)` (matched against the message and the
+    URL of the resource it names, e.g. a 400 the test provokes)."""
     errors: list[str] = []
+    allowed: list[str] = []
 
-    def _open(url: str):
+    def on_console(msg):
+        text = f"{msg.text} {msg.location.get('url', '')}"
+        if msg.type == "error" and not any(re.search(p, text) for p in allowed):
+            errors.append(f"console: {text}")
+
+    def _open(url: str, ready: bool = True, allow: tuple[str, ...] = ()):
+        """`ready`: wait until the canvas is connected (else only until the page loaded); `allow`: console errors
+        expected while it loads."""
+        allowed.extend(allow)
         page = context.new_page()
-        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+        page.on("console", on_console)
+        page.allow_console_error = allowed.append
         page.shot = Shots(page, request.node.name)
-        page.load_seconds = load(page, url)
+        page.load_seconds = load(page, url) if ready else page.goto(url) and None
         return page
 
     yield _open
-    assert not errors, f"uncaught errors in the page: {errors}"
+    assert not errors, f"errors in the page: {errors}"
 
 
 @pytest.fixture
@@ -174,6 +189,22 @@ class Shots:
         self.page.wait_for_timeout(150)  # let the canvas draw its next frame
         self.page.screenshot(path=str(path))
         return path
+
+
+@pytest.fixture
+def extra_server(server_root, server):
+    """Start another `latentgraph serve` with extra arguments (own data folder; the session server has written the
+    demo models, so start-up is quick); returns its port and log; stopped after the test."""
+    procs = []
+
+    def _start(*extra: str) -> tuple[int, Path]:
+        port = free_port()
+        procs.append(start_server(server_root, port, f"data-{port}", *extra))
+        return port, server_root / f"server-{port}.log"
+
+    yield _start
+    for proc in procs:
+        stop_server(proc)
 
 
 class RestartableServer:

@@ -7,6 +7,7 @@ pytestmark = pytest.mark.browser
 
 def test_websocket_reconnects_after_server_restart(open_canvas, restartable_server):
     page = open_canvas(restartable_server.url)
+    page.allow_console_error("ERR_CONNECTION_REFUSED")  # the browser reports each try while the server is down
     shot = page.shot
     badge = page.locator("#connection")
     page.wait_for_function("document.querySelector('#connection').textContent === 'online'")

@@ -13,9 +13,9 @@ export class Api extends EventTarget {
     this.retryMs = 250;
   }
 
-  async request(path, { method = "GET", body } = {}) {
+  async request(path, { method = "GET", body, raw = false } = {}) {
     const init = { method, headers: {} };
-    if (body instanceof FormData) init.body = body;
+    if (body instanceof FormData || raw) init.body = body;
     else if (body !== undefined) {
       init.body = JSON.stringify(body);
       init.headers["Content-Type"] = "application/json";
@@ -43,12 +43,12 @@ export class Api extends EventTarget {
     return this.request("/interrupt", { method: "POST", body: promptId ? { prompt_id: promptId } : {} });
   }
 
-  /** Queue a UI workflow: the server converts it to the API format and validates it. */
-  queuePrompt(workflow) {
-    return this.request("/prompt", {
-      method: "POST",
-      body: { prompt: workflow, client_id: this.clientId, extra_data: { extra_pnginfo: { workflow } } },
-    });
+  /** Queue a UI workflow: the server converts it to the API format and validates it. `name` labels it in
+   * queue panels (extra_data.workflow_name); `front` puts it at the head of the queue. */
+  queuePrompt(workflow, { name, front = false } = {}) {
+    const body = { prompt: workflow, client_id: this.clientId, extra_data: { extra_pnginfo: { workflow }, workflow_name: name } };
+    if (front) body.front = true;
+    return this.request("/prompt", { method: "POST", body });
   }
 
   async uploadImage(file) {
@@ -63,6 +63,32 @@ export class Api extends EventTarget {
     return names.map((w) => (typeof w === "string" ? w : w.name)).filter(Boolean);
   }
   workflow(name) { return this.request(`/workflows/${encodeURIComponent(name)}`); }
+
+  // ComfyUI's user-data API: saved workflows are `workflows/<name>.json` there, one path segment.
+  userdataUrl(path) { return `/userdata/${encodeURIComponent(path)}`; }
+  async listUserdata(dir) {
+    try {
+      return await this.request(`/userdata?${new URLSearchParams({ dir, recurse: "true", full_info: "true" })}`);
+    } catch (err) {
+      if (err.status === 404) return []; // nothing saved yet
+      throw err;
+    }
+  }
+  readUserdata(path) { return this.request(this.userdataUrl(path)); }
+  writeUserdata(path, text, { overwrite = true } = {}) {
+    return this.request(`${this.userdataUrl(path)}?overwrite=${overwrite}`, { method: "POST", body: text, raw: true });
+  }
+  moveUserdata(from, to, { overwrite = false } = {}) {
+    return this.request(`${this.userdataUrl(from)}/move/${encodeURIComponent(to)}?overwrite=${overwrite}`, { method: "POST" });
+  }
+  deleteUserdata(path) { return this.request(this.userdataUrl(path), { method: "DELETE" }); }
+
+  settings() { return this.request("/settings"); }
+  setSetting(id, value) { return this.request(`/settings/${encodeURIComponent(id)}`, { method: "POST", body: value }); }
+
+  templates() { return this.request("/templates/index.json"); }
+  template(name) { return this.request(`/templates/${encodeURIComponent(name)}.json`); }
+  models(folder) { return folder ? this.request(`/models/${encodeURIComponent(folder)}`) : this.request("/models"); }
 
   viewUrl({ filename, subfolder = "", type = "output" }) {
     const q = new URLSearchParams({ filename, subfolder, type });

@@ -33,6 +33,12 @@ export class UndoHistory {
     return true;
   }
 
+  /** Take the graph as it is now for the current state without an undo step: a change that is no edit. */
+  absorb() {
+    this.current = this.capture();
+    return this.current;
+  }
+
   undo() { return this.#step(this.undoStack, this.redoStack); }
   redo() { return this.#step(this.redoStack, this.undoStack); }
 

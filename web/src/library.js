@@ -1,5 +1,6 @@
-// Node library sidebar: server node classes grouped by category, filtered by a search box.
+// Node library sidebar: server node classes grouped by category, filtered by a fuzzy search box.
 // Items are dragged onto the canvas (HTML drag and drop) or clicked to add at the view centre.
+import { nodeFields, score } from "./fuzzy.js";
 
 export const NODE_MIME = "application/x-latentgraph-node";
 
@@ -8,7 +9,7 @@ export function buildLibrary(objectInfo, { onPick }) {
   const tree = document.getElementById("library-tree");
   const entries = Object.entries(objectInfo).map(([type, info]) => ({
     type, title: info.display_name || type, category: info.category || "other",
-    text: `${type} ${info.display_name ?? ""} ${info.category ?? ""} ${info.description ?? ""}`.toLowerCase(),
+    fields: nodeFields(type, info),
   }));
 
   function item(entry) {
@@ -27,8 +28,8 @@ export function buildLibrary(objectInfo, { onPick }) {
   }
 
   function render() {
-    const words = search.value.toLowerCase().split(/\s+/).filter(Boolean);
-    const shown = entries.filter((e) => words.every((w) => e.text.includes(w)));
+    const query = search.value.trim();
+    const shown = query ? entries.filter((e) => score(query, e) > 0) : entries;
     const byCategory = new Map();
     for (const e of shown.sort((a, b) => a.category.localeCompare(b.category) || a.title.localeCompare(b.title))) {
       if (!byCategory.has(e.category)) byCategory.set(e.category, []);

@@ -1,29 +1,46 @@
-// Boot the canvas: node types from /object_info, the litegraph canvas, tabs, library, minimap,
-// panels, shortcuts, drag and drop, and live execution feedback over the websocket.
+// Boot the canvas: node types from /object_info, the litegraph canvas, tabs, the side bars (nodes,
+// saved workflows, models; queue, gallery), minimap, shortcuts, drag and drop, settings, and live
+// execution feedback over the websocket.
 import { LGraph, LGraphCanvas, LGraphGroup, LiteGraph } from "litegraph";
 import { Api } from "./api.js";
 import {
-  applySeedControls, applyTypeColors, registerFrontendNodes, registerNodes, registerPrimitiveNode, runtime, setComboValue,
+  applySeedControls, applyTypeColors, growToImage, registerFrontendNodes, registerNodes, registerPrimitiveNode, runtime,
+  setComboValue,
 } from "./nodes.js";
 import { Workspace, graphState } from "./workflows.js";
 import { buildLibrary, NODE_MIME } from "./library.js";
 import { attachMinimap } from "./minimap.js";
-import { Panels, toast } from "./panels.js";
+import { Panels, tabbedPanels, toast } from "./panels.js";
+import { attachTextAreas } from "./textarea.js";
+import { NodeSearch, attachSearch } from "./search.js";
+import { adjustMenus } from "./menus.js";
+import { BYPASSED, MUTED, drawModes, toggleCollapse, toggleMode } from "./modes.js";
+import { listenForShortcuts, shortcut, toggleHelp } from "./shortcuts.js";
+import { SavedWorkflows } from "./saved.js";
+import { MODEL_MIME, ModelLibrary, loaderFor } from "./modellib.js";
+import { showTemplates } from "./templates.js";
+import { Settings } from "./settings.js";
 
 const api = new Api();
 const graph = new LGraph();
 const wrap = document.getElementById("canvas-wrap");
 const canvas = new LGraphCanvas(document.getElementById("graph-canvas"), graph);
-const workspace = new Workspace({ graph, canvas, toast });
+const workspace = new Workspace({
+  graph, canvas, toast, api, onShow: showKeptOutputs, onSaved: () => savedList.refresh(),
+});
 const panels = new Panels(api, { openWorkflow: (name, wf) => workspace.open(name, wf) });
+const savedList = new SavedWorkflows(api, workspace, document.getElementById("saved-list"));
+const settings = new Settings(api, { canvas, minimap: document.getElementById("minimap") }, toast);
 const promptTabs = new Map(); // prompt_id -> tab id it was queued from
 const unsettled = new Set(); // prompts queued here whose outcome this page has not seen yet
 const early = new Map(); // prompt id → [node, images] that arrived before the POST /prompt answer named it
 let executingNode = null;
+let objectInfo = {};
 
 // -- editing ----------------------------------------------------------------------------------
 
 let checkpointTimer = null;
+let typingTimer = null;
 function scheduleCheckpoint() {
   clearTimeout(checkpointTimer);
   // A drag in progress is one edit: record it when the pointer is released.
@@ -36,7 +53,15 @@ function addNode(type, pos) {
   node.pos = [Math.round(pos[0]), Math.round(pos[1])];
   graph.add(node);
   canvas.selectNode(node);
-  workspace.history.checkpoint();
+  scheduleCheckpoint(); // after the caller's own changes (a value chosen, a link made): one undo step
+  return node;
+}
+
+/** A loader node for a model file from the model library, with that file chosen. */
+function addModelLoader(folder, file, pos) {
+  const [type, input] = loaderFor(objectInfo, folder, file) ?? [];
+  const node = type && addNode(type, pos);
+  if (node) setComboValue(node, input, file);
   return node;
 }
 
@@ -108,26 +133,33 @@ function showNodeErrors(nodeErrors, error) {
   toast(lines.join("\n") || "The server refused the workflow", "error", 12000);
 }
 
-async function queuePrompt() {
-  workspace.history.checkpoint();
+/** Queue the workflow as many times as the batch count says (each with its seeds' "control after
+ * generate" applied, as ComfyUI does); `front` puts them at the head of the queue. */
+async function queuePrompt({ front = false } = {}) {
+  const count = Math.max(1, Math.min(99, Number(document.getElementById("batch-count").value) || 1));
+  const tab = workspace.active;
   clearErrors();
-  const workflow = JSON.parse(graphState(graph));
-  try {
-    const res = await api.queuePrompt(workflow);
-    promptTabs.set(res.prompt_id, workspace.active);
-    for (const [node, images] of early.get(res.prompt_id) ?? []) showOnNode(res.prompt_id, node, images);
-    early.clear(); // the rest were other clients' prompts
-    unsettled.add(res.prompt_id);
-    reconcile(); // a fast prompt may have finished before this response was read
-    if (Object.keys(res.node_errors ?? {}).length) showNodeErrors(res.node_errors);
-    applySeedControls(graph);
+  for (let i = 0; i < count && workspace.active === tab; i++) { // switching tabs ends the batch
     workspace.history.checkpoint();
-    panels.refresh();
-    toast(`Queued ${res.prompt_id.slice(0, 8)}`, "info", 2000);
-  } catch (err) {
-    if (err.data?.node_errors || err.data?.error) showNodeErrors(err.data.node_errors, err.data.error);
-    else toast(`Queue failed: ${err.message}`, "error");
+    const workflow = JSON.parse(graphState(graph));
+    try {
+      const res = await api.queuePrompt(workflow, { name: workspace.tab.name, front });
+      promptTabs.set(res.prompt_id, workspace.active);
+      for (const [node, images] of early.get(res.prompt_id) ?? []) showOnNode(res.prompt_id, node, images);
+      early.clear(); // the rest were other clients' prompts
+      unsettled.add(res.prompt_id);
+      reconcile(); // a fast prompt may have finished before this response was read
+      if (Object.keys(res.node_errors ?? {}).length) showNodeErrors(res.node_errors);
+      applySeedControls(graph);
+      workspace.history.checkpoint();
+      toast(`Queued ${res.prompt_id.slice(0, 8)}${count > 1 ? ` (${i + 1} of ${count})` : ""}`, "info", 2000);
+    } catch (err) {
+      if (err.data?.node_errors || err.data?.error) showNodeErrors(err.data.node_errors, err.data.error);
+      else toast(`Queue failed: ${err.message}`, "error");
+      break;
+    }
   }
+  panels.refresh();
   canvas.setDirty(true, true);
 }
 
@@ -141,9 +173,9 @@ function setExecuting(node) {
   canvas.setDirty(true, true);
 }
 
-function image(src) {
+function image(src, onload = () => {}) {
   const img = new Image();
-  img.onload = () => canvas.setDirty(true, true);
+  img.onload = () => { onload(img); canvas.setDirty(true, true); };
   img.src = src;
   return img;
 }
@@ -160,8 +192,24 @@ function showOnNode(promptId, nodeId, images) {
     if (early.size > 50) early.delete(early.keys().next().value); // others' broadcast prompts: keep few
     return;
   }
+  workspace.keepOutput(promptTabs.get(promptId), nodeId, images);
   const n = nodeOf(promptId, nodeId);
-  if (n) runtime(n).images = images.map((i) => image(api.viewUrl(i)));
+  if (n) runtime(n).images = images.map((i) => image(api.viewUrl(i), (img) => fitOutput(n, img)));
+}
+
+/** An output node grows to show its image across its width; the growth is no edit of the workflow. */
+function fitOutput(node, img) {
+  if (node.graph !== graph || img !== runtime(node).images.at(-1)) return;
+  workspace.history.checkpoint();
+  if (growToImage(node, img)) workspace.absorb();
+}
+
+/** The images a tab's output nodes showed, shown again when the tab comes back (switch, reload, undo). */
+function showKeptOutputs(tab) {
+  for (const [id, images] of Object.entries(tab?.outputs ?? {})) {
+    const node = graph.getNodeById(Number(id)) ?? graph.getNodeById(id);
+    if (node) runtime(node).images = images.map((i) => image(api.viewUrl(i)));
+  }
 }
 
 // Messages sent while the socket was down (a prompt that finished before it connected, or during a
@@ -233,7 +281,8 @@ async function openFile(file, pos) {
 }
 
 function setupDrop() {
-  const accepts = (e) => [...e.dataTransfer.types].some((t) => t === NODE_MIME || t === "Files");
+  const kinds = [NODE_MIME, MODEL_MIME, "Files"];
+  const accepts = (e) => [...e.dataTransfer.types].some((t) => kinds.includes(t));
   wrap.addEventListener("dragover", (e) => {
     if (!accepts(e)) return;
     e.preventDefault();
@@ -248,29 +297,22 @@ function setupDrop() {
     const pos = canvas.convertEventToCanvasOffset(e);
     const type = e.dataTransfer.getData(NODE_MIME);
     if (type) return void addNode(type, pos);
+    const model = e.dataTransfer.getData(MODEL_MIME);
+    if (model) {
+      const { folder, file } = JSON.parse(model);
+      return void addModelLoader(folder, file, pos);
+    }
     for (const file of e.dataTransfer.files) await openFile(file, pos);
   });
 }
 
-async function setupWorkflowMenu() {
-  const button = document.getElementById("workflows-button");
-  const list = document.getElementById("workflow-list");
-  button.onclick = async () => {
-    if (!list.hidden) return void (list.hidden = true);
-    let names = [];
-    try { names = await api.workflowList(); } catch (err) { toast(`No workflow list: ${err.message}`, "error"); }
-    list.replaceChildren(...names.map((name) => {
-      const li = Object.assign(document.createElement("li"), { textContent: name.replace(/\.json$/, "") });
-      li.onclick = async () => {
-        list.hidden = true;
-        workspace.open(name.replace(/\.json$/, ""), await api.workflow(name));
-      };
-      return li;
-    }));
-    if (!names.length) list.replaceChildren(Object.assign(document.createElement("li"), { textContent: "(none)" }));
-    list.hidden = false;
-  };
-  document.addEventListener("click", (e) => { if (!button.parentElement.contains(e.target)) list.hidden = true; });
+function setupSideBars() {
+  const models = new ModelLibrary(api, objectInfo, document.getElementById("model-tree"),
+    (folder, file) => addModelLoader(folder, file, viewCentre()));
+  tabbedPanels(document.querySelector("#library .side-tabs"), (id) => {
+    if (id === "saved-panel") savedList.refresh();
+    if (id === "models-panel") models.refresh().catch((err) => toast(`No model list: ${err.message}`, "error"));
+  });
 }
 
 function setupShortcuts() {
@@ -279,40 +321,47 @@ function setupShortcuts() {
     for (const f of fileInput.files) await openFile(f);
     fileInput.value = "";
   };
+  const openTemplates = () => showTemplates(api, (name, wf) => workspace.open(name, wf), toast);
   const click = (id, fn) => { document.getElementById(id).onclick = fn; };
-  click("queue-button", queuePrompt);
+  click("queue-button", () => queuePrompt());
+  click("queue-front-button", () => queuePrompt({ front: true }));
   click("save-button", () => workspace.save());
+  click("export-button", () => workspace.export());
   click("open-button", () => fileInput.click());
+  click("templates-button", openTemplates);
   click("undo-button", undo);
   click("redo-button", redo);
+  click("settings-button", () => settings.show());
+  click("help-button", toggleHelp);
   click("new-tab", () => workspace.open("Unsaved workflow"));
-  // Capture phase: litegraph stops some keys on the canvas; we still want to see them.
-  document.addEventListener("keydown", (e) => {
-    const mod = e.ctrlKey || e.metaKey;
-    const key = e.key.toLowerCase();
-    const typing = ["INPUT", "TEXTAREA", "SELECT"].includes(e.target.tagName) || e.target.isContentEditable;
-    const handled = () => { e.preventDefault(); e.stopPropagation(); };
-    if (key === "escape" && !document.getElementById("lightbox").hidden) {
-      handled();
-      document.getElementById("lightbox").hidden = true;
-      return;
-    }
-    if (mod && key === "enter") { handled(); queuePrompt(); return; }
-    if (mod && key === "s") { handled(); workspace.save(); return; }
-    if (mod && key === "o") { handled(); fileInput.click(); return; }
-    if (typing) return;
-    if (mod && key === "z") { handled(); e.shiftKey ? redo() : undo(); return; }
-    if (mod && key === "y") { handled(); redo(); return; }
-    if (mod && key === "g") { handled(); groupSelection(); return; }
-    if (!mod && key === ".") { handled(); workspace.fitView(); return; }
-    scheduleCheckpoint(); // deletes and pastes land after litegraph handled the key
-  }, true);
+  click("minimap-toggle", () => settings.set("Comfy.Minimap.Visible", !settings.get("Comfy.Minimap.Visible")));
+  const typing = { typing: true };
+  shortcut("Ctrl+Enter", "Queue the workflow (as many times as the batch count)", () => { queuePrompt(); }, typing);
+  shortcut("Ctrl+Shift+Enter", "Queue it at the front of the queue", () => { queuePrompt({ front: true }); }, typing);
+  shortcut("Ctrl+S", "Save the workflow on the server (asks for a name the first time)", () => { workspace.save(); }, typing);
+  shortcut("Ctrl+O", "Open a .json or .png workflow file", () => fileInput.click(), typing);
+  shortcut("Ctrl+Z", "Undo", undo);
+  shortcut("Ctrl+Shift+Z", "Redo", redo);
+  shortcut("Ctrl+Y", "Redo", redo);
+  shortcut("Ctrl+G", "Group the selected nodes", groupSelection);
+  shortcut("Ctrl+B", "Bypass the selected nodes (or stop bypassing them)", () => { if (toggleMode(canvas, BYPASSED)) scheduleCheckpoint(); });
+  shortcut("Ctrl+M", "Mute the selected nodes (or unmute them)", () => { if (toggleMode(canvas, MUTED)) scheduleCheckpoint(); });
+  shortcut("Alt+C", "Collapse the selected nodes (or expand them)", () => { if (toggleCollapse(canvas)) scheduleCheckpoint(); });
+  shortcut(".", "Fit the whole workflow in view", () => workspace.fitView());
+  shortcut("?", "Show or hide this help", toggleHelp);
+  shortcut("Escape", "Close the full-size image or this help", () => {
+    const open = [document.getElementById("shortcut-help"), document.querySelector("#lightbox:not([hidden])")].filter(Boolean);
+    if (!open.length) return false;
+    document.getElementById("shortcut-help")?.remove();
+    document.getElementById("lightbox").hidden = true;
+  });
+  listenForShortcuts(scheduleCheckpoint); // deletes and pastes land after litegraph handled the key
   document.addEventListener("pointerup", scheduleCheckpoint, true);
   setInterval(scheduleCheckpoint, 1000); // catches edits made through litegraph menus and dialogs
   graph.onAfterChange = scheduleCheckpoint;
 }
 
-function setupCanvas() {
+function setupCanvas(hooks) {
   applyTypeColors(canvas);
   canvas.show_info = false;
   canvas.render_canvas_border = false;
@@ -328,6 +377,10 @@ function setupCanvas() {
   };
   watchRefusedLinks();
   attachMinimap(document.getElementById("minimap"), canvas);
+  attachTextAreas(canvas, { onInput: hooks.onTyping });
+  attachSearch(canvas, new NodeSearch(objectInfo, canvas, addNode));
+  adjustMenus(canvas);
+  drawModes(canvas);
 }
 
 async function firstWorkflow(listing) {
@@ -344,7 +397,7 @@ async function firstWorkflow(listing) {
 
 async function boot() {
   const listing = api.workflowList().catch(() => []); // no list: start empty
-  const objectInfo = await api.objectInfo();
+  objectInfo = await api.objectInfo();
   const hooks = {
     onWidgetChange: (node) => {
       if (runtime(node).errors.length) {
@@ -352,6 +405,13 @@ async function boot() {
         canvas.setDirty(true, false);
       }
       scheduleCheckpoint();
+    },
+    // Text typed in place is in the widget at once; its undo step waits for a pause in the typing.
+    onTyping: (node) => {
+      hooks.onWidgetChange(node);
+      clearTimeout(checkpointTimer);
+      clearTimeout(typingTimer);
+      typingTimer = setTimeout(scheduleCheckpoint, 600);
     },
     upload: async (file) => {
       const up = await api.uploadImage(file);
@@ -361,17 +421,20 @@ async function boot() {
   registerFrontendNodes(hooks);
   registerPrimitiveNode(hooks);
   registerNodes(objectInfo, hooks);
-  setupCanvas();
+  setupCanvas(hooks);
+  await settings.load();
   buildLibrary(objectInfo, { onPick: (type) => addNode(type, viewCentre()) });
+  setupSideBars();
   setupDrop();
   setupShortcuts();
-  setupWorkflowMenu();
   listen();
   if (!workspace.restore()) await firstWorkflow(listing);
   api.connect(); // app.ready is set once the socket is open (see listen)
 }
 
-window.app = { api, graph, canvas, workspace, panels, promptTabs, queuePrompt, addNode, state: () => graphState(graph), ready: false };
+window.app = {
+  api, graph, canvas, workspace, panels, settings, promptTabs, queuePrompt, addNode, state: () => graphState(graph), ready: false,
+};
 boot().catch((err) => {
   console.error(err);
   toast(`Could not start: ${err.message}`, "error", 60000);

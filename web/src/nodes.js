@@ -2,6 +2,7 @@
 // combo, text, toggle, seed with "control after generate", upload) and what a node draws on
 // top of litegraph: output images, live previews, the progress bar and validation errors.
 import { LGraphCanvas, LGraphNode, LiteGraph } from "litegraph";
+import { focusTextArea, placeTextArea } from "./textarea.js";
 
 export const TYPE_COLORS = {
   MODEL: "#b39ddb", CLIP: "#ffd54f", VAE: "#ff7070", CONDITIONING: "#ffa94d", LATENT: "#ff9cf9",
@@ -66,10 +67,11 @@ function addWidgetFor(node, name, type, opts, onChange) {
   return null;
 }
 
-/** A multiline text widget drawn as a box of wrapped text that takes the node's free height;
- * clicking it opens litegraph's multiline editor. */
+/** A multiline text widget: a box that takes the node's free height, edited in place by a textarea
+ * laid over it (textarea.js); the canvas draws the text itself only where no textarea is shown. */
 function makeTextArea(widget) {
   widget.computeLayoutSize = () => ({ minHeight: 64, maxHeight: 1e6, minWidth: 120, maxWidth: 1e6 });
+  widget.onClick = () => focusTextArea(widget);
   widget.drawWidget = function (ctx, { width, showText = true }) {
     const [x, y, w, h] = [15, this.y, width - 30, (this.computedHeight ?? 64) - 6];
     ctx.save();
@@ -79,9 +81,10 @@ function makeTextArea(widget) {
     ctx.roundRect(x, y, w, h, 6);
     ctx.fill();
     ctx.stroke();
-    if (showText) {
+    if (showText && !this.computedDisabled) placeTextArea(this, ctx, [x, y, w, h]);
+    else if (showText) {
       ctx.clip();
-      ctx.fillStyle = this.value ? LiteGraph.WIDGET_TEXT_COLOR : LiteGraph.WIDGET_SECONDARY_TEXT_COLOR;
+      ctx.fillStyle = LiteGraph.WIDGET_SECONDARY_TEXT_COLOR;
       ctx.font = "12px system-ui, sans-serif";
       ctx.textAlign = "left";
       const lines = wrapText(ctx, String(this.value || this.label || this.name), w - 12);
@@ -134,6 +137,7 @@ function buildNode(node, info, hooks) {
   for (const group of ["required", "optional"]) {
     const specs = info.input?.[group] ?? {};
     const names = order[group] ?? Object.keys(specs);
+    let upload = null;
     for (const name of names) {
       const [type, opts = {}] = specs[name];
       const widgetable = (comboValues(type, opts) || PRIMITIVES.has(type)) && !opts.forceInput;
@@ -150,8 +154,10 @@ function buildNode(node, info, hooks) {
         w.lgControl = node.addWidget("combo", "control_after_generate", "randomize", changed,
           { label: "control after generate", values: CONTROL_VALUES });
       }
-      if (opts.image_upload) addUploadWidget(node, name, hooks);
+      if (opts.image_upload) upload = name;
     }
+    // after the group's other widgets, where ComfyUI saves its value (LoadImageMask: ["m.png", "red", "image"])
+    if (upload) addUploadWidget(node, upload, hooks);
   }
   info.output.forEach((type, i) => node.addOutput(info.output_name?.[i] ?? type, type));
   node.size = node.computeSize();
@@ -164,17 +170,17 @@ function addUploadWidget(node, target, hooks) {
       if (!input.files[0]) return;
       const name = await hooks.upload(input.files[0]);
       setComboValue(node, target, name);
-      hooks.onWidgetChange(node);
     };
     input.click();
   }, { label: "choose file to upload" });
 }
 
+/** Choose `value` in a combo widget (adding it to the choices: a file uploaded or listed since the page loaded). */
 export function setComboValue(node, name, value) {
   const w = node.widgets.find((x) => x.name === name);
   if (!w.options.values.includes(value)) w.options.values.push(value);
   w.value = value;
-  showInputImage(node, name);
+  node.onWidgetChanged?.(name); // LoadImage shows the chosen picture
 }
 
 /** Preview the input-folder image a LoadImage-style combo points at. */
@@ -199,6 +205,13 @@ export function registerNodes(objectInfo, hooks) {
         super(title ?? info.display_name ?? typeName);
         buildNode(this, info, hooks);
       }
+      configure(saved) {
+        // litegraph copies saved slots over ours by position; files from older ComfyUI frontends list
+        // only the linked sockets, so sockets came out twice. Keep the schema's slots, take the links.
+        super.configure({ ...saved, inputs: null, outputs: null });
+        adoptSavedSlots(this, saved);
+        if (withImages) this.size[1] = Math.max(this.size[1], this.computeSize()[1]); // room for its image
+      }
       computeSize(out) {
         const size = super.computeSize(out);
         if (withImages) size[1] += IMAGE_AREA;
@@ -222,11 +235,56 @@ export function registerNodes(objectInfo, hooks) {
   }
 }
 
+const slotKey = (slot) => slot.widget?.name ?? slot.name;
+
+/** Give the node's own slots the links (and labels) of the saved slots of the same name (outputs: the
+ * same position), pointing each link at the slot's index. A linked saved input the schema lacks is
+ * kept, so the server can name it rather than the link vanish; an unlinked one is dropped. */
+function adoptSavedSlots(node, saved) {
+  const links = node.graph?._links;
+  const take = (slot, from, index, end) => {
+    if (from.label && from.label !== from.name) slot.label = from.label;
+    if (end === "target") {
+      slot.link = from.link ?? null;
+      const link = links?.get(from.link);
+      if (link) link.target_slot = index;
+    } else {
+      slot.links = from.links?.length ? [...from.links] : null;
+      for (const id of slot.links ?? []) { const link = links?.get(id); if (link) link.origin_slot = index; }
+    }
+  };
+  for (const from of saved.inputs ?? []) {
+    let index = node.inputs.findIndex((s) => slotKey(s) === slotKey(from));
+    if (index < 0) {
+      if (from.link == null) continue;
+      node.addInput(from.name, from.type);
+      index = node.inputs.length - 1;
+    }
+    if (from.link == null && node.inputs[index].link != null) continue; // a duplicate saved by a buggy canvas
+    take(node.inputs[index], from, index, "target");
+  }
+  (saved.outputs ?? []).forEach((from, index) => {
+    if (index >= node.outputs.length) {
+      if (!from.links?.length) return;
+      node.addOutput(from.name, from.type);
+    }
+    take(node.outputs[index], from, index, "origin");
+  });
+}
+
 function widgetsBottom(node) {
   let y = 0;
   for (const w of node.widgets ?? []) y = Math.max(y, (w.y ?? 0) + (w.computedHeight ?? LiteGraph.NODE_WIDGET_HEIGHT));
   const slots = Math.max(node.inputs.filter((i) => !i.widget).length, node.outputs.length);
   return Math.max(y, slots * LiteGraph.NODE_SLOT_HEIGHT) + 6;
+}
+
+/** Grow an output node so that its image is drawn across its whole width; true when it grew. */
+export function growToImage(node, img) {
+  const need = Math.ceil(widgetsBottom(node) + ((node.size[0] - 8) * img.naturalHeight) / img.naturalWidth + 4);
+  if (!img.naturalWidth || node.size[1] >= need) return false;
+  node.setSize([node.size[0], need]);
+  return true;
 }
 
 function fit(img, x, y, w, h) {

@@ -1,5 +1,5 @@
-// Side panels: the queue (running, pending, history; cancel and delete), the gallery of output
-// images (click for full size), and toasts for hints and errors.
+// Side panels: the queue (running, pending, history — each with its workflow's name, run time and a
+// thumbnail; cancel and delete), the gallery of output images (click for full size), and toasts.
 
 export function toast(message, kind = "info", ms = 6000) {
   const el = Object.assign(document.createElement("div"), { className: `toast ${kind}`, textContent: message });
@@ -8,9 +8,22 @@ export function toast(message, kind = "info", ms = 6000) {
   return el;
 }
 
-function li(label, { error = false, thumb = null, buttons = [] } = {}) {
+/** Switch the panels of one side bar: each `.side-tabs` button shows the panel its data-panel names. */
+export function tabbedPanels(nav, onShow = () => {}) {
+  const show = (id) => {
+    for (const b of nav.querySelectorAll("button")) {
+      b.classList.toggle("active", b.dataset.panel === id);
+      document.getElementById(b.dataset.panel).hidden = b.dataset.panel !== id;
+    }
+    onShow(id);
+  };
+  for (const b of nav.querySelectorAll("button")) b.onclick = () => show(b.dataset.panel);
+  return show;
+}
+
+function li(label, { kind = "", thumb = null, buttons = [] } = {}) {
   const el = document.createElement("li");
-  if (error) el.className = "error";
+  el.className = kind;
   if (thumb) el.append(Object.assign(document.createElement("img"), { src: thumb, alt: "" }));
   el.append(Object.assign(document.createElement("span"), { className: "label", textContent: label, title: label }));
   for (const [text, title, fn] of buttons) {
@@ -28,9 +41,7 @@ export class Panels {
     this.galleryEl = document.getElementById("gallery");
     this.seen = new Set();
     this.refreshTimer = null;
-    for (const b of document.querySelectorAll(".side-tabs button")) {
-      b.onclick = () => this.show(b.dataset.panel);
-    }
+    this.show = tabbedPanels(document.querySelector("#side .side-tabs"));
     this.paused = false;
     const pause = document.getElementById("pause-queue");
     pause.onclick = () => this.#act(() => api.pauseQueue(!this.paused));
@@ -38,11 +49,6 @@ export class Panels {
     document.getElementById("interrupt").onclick = () => this.#act(() => api.interrupt());
     const lightbox = document.getElementById("lightbox");
     lightbox.onclick = () => { lightbox.hidden = true; };
-  }
-
-  show(id) {
-    for (const b of document.querySelectorAll(".side-tabs button")) b.classList.toggle("active", b.dataset.panel === id);
-    for (const p of document.querySelectorAll("#side .panel")) p.hidden = p.id !== id;
   }
 
   async #act(fn) {
@@ -58,12 +64,15 @@ export class Panels {
 
   async #refresh() {
     const [queue, history] = await Promise.all([this.api.queue(), this.api.history(30)]);
+    const name = (q) => q[3]?.workflow_name ?? `#${q[0]}`;
     const item = (q, running) => {
       const id = q[1];
       const buttons = running
         ? [["Cancel", "Interrupt this prompt", () => this.#act(() => this.api.interrupt(id))]]
         : [["✕", "Remove from the queue", () => this.#act(() => this.api.deleteQueued([id]))]];
-      return li(`#${q[0]} ${id.slice(0, 8)}`, { buttons });
+      const el = li(`${name(q)} · ${running ? "running" : "pending"}`, { kind: running ? "running" : "pending", buttons });
+      el.dataset.promptId = id;
+      return el;
     };
     this.paused = !!queue.paused;
     const pause = document.getElementById("pause-queue");
@@ -74,14 +83,19 @@ export class Panels {
     const entries = Object.entries(history ?? {}).reverse();
     document.getElementById("queue-history").replaceChildren(...entries.map(([id, h]) => {
       const images = Object.values(h.outputs ?? {}).flatMap((o) => o.images ?? []);
-      const status = h.status?.status_str ?? "?";
+      const status = outcome(h);
       const workflow = h.prompt?.[3]?.extra_pnginfo?.workflow;
       const buttons = [["✕", "Delete from history", () => this.#act(() => this.api.deleteHistory([id]))]];
-      if (workflow) buttons.unshift(["Load", "Open this run's workflow in a new tab", () => this.openWorkflow(`run ${id.slice(0, 8)}`, workflow)]);
+      if (workflow) buttons.unshift(["Load", "Open this run's workflow in a new tab", () => this.openWorkflow(`${h.prompt[3].workflow_name ?? "run"} ${id.slice(0, 8)}`, workflow)]);
       for (const img of images) this.addImage(img);
-      return li(`${status} · ${id.slice(0, 8)}`, {
-        error: status === "error", thumb: images[0] ? this.api.viewUrl(images[0]) : null, buttons,
+      const { start, end } = h.timing ?? {};
+      const time = start != null && end != null ? ` · ${((end - start) / 1000).toFixed(1)} s` : "";
+      const el = li(`${name(h.prompt ?? [])} · ${status}${time}`, {
+        kind: status, thumb: images.length ? this.api.viewUrl(images.at(-1)) : null, buttons,
       });
+      el.dataset.promptId = id;
+      el.title = `${id}\n${el.textContent}`;
+      return el;
     }));
   }
 
@@ -99,4 +113,12 @@ export class Panels {
     };
     this.galleryEl.prepend(img);
   }
+}
+
+/** success, cancelled (interrupted by a user or a restart) or error. */
+function outcome(entry) {
+  const status = entry.status ?? {};
+  if (status.status_str === "success") return "success";
+  const interrupted = (status.messages ?? []).some(([type]) => type === "execution_interrupted");
+  return interrupted ? "cancelled" : status.status_str ?? "?";
 }

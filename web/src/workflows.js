@@ -1,13 +1,21 @@
-// Workflow tabs: each tab holds a UI-format workflow (ComfyUI v0.4 JSON), its undo stacks and the
-// state last saved, so the tab bar can mark unsaved changes. Tabs live in localStorage, so a page
-// reload loses nothing. Also: save (download), open (file picker / drop) of JSON and PNG.
+// Workflow tabs: each tab holds a UI-format workflow (ComfyUI v0.4 JSON), its undo stacks, the state
+// last saved (so the tab bar can mark unsaved changes), its zoom and pan, and the images its output
+// nodes showed. Tabs live in localStorage, so a page reload loses nothing. Saving writes the workflow
+// to the server through ComfyUI's user-data API (`workflows/<name>.json`), asking for a name the first
+// time; Export downloads it. Also: open (file picker / drop) of JSON and PNG, rename, close.
 import { LiteGraph } from "litegraph";
 import { pngTextChunks } from "./png.js";
 import { UndoHistory } from "./history.js";
 import { adoptMissingNodes } from "./nodes.js";
+import { askText, confirmDialog, editInPlace } from "./dialog.js";
 
 const STORAGE_KEY = "latentgraph.tabs";
-const MIN_FIT_SCALE = 0.6; // smaller and text gets too small to read: show part of the graph instead
+const MIN_FIT_SCALE = 0.5; // smaller and text gets too small to read: show part of the graph instead
+const SAVED_DIR = "workflows";
+
+/** The user-data path a workflow named `name` is saved at, and back. */
+export function savedPath(name) { return `${SAVED_DIR}/${name.replaceAll(/[\\/]/g, "_")}.json`; }
+export function savedName(path) { return path.slice(SAVED_DIR.length + 1).replace(/\.json$/i, ""); }
 
 /** The graph's workflow JSON as a canonical string: nodes by id (clicking a node raises it, which
  * is no edit), `order` recomputed from the links, and without the viewport. */
@@ -43,16 +51,21 @@ function setExecutionOrder(data) {
 }
 
 export class Workspace {
-  constructor({ graph, canvas, toast }) {
-    this.graph = graph;
-    this.canvas = canvas;
-    this.toast = toast;
+  /** `onShow(tab)` runs whenever a tab's graph was (re)loaded onto the canvas; `onSaved()` after the
+   * server's saved workflows changed. */
+  constructor({ graph, canvas, toast, api, onShow = () => {}, onSaved = () => {} }) {
+    Object.assign(this, { graph, canvas, toast, api, onShow, onSaved });
     this.tabs = [];
     this.active = null;
-    this.history = new UndoHistory(() => graphState(graph), (s) => this.#load(s), (s) => this.#changed(s));
+    this.history = new UndoHistory(() => graphState(graph), (s) => { this.#load(s); this.onShow(this.tab); },
+      (s) => this.#changed(s));
     this.tabBar = document.getElementById("tabs");
+    this.tabBar.addEventListener("wheel", (e) => { this.tabBar.scrollLeft += e.deltaY + e.deltaX; }, { passive: true });
     this.persistTimer = null;
     this.missing = {};
+    // zoom and pan are no edits, but each tab keeps its own across switches and reloads
+    for (const type of ["wheel", "pointerup"]) canvas.canvas.addEventListener(type, () => this.persist(), { passive: true });
+    addEventListener("pagehide", () => { this.history.checkpoint(); this.flush(); }); // text typed a moment ago
   }
 
   get tab() { return this.tabs.find((t) => t.id === this.active); }
@@ -62,27 +75,35 @@ export class Workspace {
     let saved;
     try { saved = JSON.parse(localStorage.getItem(STORAGE_KEY)); } catch { saved = null; }
     if (!saved?.tabs?.length) return false;
-    this.tabs = saved.tabs.map((t) => ({ ...t, undo: [], redo: [] }));
+    this.tabs = saved.tabs.map((t) => ({ path: null, outputs: {}, ...t, undo: [], redo: [] }));
     this.switchTo(this.tabs.some((t) => t.id === saved.active) ? saved.active : this.tabs[0].id);
     this.#warnMissing();
     return true;
   }
 
-  /** Open a workflow (object, or null for an empty canvas) in a new tab. */
-  open(name, workflow = null) {
+  /** Open a workflow (object, or null for an empty canvas) in a new tab; `path`: where it is saved. */
+  open(name, workflow = null, { path = null } = {}) {
     this.#stash();
     const id = crypto.randomUUID();
     this.#load(workflow ? JSON.stringify(workflow) : null);
     const state = graphState(this.graph);
-    this.tabs.push({ id, name, state, saved: state, undo: [], redo: [] }); // unchanged until edited
+    this.tabs.push({ id, name, path, state, saved: state, undo: [], redo: [], outputs: {} }); // unchanged until edited
     this.active = id;
     this.history.reset(state);
     if (workflow) this.fitView();
     else Object.assign(this.canvas.ds, { scale: 1, offset: [0, 0] });
+    this.onShow(this.tab);
     this.render();
     this.persist();
     this.#warnMissing();
     return id;
+  }
+
+  /** Open a workflow saved on the server, or switch to its tab when it is open already. */
+  async openSaved(path) {
+    const open = this.tabs.find((t) => t.path === path);
+    if (open) return this.switchTo(open.id);
+    this.open(savedName(path), await this.api.readUserdata(path), { path });
   }
 
   /** Name the node types of the shown workflow that this server lacks. */
@@ -93,8 +114,8 @@ export class Workspace {
     this.toast(`Missing node types, shown in red and kept unchanged when saved: ${list.join("; ")}`, "warn", 12000);
   }
 
-  /** Show every node, at most at 100 %; a graph too big to read whole is shown from its top-left
-   * corner at a readable zoom instead. */
+  /** Show every node, at most at 100 % and above the minimap; a graph too big to read whole is shown
+   * from its top-left corner at a readable zoom instead. */
   fitView() {
     const nodes = this.graph._nodes;
     if (!nodes.length) return;
@@ -102,7 +123,8 @@ export class Workspace {
     const x0 = Math.min(...nodes.map((n) => n.pos[0])), y0 = Math.min(...nodes.map((n) => n.pos[1] - title));
     const x1 = Math.max(...nodes.map((n) => n.pos[0] + n.size[0])), y1 = Math.max(...nodes.map((n) => n.pos[1] + n.size[1]));
     const el = this.canvas.canvas;
-    const [cw, ch] = [el.clientWidth, el.clientHeight];
+    const minimap = document.getElementById("minimap");
+    const [cw, ch] = [el.clientWidth, el.clientHeight - (minimap?.hidden === false ? minimap.offsetHeight + 10 : 0)];
     const ds = this.canvas.ds;
     const fit = Math.min(1, (0.92 * cw) / (x1 - x0), (0.92 * ch) / (y1 - y0));
     ds.scale = Math.max(MIN_FIT_SCALE, fit);
@@ -121,14 +143,15 @@ export class Workspace {
     this.history.reset(tab.state, tab.undo, tab.redo);
     if (tab.view) Object.assign(this.canvas.ds, { scale: tab.view.scale, offset: [...tab.view.offset] });
     else this.fitView();
+    this.onShow(tab);
     this.render();
     this.persist();
   }
 
-  close(id) {
-    const index = this.tabs.findIndex((t) => t.id === id);
-    const tab = this.tabs[index];
-    if (this.isDirty(tab) && !confirm(`Close "${tab.name}" without saving?`)) return;
+  async close(id) {
+    const tab = this.tabs.find((t) => t.id === id);
+    if (this.isDirty(tab) && !await confirmDialog(`Close "${tab.name}" without saving?`, "Close")) return;
+    const index = this.tabs.indexOf(tab);
     this.tabs.splice(index, 1);
     if (!this.tabs.length) return void this.open("Unsaved workflow");
     if (id === this.active) {
@@ -140,8 +163,50 @@ export class Workspace {
 
   isDirty(tab) { return tab.saved !== tab.state; }
 
-  /** Download the active workflow as JSON and mark it saved. */
-  save() {
+  /** Save the active workflow on the server: where it was saved before, else under a name asked for now. */
+  async save() {
+    if (this.saving) return false; // Ctrl+S again while the name is being asked for
+    this.saving = true;
+    try {
+      return await this.#save();
+    } finally {
+      this.saving = false;
+    }
+  }
+
+  async #save() {
+    this.history.checkpoint();
+    const tab = this.tab;
+    const state = tab.state;
+    let path = tab.path;
+    if (!path) {
+      const name = await askText("Save workflow as", tab.name, "Save");
+      if (!name) return false;
+      path = savedPath(name);
+      if (await this.#exists(path) && !await confirmDialog(`A saved workflow "${name}" exists. Replace it?`, "Replace")) return false;
+    }
+    try {
+      await this.api.writeUserdata(path, JSON.stringify(JSON.parse(state), null, 2));
+    } catch (err) {
+      this.toast(`Could not save: ${err.message}`, "error");
+      return false;
+    }
+    Object.assign(tab, { path, name: savedName(path), saved: state });
+    this.render();
+    this.persist();
+    this.onSaved();
+    this.toast(`Saved ${savedName(path)}`, "info", 2000);
+    return true;
+  }
+
+  async #exists(path) {
+    const dir = path.slice(0, path.lastIndexOf("/"));
+    const files = await this.api.listUserdata(dir);
+    return files.some((f) => `${dir}/${f.path}` === path);
+  }
+
+  /** Download the active workflow as a JSON file. */
+  export() {
     this.history.checkpoint();
     const tab = this.tab;
     const blob = new Blob([JSON.stringify(JSON.parse(tab.state), null, 2)], { type: "application/json" });
@@ -150,8 +215,63 @@ export class Workspace {
     });
     a.click();
     setTimeout(() => URL.revokeObjectURL(a.href), 1000);
-    tab.saved = tab.state;
+  }
+
+  /** Rename a tab; a workflow saved on the server is renamed there too. */
+  async rename(id, name) {
+    const tab = this.tabs.find((t) => t.id === id);
+    if (!tab) return;
+    if (tab.path) return this.renameSaved(tab.path, name);
+    tab.name = name;
     this.render();
+    this.persist();
+  }
+
+  /** Rename a saved workflow on the server, and the tab that shows it. */
+  async renameSaved(path, name) {
+    const to = savedPath(name);
+    if (to === path) return;
+    try {
+      if (await this.#exists(to)) throw new Error(`a saved workflow "${name}" exists already`);
+      await this.api.moveUserdata(path, to);
+    } catch (err) {
+      return void this.toast(`Could not rename: ${err.message}`, "error");
+    }
+    for (const tab of this.tabs.filter((t) => t.path === path)) Object.assign(tab, { path: to, name: savedName(to) });
+    this.render();
+    this.persist();
+    this.onSaved();
+  }
+
+  /** Delete a saved workflow on the server; a tab showing it stays open, as unsaved. */
+  async deleteSaved(path) {
+    if (!await confirmDialog(`Delete the saved workflow "${savedName(path)}"?`, "Delete")) return;
+    try {
+      await this.api.deleteUserdata(path);
+    } catch (err) {
+      return void this.toast(`Could not delete: ${err.message}`, "error");
+    }
+    for (const tab of this.tabs.filter((t) => t.path === path)) Object.assign(tab, { path: null, saved: null });
+    this.render();
+    this.persist();
+    this.onSaved();
+  }
+
+  /** Keep a change that is no edit (an output node grown to fit its image): no undo step, and a tab without
+   * unsaved changes keeps having none. Edits made before it must have been checkpointed. */
+  absorb() {
+    const tab = this.tab;
+    const clean = !this.isDirty(tab);
+    tab.state = this.history.absorb();
+    if (clean) tab.saved = tab.state;
+    this.persist();
+  }
+
+  /** Remember images an output node of tab `id` showed, so they are shown again after a reload. */
+  keepOutput(id, nodeId, images) {
+    const tab = this.tabs.find((t) => t.id === id);
+    if (!tab) return;
+    tab.outputs[nodeId] = images.filter((i) => i.type !== "temp"); // previews go with the server's session
     this.persist();
   }
 
@@ -244,16 +364,21 @@ export class Workspace {
     this.persist();
   }
 
+  /** Keep the tabs in local storage soon (edits come in bursts). */
   persist() {
     clearTimeout(this.persistTimer);
-    this.persistTimer = setTimeout(() => {
-      const tabs = this.tabs.map(({ id, name, state, saved }) => ({ id, name, state, saved }));
-      try {
-        localStorage.setItem(STORAGE_KEY, JSON.stringify({ tabs, active: this.active }));
-      } catch (err) {
-        this.toast(`Could not keep tabs in local storage: ${err.message}`, "warn");
-      }
-    }, 100);
+    this.persistTimer = setTimeout(() => this.flush(), 100);
+  }
+
+  flush() {
+    clearTimeout(this.persistTimer);
+    if (this.tab) this.tab.view = { scale: this.canvas.ds.scale, offset: [...this.canvas.ds.offset] };
+    const tabs = this.tabs.map(({ id, name, path, state, saved, view, outputs }) => ({ id, name, path, state, saved, view, outputs }));
+    try {
+      localStorage.setItem(STORAGE_KEY, JSON.stringify({ tabs, active: this.active }));
+    } catch (err) {
+      this.toast(`Could not keep tabs in local storage: ${err.message}`, "warn");
+    }
   }
 
   render() {
@@ -261,7 +386,7 @@ export class Workspace {
       const el = document.createElement("div");
       el.className = `tab${tab.id === this.active ? " active" : ""}`;
       el.dataset.id = tab.id;
-      el.title = tab.name;
+      el.title = tab.path ? `${tab.name} (saved on the server; double-click to rename)` : `${tab.name} (double-click to rename)`;
       const label = Object.assign(document.createElement("span"), { className: "name", textContent: tab.name });
       const dirty = Object.assign(document.createElement("span"), {
         className: "dirty", textContent: this.isDirty(tab) ? "●" : "", title: "unsaved changes",
@@ -270,8 +395,10 @@ export class Workspace {
       close.title = "Close tab";
       close.onclick = (e) => { e.stopPropagation(); this.close(tab.id); };
       el.onclick = () => this.switchTo(tab.id);
+      label.ondblclick = (e) => { e.stopPropagation(); editInPlace(label, tab.name, (name) => this.rename(tab.id, name)); };
       el.append(label, dirty, close);
       return el;
     }));
+    this.tabBar.querySelector(".tab.active")?.scrollIntoView({ block: "nearest", inline: "nearest" });
   }
 }

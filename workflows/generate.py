@@ -1,6 +1,7 @@
-"""Writes the shipped SDXL workflows (workflows/sdxl_*.json, UI format 0.4) from the node declarations.
+"""Writes the shipped model workflows (workflows/sdxl_*.json, sd15_*.json, sd2_*.json, UI format 0.4) from the node
+declarations.
 
-Run `python workflows/generate_sdxl.py` after changing a node's inputs; the JSON files are what ships (the canvas
+Run `python workflows/generate.py` after changing a node's inputs; the JSON files are what ships (the canvas
 opens them, `latentgraph run` runs them). Widget values are laid out the way the canvas saves them
 (server.graph.widget_slots: schema order, a seed's control value after it). Defaults are small (256², a few
 steps) so the tiny demo checkpoints run in seconds on a CPU; with real checkpoints raise sizes and steps.
@@ -19,6 +20,7 @@ from server.graph import widget_slots  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BASE, REFINER = "demo_sdxl_base.safetensors", "demo_sdxl_refiner.safetensors"
+SD15, SD2_768V = "demo_sd15.safetensors", "demo_sd2_768v.safetensors"
 PROMPT = "a majestic lion jumping from a big stone at night, highly detailed"
 NEGATIVE = "blurry, low quality"
 REGISTRY = load_builtin_nodes()
@@ -108,33 +110,34 @@ class Workflow:
 
 
 RUN = ("Run headless: latentgraph run workflows/{name}.json. It names the demo checkpoints (latentgraph serve installs "
-       "them, or latentgraph make-demo-model models/checkpoints); they make noise, not pictures: pick your SDXL "
+       "them, or latentgraph make-demo-model models/checkpoints); they make noise, not pictures: pick your {family} "
        "checkpoints in the loaders for real images.")
 
 
 def base_fine_grained() -> Workflow:
+    # laid out in four columns, output last and below the sampler, so the canvas's first view shows it whole
     w = Workflow("sdxl_base")
-    ckpt = w.add("SDXLCheckpointLoader", (0, 200), ckpt_name=BASE)
-    latent = w.add("SDXLEmptyLatent", (0, 420), resolution="custom", width=256, height=256)
+    ckpt = w.add("SDXLCheckpointLoader", (0, 0), ckpt_name=BASE)
+    latent = w.add("SDXLEmptyLatent", (0, 150), resolution="custom", width=256, height=256)
     conds = []
     for i, (label, text) in enumerate((("positive", PROMPT), ("negative", NEGATIVE))):
-        y = 40 + 480 * i
-        clip_l = w.add("SDXLClipLTextEncode", (380, y), f"CLIP-L ({label})", clip=(ckpt, 1), text=text)
-        clip_g = w.add("SDXLBigGTextEncode", (380, y + 220), f"OpenCLIP bigG ({label})", clip=(ckpt, 1), text=text)
-        concat = w.add("SDXLDualEncoderConcat", (760, y + 100), clip_l=(clip_l, 0), clip_g=(clip_g, 0))
-        conds.append(w.add("SDXLSizeConditioning", (1080, y + 40), f"Size & crop ({label})", conditioning=(concat, 0),
+        y = 400 * i
+        clip_l = w.add("SDXLClipLTextEncode", (360, y), f"CLIP-L ({label})", clip=(ckpt, 1), text=text)
+        clip_g = w.add("SDXLBigGTextEncode", (360, y + 180), f"OpenCLIP bigG ({label})", clip=(ckpt, 1), text=text)
+        concat = w.add("SDXLDualEncoderConcat", (720, y), clip_l=(clip_l, 0), clip_g=(clip_g, 0))
+        conds.append(w.add("SDXLSizeConditioning", (720, y + 150), f"Size & crop ({label})", conditioning=(concat, 0),
                            original_width=(latent, 1), original_height=(latent, 2),
                            target_width=(latent, 1), target_height=(latent, 2)))
-    sampled = w.add("SDXLSampler", (1440, 200), model=(ckpt, 0), positive=(conds[0], 0), negative=(conds[1], 0),
+    sampled = w.add("SDXLSampler", (1080, 0), model=(ckpt, 0), positive=(conds[0], 0), negative=(conds[1], 0),
                     latent_image=(latent, 0), seed=42, steps=4, cfg=5.0)
-    image = w.add("SDXLVAEDecode", (1800, 200), samples=(sampled, 0), vae=(ckpt, 2))
-    w.add("SaveImage", (2120, 200), images=(image, 0), filename_prefix="sdxl_base")
+    image = w.add("SDXLVAEDecode", (1080, 480), samples=(sampled, 0), vae=(ckpt, 2))
+    w.add("SaveImage", (1080, 710), images=(image, 0), filename_prefix="sdxl_base")
     w.note("SDXL base text-to-image with the pipeline's parts as nodes (SDXL report §2): CLIP-L and OpenCLIP bigG "
            "encode the prompt separately; their penultimate hidden states are joined on the CHANNEL axis "
            "(768 + 1280 = 2048 per token) and bigG's pooled vector goes with them; the size & crop conditioning "
            "(original = target = output size, crop 0,0, as at inference in the paper) is embedded into the UNet's "
            "vector input. Same prompt and seed as sdxl_base_comfy.json, which gives the identical image with "
-           "ComfyUI's nodes.\n" + RUN.format(name=w.name), (0, 900))
+           "ComfyUI's nodes.\n" + RUN.format(name=w.name, family="SDXL"), (0, 400), (320, 360))
     return w
 
 
@@ -151,7 +154,7 @@ def base_comfy() -> Workflow:
     w.note("SDXL base text-to-image with ComfyUI's nodes (same names, inputs and widget order, so this file also "
            "opens in ComfyUI). CLIPTextEncode on an SDXL base CLIP runs both text encoders; the size conditioning "
            "comes from the latent's size. Same prompt and seed as sdxl_base.json: identical pixels.\n"
-           + RUN.format(name=w.name), (0, 760))
+           + RUN.format(name=w.name, family="SDXL"), (0, 760))
     return w
 
 
@@ -183,7 +186,7 @@ def base_refiner() -> Workflow:
            "The two primitives keep steps and the switch step in one place. With 6 euler/normal steps the switch at "
            "step 4 hands over at σ 0.57 (timestep ≈ 200), the top of the refiner's 200 noise levels; the official "
            "example uses 25 steps and switches at 20 (σ 0.49).\n"
-           + RUN.format(name=w.name), (0, 900))
+           + RUN.format(name=w.name, family="SDXL"), (0, 900))
     return w
 
 
@@ -216,7 +219,7 @@ def refiner_sdedit() -> Workflow:
            "noise levels only — noises the base latent again to a level inside that range (strength 0.3 → "
            "timestep 59) and denoises it with the same prompt (SDEdit). The refiner sees bigG's context alone "
            "(1280 wide) plus an aesthetic score: 6.0 for the positive prompt, 2.5 for the negative. Both the base "
-           "and the refined image are saved.\n" + RUN.format(name=w.name), (0, 1400))
+           "and the refined image are saved.\n" + RUN.format(name=w.name, family="SDXL"), (0, 1400))
     return w
 
 
@@ -233,23 +236,28 @@ def _source_image(w: Workflow, ckpt: int, seed: int) -> int:
     return image
 
 
-def img2img() -> Workflow:
-    w = Workflow("sdxl_img2img")
-    ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=BASE)
+def _img2img(name: str, ckpt_name: str, cfg: float, family: str, about: str) -> Workflow:
+    w = Workflow(name)
+    ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=ckpt_name)
     source = _source_image(w, ckpt, seed=7)
     pos = w.add("CLIPTextEncode", (380, 560), "New prompt", text="a red barn in a snowy field at dusk", clip=(ckpt, 1))
     neg = w.add("CLIPTextEncode", (380, 820), "Negative", text=NEGATIVE, clip=(ckpt, 1))
     encoded = w.add("VAEEncode", (1120, 400), pixels=(source, 0), vae=(ckpt, 2))
-    sampled = w.add("KSampler", (1420, 560), "img2img (denoise 0.6)", model=(ckpt, 0), seed=42, steps=4, cfg=5.0,
+    sampled = w.add("KSampler", (1420, 560), "img2img (denoise 0.6)", model=(ckpt, 0), seed=42, steps=4, cfg=cfg,
                     sampler_name="euler", scheduler="normal", positive=(pos, 0), negative=(neg, 0),
                     latent_image=(encoded, 0), denoise=0.6)
     image = w.add("VAEDecode", (1780, 560), samples=(sampled, 0), vae=(ckpt, 2))
-    w.add("SaveImage", (2080, 560), images=(image, 0), filename_prefix="sdxl_img2img")
-    w.note("Image-to-image: a picture is encoded by the VAE, noised part of the way (denoise 0.6 runs the last 60 % "
-           "of the schedule) and denoised with a new prompt. The source picture is made by the first row so the "
-           "workflow needs no input file; to start from your own picture, replace the first row with Load Image "
-           "feeding VAE Encode.\n" + RUN.format(name=w.name), (0, 1100))
+    w.add("SaveImage", (2080, 560), images=(image, 0), filename_prefix=name)
+    w.note(about + "\n" + RUN.format(name=w.name, family=family), (0, 1100))
     return w
+
+
+def img2img() -> Workflow:
+    return _img2img("sdxl_img2img", BASE, 5.0, "SDXL", (
+        "Image-to-image: a picture is encoded by the VAE, noised part of the way (denoise 0.6 runs the last 60 % of "
+        "the schedule) and denoised with a new prompt. The source picture is made by the first row so the workflow "
+        "needs no input file; to start from your own picture, replace the first row with Load Image feeding VAE "
+        "Encode."))
 
 
 def inpaint() -> Workflow:
@@ -275,7 +283,69 @@ def inpaint() -> Workflow:
            "(grown) mask to the latent; the sampler repaints only the masked area and keeps the rest on the input "
            "latent at every step. The decoded result is pasted back through the mask, so pixels outside the mask "
            "are exactly the source picture's. The source picture is made in the first row (no input file needed); "
-           "use Load Image (its mask comes from the alpha channel) for your own.\n" + RUN.format(name=w.name),
+           "use Load Image (its mask comes from the alpha channel) for your own.\n"
+           + RUN.format(name=w.name, family="SDXL"),
+           (0, 1450))
+    return w
+
+
+def hires_upscale_model() -> Workflow:
+    from nodes.upscale_models import DEMO_UPSCALER
+
+    w = Workflow("sdxl_hires_upscale_model")
+    ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=BASE)
+    pos = w.add("CLIPTextEncode", (380, 40), "Positive", text=PROMPT, clip=(ckpt, 1))
+    neg = w.add("CLIPTextEncode", (380, 300), "Negative", text=NEGATIVE, clip=(ckpt, 1))
+    latent = w.add("EmptyLatentImage", (380, 560), width=128, height=128, batch_size=1)
+    first = w.add("KSampler", (760, 200), "First pass (low resolution)", model=(ckpt, 0), seed=42, steps=4, cfg=5.0,
+                  sampler_name="euler", scheduler="normal", positive=(pos, 0), negative=(neg, 0),
+                  latent_image=(latent, 0), denoise=1.0)
+    low = w.add("VAEDecode", (1120, 200), samples=(first, 0), vae=(ckpt, 2))
+    w.add("SaveImage", (1420, 0), "First pass", images=(low, 0), filename_prefix=f"{w.name}_lowres")
+    upscaler = w.add("UpscaleModelLoader", (760, 620), model_name=DEMO_UPSCALER)
+    big = w.add("ImageUpscaleWithModel", (1120, 420), "Upscale ×4 with the model", upscale_model=(upscaler, 0),
+                image=(low, 0))
+    scaled = w.add("ImageScaleBy", (1420, 420), "Back down to ×2", image=(big, 0), upscale_method="area",
+                   scale_by=0.5)
+    encoded = w.add("VAEEncode", (1720, 420), pixels=(scaled, 0), vae=(ckpt, 2))
+    second = w.add("KSampler", (2020, 200), "Second pass (denoise 0.5)", model=(ckpt, 0), seed=43, steps=4, cfg=5.0,
+                   sampler_name="euler", scheduler="normal", positive=(pos, 0), negative=(neg, 0),
+                   latent_image=(encoded, 0), denoise=0.5)
+    image = w.add("VAEDecode", (2380, 200), samples=(second, 0), vae=(ckpt, 2))
+    w.add("SaveImage", (2680, 200), images=(image, 0), filename_prefix=w.name)
+    w.note("Hires fix with an upscale model: the first pass makes a small picture, an image upscale model (ESRGAN, "
+           "Real-ESRGAN, SwinIR, HAT, DAT …, read by spandrel from <models>/upscale_models) enlarges it 4× in "
+           "overlapping tiles, Upscale Image By brings it to 2×, and a second pass at denoise 0.5 redraws the "
+           "details at the new size. The demo upscaler (demo_esrgan_4x.safetensors, written by latentgraph serve "
+           "or make-demo-model) has random weights: pick a real one (e.g. RealESRGAN_x4plus, 4x-UltraSharp) and a "
+           "1024² first pass for real pictures.\n" + RUN.format(name=w.name, family="SDXL"), (0, 900))
+    return w
+
+
+def outpaint() -> Workflow:
+    w = Workflow("sdxl_outpaint")
+    ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=BASE)
+    source = _source_image(w, ckpt, seed=7)
+    padded = w.add("ImagePadForOutpaint", (380, 600), "Grow 64 px left and right", image=(source, 0), left=64,
+                   top=0, right=64, bottom=0, feathering=24)
+    pos = w.add("CLIPTextEncode", (380, 900), "What the wider picture shows",
+                text="a red barn in a wide green field, blue sky, panorama", clip=(ckpt, 1))
+    neg = w.add("CLIPTextEncode", (380, 1160), "Negative", text=NEGATIVE, clip=(ckpt, 1))
+    encoded = w.add("VAEEncodeForInpaint", (760, 640), pixels=(padded, 0), vae=(ckpt, 2), mask=(padded, 1),
+                    grow_mask_by=8)
+    sampled = w.add("KSampler", (1120, 640), "Outpaint", model=(ckpt, 0), seed=42, steps=4, cfg=5.0,
+                    sampler_name="euler", scheduler="normal", positive=(pos, 0), negative=(neg, 0),
+                    latent_image=(encoded, 0), denoise=1.0)
+    image = w.add("VAEDecode", (1480, 640), samples=(sampled, 0), vae=(ckpt, 2))
+    keep = w.add("InvertMask", (1120, 1000), "Where the source stays", mask=(padded, 1))
+    blended = w.add("ImageCompositeMasked", (1780, 640), "Source pixels back, feathered into the new ones",
+                    destination=(image, 0), source=(padded, 0), x=0, y=0, resize_source=False, mask=(keep, 0))
+    w.add("SaveImage", (2100, 640), images=(blended, 0), filename_prefix=w.name)
+    w.note("Outpainting: Pad Image for Outpainting widens the canvas with mid-grey and gives the mask of the new "
+           "area, which fades into the picture over the feathering width; VAE Encode (for Inpainting) and the "
+           "sampler repaint only the masked area. Finally the source pixels are blended back through the inverted "
+           "mask, so the picture away from the seams is exactly the source. The source picture is made in the "
+           "first row (no input file needed); use Load Image for your own.\n" + RUN.format(name=w.name, family="SDXL"),
            (0, 1450))
     return w
 
@@ -308,11 +378,79 @@ def aspect_buckets() -> Workflow:
            "about 1024² pixels with sides in multiples of 64, from 704×1408 to 1728×576 (all 26 are in the Empty "
            "Latent node's list). One image per bucket, same prompt and seed. For a quick CPU run the buckets are "
            f"drawn at scale {ASPECT_SCALE} (e.g. 1024×1024 → 256×256); set scale 1.0 with a real checkpoint.\n"
-           + RUN.format(name=w.name), (0, 1000))
+           + RUN.format(name=w.name, family="SDXL"), (0, 1000))
     return w
 
 
-ALL = [base_fine_grained, base_comfy, base_refiner, refiner_sdedit, img2img, inpaint, aspect_buckets]
+def _txt2img(w: Workflow, ckpt: int, clip, prompt: str, seed: int, size: int, steps: int, cfg: float) -> int:
+    """The standard text-to-image row (prompt, negative, empty latent, KSampler); returns the sampler."""
+    pos = w.add("CLIPTextEncode", (380, 0), "Positive", text=prompt, clip=clip)
+    neg = w.add("CLIPTextEncode", (380, 260), "Negative", text=NEGATIVE, clip=clip)
+    latent = w.add("EmptyLatentImage", (380, 520), width=size, height=size, batch_size=1)
+    return w.add("KSampler", (760, 0), model=(ckpt, 0), seed=seed, steps=steps, cfg=cfg, sampler_name="euler",
+                 scheduler="normal", positive=(pos, 0), negative=(neg, 0), latent_image=(latent, 0))
+
+
+def sd15_txt2img() -> Workflow:
+    w = Workflow("sd15_txt2img")
+    ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=SD15)
+    clip = w.add("CLIPSetLastLayer", (0, 420), "Clip skip (−1: off)", clip=(ckpt, 1), stop_at_clip_layer=-1)
+    sampled = _txt2img(w, ckpt, (clip, 0), PROMPT, seed=42, size=256, steps=4, cfg=7.0)
+    image = w.add("VAEDecode", (1120, 0), samples=(sampled, 0), vae=(ckpt, 2))
+    w.add("SaveImage", (1420, 0), images=(image, 0), filename_prefix="sd15_txt2img")
+    w.note("Stable Diffusion 1.5 text-to-image: CLIP ViT-L/14 encodes the prompt (its last layer; set Clip skip to "
+           "−2 for the layer before, as many SD 1.5 fine-tunes expect), the 860M UNet predicts the noise, the VAE "
+           "decodes 64×64 latents into 512² pictures. The demo runs at 256² in 4 steps; use 512² and 20+ steps "
+           "with a real checkpoint.\n" + RUN.format(name=w.name, family="SD 1.5"), (0, 760))
+    return w
+
+
+def sd15_img2img() -> Workflow:
+    return _img2img("sd15_img2img", SD15, 7.0, "SD 1.5", (
+        "Stable Diffusion 1.5 image-to-image: the picture made by the first row is encoded by the VAE (latents scaled "
+        "by 0.18215), noised part of the way (denoise 0.6) and denoised with a new prompt. Replace the first row "
+        "with Load Image feeding VAE Encode to start from your own picture."))
+
+
+def sd2_768v_txt2img() -> Workflow:
+    w = Workflow("sd2_768v_txt2img")
+    ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=SD2_768V)
+    model = w.add("ModelSamplingDiscrete", (0, 420), "v-prediction", model=(ckpt, 0), sampling="v_prediction")
+    sampled = _txt2img(w, model, (ckpt, 1), PROMPT, seed=42, size=256, steps=4, cfg=7.0)
+    image = w.add("VAEDecode", (1120, 0), samples=(sampled, 0), vae=(ckpt, 2))
+    w.add("SaveImage", (1420, 0), images=(image, 0), filename_prefix="sd2_768v_txt2img")
+    w.note("Stable Diffusion 2.1 768-v text-to-image: OpenCLIP ViT-H encodes the prompt (its penultimate layer), the "
+           "UNet predicts v rather than the noise. The loader reads that from the file; ModelSamplingDiscrete states "
+           "it here (choose eps for the 512-base models). The demo runs at 256² in 4 steps; the 768-v models are "
+           "made for 768² images and 20+ steps.\n" + RUN.format(name=w.name, family="SD 2.x"), (0, 760))
+    return w
+
+
+def sdxl_turbo_1step() -> Workflow:
+    """ComfyUI's SDXL Turbo example graph: custom sampling, one step from timestep 999, no guidance."""
+    w = Workflow("sdxl_turbo_1step")
+    ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=BASE)
+    pos = w.add("CLIPTextEncode", (380, 0), "Positive", text=PROMPT, clip=(ckpt, 1))
+    neg = w.add("CLIPTextEncode", (380, 260), "Negative", text=NEGATIVE, clip=(ckpt, 1))
+    latent = w.add("EmptyLatentImage", (380, 520), width=256, height=256, batch_size=1)
+    sampler = w.add("KSamplerSelect", (760, 0), sampler_name="euler_ancestral")
+    sigmas = w.add("SDTurboScheduler", (760, 160), model=(ckpt, 0), steps=1, denoise=1.0)
+    sampled = w.add("SamplerCustom", (1120, 0), model=(ckpt, 0), add_noise=True, noise_seed=42, cfg=1.0,
+                    positive=(pos, 0), negative=(neg, 0), sampler=(sampler, 0), sigmas=(sigmas, 0),
+                    latent_image=(latent, 0))
+    image = w.add("VAEDecode", (1480, 0), samples=(sampled, 0), vae=(ckpt, 2))
+    w.add("SaveImage", (1780, 0), images=(image, 0), filename_prefix="sdxl_turbo_1step")
+    w.note("SDXL Turbo (adversarial diffusion distillation): one sampling step from pure noise, without "
+           "classifier-free guidance (cfg 1 skips the negative), built from ComfyUI's custom-sampling nodes: "
+           "KSamplerSelect picks the sampler, SDTurboScheduler gives the σ of timestep 999 (up to 10 steps: 999, 899, "
+           "…), SamplerCustom samples. Turbo checkpoints have the SDXL base layout, so this graph names the base "
+           "demo; put sd_xl_turbo_1.0_fp16.safetensors in the loader for real pictures (512², as it was trained).\n"
+           + RUN.format(name=w.name, family="SDXL Turbo"), (0, 760))
+    return w
+
+
+ALL = [base_fine_grained, base_comfy, base_refiner, refiner_sdedit, img2img, inpaint, aspect_buckets,
+       hires_upscale_model, outpaint, sd15_txt2img, sd15_img2img, sd2_768v_txt2img, sdxl_turbo_1step]
 
 if __name__ == "__main__":
     for make in ALL:

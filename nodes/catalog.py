@@ -1,0 +1,96 @@
+"""What the server asks nodes/ about models, so that it knows nothing of diffusion: the model folders and what is
+in them, which folder a loader input reads, which installed file could stand in for a missing one, and the demo
+checkpoints and upscale model a fresh install runs on.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .node import Environment
+
+# The folders /models lists, as ComfyUI names them (folder_paths), so shared workflows and clients map unchanged.
+MODEL_FOLDERS = ("checkpoints", "vae", "loras", "embeddings", "vae_approx", "clip", "text_encoders", "unet",
+                 "diffusion_models", "controlnet", "upscale_models")
+# A loader input → the folder its files are in.
+INPUT_FOLDERS = {
+    "ckpt_name": "checkpoints", "vae_name": "vae", "lora_name": "loras", "unet_name": "diffusion_models",
+    "clip_name": "text_encoders", "clip_name1": "text_encoders", "clip_name2": "text_encoders",
+    "control_net_name": "controlnet", "style_model_name": "style_models", "upscale_model_name": "upscale_models",
+    "model_name": "upscale_models", "embedding_name": "embeddings", "gligen_name": "gligen",
+    "hypernetwork_name": "hypernetworks",
+}
+MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def model_names(env: Environment, path: Path, folder: str) -> list[str]:
+    """The models in one folder (``path`` is <models>/<folder>), as every listing route answers. Checkpoints and
+    VAEs are exactly what the loader nodes offer (a diffusers folder is one model); other folders list their
+    weight files."""
+    if folder in ("checkpoints", "vae"):
+        from .library.loaders import checkpoint_names, vae_names
+        return (checkpoint_names if folder == "checkpoints" else vae_names)(env)
+    if not path.is_dir():
+        return []
+    return sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
+                  if p.is_file() and p.suffix.lower() in MODEL_SUFFIXES)
+
+
+def installed_family(path: str) -> str | None:
+    """The family of an installed checkpoint (file or diffusers folder), None when it is no model we load."""
+    from .checkpoints import detect, detect_folder
+    from .weights import read_shapes
+    try:
+        return detect_folder(Path(path)) if os.path.isdir(path) else detect(read_shapes(Path(path)))
+    except (OSError, ValueError):  # unreadable, or no supported family (UnsupportedCheckpoint is a ValueError)
+        return None
+
+
+def substitute(env: Environment, folder: str, name: str, installed: list[str]) -> tuple[str | None, str]:
+    """(installed file that could stand in for the missing `name`, or None; a sentence saying so, or ""). A
+    checkpoint stands in when it is the only installed one of the family the missing file's name suggests."""
+    if folder == "checkpoints":
+        from .families import family_from_name, family_of
+        family = family_from_name(name)
+        root = os.path.join(env.models_dir or "models", folder)
+        same = [f for f in installed if family and installed_family(os.path.join(root, f)) == family]
+        if family and len(same) == 1:
+            return same[0], f"; the only installed {family_of(family).title} checkpoint is {same[0]!r}"
+        return None, ""
+    if len(installed) == 1:
+        return installed[0], f"; the only file installed there is {installed[0]!r}"
+    return None, ""
+
+
+def ensure_demo_models(checkpoints: Path) -> str | None:
+    """Without any checkpoint in ``checkpoints``, write every family's tiny random-weight demo models so every
+    shipped workflow can run (as noise). Returns a warning for people while only demo models are there."""
+    checkpoints.mkdir(parents=True, exist_ok=True)
+
+    def found():
+        return [p.relative_to(checkpoints) for p in checkpoints.rglob("*") if p.suffix in MODEL_SUFFIXES]
+
+    if not found():
+        make_demo_models(checkpoints)
+    if all(p.parts[0].startswith("demo_") for p in found()):
+        return (f"no real checkpoint found: only the random-weight demo models are in {checkpoints}. They produce "
+                "noise, not pictures. Put real checkpoints (e.g. sd_xl_base_1.0.safetensors, "
+                "v1-5-pruned-emaonly.safetensors) in that folder.")
+    return None
+
+
+def make_demo_models(folder) -> dict[str, Path]:
+    from .demo import make_demo_models as make
+    return make(folder)
+
+
+def ensure_demo_upscaler(folder: Path) -> None:
+    """Without any upscale model, write the tiny random-weight demo one so the shipped upscaling workflow runs."""
+    if folder.is_dir() and any(p.suffix in MODEL_SUFFIXES for p in folder.rglob("*")):
+        return
+    write_demo_upscaler(folder)
+
+
+def write_demo_upscaler(folder) -> Path:
+    from .upscale_models import write_demo_upscaler as write
+    return write(folder)

@@ -1,0 +1,125 @@
+"""Model families: one module per family (sdxl.py, sd1.py, sd2.py …) declares everything particular to it, and
+nothing outside those modules asks which family it is handling.
+
+A family module subclasses ``Family`` and registers an instance at import, as node modules register nodes;
+``load_builtin_families`` imports them all. What a family declares:
+
+- detection: ``claims`` (a single file's tensor names and shapes) and ``claims_folder`` (a diffusers folder);
+- loading: ``load`` / ``load_folder`` build its UNet, VAE and text encoders (full-size and tiny configs live with
+  it) and pick its prediction type (``Checkpoint.sampling``: eps, v, and flow for later families);
+- its latent format (``latent_format``: channels, scale, shift, preview factors);
+- the values its checkpoints put on the sockets: ``model`` the MODEL (nodes.sampling.denoiser.Denoiser, which
+  knows the extra conditioning its network takes) and the checkpoint's text encoders the CLIP (``TextEncoder``:
+  what its text encoding produces);
+- its demo writer (``write_demo``), its full-size key layout on the meta device (``full_size_shapes``) and the
+  names people give its files (``file_names``, for hints about missing models).
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import pkgutil
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from ..latent_format import LatentFormat
+
+
+class TextEncoder(Protocol):
+    """The value on a CLIP socket: a checkpoint's text encoders, tokenizer included."""
+    kind: str  # the family that made it
+
+    def towers(self) -> list[nn.Module]:
+        """The modules that must be resident on the device to encode."""
+
+    def conditioning(self, text: str) -> list:
+        """CONDITIONING (``[[context, extras]]``, tensors on the CPU) for its family's MODEL: what CLIPTextEncode
+        gives, with the family's layer, padding, pooled output and prompt weights."""
+
+    def with_layer(self, layer: int) -> "TextEncoder":
+        """The same towers stopping at hidden layer ``layer`` (−1 = last, −2 = penultimate: ComfyUI's
+        CLIPSetLastLayer). Raises ValueError for a layer the towers do not have."""
+
+
+@dataclass
+class Checkpoint:
+    """What a family's loader returns."""
+    kind: str  # the family's name
+    unet: nn.Module  # the denoising network
+    unet_config: object
+    vae: nn.Module
+    text: TextEncoder | None  # None when loaded with_text=False
+    path: Path
+    dtype: torch.dtype
+    sampling: object  # nodes.sampling.schedules.ModelSampling: the prediction type the file calls for
+
+
+class Family:
+    """The declaration a family module fills in (see the module docstring)."""
+    name: str  # the kind its checkpoints report ("sd1", "sdxl_base")
+    title: str  # for people ("SD 1.x", "SDXL base")
+    latent_format: LatentFormat
+    file_names: str  # regex on the lower-cased name: checkpoint file names typical of the family
+    # regex: names of standalone VAE files in its latent space, for the VAE layouts that cannot say ("" = any name,
+    # tried last); None: its VAEs are told apart otherwise (nodes.checkpoints.vae_latent_format)
+    vae_file_names: str | None = None
+
+    def claims(self, shapes: dict[str, tuple]) -> bool:
+        """Whether a single file with these tensors is this family's. May raise UnsupportedCheckpoint for a file
+        that is almost one (say, the family's UNet without its text encoders), saying what is wrong."""
+        raise NotImplementedError
+
+    def claims_folder(self, folder: Path) -> bool:
+        """Whether a diffusers pipeline folder is this family's (may raise like ``claims``)."""
+        raise NotImplementedError
+
+    def load(self, path: Path, shapes: dict[str, tuple], device, dtype, with_text: bool) -> Checkpoint:
+        raise NotImplementedError
+
+    def load_folder(self, folder: Path, device, dtype, with_text: bool) -> Checkpoint:
+        raise NotImplementedError
+
+    def model(self, checkpoint, name: str):
+        """The MODEL value (a Denoiser) of a loaded checkpoint (``Checkpoint`` or the loaders' container)."""
+        raise NotImplementedError
+
+    def write_demo(self, folder: Path, dtype: torch.dtype) -> dict[str, Path]:
+        """Tiny random-weight checkpoints in the real layouts: {kind or kind_diffusers: path}."""
+        raise NotImplementedError
+
+    def full_size_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every tensor name and shape of the full-size single file, built on the meta device."""
+        raise NotImplementedError
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+    if family.name in FAMILIES and type(FAMILIES[family.name]) is not type(family):
+        raise ValueError(f"model family {family.name!r} registered twice")
+    FAMILIES[family.name] = family
+    return family
+
+
+@functools.cache
+def load_builtin_families() -> dict[str, Family]:
+    """Import the family modules (registration happens at import), in name order, and return the registry."""
+    for mod in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        importlib.import_module(f"{__name__}.{mod.name}")
+    return FAMILIES
+
+
+def family_of(kind: str) -> Family:
+    return load_builtin_families()[kind]
+
+
+def family_from_name(file_name: str) -> str | None:
+    """The family a checkpoint's file name suggests (all a shared workflow tells of a file we do not have)."""
+    low = Path(file_name).name.lower()
+    return next((f.name for f in load_builtin_families().values() if re.search(f.file_names, low)), None)
