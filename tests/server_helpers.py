@@ -94,12 +94,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(tmp_path: Path, port: int, *extra: str, log_name: str = "server.log") -> subprocess.Popen:
+def start_server(tmp_path: Path, port: int, *extra: str, log_name: str = "server.log",
+                 unset: tuple[str, ...] = ()) -> subprocess.Popen:
+    """`latentgraph serve` on `port` with its folders under `tmp_path`, once it answers; `unset`: environment
+    variables it does not inherit."""
     args = [PYTHON, "-c", "import sys; from server.cli import main; sys.exit(main())", "serve", "--host", "127.0.0.1", "--port", str(port),
             "--models", str(tmp_path / "models"), "--output", str(tmp_path / "output"),
             "--input", str(tmp_path / "input"), "--data", str(tmp_path / "data"), "--no-demo-models", *extra]
     log = open(tmp_path / log_name, "ab")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {k: v for k, v in os.environ.items() if k not in unset} | {"PYTHONUNBUFFERED": "1"}
     env.pop("LATENTGRAPH_TOKEN", None)
     proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
     wait_ready(port, proc, tmp_path / log_name)
