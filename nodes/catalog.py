@@ -1,6 +1,6 @@
 """What the server asks nodes/ about models, so that it knows nothing of diffusion: the model folders and what is
 in them, which folder a loader input reads, which installed file could stand in for a missing one, and the demo
-checkpoints and upscale model a fresh install runs on.
+checkpoints, upscale model, ControlNet and LoRAs a fresh install runs on.
 """
 from __future__ import annotations
 
@@ -84,13 +84,38 @@ def make_demo_models(folder) -> dict[str, Path]:
     return make(folder)
 
 
-def ensure_demo_upscaler(folder: Path) -> None:
-    """Without any upscale model, write the tiny random-weight demo one so the shipped upscaling workflow runs."""
+def _ensure(folder: Path, write) -> None:
+    """Without any model file in ``folder``, ``write`` its tiny random-weight demo model there."""
     if folder.is_dir() and any(p.suffix in MODEL_SUFFIXES for p in folder.rglob("*")):
         return
-    write_demo_upscaler(folder)
+    write(folder)
+
+
+def ensure_demo_upscaler(folder: Path) -> None:
+    """Without any upscale model, write the demo one so the shipped upscaling workflow runs."""
+    _ensure(folder, write_demo_upscaler)
+
+
+def ensure_demo_controlnet(folder: Path) -> None:
+    """Without any ControlNet, write the demo one so the shipped ControlNet workflow runs."""
+    _ensure(folder, write_demo_controlnet)
+
+
+def ensure_demo_loras(folder: Path) -> None:
+    """Without any LoRA, write the demo checkpoints' LoRAs so the shipped LoRA workflows run."""
+    _ensure(folder, write_demo_loras)
 
 
 def write_demo_upscaler(folder) -> Path:
     from .upscale_models import write_demo_upscaler as write
     return write(folder)
+
+
+def write_demo_controlnet(folder) -> Path:
+    from .controlnet import write_demo_controlnet as write
+    return write(folder)
+
+
+def write_demo_loras(folder) -> dict[str, Path]:
+    from .demo import make_demo_loras
+    return make_demo_loras(folder)

@@ -12,6 +12,7 @@ objects in ComfyUI's shapes:
     CLIP          a checkpoint's text encoders (the protocol nodes.families.TextEncoder)
     VAE           an AutoencoderKL (nodes.sdxl.vae) whose config holds its latent scale
     UPSCALE_MODEL nodes.upscale_models.UpscaleModel
+    CONTROL_NET   nodes.controlnet.ControlNet (applied, it travels in CONDITIONING extras as ``control``)
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ SIGMAS = SocketType("SIGMAS", "a noise-level schedule, 1-D tensor")
 NOISE = SocketType("NOISE", "an initial-noise source")
 GUIDER = SocketType("GUIDER", "a model with its conditioning and guidance scale")
 UPSCALE_MODEL = SocketType("UPSCALE_MODEL", "an image-to-image upscale model (ESRGAN, SwinIR, …)")
+CONTROL_NET = SocketType("CONTROL_NET", "a ControlNet: steers a UNet with a hint image (edges, depth, pose …)")
 ANY = SocketType("*", "any type")
 
 _BY_PYTHON = {int: INT, float: FLOAT, str: STRING, bool: BOOLEAN}

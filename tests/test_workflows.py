@@ -1,8 +1,9 @@
 """The shipped workflows run headless through `latentgraph run` on the demo checkpoints, and what they write is
 checked: sizes, embedded workflows, determinism per seed, identical pixels from the fine-grained and the
 ComfyUI-named graph, refiner effect, inpainting confined to the mask, one image per aspect bucket, the
-upscale-model hires fix's sizes, outpainting around a kept source, the other families' text-to-image and
-image-to-image; and the executor re-runs only what a change touches."""
+upscale-model hires fix's sizes, outpainting around a kept source, the ControlNet steering the picture, the other families' text-to-image and
+image-to-image, a LoRA's effect (none at strength 0) and LCM-LoRA sampling; and the executor re-runs only what a
+change touches."""
 import json
 import os
 import subprocess
@@ -20,8 +21,8 @@ from sdxl_helpers import demo_models_dir, environment, run_workflow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOWS = ["sdxl_base", "sdxl_base_comfy", "sdxl_base_refiner", "sdxl_refiner_sdedit", "sdxl_img2img",
-             "sdxl_inpaint", "sdxl_aspect_buckets", "sdxl_hires_upscale_model", "sdxl_outpaint", "sd15_txt2img",
-             "sd15_img2img", "sd2_768v_txt2img", "sdxl_turbo_1step"]
+             "sdxl_inpaint", "sdxl_aspect_buckets", "sdxl_hires_upscale_model", "sdxl_outpaint", "sdxl_controlnet_canny",
+             "sd15_txt2img", "sd15_img2img", "sd2_768v_txt2img", "sdxl_turbo_1step", "sdxl_lora", "sdxl_lcm_lora"]
 
 
 def workflow_path(name: str) -> str:
@@ -92,6 +93,28 @@ def test_ensemble_of_experts_refiner_changes_the_base_result(ran, env):
     assert np.abs(ensemble - base_only).mean() > 1
 
 
+def test_lora_changes_the_picture_and_at_strength_zero_gives_the_plain_one(ran, env):
+    """sdxl_lora is sdxl_base_comfy with a Load LoRA node (same prompt, seed, size, sampler)."""
+    with_lora = pixels(by_prefix(ran["sdxl_lora"], "sdxl_lora"))
+    plain = pixels(by_prefix(ran["sdxl_base_comfy"], "sdxl_base_comfy"))
+    off = pixels(next(iter(run_workflow(workflow_path("sdxl_lora"), env, "2.strength_model=0",
+                                        "2.strength_clip=0").values())))
+    assert np.array_equal(off, plain)
+    assert np.abs(with_lora - plain).mean() > 1
+    clip_only = pixels(next(iter(run_workflow(workflow_path("sdxl_lora"), env, "2.strength_model=0").values())))
+    assert np.abs(clip_only - plain).mean() > 1 and np.abs(clip_only - with_lora).mean() > 1
+
+
+def test_lcm_lora_four_steps_of_the_lcm_sampler(ran, env):
+    image = pixels(by_prefix(ran["sdxl_lcm_lora"], "sdxl_lcm_lora"))
+    with open(workflow_path("sdxl_lcm_lora")) as f:
+        sampler = next(n for n in json.load(f)["nodes"] if n["type"] == "KSampler")
+    assert sampler["widgets_values"][2:6] == [4, 1.0, "lcm", "sgm_uniform"]
+    without = pixels(next(iter(run_workflow(workflow_path("sdxl_lcm_lora"), env, "2.strength_model=0").values())))
+    assert image.shape == without.shape == (256, 256, 3) and image.std() > 1
+    assert np.abs(image - without).mean() > 1
+
+
 def test_sdedit_refines_the_base_image(ran):
     base = pixels(by_prefix(ran["sdxl_refiner_sdedit"], "sdxl_sdedit_base"))
     refined = pixels(by_prefix(ran["sdxl_refiner_sdedit"], "sdxl_sdedit_refined"))
@@ -142,6 +165,15 @@ def test_outpaint_widens_the_picture_and_keeps_the_source_inside(ran):
     assert not np.array_equal(out[:, 64:64 + 24], source[:, :24])
     for side in (out[:, :64], out[:, -64:]):  # new content, not the grey padding
         assert np.abs(side - 128).mean() > 10 and side.std() > 5
+
+
+def test_controlnet_canny_steers_the_picture(ran, env):
+    with open(workflow_path("sdxl_controlnet_canny")) as f:
+        apply_id = next(n["id"] for n in json.load(f)["nodes"] if n["type"] == "ControlNetApplyAdvanced")
+    steered = pixels(by_prefix(ran["sdxl_controlnet_canny"], "sdxl_controlnet_canny"))
+    plain = run_workflow(workflow_path("sdxl_controlnet_canny"), env, f"{apply_id}.strength=0")
+    assert steered.shape == (256, 256, 3) and steered.std() > 5
+    assert np.abs(steered - pixels(by_prefix(plain, "sdxl_controlnet_canny"))).mean() > 2
 
 
 def test_aspect_buckets_one_image_per_bucket_at_its_size(ran):

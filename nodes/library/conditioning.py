@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..node import Input, Output, node
-from ..types import CONDITIONING
+from ..types import CONDITIONING, MASK
 
 MAX_RESOLUTION = 16384
 
@@ -114,7 +114,8 @@ def timestep_range(conditioning: list, start: float, end: float) -> list:
 
 # -- fine-grained nodes -------------------------------------------------------------------------------------------
 
-@node(category="sdxl/conditioning", outputs=[Output(CONDITIONING)], display_name="SDXL Size & Crop Conditioning")
+@node(category="sdxl/conditioning", outputs=[Output(CONDITIONING)], display_name="SDXL Size & Crop Conditioning",
+      version="1.0.0")
 class SDXLSizeConditioning:
     """SDXL's micro-conditioning on image size and cropping (SDXL report §2.2): the original image size
     c_size, the crop's top-left corner c_crop and the target size, each embedded as 256 Fourier features and
@@ -138,7 +139,8 @@ class SDXLSizeConditioning:
         return (with_extras(cond, crop_w=self.crop_left, crop_h=self.crop_top),)
 
 
-@node(category="sdxl/conditioning", outputs=[Output(CONDITIONING)], display_name="SDXL Aesthetic Score (refiner)")
+@node(category="sdxl/conditioning", outputs=[Output(CONDITIONING)], display_name="SDXL Aesthetic Score (refiner)",
+      version="1.0.0")
 class SDXLAestheticScore:
     """The refiner's aesthetic-score conditioning (SDXL report §2.5): a LAION aesthetic score embedded like the
     sizes. Inference uses 6.0 for the positive prompt and 2.5 for the negative one."""
@@ -152,7 +154,7 @@ class SDXLAestheticScore:
 
 # -- ComfyUI nodes ------------------------------------------------------------------------------------------------
 
-@node(category="conditioning", outputs=[Output(CONDITIONING)], display_name="Conditioning (Combine)")
+@node(category="conditioning", outputs=[Output(CONDITIONING)], display_name="Conditioning (Combine)", version="1.0.0")
 class ConditioningCombine:
     """Both conditionings' entries in one list; the sampler applies them separately and averages."""
     conditioning_1: CONDITIONING = Input()
@@ -162,7 +164,7 @@ class ConditioningCombine:
         return (combine(self.conditioning_1, self.conditioning_2),)
 
 
-@node(category="conditioning", outputs=[Output(CONDITIONING)], display_name="Conditioning (Concat)")
+@node(category="conditioning", outputs=[Output(CONDITIONING)], display_name="Conditioning (Concat)", version="1.0.0")
 class ConditioningConcat:
     """Append conditioning_from's tokens to each conditioning_to entry (TOKEN axis: 77 + 77 → 154 tokens).
     Not SDXL's dual-encoder concat, which is on the channel axis (see SDXL Dual-Encoder Channel Concat)."""
@@ -185,7 +187,8 @@ class ConditioningAverage:
         return (average(self.conditioning_to, self.conditioning_from, self.conditioning_to_strength),)
 
 
-@node(category="advanced/conditioning", outputs=[Output(CONDITIONING)], display_name="ConditioningZeroOut")
+@node(category="advanced/conditioning", outputs=[Output(CONDITIONING)], display_name="ConditioningZeroOut",
+      version="1.0.0")
 class ConditioningZeroOut:
     """Zero the context and the pooled vector (keeps the size extras)."""
     conditioning: CONDITIONING = Input()
@@ -194,7 +197,8 @@ class ConditioningZeroOut:
         return (zero_out(self.conditioning),)
 
 
-@node(category="advanced/conditioning", outputs=[Output(CONDITIONING)], display_name="ConditioningSetTimestepRange")
+@node(category="advanced/conditioning", outputs=[Output(CONDITIONING)], display_name="ConditioningSetTimestepRange",
+      version="1.0.0")
 class ConditioningSetTimestepRange:
     """Apply the conditioning only between start and end (fractions of the sampling run)."""
     conditioning: CONDITIONING = Input()
@@ -203,3 +207,64 @@ class ConditioningSetTimestepRange:
 
     def run(self, ctx):
         return (timestep_range(self.conditioning, self.start, self.end),)
+
+
+# -- regions: where on the picture an entry applies (the sampler's per-region combination, nodes.sampling.guidance) --
+
+@node(category="conditioning", outputs=[Output(CONDITIONING)], display_name="Conditioning (Set Area)", version="1.0.0")
+class ConditioningSetArea:
+    """Apply the conditioning to a rectangle of the picture only (pixels, in steps of 8): the sampler runs it on that
+    crop of the latent and blends it in with the given strength, edges fading in over up to 64 pixels. Combine it
+    with a conditioning for the whole picture."""
+    conditioning: CONDITIONING = Input()
+    width: int = Input(default=64, min=64, max=MAX_RESOLUTION, step=8)
+    height: int = Input(default=64, min=64, max=MAX_RESOLUTION, step=8)
+    x: int = Input(default=0, min=0, max=MAX_RESOLUTION, step=8)
+    y: int = Input(default=0, min=0, max=MAX_RESOLUTION, step=8)
+    strength: float = Input(default=1.0, min=0.0, max=10.0, step=0.01)
+
+    def run(self, ctx):
+        area = (self.height // 8, self.width // 8, self.y // 8, self.x // 8)  # latent cells, as ComfyUI stores it
+        return (with_extras(self.conditioning, area=area, strength=self.strength, set_area_to_bounds=False),)
+
+
+@node(category="conditioning", outputs=[Output(CONDITIONING)], display_name="Conditioning (Set Area with Percentage)",
+      version="1.0.0")
+class ConditioningSetAreaPercentage:
+    """Conditioning (Set Area) with the rectangle as fractions of the picture's width and height."""
+    conditioning: CONDITIONING = Input()
+    width: float = Input(default=1.0, min=0.0, max=1.0, step=0.01)
+    height: float = Input(default=1.0, min=0.0, max=1.0, step=0.01)
+    x: float = Input(default=0.0, min=0.0, max=1.0, step=0.01)
+    y: float = Input(default=0.0, min=0.0, max=1.0, step=0.01)
+    strength: float = Input(default=1.0, min=0.0, max=10.0, step=0.01)
+
+    def run(self, ctx):
+        area = ("percentage", self.height, self.width, self.y, self.x)
+        return (with_extras(self.conditioning, area=area, strength=self.strength, set_area_to_bounds=False),)
+
+
+@node(category="conditioning", outputs=[Output(CONDITIONING)], display_name="Conditioning (Set Area Strength)",
+      version="1.0.0")
+class ConditioningSetAreaStrength:
+    """The weight of the conditioning where the sampler averages it with others (see Conditioning (Set Area))."""
+    conditioning: CONDITIONING = Input()
+    strength: float = Input(default=1.0, min=0.0, max=10.0, step=0.01)
+
+    def run(self, ctx):
+        return (with_extras(self.conditioning, strength=self.strength),)
+
+
+@node(category="conditioning", outputs=[Output(CONDITIONING)], display_name="Conditioning (Set Mask)", version="1.0.0")
+class ConditioningSetMask:
+    """Apply the conditioning where the mask is (its values weight the prediction cell by cell, times strength).
+    'mask bounds' also runs it on the mask's bounding box alone, as Set Area does."""
+    conditioning: CONDITIONING = Input()
+    mask: MASK = Input()
+    strength: float = Input(default=1.0, min=0.0, max=10.0, step=0.01)
+    set_cond_area: str = Input(default="default", choices=["default", "mask bounds"])
+
+    def run(self, ctx):
+        mask = self.mask if self.mask.ndim >= 3 else self.mask[None]
+        return (with_extras(self.conditioning, mask=mask, mask_strength=self.strength,
+                            set_area_to_bounds=self.set_cond_area != "default"),)

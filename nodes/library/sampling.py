@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from ..controlnet import with_uncond_controls
 from ..node import Input, Output, node
+from ..sampling.denoiser import entry_modules
 from ..sampling.ksampler import sample, sdedit_sigmas
 from ..sampling.preview import latent_to_rgb
 from ..sampling.samplers import SAMPLER_NAMES
@@ -45,6 +47,14 @@ def _fit_channels(model, samples: torch.Tensor, what: str) -> torch.Tensor:
                      f"works on {want}-channel latents; encode the image with this checkpoint's VAE")
 
 
+def _resident(ctx, modules: list, device, what: str) -> None:
+    """Make every module the sampling needs resident on ``device`` (the denoising network last: it matters most)."""
+    for module in modules:
+        on_device(ctx, module)
+    if any(device_of(m) != device for m in modules):
+        raise RuntimeError(f"{what}: the device's memory budget cannot hold the model and its ControlNets at once")
+
+
 def run_sampler(ctx, model, positive, negative, latent: dict, *, node: str, **options) -> dict:
     """Denoise `latent` with `model`; `options` are ksampler.sample's keywords (seed, steps, cfg, sampler_name,
     scheduler, denoise, start_step, end_step, add_noise, return_leftover_noise, sigmas)."""
@@ -59,7 +69,8 @@ def sample_with_denoised(ctx, model, positive, negative, latent: dict, *, node: 
     samples = _fit_channels(model, latent["samples"], node)
     hw = tuple(samples.shape[-2:])
     pos = _prepare(model, positive, "positive", hw, device, node)
-    neg = _prepare(model, negative, "negative", hw, device, node)
+    neg = _prepare(model, with_uncond_controls(positive, negative), "negative", hw, device, node)
+    _resident(ctx, [*entry_modules(pos + neg), module], device, node)
     work = {**latent, "samples": samples.to(device)}
     if work.get("noise_mask") is not None:
         work["noise_mask"] = work["noise_mask"].to(device)
@@ -79,7 +90,7 @@ def sample_with_denoised(ctx, model, positive, negative, latent: dict, *, node: 
 
 # -- fine-grained nodes -------------------------------------------------------------------------------------------
 
-@node(category="sdxl/sampling", outputs=[Output(LATENT)], display_name="SDXL UNet Sampler")
+@node(category="sdxl/sampling", outputs=[Output(LATENT)], display_name="SDXL UNet Sampler", version="1.0.0")
 class SDXLSampler:
     """Denoise a latent with the SDXL UNet and classifier-free guidance. Full text-to-image by default; denoise < 1
     for image-to-image; a start/end step window with leftover noise for the base → refiner ensemble of experts
@@ -109,7 +120,7 @@ class SDXLSampler:
                             return_leftover_noise=self.return_leftover_noise),)
 
 
-@node(category="sdxl/sampling", outputs=[Output(LATENT)], display_name="SDXL Refiner Sampler (SDEdit)")
+@node(category="sdxl/sampling", outputs=[Output(LATENT)], display_name="SDXL Refiner Sampler (SDEdit)", version="1.0.0")
 class SDXLRefinerSampler:
     """Refine a latent with the SDXL refiner. mode 'sdedit' (the paper's refinement): the finished base latent is
     noised again to a level inside the refiner's specialised range — strength 1.0 is the top of its first 200
@@ -145,7 +156,7 @@ class SDXLRefinerSampler:
 
 # -- ComfyUI nodes ------------------------------------------------------------------------------------------------
 
-@node(category="sampling", outputs=[Output(LATENT)], display_name="KSampler")
+@node(category="sampling", outputs=[Output(LATENT)], display_name="KSampler", version="1.0.0")
 class KSampler:
     """Denoise the latent with the model, guided by the positive and negative conditioning."""
     model: MODEL = Input(description="The model used for denoising the input latent.")
@@ -167,7 +178,7 @@ class KSampler:
                             scheduler=self.scheduler, denoise=self.denoise),)
 
 
-@node(category="sampling", outputs=[Output(LATENT)], display_name="KSampler (Advanced)")
+@node(category="sampling", outputs=[Output(LATENT)], display_name="KSampler (Advanced)", version="1.0.0")
 class KSamplerAdvanced:
     """KSampler with a step window, optional initial noise and leftover noise (base → refiner hand-offs)."""
     model: MODEL = Input()
