@@ -165,6 +165,13 @@ REFERENCE = {
     "UpscaleModelLoader": ("Load Upscale Model", [("model_name", COMBO, {})], ["UPSCALE_MODEL"]),
     "ImageUpscaleWithModel": ("Upscale Image (using Model)", [("upscale_model", "UPSCALE_MODEL", {}),
                                                               ("image", "IMAGE", {})], ["IMAGE"]),
+    "CLIPVisionLoader": ("Load CLIP Vision", [("clip_name", COMBO, {})], ["CLIP_VISION"]),
+    "CLIPVisionEncode": ("CLIP Vision Encode", [("clip_vision", "CLIP_VISION", {}), ("image", "IMAGE", {}),
+                                                ("crop", ["center", "none"], {})], ["CLIP_VISION_OUTPUT"]),
+    "unCLIPConditioning": ("unCLIPConditioning", [
+        ("conditioning", "CONDITIONING", {}), ("clip_vision_output", "CLIP_VISION_OUTPUT", {}),
+        ("strength", "FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}),
+        ("noise_augmentation", "FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01})], ["CONDITIONING"]),
 }
 OPTIONAL = {("LatentCompositeMasked", "mask")}  # ComfyUI declares these optional
 

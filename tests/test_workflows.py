@@ -1,8 +1,8 @@
 """The shipped workflows run headless through `latentgraph run` on the demo checkpoints, and what they write is
 checked: sizes, embedded workflows, determinism per seed, identical pixels from the fine-grained and the
 ComfyUI-named graph, refiner effect, inpainting confined to the mask, one image per aspect bucket, the
-upscale-model hires fix's sizes, outpainting around a kept source, the other families' text-to-image and
-image-to-image; and the executor re-runs only what a change touches."""
+upscale-model hires fix's sizes, outpainting around a kept source, revision's picture reaching the result, the other
+families' text-to-image and image-to-image; and the executor re-runs only what a change touches."""
 import json
 import os
 import subprocess
@@ -19,7 +19,8 @@ from sdxl_helpers import demo_models_dir, environment, run_workflow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOWS = ["sdxl_base", "sdxl_base_comfy", "sdxl_base_refiner", "sdxl_refiner_sdedit", "sdxl_img2img",
-             "sdxl_inpaint", "sdxl_aspect_buckets", "sdxl_hires_upscale_model", "sdxl_outpaint", "sd15_txt2img",
+             "sdxl_inpaint", "sdxl_aspect_buckets", "sdxl_hires_upscale_model", "sdxl_outpaint", "sdxl_revision",
+             "sd15_txt2img",
              "sd15_img2img", "sd2_768v_txt2img", "sdxl_turbo_1step"]
 
 
@@ -141,6 +142,22 @@ def test_outpaint_widens_the_picture_and_keeps_the_source_inside(ran):
     assert not np.array_equal(out[:, 64:64 + 24], source[:, :24])
     for side in (out[:, :64], out[:, -64:]):  # new content, not the grey padding
         assert np.abs(side - 128).mean() > 10 and side.std() > 5
+
+
+def test_revision_picture_reaches_the_result(ran, env):
+    """The encoded picture reaches the result: strength 0 (unCLIPConditioning passes the prompt through, so the text's
+    pooled vector is used) gives another result, and so does another source picture."""
+    with open(workflow_path("sdxl_revision")) as f:
+        nodes = json.load(f)["nodes"]
+    revised = pixels(by_prefix(ran["sdxl_revision"], "sdxl_revision"))
+    assert revised.shape == (256, 256, 3) and revised.std() > 5
+    unclip = next(n["id"] for n in nodes if n["type"] == "unCLIPConditioning")
+    source_sampler = min(n["id"] for n in nodes if n["type"] == "KSampler")  # the first row makes the picture
+    plain = pixels(by_prefix(run_workflow(workflow_path("sdxl_revision"), env, f"{unclip}.strength=0"),
+                             "sdxl_revision"))
+    other = pixels(by_prefix(run_workflow(workflow_path("sdxl_revision"), env, f"{source_sampler}.seed=8"),
+                             "sdxl_revision"))
+    assert np.abs(revised - plain).mean() > 1 and np.abs(revised - other).mean() > 1
 
 
 def test_aspect_buckets_one_image_per_bucket_at_its_size(ran):

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import torch
 
 from ..latent_format import LatentFormat
+from ..unclip import image_vector
 from .conditioning import base_vector, refiner_vector
-from .configs import SDXL_LATENT
+from .configs import FOURIER_DIM, SDXL_LATENT
 
 # Aesthetic score the refiner is conditioned on when the conditioning does not say (sgm demo, diffusers, ComfyUI).
 REFINER_AESTHETIC = {"positive": 6.0, "negative": 2.5}
@@ -43,16 +44,18 @@ class UNetDenoiser:
 
         return eps
 
-    def prepare(self, conditioning: list, role: str, latent_hw: tuple[int, int], device=None) -> list[dict]:
+    def prepare(self, conditioning: list, role: str, latent_hw: tuple[int, int], device=None,
+                seed: int = 0) -> list[dict]:
         """CONDITIONING entries → the sampler's condition dicts ``{context, (y,) start_percent, end_percent,
-        strength}``. `role` is "positive" or "negative"; `latent_hw` is the latent's (h, w)."""
+        strength}``. `role` is "positive" or "negative"; `latent_hw` is the latent's (h, w); `seed` the sampler's
+        (unCLIP image embeddings are noise-augmented with it)."""
         want = self.unet.config.context_dim
         prepared = []
         for context, extras in conditioning:
             if context.shape[-1] != want:
                 raise ValueError(f"the conditioning has {context.shape[-1]} channels per token but this {self.kind} "
                                  f"model expects {want}; encode the prompt with this checkpoint's CLIP")
-            inputs = {"context": context, **self.vector(extras, role, latent_hw)}
+            inputs = {"context": context, **self.vector(extras, role, latent_hw, seed)}
             prepared.append({
                 **{k: v.to(device) if device is not None else v for k, v in inputs.items()},
                 "start_percent": extras.get("start_percent", 0.0),
@@ -61,8 +64,9 @@ class UNetDenoiser:
             })
         return prepared
 
-    def vector(self, extras: dict, role: str, latent_hw: tuple[int, int]) -> dict:
-        """Inputs besides the context that an entry gives the UNet; none for SD 1.x / 2.x."""
+    def vector(self, extras: dict, role: str, latent_hw: tuple[int, int], seed: int) -> dict:
+        """Inputs besides the context that an entry gives the UNet; none for SD 1.x / 2.x (which, as in ComfyUI,
+        ignore unCLIP image conditioning)."""
         return {}
 
 
@@ -76,10 +80,15 @@ class SDXLModel(UNetDenoiser):
     def is_refiner(self) -> bool:
         return self.kind == "sdxl_refiner"
 
-    def vector(self, extras: dict, role: str, latent_hw: tuple[int, int]) -> dict:
-        """Sizes the conditioning leaves out default to the output image size (latent × 8)."""
+    def vector(self, extras: dict, role: str, latent_hw: tuple[int, int], seed: int) -> dict:
+        """Sizes the conditioning leaves out default to the output image size (latent × 8). With unCLIP image
+        conditioning (SDXL "revision") the images' embeddings take the place of the text's pooled vector."""
         height, width = latent_hw[0] * 8, latent_hw[1] * 8
         pooled = extras.get("pooled_output")
+        if extras.get("unclip_conditioning"):
+            n_scalars = 5 if self.is_refiner else 6
+            pooled = image_vector(extras["unclip_conditioning"], seed,
+                                  self.unet.config.adm_in_channels - n_scalars * FOURIER_DIM)
         if pooled is None:
             raise ValueError("this conditioning has no pooled output; SDXL needs the OpenCLIP bigG pooled vector")
         orig = (extras.get("height", height), extras.get("width", width))
