@@ -9,18 +9,19 @@ Layouts read:
 - open_clip (``visual.*``: ``conv1``, ``transformer.resblocks.N.attn.in_proj_weight``, ``proj``), as in
   ``open_clip_pytorch_model.bin`` / ``.safetensors`` files, converted to the transformers names.
 
-Head counts and activations are not in the weights: the known towers' are in ``KNOWN`` (by width and depth); other
-widths use 64 channels per head (the tiny demo tower: ``TINY``).
+Head counts and activations are not in the weights: the known towers' are in ``KNOWN`` (by width and depth); others
+get 64 channels per head and GELU (the tiny demo tower: ``TINY``'s 4 heads).
 """
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from .sdxl.text import open_clip_blocks_to_hf
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP's normalisation, used by every CLIP vision tower
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -69,37 +70,24 @@ class ClipVision(nn.Module):
 
 # -- reading a file ---------------------------------------------------------------------------------------------
 
-_OPEN_CLIP_NAMES = [
-    (r"^class_embedding$", "embeddings.class_embedding"),
-    (r"^positional_embedding$", "embeddings.position_embedding.weight"),
-    (r"^conv1\.weight$", "embeddings.patch_embedding.weight"),
-    (r"^ln_pre\.", "pre_layrnorm."),
-    (r"^ln_post\.", "post_layernorm."),
-    (r"^transformer\.resblocks\.(\d+)\.ln_1\.", r"encoder.layers.\1.layer_norm1."),
-    (r"^transformer\.resblocks\.(\d+)\.ln_2\.", r"encoder.layers.\1.layer_norm2."),
-    (r"^transformer\.resblocks\.(\d+)\.attn\.out_proj\.", r"encoder.layers.\1.self_attn.out_proj."),
-    (r"^transformer\.resblocks\.(\d+)\.mlp\.c_fc\.", r"encoder.layers.\1.mlp.fc1."),
-    (r"^transformer\.resblocks\.(\d+)\.mlp\.c_proj\.", r"encoder.layers.\1.mlp.fc2."),
-]
+_OPEN_CLIP_NAMES = {"class_embedding": "embeddings.class_embedding",
+                    "positional_embedding": "embeddings.position_embedding.weight",
+                    "conv1.weight": "embeddings.patch_embedding.weight", "ln_pre.weight": "pre_layrnorm.weight",
+                    "ln_pre.bias": "pre_layrnorm.bias", "ln_post.weight": "post_layernorm.weight",
+                    "ln_post.bias": "post_layernorm.bias"}
 
 
-def _open_clip_to_transformers(visual: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """open_clip ``visual.*`` names (prefix removed) → ``CLIPVisionModelWithProjection`` names. The fused q/k/v
-    projection is split in thirds; ``proj`` [width, dim] (x @ proj) becomes the Linear weight [dim, width]."""
-    out = {}
+def _open_clip_to_transformers(visual: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
+    """open_clip ``visual.*`` names (prefix removed) → ``CLIPVisionModelWithProjection`` names; ``proj``
+    [width, dim] (x @ proj) becomes the Linear weight [dim, width]."""
+    out = open_clip_blocks_to_hf(visual, "vision_model.")
     for key, value in visual.items():
-        if m := re.match(r"^transformer\.resblocks\.(\d+)\.attn\.in_proj_(weight|bias)$", key):
-            for part, chunk in zip("qkv", value.chunk(3)):
-                out[f"vision_model.encoder.layers.{m.group(1)}.self_attn.{part}_proj.{m.group(2)}"] = chunk
-        elif key == "proj":
+        if key == "proj":
             out["visual_projection.weight"] = value.t().contiguous()
-        else:
-            for pattern, repl in _OPEN_CLIP_NAMES:
-                if re.match(pattern, key):
-                    out["vision_model." + re.sub(pattern, repl, key)] = value
-                    break
-            else:
-                raise ValueError(f"an open_clip visual tower weight latentgraph does not know: visual.{key}")
+        elif key in _OPEN_CLIP_NAMES:
+            out["vision_model." + _OPEN_CLIP_NAMES[key]] = value
+        elif not key.startswith("transformer.resblocks."):
+            raise ValueError(f"{what}: an open_clip visual tower weight latentgraph does not know: visual.{key}")
     return out
 
 
@@ -114,7 +102,8 @@ def vision_state(state: dict[str, torch.Tensor], what: str) -> dict[str, torch.T
                     and not k.endswith("position_ids")}
         if key.endswith("visual.class_embedding"):
             prefix = key[: -len("class_embedding")]
-            return _open_clip_to_transformers({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+            return _open_clip_to_transformers({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
+                                              what)
     sample = ", ".join(list(state)[:3])
     raise ValueError(f"{what}: not a CLIP vision model: no 'vision_model.embeddings.class_embedding' "
                      f"(transformers layout) or 'visual.class_embedding' (open_clip layout) among its {len(state)} "
@@ -137,11 +126,12 @@ def vision_config(sd: dict[str, torch.Tensor], what: str):
     side = math.isqrt(positions - 1)
     if side * side != positions - 1:
         raise ValueError(f"{what}: {positions} position embeddings is not a square grid plus the class token")
-    known = KNOWN.get((width, layers))
-    if known is None and width % 16:
-        raise ValueError(f"{what}: cannot tell the attention head count of a {width}-wide CLIP vision tower")
-    tower = known or Tower(f"unknown ({width} wide, {layers} layers)", TINY["heads"] if width == TINY["width"]
-                           else max(1, width // 64))
+    tower = KNOWN.get((width, layers))
+    if tower is None:
+        if width != TINY["width"] and width % 64:
+            raise ValueError(f"{what}: cannot tell the attention head count of a {width}-wide CLIP vision tower")
+        tower = Tower(f"unknown ({width} wide, {layers} layers)",
+                      TINY["heads"] if width == TINY["width"] else width // 64)
     config = CLIPVisionConfig(
         hidden_size=width, intermediate_size=need("vision_model.encoder.layers.0.mlp.fc1.weight").shape[0],
         num_hidden_layers=layers, num_attention_heads=tower.heads, image_size=side * patch, patch_size=patch,

@@ -9,7 +9,7 @@ from ..clip_vision import encode, load_clip_vision
 from ..node import Input, Output, node
 from ..types import CLIP_VISION, CLIP_VISION_OUTPUT, CONDITIONING, IMAGE
 from ..unclip import add_image
-from .loaders import _fingerprint, _weights_dtype, file_fingerprint, list_models, on_device, resolve
+from .loaders import _fingerprint, list_models, load_model_file, on_device
 
 FOLDER = "clip_vision"
 
@@ -29,16 +29,7 @@ class CLIPVisionLoader:
         return _fingerprint(env, FOLDER, values["clip_name"])
 
     def run(self, ctx):
-        what = "CLIPVisionLoader: clip_name"
-        path = resolve(ctx.env, FOLDER, self.clip_name, what)
-        dtype = _weights_dtype(ctx.resources)
-
-        def build():
-            return load_clip_vision(path, dtype, what)
-
-        if ctx.resources is not None:
-            return (ctx.resources.cached(("clip_vision", path, file_fingerprint(path), str(dtype)), build),)
-        return (build(),)
+        return (load_model_file(ctx, FOLDER, self.clip_name, "CLIPVisionLoader: clip_name", load_clip_vision),)
 
 
 @node(category="conditioning", outputs=[Output(CLIP_VISION_OUTPUT)], display_name="CLIP Vision Encode",
