@@ -39,7 +39,7 @@ KNOWN = {(1664, 48): Tower("ViT-bigG/14", 16), (1280, 32): Tower("ViT-H/14", 16)
          (1024, 24): Tower("ViT-L/14", 16, "quick_gelu"), (768, 12): Tower("ViT-B", 12, "quick_gelu")}
 TINY = dict(width=64, layers=2, heads=4, mlp=128, patch=32, image=224)  # the demo tower: 4 heads of 16 channels
 DEMO_CLIP_VISION = "demo_clip_vision_g.safetensors"
-DEMO_NOTICE = "Demo model: a tiny random-weight CLIP vision tower in the clip_vision_g layout; its embeddings mean nothing."
+DEMO_NOTICE = "Demo model: a tiny random-weight CLIP vision tower in clip_vision_g's layout; its embeddings are noise."
 
 
 @dataclass(frozen=True)
