@@ -11,7 +11,7 @@ import torch
 
 from ..latent_format import LatentFormat
 from ..unclip import image_vector
-from .conditioning import base_vector, refiner_vector
+from .conditioning import N_SCALARS, base_vector, refiner_vector
 from .configs import FOURIER_DIM, SDXL_LATENT
 
 # Aesthetic score the refiner is conditioned on when the conditioning does not say (sgm demo, diffusers, ComfyUI).
@@ -86,9 +86,8 @@ class SDXLModel(UNetDenoiser):
         height, width = latent_hw[0] * 8, latent_hw[1] * 8
         pooled = extras.get("pooled_output")
         if extras.get("unclip_conditioning"):
-            n_scalars = 5 if self.is_refiner else 6
             pooled = image_vector(extras["unclip_conditioning"], seed,
-                                  self.unet.config.adm_in_channels - n_scalars * FOURIER_DIM)
+                                  self.unet.config.adm_in_channels - N_SCALARS[self.kind] * FOURIER_DIM)
         if pooled is None:
             raise ValueError("this conditioning has no pooled output; SDXL needs the OpenCLIP bigG pooled vector")
         orig = (extras.get("height", height), extras.get("width", width))
