@@ -57,7 +57,7 @@ class ClipVision(nn.Module):
         super().__init__()
         self.model = model
         self.name = name
-        self.tower = tower  # "ViT-bigG/14", … or "unknown (width w)"
+        self.tower = tower  # "ViT-bigG/14", …, or "unknown (64 wide, 2 layers)"
 
     @property
     def image_size(self) -> int:
@@ -170,8 +170,8 @@ def load_clip_vision(path: str, dtype: torch.dtype = torch.float32, what: str = 
 def preprocess(images: torch.Tensor, size: int, crop: bool = True) -> torch.Tensor:
     """IMAGE [B, H, W, C] in 0..1 → CLIP pixel values [B, 3, size, size], as ComfyUI feeds its CLIP vision models.
     crop: the shorter side is resized to `size` (bicubic, antialiased) and the middle square kept; otherwise the
-    picture is squashed to size × size. Then quantised to 8 bits, as the picture was when CLIP saw it in
-    training, and normalised with CLIP's mean and std."""
+    picture is squashed to size × size. Then quantised to 8 bits (as ComfyUI does; CLIPImageProcessor takes 8-bit
+    pictures) and normalised with CLIP's mean and std."""
     x = images[..., :3].movedim(-1, 1).float()
     h, w = x.shape[-2:]
     if (h, w) != (size, size):
@@ -200,27 +200,20 @@ def encode(clip_vision: ClipVision, images: torch.Tensor, crop: bool = True) -> 
 
 # -- the demo tower ---------------------------------------------------------------------------------------------
 
-def tiny_vision_model(projection_dim: int, generator: torch.Generator) -> nn.Module:
-    """A tiny random-weight ``CLIPVisionModelWithProjection`` of the ``TINY`` shape."""
-    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
-
-    from .demo import randomize
-
-    config = CLIPVisionConfig(hidden_size=TINY["width"], intermediate_size=TINY["mlp"],
-                              num_hidden_layers=TINY["layers"], num_attention_heads=TINY["heads"],
-                              image_size=TINY["image"], patch_size=TINY["patch"], projection_dim=projection_dim,
-                              hidden_act="gelu", layer_norm_eps=1e-5)
-    return randomize(CLIPVisionModelWithProjection(config), generator).eval()
-
-
 def write_demo_clip_vision(folder, seed: int = 20240101) -> Path:
     """The demo tower in clip_vision_g's layout (``vision_model.*`` + ``visual_projection.weight``), projecting to
     the demo SDXL base's pooled width, so the revision workflow runs on the demo checkpoints."""
     from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
+    from .demo import randomize
     from .sdxl.configs import TINY_BIGG_WIDTH
 
-    model = tiny_vision_model(TINY_BIGG_WIDTH, torch.Generator().manual_seed(seed))
+    config = CLIPVisionConfig(hidden_size=TINY["width"], intermediate_size=TINY["mlp"],
+                              num_hidden_layers=TINY["layers"], num_attention_heads=TINY["heads"],
+                              image_size=TINY["image"], patch_size=TINY["patch"], projection_dim=TINY_BIGG_WIDTH,
+                              hidden_act="gelu", layer_norm_eps=1e-5)
+    model = randomize(CLIPVisionModelWithProjection(config), torch.Generator().manual_seed(seed))
     state = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith("position_ids")}
     path = Path(folder) / DEMO_CLIP_VISION
     path.parent.mkdir(parents=True, exist_ok=True)

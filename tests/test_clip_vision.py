@@ -263,12 +263,14 @@ def test_revision_replaces_the_pooled_vector_in_sdxl_y(models, ckpt):
     assert 0 < (image["y"] - other_seed["y"]).abs().max() < 0.05  # √(1 − ᾱ₀)·0.7 ≈ 0.0045 per unit of noise
 
 
-def test_demo_tower_conditions_the_demo_base_and_changes_the_picture(registry, models):
-    """The demo CLIP vision file is in the clip_vision_g layout and projects to the demo base's pooled width; the
-    image embeds it gives change the sampled latent (KSampler through the executor's node calls)."""
+def test_demo_tower_conditions_the_demo_base_and_changes_the_picture(registry, models, tmp_path):
+    """The demo CLIP vision file is in the clip_vision_g layout (the same file every time) and projects to the demo
+    base's pooled width; the image embeds it gives change the sampled latent (KSampler through the node calls)."""
     from safetensors.torch import load_file
 
     state = load_file(f"{models}/clip_vision/{DEMO_CLIP_VISION}")
+    again = load_file(write_demo_clip_vision(tmp_path))
+    assert state.keys() == again.keys() and all(torch.equal(again[k], v) for k, v in state.items())
     assert {"vision_model.embeddings.class_embedding", "vision_model.pre_layrnorm.weight",
             "vision_model.encoder.layers.1.self_attn.q_proj.weight", "vision_model.post_layernorm.bias",
             "visual_projection.weight"} <= set(state)
