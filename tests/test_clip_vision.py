@@ -340,3 +340,18 @@ def test_a_missing_clip_vision_file_is_reported_in_its_folder(registry, tmp_path
     assert len(errors) == 1 and errors[0]["type"] == "missing_model"
     assert errors[0]["extra_info"]["folder"] == "clip_vision"
     assert str(tmp_path / "models" / "clip_vision") in errors[0]["message"]
+
+
+def test_loaded_tower_is_shared_through_the_residency_service(registry, models):
+    """As the server runs nodes: the residency service builds a tower once per file and dtype, and CLIPVisionEncode
+    gets it made resident before running it."""
+    from server.models import ModelResidency
+
+    residency = ModelResidency("cpu")
+    ctx = Context(env=Environment(models_dir=models), resources=residency)
+    first = registry["CLIPVisionLoader"].call(ctx, {"clip_name": DEMO_CLIP_VISION}).outputs[0]
+    again = registry["CLIPVisionLoader"].call(ctx, {"clip_name": DEMO_CLIP_VISION}).outputs[0]
+    assert again is first and residency.stats()["builds"] == 1
+    out = encode(registry, ctx, first, smooth_pictures(1, 64, 80))
+    _, direct = load(registry, models, DEMO_CLIP_VISION)
+    assert torch.equal(out.image_embeds, encode(registry, Context(), direct, smooth_pictures(1, 64, 80)).image_embeds)
