@@ -355,3 +355,12 @@ def test_loaded_tower_is_shared_through_the_residency_service(registry, models):
     out = encode(registry, ctx, first, smooth_pictures(1, 64, 80))
     _, direct = load(registry, models, DEMO_CLIP_VISION)
     assert torch.equal(out.image_embeds, encode(registry, Context(), direct, smooth_pictures(1, 64, 80)).image_embeds)
+
+
+def test_clip_vision_output_counts_against_the_output_cache():
+    """Its hidden states are most of its bytes (bigG: 2 × 257 × 1664 floats a picture); the cache's bound sees them."""
+    from server.cache import size_of
+
+    out = ClipVisionOutput(image_embeds=torch.zeros(2, 32), last_hidden_state=torch.zeros(2, 50, 64),
+                           penultimate_hidden_states=torch.zeros(2, 50, 64))
+    assert size_of((out,)) == 4 * (2 * 32 + 2 * 2 * 50 * 64)
