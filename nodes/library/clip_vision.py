@@ -35,8 +35,9 @@ class CLIPVisionLoader:
 @node(category="conditioning", outputs=[Output(CLIP_VISION_OUTPUT)], display_name="CLIP Vision Encode",
       version="1.0.0")
 class CLIPVisionEncode:
-    """Encode pictures with a CLIP image encoder: each is resized to the encoder's input size (224 px) — center:
-    the shorter side fits and the middle is kept; none: squashed to a square — and normalised as CLIP expects."""
+    """Encode pictures with a CLIP image encoder: each is resized to the encoder's input size (224 px; 336 for
+    ViT-L/14-336) — center: the shorter side fits and the middle is kept; none: squashed to a square — and
+    normalised as CLIP expects."""
     clip_vision: CLIP_VISION = Input()
     image: IMAGE = Input()
     crop: str = Input(default="center", choices=["center", "none"])
