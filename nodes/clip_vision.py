@@ -91,23 +91,52 @@ def _open_clip_to_transformers(visual: dict[str, torch.Tensor], what: str) -> di
     return out
 
 
+def _find_tower(names, what: str) -> tuple[str, str]:
+    """(prefix, layout) of the vision tower among the tensor names: "transformers" or "open_clip"."""
+    for key in names:
+        if key.endswith("vision_model.embeddings.class_embedding"):
+            return key[: -len("vision_model.embeddings.class_embedding")], "transformers"
+        if key.endswith("visual.class_embedding"):
+            return key[: -len("class_embedding")], "open_clip"
+    names = list(names)
+    raise ValueError(f"{what}: not a CLIP vision model: no 'vision_model.embeddings.class_embedding' "
+                     f"(transformers layout) or 'visual.class_embedding' (open_clip layout) among its {len(names)} "
+                     f"tensors ({', '.join(names[:3])}, …)")
+
+
 def vision_state(state: dict[str, torch.Tensor], what: str) -> dict[str, torch.Tensor]:
     """The vision tower's weights in transformers names, from a file in either layout (any prefix before
     ``vision_model.`` or ``visual.``). Raises ValueError saying what was found for a file that has no tower."""
-    for key in state:
-        if key.endswith("vision_model.embeddings.class_embedding"):
-            prefix = key[: -len("vision_model.embeddings.class_embedding")]
-            kept = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            return {k: v for k, v in kept.items() if k.startswith(("vision_model.", "visual_projection."))
-                    and not k.endswith("position_ids")}
-        if key.endswith("visual.class_embedding"):
-            prefix = key[: -len("class_embedding")]
-            return _open_clip_to_transformers({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)},
-                                              what)
-    sample = ", ".join(list(state)[:3])
-    raise ValueError(f"{what}: not a CLIP vision model: no 'vision_model.embeddings.class_embedding' "
-                     f"(transformers layout) or 'visual.class_embedding' (open_clip layout) among its {len(state)} "
-                     f"tensors ({sample}, …)")
+    prefix, layout = _find_tower(state, what)
+    kept = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if layout == "open_clip":
+        return _open_clip_to_transformers(kept, what)
+    return {k: v for k, v in kept.items() if k.startswith(("vision_model.", "visual_projection."))
+            and not k.endswith("position_ids")}
+
+
+def _read(path: str, dtype: torch.dtype, what: str) -> dict[str, torch.Tensor]:
+    """The file's tensors (floating ones in `dtype`). A .safetensors file is read through nodes.weights: only the
+    tower's tensors, cast one at a time out of a memory map (peak ≈ the weights in `dtype`); a pickle is read whole
+    without running code, then cast. `what` names the node, input and file for messages."""
+    from .upscale_models import read_state_dict
+    from .weights import read_shapes, read_tensors
+
+    def unreadable(exc: Exception) -> ValueError:
+        return ValueError(f"{what}: cannot read it as model weights ({exc})")
+
+    # a truncated or foreign file: torch and safetensors raise many kinds of exception
+    try:
+        if not path.lower().endswith((".safetensors", ".sft")):
+            return {k: v.to(dtype) if v.is_floating_point() else v for k, v in read_state_dict(path).items()}
+        names = read_shapes(Path(path))
+    except Exception as exc:
+        raise unreadable(exc) from None
+    prefix, _ = _find_tower(names, what)
+    try:
+        return read_tensors(Path(path), lambda k: k if k.startswith(prefix) else None, dtype, "cpu")
+    except Exception as exc:
+        raise unreadable(exc) from None
 
 
 def vision_config(sd: dict[str, torch.Tensor], what: str):
@@ -145,19 +174,15 @@ def load_clip_vision(path: str, dtype: torch.dtype = torch.float32, what: str = 
     from transformers import CLIPVisionModelWithProjection
 
     from .sdxl.meta import StateMismatch, adopt, empty_modules
-    from .upscale_models import read_state_dict
 
     name = Path(path).name
-    try:
-        state = read_state_dict(path)
-    except Exception as exc:  # a truncated or foreign file: torch and safetensors raise many kinds
-        raise ValueError(f"{what}: cannot read {name!r} as model weights ({exc})") from None
+    state = _read(path, dtype, f"{what}: {name!r}")
     sd = vision_state(state, f"{what}: {name!r}")
     config, tower = vision_config(sd, f"{what}: {name!r}")
     with empty_modules():
         model = CLIPVisionModelWithProjection(config)
     try:
-        adopt(model, {k: v.to(dtype) for k, v in sd.items()})
+        adopt(model, sd)
     except StateMismatch as exc:
         raise ValueError(f"{what}: {name!r} does not fit a {tower} CLIP vision tower: {exc}") from None
     emb = model.vision_model.embeddings

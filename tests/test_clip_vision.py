@@ -64,16 +64,21 @@ def close(a, b, tol=1e-4):
 
 # -- the encoder against its references ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("prefix", ["", "clip_vision."])
-def test_transformers_layout_matches_transformers(registry, tmp_path, prefix):
-    """The clip_vision_g layout (vision_model.* + visual_projection.weight), with and without a prefix; a whole
-    CLIPModel-style file's text half is left out. Outputs: image embeds, last and penultimate hidden states."""
+@pytest.mark.parametrize("prefix, suffix", [("", ".safetensors"), ("clip_vision.", ".safetensors"),
+                                            ("", ".pth")])
+def test_transformers_layout_matches_transformers(registry, tmp_path, prefix, suffix):
+    """The clip_vision_g layout (vision_model.* + visual_projection.weight), with and without a prefix, as
+    safetensors and as a pickle; a whole CLIPModel-style file's text half is left out. Outputs: image embeds, last and
+    penultimate hidden states."""
     reference = tiny_transformers_tower()
     state = {prefix + k: v for k, v in reference.state_dict().items()}
     state[prefix + "text_model.embeddings.token_embedding.weight"] = torch.zeros(10, 8)
     (tmp_path / "clip_vision").mkdir()
-    save_file(state, str(tmp_path / "clip_vision" / "tower.safetensors"))
-    ctx, model = load(registry, tmp_path, "tower.safetensors")
+    if suffix == ".pth":
+        torch.save(state, tmp_path / "clip_vision" / "tower.pth")
+    else:
+        save_file(state, str(tmp_path / "clip_vision" / "tower.safetensors"))
+    ctx, model = load(registry, tmp_path, "tower" + suffix)
     assert model.image_size == 224 and model.projection_dim == 32
     assert model.model.config.num_attention_heads == 4
     images = smooth_pictures(2, 224, 224)
@@ -145,7 +150,7 @@ def test_bad_files_are_refused_naming_node_and_input(registry, tmp_path):
     state = tiny_transformers_tower().state_dict()
     del state["visual_projection.weight"]
     save_file(state, str(tmp_path / "clip_vision" / "no_projection.safetensors"))
-    for name, message in (("garbage.safetensors", "cannot read 'garbage.safetensors' as model weights"),
+    for name, message in (("garbage.safetensors", "'garbage.safetensors': cannot read it as model weights"),
                           ("esrgan.safetensors", "not a CLIP vision model"),
                           ("no_projection.safetensors", "has no 'visual_projection.weight'"),
                           ("absent.safetensors", "not found")):
