@@ -1,6 +1,6 @@
 """What the server asks nodes/ about models, so that it knows nothing of diffusion: the model folders and what is
 in them, which folder a loader input reads, which installed file could stand in for a missing one, and the demo
-checkpoints, upscale model and CLIP vision model a fresh install runs on.
+checkpoints, upscale model, ControlNet and CLIP vision model a fresh install runs on.
 """
 from __future__ import annotations
 
@@ -91,9 +91,26 @@ def make_demo_models(folder) -> dict[str, Path]:
     return make(folder)
 
 
+def _ensure(folder: Path, write) -> None:
+    """Without any model file in ``folder``, ``write`` its tiny random-weight demo model there."""
+    if folder.is_dir() and any(p.suffix in MODEL_SUFFIXES for p in folder.rglob("*")):
+        return
+    write(folder)
+
+
 def ensure_demo_upscaler(folder: Path) -> None:
-    """Without any upscale model, write the tiny random-weight demo one so the shipped upscaling workflow runs."""
-    _ensure_demo(folder, write_demo_upscaler)
+    """Without any upscale model, write the demo one so the shipped upscaling workflow runs."""
+    _ensure(folder, write_demo_upscaler)
+
+
+def ensure_demo_controlnet(folder: Path) -> None:
+    """Without any ControlNet, write the demo one so the shipped ControlNet workflow runs."""
+    _ensure(folder, write_demo_controlnet)
+
+
+def ensure_demo_clip_vision(folder: Path) -> None:
+    """Without any CLIP vision model, write the demo one so the shipped revision workflow runs."""
+    _ensure(folder, write_demo_clip_vision)
 
 
 def write_demo_upscaler(folder) -> Path:
@@ -101,17 +118,11 @@ def write_demo_upscaler(folder) -> Path:
     return write(folder)
 
 
-def ensure_demo_clip_vision(folder: Path) -> None:
-    """Without any CLIP vision model, write the tiny random-weight demo one so the shipped revision workflow runs."""
-    _ensure_demo(folder, write_demo_clip_vision)
+def write_demo_controlnet(folder) -> Path:
+    from .controlnet import write_demo_controlnet as write
+    return write(folder)
 
 
 def write_demo_clip_vision(folder) -> Path:
     from .clip_vision import write_demo_clip_vision as write
     return write(folder)
-
-
-def _ensure_demo(folder: Path, write) -> None:
-    if folder.is_dir() and any(p.suffix in MODEL_SUFFIXES for p in folder.rglob("*")):
-        return
-    write(folder)

@@ -165,6 +165,37 @@ REFERENCE = {
     "UpscaleModelLoader": ("Load Upscale Model", [("model_name", COMBO, {})], ["UPSCALE_MODEL"]),
     "ImageUpscaleWithModel": ("Upscale Image (using Model)", [("upscale_model", "UPSCALE_MODEL", {}),
                                                               ("image", "IMAGE", {})], ["IMAGE"]),
+    "ConditioningSetArea": ("Conditioning (Set Area)", [("conditioning", "CONDITIONING", {})] + [
+        (name, "INT", {"default": default, "min": low, "max": MAXRES, "step": 8})
+        for name, default, low in (("width", 64, 64), ("height", 64, 64), ("x", 0, 0), ("y", 0, 0))] + [
+        ("strength", "FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01})], ["CONDITIONING"]),
+    "ConditioningSetAreaPercentage": ("Conditioning (Set Area with Percentage)", [
+        ("conditioning", "CONDITIONING", {})] + [
+        (name, "FLOAT", {"default": default, "min": 0.0, "max": 1.0, "step": 0.01})
+        for name, default in (("width", 1.0), ("height", 1.0), ("x", 0.0), ("y", 0.0))] + [
+        ("strength", "FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01})], ["CONDITIONING"]),
+    "ConditioningSetAreaStrength": (None, [("conditioning", "CONDITIONING", {}), (
+        "strength", "FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01})], ["CONDITIONING"]),
+    "ConditioningSetMask": ("Conditioning (Set Mask)", [
+        ("conditioning", "CONDITIONING", {}), ("mask", "MASK", {}),
+        ("strength", "FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01}),
+        ("set_cond_area", ["default", "mask bounds"], {})], ["CONDITIONING"]),
+    "ControlNetLoader": ("Load ControlNet Model", [("control_net_name", COMBO, {})], ["CONTROL_NET"]),
+    "DiffControlNetLoader": ("Load ControlNet Model (diff)", [("model", "MODEL", {}), ("control_net_name", COMBO, {})],
+                             ["CONTROL_NET"]),
+    "ControlNetApply": ("Apply ControlNet (OLD)", [
+        ("conditioning", "CONDITIONING", {}), ("control_net", "CONTROL_NET", {}), ("image", "IMAGE", {}),
+        ("strength", "FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01})], ["CONDITIONING"]),
+    "ControlNetApplyAdvanced": ("Apply ControlNet", [
+        ("positive", "CONDITIONING", {}), ("negative", "CONDITIONING", {}), ("control_net", "CONTROL_NET", {}),
+        ("image", "IMAGE", {}), ("strength", "FLOAT", {"default": 1.0, "min": 0.0, "max": 10.0, "step": 0.01}),
+        ("start_percent", "FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.001}),
+        ("end_percent", "FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.001}), ("vae", "VAE", {})],
+        ["CONDITIONING", "CONDITIONING"]),
+    "Canny": ("Canny", [("image", "IMAGE", {}),
+                        ("low_threshold", "FLOAT", {"default": 0.4, "min": 0.01, "max": 0.99, "step": 0.01}),
+                        ("high_threshold", "FLOAT", {"default": 0.8, "min": 0.01, "max": 0.99, "step": 0.01})],
+              ["IMAGE"]),
     "CLIPVisionLoader": ("Load CLIP Vision", [("clip_name", COMBO, {})], ["CLIP_VISION"]),
     "CLIPVisionEncode": ("CLIP Vision Encode", [("clip_vision", "CLIP_VISION", {}), ("image", "IMAGE", {}),
                                                 ("crop", ["center", "none"], {})], ["CLIP_VISION_OUTPUT"]),
@@ -173,7 +204,7 @@ REFERENCE = {
         ("strength", "FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}),
         ("noise_augmentation", "FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01})], ["CONDITIONING"]),
 }
-OPTIONAL = {("LatentCompositeMasked", "mask")}  # ComfyUI declares these optional
+OPTIONAL = {("LatentCompositeMasked", "mask"), ("ControlNetApplyAdvanced", "vae")}  # ComfyUI declares these optional
 
 # comfyui-compat.md §13, in ComfyUI's order
 COMFY_SAMPLERS = ("euler euler_cfg_pp euler_ancestral euler_ancestral_cfg_pp heun heunpp2 dpm_2 dpm_2_ancestral lms "

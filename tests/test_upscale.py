@@ -139,6 +139,6 @@ def test_make_demo_model_writes_the_upscaler_beside_the_checkpoints(tmp_path, mo
     assert main(["make-demo-model", str(tmp_path / "models" / "checkpoints")]) == 0
     assert (tmp_path / "models" / "upscale_models" / DEMO_UPSCALER).is_file()
     assert main(["make-demo-model", str(tmp_path / "c"), "--upscale-models", str(tmp_path / "u")]) == 0
-    upscalers = [line for line in capsys.readouterr().out.split() if line.endswith(DEMO_UPSCALER)]
-    assert upscalers == [str(tmp_path / "models" / "upscale_models" / DEMO_UPSCALER),
-                         str(tmp_path / "u" / DEMO_UPSCALER)]
+    written = capsys.readouterr().out.split()
+    assert str(tmp_path / "models" / "upscale_models" / DEMO_UPSCALER) in written
+    assert str(tmp_path / "u" / DEMO_UPSCALER) in written

@@ -1,8 +1,9 @@
 """The shipped workflows run headless through `latentgraph run` on the demo checkpoints, and what they write is
 checked: sizes, embedded workflows, determinism per seed, identical pixels from the fine-grained and the
 ComfyUI-named graph, refiner effect, inpainting confined to the mask, one image per aspect bucket, the
-upscale-model hires fix's sizes, outpainting around a kept source, revision's picture reaching the result, the other
-families' text-to-image and image-to-image; and the executor re-runs only what a change touches."""
+upscale-model hires fix's sizes, outpainting around a kept source, the ControlNet steering the picture, revision's
+picture reaching the result, the other families' text-to-image and image-to-image; and the executor re-runs only what
+a change touches."""
 import json
 import os
 import subprocess
@@ -19,9 +20,8 @@ from sdxl_helpers import demo_models_dir, environment, run_workflow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOWS = ["sdxl_base", "sdxl_base_comfy", "sdxl_base_refiner", "sdxl_refiner_sdedit", "sdxl_img2img",
-             "sdxl_inpaint", "sdxl_aspect_buckets", "sdxl_hires_upscale_model", "sdxl_outpaint", "sdxl_revision",
-             "sd15_txt2img",
-             "sd15_img2img", "sd2_768v_txt2img", "sdxl_turbo_1step"]
+             "sdxl_inpaint", "sdxl_aspect_buckets", "sdxl_hires_upscale_model", "sdxl_outpaint", "sdxl_controlnet_canny",
+             "sdxl_revision", "sd15_txt2img", "sd15_img2img", "sd2_768v_txt2img", "sdxl_turbo_1step"]
 
 
 def workflow_path(name: str) -> str:
@@ -142,6 +142,15 @@ def test_outpaint_widens_the_picture_and_keeps_the_source_inside(ran):
     assert not np.array_equal(out[:, 64:64 + 24], source[:, :24])
     for side in (out[:, :64], out[:, -64:]):  # new content, not the grey padding
         assert np.abs(side - 128).mean() > 10 and side.std() > 5
+
+
+def test_controlnet_canny_steers_the_picture(ran, env):
+    with open(workflow_path("sdxl_controlnet_canny")) as f:
+        apply_id = next(n["id"] for n in json.load(f)["nodes"] if n["type"] == "ControlNetApplyAdvanced")
+    steered = pixels(by_prefix(ran["sdxl_controlnet_canny"], "sdxl_controlnet_canny"))
+    plain = run_workflow(workflow_path("sdxl_controlnet_canny"), env, f"{apply_id}.strength=0")
+    assert steered.shape == (256, 256, 3) and steered.std() > 5
+    assert np.abs(steered - pixels(by_prefix(plain, "sdxl_controlnet_canny"))).mean() > 2
 
 
 def test_revision_picture_reaches_the_result(ran, env):

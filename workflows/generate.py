@@ -350,6 +350,39 @@ def outpaint() -> Workflow:
     return w
 
 
+def controlnet_canny() -> Workflow:
+    from nodes.controlnet import DEMO_CONTROLNET
+
+    w = Workflow("sdxl_controlnet_canny")
+    ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=BASE)
+    source = _source_image(w, ckpt, seed=7)
+    edges = w.add("Canny", (380, 600), "Edges of the source", image=(source, 0), low_threshold=0.4,
+                  high_threshold=0.8)
+    w.add("PreviewImage", (760, 900), "The hint", images=(edges, 0))
+    controlnet = w.add("ControlNetLoader", (380, 800), control_net_name=DEMO_CONTROLNET)
+    pos = w.add("CLIPTextEncode", (380, 1000), "Positive", text="a wooden cabin in a snowy field, dusk",
+                clip=(ckpt, 1))
+    neg = w.add("CLIPTextEncode", (380, 1260), "Negative", text=NEGATIVE, clip=(ckpt, 1))
+    applied = w.add("ControlNetApplyAdvanced", (760, 600), "Apply ControlNet", positive=(pos, 0), negative=(neg, 0),
+                    control_net=(controlnet, 0), image=(edges, 0), strength=0.8, start_percent=0.0,
+                    end_percent=0.8, vae=(ckpt, 2))
+    latent = w.add("EmptyLatentImage", (760, 1260), width=256, height=256, batch_size=1)
+    sampled = w.add("KSampler", (1120, 600), "Follow the edges", model=(ckpt, 0), seed=42, steps=4, cfg=5.0,
+                    sampler_name="euler", scheduler="normal", positive=(applied, 0), negative=(applied, 1),
+                    latent_image=(latent, 0), denoise=1.0)
+    image = w.add("VAEDecode", (1480, 600), samples=(sampled, 0), vae=(ckpt, 2))
+    w.add("SaveImage", (1780, 600), images=(image, 0), filename_prefix=w.name)
+    w.note("ControlNet with Canny edges: the edges of a picture (made in the first row; use Load Image for your own) "
+           "steer a new picture with another prompt to the same outlines. Apply ControlNet adds the ControlNet's "
+           "residuals × strength to the UNet's skips and middle block over the first 80 % of the steps (start/end "
+           "percent), both prompts; chain several Apply ControlNet nodes to combine ControlNets. The demo ControlNet "
+           "(demo_controlnet_canny_sdxl.safetensors, in <models>/controlnet, written by latentgraph serve or "
+           "make-demo-model) has random weights: pick a real SDXL Canny ControlNet (e.g. diffusers' "
+           "controlnet-canny-sdxl-1.0) and a 1024² picture for real results.\n"
+           + RUN.format(name=w.name, family="SDXL"), (0, 1500))
+    return w
+
+
 def revision() -> Workflow:
     from nodes.clip_vision import DEMO_CLIP_VISION
 
@@ -484,7 +517,8 @@ def sdxl_turbo_1step() -> Workflow:
 
 
 ALL = [base_fine_grained, base_comfy, base_refiner, refiner_sdedit, img2img, inpaint, aspect_buckets,
-       hires_upscale_model, outpaint, revision, sd15_txt2img, sd15_img2img, sd2_768v_txt2img, sdxl_turbo_1step]
+       hires_upscale_model, outpaint, controlnet_canny, revision, sd15_txt2img, sd15_img2img, sd2_768v_txt2img,
+       sdxl_turbo_1step]
 
 if __name__ == "__main__":
     for make in ALL:

@@ -61,8 +61,9 @@ def _count(shapes: dict, prefix: str) -> int:
 
 
 def infer_unet_config(shapes: dict, num_head_channels: int = 64, num_heads: int = 0) -> UNetConfig:
-    """UNet config from original-layout UNet shapes (prefix stripped), like sdxl.md §11.2. Head counts are not in
-    the weights: the family's convention comes in as ``num_head_channels`` or a fixed ``num_heads``."""
+    """UNet config from original-layout UNet shapes (prefix stripped), like sdxl.md §11.2; the encoder's alone
+    (a ControlNet's) give the output channels of the input. Head counts are not in the weights: the family's
+    convention comes in as ``num_head_channels`` or a fixed ``num_heads``."""
     conv_in = shapes["input_blocks.0.0.weight"]
     c = conv_in[0]
     mults, depths, level_blocks = [], [], []
@@ -85,7 +86,8 @@ def infer_unet_config(shapes: dict, num_head_channels: int = 64, num_heads: int 
         model_channels=c, channel_mult=tuple(mults), transformer_depth=tuple(depths),
         transformer_depth_middle=_count(shapes, "middle_block.1.transformer_blocks."),
         context_dim=ctx, adm_in_channels=shapes.get("label_emb.0.0.weight", (0, 0))[1], num_res_blocks=level_blocks[0],
-        num_head_channels=num_head_channels, in_channels=conv_in[1], out_channels=shapes["out.2.weight"][0],
+        num_head_channels=num_head_channels, in_channels=conv_in[1],
+        out_channels=shapes["out.2.weight"][0] if "out.2.weight" in shapes else conv_in[1],
         num_heads=num_heads, use_linear_in_transformer=len(proj_in) != 4)
 
 
@@ -211,7 +213,7 @@ def unet_config_from_diffusers(conf: dict) -> UNetConfig:
         raise UnsupportedCheckpoint(f"UNet config has different channels per head across levels {head_channels}")
     addition = conf.get("addition_embed_type")
     if conf.get("class_embed_type") or addition not in (None, "text_time") or \
-            conf.get("addition_time_embed_dim", FOURIER_DIM) != FOURIER_DIM:
+            addition and conf.get("addition_time_embed_dim", FOURIER_DIM) != FOURIER_DIM:  # null when not text_time
         raise UnsupportedCheckpoint("UNet config has a class or addition embedding other than SDXL's (text_time, "
                                     f"addition_time_embed_dim {FOURIER_DIM}); not SD 1.x, 2.x or SDXL")
     mid_type = conf.get("mid_block_type", "UNetMidBlock2DCrossAttn")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..node import Input, Output, node
-from ..types import CONDITIONING
+from ..types import CONDITIONING, MASK
 
 MAX_RESOLUTION = 16384
 
@@ -203,3 +203,64 @@ class ConditioningSetTimestepRange:
 
     def run(self, ctx):
         return (timestep_range(self.conditioning, self.start, self.end),)
+
+
+# -- regions: where on the picture an entry applies (the sampler's per-region combination, nodes.sampling.guidance) --
+
+@node(category="conditioning", outputs=[Output(CONDITIONING)], display_name="Conditioning (Set Area)", version="1.0.0")
+class ConditioningSetArea:
+    """Apply the conditioning to a rectangle of the picture only (pixels, in steps of 8): the sampler runs it on that
+    crop of the latent and blends it in with the given strength, edges fading in over up to 64 pixels. Combine it
+    with a conditioning for the whole picture."""
+    conditioning: CONDITIONING = Input()
+    width: int = Input(default=64, min=64, max=MAX_RESOLUTION, step=8)
+    height: int = Input(default=64, min=64, max=MAX_RESOLUTION, step=8)
+    x: int = Input(default=0, min=0, max=MAX_RESOLUTION, step=8)
+    y: int = Input(default=0, min=0, max=MAX_RESOLUTION, step=8)
+    strength: float = Input(default=1.0, min=0.0, max=10.0, step=0.01)
+
+    def run(self, ctx):
+        area = (self.height // 8, self.width // 8, self.y // 8, self.x // 8)  # latent cells, as ComfyUI stores it
+        return (with_extras(self.conditioning, area=area, strength=self.strength, set_area_to_bounds=False),)
+
+
+@node(category="conditioning", outputs=[Output(CONDITIONING)], display_name="Conditioning (Set Area with Percentage)",
+      version="1.0.0")
+class ConditioningSetAreaPercentage:
+    """Conditioning (Set Area) with the rectangle as fractions of the picture's width and height."""
+    conditioning: CONDITIONING = Input()
+    width: float = Input(default=1.0, min=0.0, max=1.0, step=0.01)
+    height: float = Input(default=1.0, min=0.0, max=1.0, step=0.01)
+    x: float = Input(default=0.0, min=0.0, max=1.0, step=0.01)
+    y: float = Input(default=0.0, min=0.0, max=1.0, step=0.01)
+    strength: float = Input(default=1.0, min=0.0, max=10.0, step=0.01)
+
+    def run(self, ctx):
+        area = ("percentage", self.height, self.width, self.y, self.x)
+        return (with_extras(self.conditioning, area=area, strength=self.strength, set_area_to_bounds=False),)
+
+
+@node(category="conditioning", outputs=[Output(CONDITIONING)], display_name="Conditioning (Set Area Strength)",
+      version="1.0.0")
+class ConditioningSetAreaStrength:
+    """The weight of the conditioning where the sampler averages it with others (see Conditioning (Set Area))."""
+    conditioning: CONDITIONING = Input()
+    strength: float = Input(default=1.0, min=0.0, max=10.0, step=0.01)
+
+    def run(self, ctx):
+        return (with_extras(self.conditioning, strength=self.strength),)
+
+
+@node(category="conditioning", outputs=[Output(CONDITIONING)], display_name="Conditioning (Set Mask)", version="1.0.0")
+class ConditioningSetMask:
+    """Apply the conditioning where the mask is (its values weight the prediction cell by cell, times strength).
+    'mask bounds' also runs it on the mask's bounding box alone, as Set Area does."""
+    conditioning: CONDITIONING = Input()
+    mask: MASK = Input()
+    strength: float = Input(default=1.0, min=0.0, max=10.0, step=0.01)
+    set_cond_area: str = Input(default="default", choices=["default", "mask bounds"])
+
+    def run(self, ctx):
+        mask = self.mask if self.mask.ndim >= 3 else self.mask[None]
+        return (with_extras(self.conditioning, mask=mask, mask_strength=self.strength,
+                            set_area_to_bounds=self.set_cond_area != "default"),)

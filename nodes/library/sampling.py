@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from ..controlnet import with_uncond_controls
 from ..node import Input, Output, node
+from ..sampling.denoiser import entry_modules
 from ..sampling.ksampler import sample, sdedit_sigmas
 from ..sampling.preview import latent_to_rgb
 from ..sampling.samplers import SAMPLER_NAMES
@@ -45,6 +47,14 @@ def _fit_channels(model, samples: torch.Tensor, what: str) -> torch.Tensor:
                      f"works on {want}-channel latents; encode the image with this checkpoint's VAE")
 
 
+def _resident(ctx, modules: list, device, what: str) -> None:
+    """Make every module the sampling needs resident on ``device`` (the denoising network last: it matters most)."""
+    for module in modules:
+        on_device(ctx, module)
+    if any(device_of(m) != device for m in modules):
+        raise RuntimeError(f"{what}: the device's memory budget cannot hold the model and its ControlNets at once")
+
+
 def run_sampler(ctx, model, positive, negative, latent: dict, *, node: str, **options) -> dict:
     """Denoise `latent` with `model`; `options` are ksampler.sample's keywords (seed, steps, cfg, sampler_name,
     scheduler, denoise, start_step, end_step, add_noise, return_leftover_noise, sigmas)."""
@@ -58,8 +68,10 @@ def sample_with_denoised(ctx, model, positive, negative, latent: dict, *, node: 
     device = device_of(module)
     samples = _fit_channels(model, latent["samples"], node)
     hw = tuple(samples.shape[-2:])
-    pos = _prepare(model, positive, "positive", hw, device, options.get("seed", 0), node)
-    neg = _prepare(model, negative, "negative", hw, device, options.get("seed", 0), node)
+    seed = options.get("seed", 0)
+    pos = _prepare(model, positive, "positive", hw, device, seed, node)
+    neg = _prepare(model, with_uncond_controls(positive, negative), "negative", hw, device, seed, node)
+    _resident(ctx, [*entry_modules(pos + neg), module], device, node)
     work = {**latent, "samples": samples.to(device)}
     if work.get("noise_mask") is not None:
         work["noise_mask"] = work["noise_mask"].to(device)

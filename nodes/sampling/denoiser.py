@@ -10,14 +10,17 @@ It never asks which family it runs: a family differs only in what these members 
   (ε-, v- or x0-prediction, LCM's boundary condition; rectified flow fits the same six methods).
 - ``latent_format`` — the latent space it denoises (channels, scale, preview factors).
 - ``prepare`` — CONDITIONING entries → condition entries: the network's inputs as tensors batched on dim 0
-  (``context``, SDXL's vector ``y``, later e.g. a ControlNet's residuals) plus the guidance keys
-  ``start_percent``, ``end_percent`` and ``strength``. Guidance batches entries whose inputs have equal shapes
-  and passes them to the network by keyword, so a family adds an input without touching the sampler.
+  (``context``, SDXL's vector ``y``; ``control``, the ControlNets applied, is an object) plus the guidance keys
+  ``start_percent``, ``end_percent``, ``strength`` and the region ``area`` / ``mask``
+  (``nodes.sampling.guidance.guidance_options`` reads them from CONDITIONING). Guidance batches entries whose inputs
+  have equal shapes and passes them to the network by keyword, so a family adds an input without touching the
+  sampler.
 - ``eps_fn(module)`` — the raw network call ``net(x_in, t, **inputs)``, answered in float32. Its name is
   historical: it returns what the network predicts (ε, v, x0 or a flow velocity); ``sampling.calculate_denoised``
   turns that into x0.
 - ``module`` — the nn.Module that must be resident while it samples; a patched copy (LoRA) is its own module
-  and its own cached value, and the residency service counts it.
+  and its own cached value, and the residency service counts it. Entries may need more (a ControlNet's):
+  ``entry_modules`` lists them.
 - ``with_sampling`` — the same model under another parameterisation (ModelSamplingDiscrete), sharing weights.
 """
 from __future__ import annotations
@@ -55,3 +58,14 @@ class Denoiser(Protocol):
         conditioning this model cannot use (another family's text encoder)."""
 
     def with_sampling(self, sampling: ModelSampling) -> "Denoiser": ...
+
+
+def entry_modules(entries: list[dict]) -> list[nn.Module]:
+    """The modules besides ``module`` that prepared entries need resident while sampling: an input that is not a
+    tensor may name them with a ``modules()`` method (a ControlNet application, nodes.controlnet.Control)."""
+    found = {}
+    for entry in entries:
+        for value in entry.values():
+            for module in getattr(value, "modules", lambda: [])():
+                found[id(module)] = module
+    return list(found.values())

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ..latent_format import LatentFormat
+from ..sampling.guidance import guidance_options
 from ..unclip import image_vector
 from .conditioning import N_SCALARS, base_vector, refiner_vector
 from .configs import FOURIER_DIM, SDXL_LATENT
@@ -34,21 +35,23 @@ class UNetDenoiser:
         return dataclasses.replace(self, sampling=sampling)
 
     def eps_fn(self, unet: torch.nn.Module | None = None):
-        """The UNet call the sampler makes: ``eps(x_in, t, context, y)``, in the UNet's dtype, answered in fp32."""
+        """The UNet call the sampler makes: ``eps(x_in, t, context, y, control)``, in the UNet's dtype, answered in
+        fp32. ``control`` (nodes.controlnet.Control) adds its ControlNets' residuals."""
         net = unet or self.unet
         dtype = next(net.parameters()).dtype
 
-        def eps(x_in, timesteps, context, y=None):
-            out = net(x_in.to(dtype), timesteps, context.to(dtype), None if y is None else y.to(dtype))
-            return out.float()
+        def eps(x_in, timesteps, context, y=None, control=None):
+            x_in, context, y = x_in.to(dtype), context.to(dtype), None if y is None else y.to(dtype)
+            residuals = None if control is None else control.residuals(x_in, timesteps, context, y, self.sampling)
+            return net(x_in, timesteps, context, y, residuals).float()
 
         return eps
 
     def prepare(self, conditioning: list, role: str, latent_hw: tuple[int, int], device=None,
                 seed: int = 0) -> list[dict]:
-        """CONDITIONING entries → the sampler's condition dicts ``{context, (y,) start_percent, end_percent,
-        strength}``. `role` is "positive" or "negative"; `latent_hw` is the latent's (h, w); `seed` the sampler's
-        (unCLIP image embeddings are noise-augmented with it)."""
+        """CONDITIONING entries → the sampler's condition dicts: ``context`` (and SDXL's ``y``) plus the guidance keys
+        (timestep range, strength, area / mask). `role` is "positive" or "negative"; `latent_hw` is the latent's
+        (h, w); `seed` the sampler's (unCLIP image embeddings are noise-augmented with it)."""
         want = self.unet.config.context_dim
         prepared = []
         for context, extras in conditioning:
@@ -56,12 +59,11 @@ class UNetDenoiser:
                 raise ValueError(f"the conditioning has {context.shape[-1]} channels per token but this {self.kind} "
                                  f"model expects {want}; encode the prompt with this checkpoint's CLIP")
             inputs = {"context": context, **self.vector(extras, role, latent_hw, seed)}
-            prepared.append({
-                **{k: v.to(device) if device is not None else v for k, v in inputs.items()},
-                "start_percent": extras.get("start_percent", 0.0),
-                "end_percent": extras.get("end_percent", 1.0),
-                "strength": extras.get("strength", 1.0),
-            })
+            inputs = {k: v.to(device) if device is not None else v for k, v in inputs.items()}
+            if extras.get("control") is not None:
+                extras["control"].check(self.unet.config, self.kind)
+                inputs["control"] = extras["control"]
+            prepared.append({**inputs, **guidance_options(extras, latent_hw, device)})
         return prepared
 
     def vector(self, extras: dict, role: str, latent_hw: tuple[int, int], seed: int) -> dict:

@@ -187,46 +187,63 @@ class TimestepEmbedSequential(nn.Sequential):
         return x
 
 
+def _transformer(cfg: UNetConfig, ch: int, depth: int) -> SpatialTransformer:
+    return SpatialTransformer(ch, depth, cfg.context_dim, cfg.heads(ch), cfg.use_linear_in_transformer)
+
+
+def _level_block(cfg: UNetConfig, ch_in: int, ch_out: int, depth: int) -> list[nn.Module]:
+    layers = [ResBlock(ch_in, ch_out, cfg.time_embed_dim)]
+    if depth:
+        layers.append(_transformer(cfg, ch_out, depth))
+    return layers
+
+
+def add_encoder(net: nn.Module, cfg: UNetConfig) -> list[int]:
+    """Give ``net`` the UNet's embeddings, input blocks and middle block under the original names (the part a
+    ControlNet copies); returns the channel count of each input block's output, the skips."""
+    c, emb_ch = cfg.model_channels, cfg.time_embed_dim
+    net.time_embed = nn.Sequential(nn.Linear(c, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
+    if cfg.adm_in_channels:
+        net.label_emb = nn.Sequential(nn.Sequential(
+            nn.Linear(cfg.adm_in_channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch)))
+    net.input_blocks = nn.ModuleList([TimestepEmbedSequential(Conv2d(cfg.in_channels, c, 3, padding=1))])
+    skip_chs, ch = [c], c
+    for level, (ch_out, depth) in enumerate(zip(cfg.channels, cfg.transformer_depth)):
+        for _ in range(cfg.num_res_blocks):
+            net.input_blocks.append(TimestepEmbedSequential(*_level_block(cfg, ch, ch_out, depth)))
+            ch = ch_out
+            skip_chs.append(ch)
+        if level < len(cfg.channels) - 1:
+            net.input_blocks.append(TimestepEmbedSequential(Downsample(ch)))
+            skip_chs.append(ch)
+    middle = [ResBlock(ch, ch, emb_ch)]
+    if cfg.transformer_depth_middle:
+        middle.append(_transformer(cfg, ch, cfg.transformer_depth_middle))
+    net.middle_block = TimestepEmbedSequential(*middle, ResBlock(ch, ch, emb_ch))
+    return skip_chs
+
+
+def embedding(net: nn.Module, cfg: UNetConfig, timesteps: torch.Tensor, y: torch.Tensor | None,
+              batch: int) -> torch.Tensor:
+    """The timestep embedding (plus SDXL's vector y) that every ResBlock of ``net`` (add_encoder) takes."""
+    dtype = net.dtype
+    t_emb = timestep_embedding(timesteps.expand(batch), cfg.model_channels).to(dtype)
+    if cfg.adm_in_channels:
+        return net.time_embed(t_emb) + net.label_emb(y.to(dtype))
+    return net.time_embed(t_emb)
+
+
 class UNetModel(nn.Module):
     def __init__(self, cfg: UNetConfig):
         super().__init__()
         self.config = cfg
-        c, emb_ch = cfg.model_channels, cfg.time_embed_dim
-        self.time_embed = nn.Sequential(nn.Linear(c, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch))
-        if cfg.adm_in_channels:
-            self.label_emb = nn.Sequential(nn.Sequential(
-                nn.Linear(cfg.adm_in_channels, emb_ch), nn.SiLU(), nn.Linear(emb_ch, emb_ch)))
-
-        def transformer(ch, depth):
-            return SpatialTransformer(ch, depth, cfg.context_dim, cfg.heads(ch), cfg.use_linear_in_transformer)
-
-        def level_block(ch_in, ch_out, depth):
-            layers = [ResBlock(ch_in, ch_out, emb_ch)]
-            if depth:
-                layers.append(transformer(ch_out, depth))
-            return layers
-
-        self.input_blocks = nn.ModuleList([TimestepEmbedSequential(Conv2d(cfg.in_channels, c, 3, padding=1))])
-        skip_chs, ch = [c], c
-        for level, (ch_out, depth) in enumerate(zip(cfg.channels, cfg.transformer_depth)):
-            for _ in range(cfg.num_res_blocks):
-                self.input_blocks.append(TimestepEmbedSequential(*level_block(ch, ch_out, depth)))
-                ch = ch_out
-                skip_chs.append(ch)
-            if level < len(cfg.channels) - 1:
-                self.input_blocks.append(TimestepEmbedSequential(Downsample(ch)))
-                skip_chs.append(ch)
-
-        middle = [ResBlock(ch, ch, emb_ch)]
-        if cfg.transformer_depth_middle:
-            middle.append(transformer(ch, cfg.transformer_depth_middle))
-        self.middle_block = TimestepEmbedSequential(*middle, ResBlock(ch, ch, emb_ch))
-
+        skip_chs = add_encoder(self, cfg)
+        ch = skip_chs[-1]
         self.output_blocks = nn.ModuleList()
         for level in reversed(range(len(cfg.channels))):
             ch_out, depth = cfg.channels[level], cfg.transformer_depth[level]
             for i in range(cfg.num_res_blocks + 1):
-                layers = level_block(ch + skip_chs.pop(), ch_out, depth)
+                layers = _level_block(cfg, ch + skip_chs.pop(), ch_out, depth)
                 ch = ch_out
                 if level and i == cfg.num_res_blocks:
                     layers.append(Upsample(ch))
@@ -239,21 +256,20 @@ class UNetModel(nn.Module):
         return self.out[2].weight.dtype
 
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                y: torch.Tensor | None = None) -> torch.Tensor:
+                y: torch.Tensor | None = None, control=None) -> torch.Tensor:
         """x [B, 4, h, w], timesteps [B] (fractional allowed), context [B, T, context_dim], y [B, adm] (SDXL; None
-        without a vector input) → the raw prediction (ε̂ or v̂)."""
-        dtype = self.dtype
-        t_emb = timestep_embedding(timesteps.expand(x.shape[0]), self.config.model_channels).to(dtype)
-        if self.config.adm_in_channels:
-            emb = self.time_embed(t_emb) + self.label_emb(y.to(dtype))
-        else:
-            emb = self.time_embed(t_emb)
-        h, context = x.to(dtype), context.to(dtype)
+        without a vector input) → the raw prediction (ε̂ or v̂). ``control``: a ControlNet's residuals
+        (nodes.sdxl.controlnet.Residuals), one added to each skip and one to the middle block's output."""
+        emb = embedding(self, self.config, timesteps, y, x.shape[0])
+        h, context = x.to(self.dtype), context.to(self.dtype)
         skips = []
         for block in self.input_blocks:
             h = block(h, emb, context)
             skips.append(h)
         h = self.middle_block(h, emb, context)
+        if control is not None:
+            h = h + control.middle
+            skips = [skip + residual for skip, residual in zip(skips, control.skips)]
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb, context,
                       out_size=skips[-1].shape[-2:] if skips else None)
