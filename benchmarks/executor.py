@@ -11,7 +11,10 @@ Peers, in the same run: the same cache keys built the way ComfyUI 0.3.x builds i
 key from a walk over all its ancestors, every prompt: quadratic on a chain); and, for the HTTP section, the same
 prompt validated and run in this process, as `latentgraph run` does. ComfyUI itself is not installed here, so no
 figure of it is measured; the one quoted at the end says where it comes from.
-Targets: ≤ 50 µs per node, linear growth, 500-node cached re-run ≤ 5 ms, through HTTP within 2× of in-process."""
+Targets: ≤ 50 µs per node, linear growth, 500-node cached re-run ≤ 5 ms, through HTTP within 2× of in-process.
+
+Profiling (issue #21) is always on; the same cold runs with it switched off (Executor(profile=False), interleaved
+with the profiled ones) give what it costs per node. Target: ≤ 2 µs per node."""
 from __future__ import annotations
 
 import argparse
@@ -98,9 +101,10 @@ def measure(shape: str, n: int, registry, env, repeat: int, peer: bool) -> dict:
     prompt = chain(n) if shape == "chain" else lattice(n)
     last = [str(n - 1)]
 
-    def cold() -> None:
-        report = Executor(registry, env, OutputCache(max_entries=10 * n)).run(prompt, last)
+    def cold(profile: bool = True) -> None:
+        report = Executor(registry, env, OutputCache(max_entries=10 * n), profile=profile).run(prompt, last)
         assert report.status == "success" and len(report.executed) == n, report.error
+        assert len(report.profile) == (n if profile else 0)
 
     warm = Executor(registry, env, OutputCache(max_entries=10 * n))
     warm.run(prompt, last)
@@ -119,10 +123,14 @@ def measure(shape: str, n: int, registry, env, repeat: int, peer: bool) -> dict:
         ancestor_walk_keys(prompt, registry)
         return time.perf_counter() - start
 
-    cold_runs = [timed(cold) for _ in range(repeat)]
+    cold_runs, plain_runs = [], []
+    for _ in range(3 * repeat):  # interleaved, so both see the same machine; many, as the difference is small
+        cold_runs.append(timed(cold))
+        plain_runs.append(timed(lambda: cold(profile=False)))
     cached_runs = [timed(cached) for _ in range(3 * repeat)]
     row = {"shape": shape, "n": n, "direct": best(lambda: direct_seconds(prompt, registry, env), repeat),
            "cold": min(w for w, _ in cold_runs), "cold_cpu": min(c for _, c in cold_runs),
+           "unprofiled": min(w for w, _ in plain_runs), "unprofiled_cpu": min(c for _, c in plain_runs),
            "cached": min(w for w, _ in cached_runs), "cached_cpu": min(c for _, c in cached_runs),
            "cached_median": statistics.median(w for w, _ in cached_runs), "validate": best(check, repeat)}
     row["peer"] = best(peer_keys, 1) if peer else None
@@ -228,6 +236,11 @@ def main() -> None:
         r = chain_rows[500]
         print(f"targets: ≤50 µs/node cold -> {r['cold'] / 500 * 1e6:.1f} µs (CPU {r['cold_cpu'] / 500 * 1e6:.1f});"
               f" 500-node cached re-run ≤5 ms -> {r['cached'] * 1e3:.2f} ms (CPU {r['cached_cpu'] * 1e3:.2f})")
+    print("\nprofiling (issue #21; target ≤ 2 µs/node): (cold run − the same run unprofiled) / nodes,"
+          " best of each")
+    for r in rows:
+        print(f"  {r['shape']:8} {r['n']:6d} nodes: {(r['cold'] - r['unprofiled']) / r['n'] * 1e6:+6.2f} µs wall,"
+              f" {(r['cold_cpu'] - r['unprofiled_cpu']) / r['n'] * 1e6:+6.2f} µs CPU")
     if args.http_nodes:
         http_section(args.http_nodes, args.repeat, registry, env)
     print(f"\nquoted, for reference: {QUOTED_COMFYUI}")

@@ -1,6 +1,6 @@
 """What the server asks nodes/ about models, so that it knows nothing of diffusion: the model folders and what is
 in them, which folder a loader input reads, which installed file could stand in for a missing one, and the demo
-checkpoints, upscale model, ControlNet and CLIP vision model a fresh install runs on.
+checkpoints, upscale model, ControlNet, LoRAs and CLIP vision model a fresh install runs on.
 """
 from __future__ import annotations
 
@@ -108,6 +108,11 @@ def ensure_demo_controlnet(folder: Path) -> None:
     _ensure(folder, write_demo_controlnet)
 
 
+def ensure_demo_loras(folder: Path) -> None:
+    """Without any LoRA, write the demo checkpoints' LoRAs so the shipped LoRA workflows run."""
+    _ensure(folder, write_demo_loras)
+
+
 def ensure_demo_clip_vision(folder: Path) -> None:
     """Without any CLIP vision model, write the demo one so the shipped revision workflow runs."""
     _ensure(folder, write_demo_clip_vision)
@@ -121,6 +126,11 @@ def write_demo_upscaler(folder) -> Path:
 def write_demo_controlnet(folder) -> Path:
     from .controlnet import write_demo_controlnet as write
     return write(folder)
+
+
+def write_demo_loras(folder) -> dict[str, Path]:
+    from .demo import make_demo_loras
+    return make_demo_loras(folder)
 
 
 def write_demo_clip_vision(folder) -> Path:

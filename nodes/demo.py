@@ -4,6 +4,7 @@ seconds; their images are noise."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from .sdxl.text import open_clip_blocks_to_hf
 SEED = 20240101
 TEXT_LAYERS, TEXT_HEADS = 3, 4  # tiny towers; H2b's loader reads width 32 as 4 heads
 VOCAB, CONTEXT_LENGTH = 49408, 77  # the real tokenizer's ids must stay valid
+LORA_RANK = 4
 
 
 def randomize(module: nn.Module, generator: torch.Generator) -> nn.Module:
@@ -127,16 +129,17 @@ def hf_text_config(width: int, architecture: str = "CLIPTextModel", **changes) -
 
 # ---- writing ----------------------------------------------------------------------------------------------
 
-def notice(what: str) -> str:
-    """The text every demo file carries in its metadata; ``what`` names the real checkpoints to use instead."""
-    return f"Demo model: tiny random weights that produce noise, not pictures. Put real {what} in <models>/checkpoints."
+def notice(what: str, folder: str = "checkpoints") -> str:
+    """The text every demo file carries in its metadata; ``what`` names the real models to use instead."""
+    return f"Demo model: tiny random weights that produce noise, not pictures. Put real {what} in <models>/{folder}."
 
 
-def save_single_file(path: Path, state: dict[str, torch.Tensor], dtype: torch.dtype, what: str) -> Path:
+def save_single_file(path: Path, state: dict[str, torch.Tensor], dtype: torch.dtype, what: str,
+                     folder: str = "checkpoints") -> Path:
     """Floating tensors in ``dtype``, the demo notice as the only metadata entry (safetensors orders metadata at
     random, so one entry keeps the file deterministic)."""
     state = {k: (v.to(dtype) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
-    save_file(state, str(path), metadata={"latentgraph_demo": notice(what)})
+    save_file(state, str(path), metadata={"latentgraph_demo": notice(what, folder)})
     return path
 
 
@@ -172,4 +175,40 @@ def make_demo_models(out_dir, dtype: torch.dtype = torch.float32) -> dict[str, P
     paths = {}
     for family in load_builtin_families().values():
         paths.update(family.write_demo(out, dtype))
+    return paths
+
+
+def save_lora(path: Path, shapes: dict[str, tuple], alpha: bool, generator: torch.Generator, what: str) -> Path:
+    """A random LoRA file: for each module name its down [r, in(, kh, kw)] and up [out, r(, 1, 1)] weights of rank
+    ``LORA_RANK`` (kohya-ss's ``lora_down``/``lora_up`` with ``alpha`` when ``alpha``, else diffusers/PEFT's
+    ``lora_A``/``lora_B``), sized to change the weights visibly."""
+    state = {}
+    for name, shape in shapes.items():
+        kernel = (1, 1) if len(shape) == 4 else ()
+        down = torch.randn(LORA_RANK, *shape[1:], generator=generator) / math.prod(shape[1:]) ** 0.5
+        up = torch.randn(shape[0], LORA_RANK, *kernel, generator=generator) * 0.5 / LORA_RANK ** 0.5
+        if alpha:
+            state.update({f"{name}.lora_down.weight": down, f"{name}.lora_up.weight": up,
+                          f"{name}.alpha": torch.tensor(LORA_RANK / 2)})
+        else:
+            state.update({f"{name}.lora_A.weight": down, f"{name}.lora_B.weight": up})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return save_single_file(path, state, torch.float16, what, "loras")
+
+
+def meta_tower(kind: str, width: int) -> nn.Module:
+    """A tiny demo text tower's structure on the meta device: "clip_l" (transformers) or "open_clip" (with its
+    projection), as the demo checkpoints hold them."""
+    from .sdxl.text import TextTowerConfig, build_clip_l, build_open_clip
+    cfg = TextTowerConfig(width=width, layers=TEXT_LAYERS, heads=TEXT_HEADS, mlp_width=4 * width, vocab=VOCAB,
+                          proj_dim=width if kind == "open_clip" else 0)
+    with torch.device("meta"):
+        return build_clip_l(cfg) if kind == "clip_l" else build_open_clip(cfg)
+
+
+def make_demo_loras(folder) -> dict[str, Path]:
+    """Every family's demo LoRAs in ``folder`` ({name: path})."""
+    paths = {}
+    for family in load_builtin_families().values():
+        paths.update(family.write_demo_loras(Path(folder)))
     return paths

@@ -15,12 +15,17 @@ method, ``run(self, ctx)``, which reads the inputs as attributes and returns the
 
 That declaration alone drives validation (``Input.coerce``), the ComfyUI-shaped schema that the API and
 the canvas serve (``NodeSpec.schema``), and the call (``NodeSpec.call``). Nothing here knows HTTP.
+
+Every node states its version (semver). When its inputs change, the new version declares how workflows saved
+with an older one are read (``Migration``: renamed inputs, a value for a new input, mapped values); loading a
+workflow applies the steps it needs (server/migrations.py).
 """
 from __future__ import annotations
 
 import dataclasses
 import inspect
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterable, Sequence
 
@@ -65,6 +70,7 @@ class Input:
     display: str | None = None  # "slider" / "number" hint for the canvas
     label_on: str | None = None
     label_off: str | None = None
+    model_folder: str | None = None  # the value names a file in <models>/<model_folder>: outputs record its SHA-256
     # filled in by @node from the annotation and attribute name
     name: str = ""
     type: SocketType | None = None
@@ -174,6 +180,47 @@ class Output:
         return self.name or self.type.name
 
 
+@dataclass(frozen=True)
+class Migration:
+    """How a node's inputs changed when it reached version `to`; workflows saved before `to` are read through it.
+
+    ``renamed``: old input name → new name. ``added``: a new input → the value that keeps what older workflows
+    did (not necessarily the new default). ``values``: input → {old value: new value}, for renamed choices.
+    Each step is safe on a workflow that already has the new shape (an API client writing today's names without
+    a version): a rename only moves an old name that is present, an added input keeps a value it already has."""
+
+    to: str
+    renamed: dict[str, str] = field(default_factory=dict)
+    added: dict[str, Any] = field(default_factory=dict)
+    values: dict[str, dict] = field(default_factory=dict)
+
+    def apply(self, inputs: dict[str, Any]) -> list[str]:
+        """Change `inputs` (name → constant or link) in place; what changed, in words."""
+        changes = []
+        for old, new in self.renamed.items():
+            if old in inputs and new not in inputs:
+                inputs[new] = inputs.pop(old)
+                changes.append(f"input '{old}' renamed to '{new}'")
+        for name, value in self.added.items():
+            if name not in inputs:
+                inputs[name] = value
+                changes.append(f"input '{name}' added as {value!r}")
+        for name, mapping in self.values.items():
+            value = inputs.get(name)
+            if isinstance(value, (str, int, float, bool)) and value in mapping:
+                inputs[name] = mapping[value]
+                changes.append(f"'{name}' {value!r} is now {mapping[value]!r}")
+        return changes
+
+
+def parse_version(text: Any) -> tuple[int, int, int]:
+    """'MAJOR.MINOR.PATCH' → a tuple that compares in version order; ValueError for anything else."""
+    parts = text.split(".") if isinstance(text, str) else ()
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        raise ValueError(f"{text!r} is not a version of the form MAJOR.MINOR.PATCH")
+    return int(parts[0]), int(parts[1]), int(parts[2])
+
+
 @dataclass
 class Result:
     """What an output node returns: its socket outputs plus a UI dict (e.g. ``{"images": [...]}``)."""
@@ -190,6 +237,16 @@ class Environment:
     input_dir: str | None = None
     output_dir: str | None = None
     temp_dir: str | None = None
+
+    def model_path(self, folder: str, name: str) -> str:
+        """Where the model `name` (a file or a diffusers folder) in <models>/<folder> lives; ValueError for a name
+        that escapes the folder. The check is on the name, not the resolved path: people symlink their model files
+        and folders in from elsewhere, and a link the owner placed is meant to be followed."""
+        root = os.path.abspath(os.path.join(self.models_dir or "models", folder))
+        path = os.path.normpath(os.path.join(root, name))
+        if os.path.isabs(name) or os.path.commonpath([root, path]) != root:
+            raise ValueError(f"{name!r} points outside {root}")
+        return path
 
 
 class Context:
@@ -232,6 +289,8 @@ class NodeSpec:
     output_node: bool
     hidden: dict[str, str]
     deprecated: bool = False
+    migrations: tuple[Migration, ...] = ()  # oldest first
+    model_inputs: tuple[str, ...] = ()      # inputs naming model files (Input.model_folder)
 
     @property
     def widget_inputs(self) -> list[Input]:
@@ -290,14 +349,35 @@ class NodeSpec:
         fn = getattr(self.cls, "fingerprint", None)
         return fn(values, env) if fn is not None else None
 
+    def model_files(self, values: dict[str, Any], env: Environment) -> dict[str, str]:
+        """{input name: path} of the model files these constant values name (names that escape their folder are
+        left out: running the node reports them)."""
+        paths = {}
+        for name in self.model_inputs:
+            value = values.get(name)
+            if isinstance(value, str):
+                try:
+                    paths[name] = env.model_path(self.inputs[name].model_folder, value)
+                except ValueError:
+                    pass
+        return paths
+
+    def steps_since(self, saved: str | None) -> list[Migration]:
+        """The migrations a workflow saved with version `saved` needs; None means as first published (all)."""
+        if saved is None:
+            return list(self.migrations)
+        since = parse_version(saved)
+        return [m for m in self.migrations if parse_version(m.to) > since]
+
 
 REGISTRY: dict[str, NodeSpec] = {}
 
 
-def node(*, category: str, outputs: Iterable[Output] = (), version: str = "1.0.0", name: str | None = None,
+def node(*, category: str, version: str | None = None, outputs: Iterable[Output] = (), name: str | None = None,
          display_name: str | None = None, output_node: bool = False, hidden: dict[str, str] | None = None,
-         deprecated: bool = False) -> Callable[[type], type]:
-    """Declare a node class (see the module docstring) and register it under `name` (default: class name)."""
+         deprecated: bool = False, migrations: Iterable[Migration] = ()) -> Callable[[type], type]:
+    """Declare a node class (see the module docstring) and register it under `name` (default: class name).
+    `version` is required: saved workflows record it, and `migrations` say how older ones are read."""
 
     def wrap(cls: type) -> type:
         annotations = inspect.get_annotations(cls, eval_str=True)
@@ -308,11 +388,14 @@ def node(*, category: str, outputs: Iterable[Output] = (), version: str = "1.0.0
                 continue
             inputs[attr] = dataclasses.replace(decl, name=attr, type=socket_type_of(ann))
         type_name = name or cls.__name__
+        steps = tuple(migrations)
+        _check_version(type_name, version, steps, inputs)
         doc = inspect.getdoc(cls) or ""
         spec = NodeSpec(cls=cls, type_name=type_name, display_name=display_name or _spaced(type_name),
                         category=category, description=doc, version=version, inputs=inputs,
                         outputs=tuple(outputs), output_node=output_node, hidden=dict(hidden or {}),
-                        deprecated=deprecated)
+                        deprecated=deprecated, migrations=steps,
+                        model_inputs=tuple(n for n, i in inputs.items() if i.model_folder))
         if type_name in REGISTRY and REGISTRY[type_name].cls is not cls:
             raise ValueError(f"node type {type_name!r} declared twice ({REGISTRY[type_name].cls} and {cls})")
         REGISTRY[type_name] = spec
@@ -320,6 +403,24 @@ def node(*, category: str, outputs: Iterable[Output] = (), version: str = "1.0.0
         return cls
 
     return wrap
+
+
+def _check_version(type_name: str, version: Any, steps: tuple[Migration, ...], inputs: dict[str, Input]) -> None:
+    """Refuse, at import, a node without a semver version or with migrations that cannot lead to its inputs."""
+    if version is None:
+        raise TypeError(f"@node {type_name}: declare its version, e.g. version=\"1.0.0\" (saved workflows record it)")
+    try:
+        current = parse_version(version)
+        tos = [parse_version(step.to) for step in steps]
+    except ValueError as exc:
+        raise TypeError(f"@node {type_name}: {exc}") from None
+    if tos != sorted(set(tos)) or (tos and tos[-1] > current):
+        raise TypeError(f"@node {type_name}: migrations must go to rising versions up to {version}")
+    for i, step in enumerate(steps):  # each new name is an input now, or is renamed again by a later step
+        later = {old for s in steps[i + 1:] for old in s.renamed}
+        for new in [*step.renamed.values(), *step.added, *step.values]:
+            if new not in inputs and new not in later:
+                raise TypeError(f"@node {type_name}: migration to {step.to} names input {new!r}, which it lacks")
 
 
 def _spaced(name: str) -> str:

@@ -24,6 +24,7 @@ from . import canvas_lib, frontend_compat, routes
 from .cli import add_models_argument
 from .cluster import Cluster, PrimaryLink
 from .limits import MAX_BODY_BYTES, MAX_UPLOAD_BYTES, READ_TIMEOUT
+from .provenance import HashCache
 from .queue import PromptQueue
 from .security import allowed_hosts, is_loopback, make_middlewares
 from .watchdog import LIMIT as WATCHDOG_LIMIT
@@ -68,6 +69,10 @@ class Config:
     def temp_dir(self) -> Path:
         return self.data_dir / "temp"
 
+    @property
+    def hash_cache(self) -> Path:
+        return self.data_dir / "model_hashes.json"  # provenance.HashCache
+
 
 def shipped(name: str) -> Path:
     """A folder that ships with latentgraph: the source checkout's, else the installed package's copy."""
@@ -97,6 +102,7 @@ class State:
         self.env = Environment(models_dir=str(config.models_dir), input_dir=str(config.input_dir),
                                output_dir=str(config.output_dir), temp_dir=str(config.temp_dir))
         self.registry = registry if registry is not None else load_builtin_nodes()
+        self.hashes = HashCache(str(config.hash_cache))  # for checking dropped images' models (routes)
         self.queue = PromptQueue(Path(config.data_dir) / "queue.sqlite3", owner=primary is None)
         if self.queue.recovered:
             log.warning("%d prompt(s) were running when the server stopped; they are in history as %r and can be "
@@ -114,6 +120,7 @@ class State:
         from .runners import ProcessRunner, RunnerConfig, ThreadRunner
 
         config = RunnerConfig(device, self.env, self.config.cache_entries, self.config.cache_bytes,
+                              hash_cache=str(self.config.hash_cache),
                               watchdog_seconds=self.config.watchdog_seconds)
         runner = ProcessRunner(config) if self.config.worker_process else ThreadRunner(config, self.registry)
         return Worker(device, self.queue, runner, self.hub, on_queue_change=self.status_changed)
@@ -323,6 +330,7 @@ def run(args: argparse.Namespace) -> int:
         ensure_demo_models(config.models_dir / "checkpoints")
         catalog.ensure_demo_upscaler(config.models_dir / "upscale_models")
         catalog.ensure_demo_controlnet(config.models_dir / "controlnet")
+        catalog.ensure_demo_loras(config.models_dir / "loras")
         catalog.ensure_demo_clip_vision(config.models_dir / "clip_vision")
     # The worker threads (and with --single-process the nodes themselves) run Python beside the event loop; a
     # shorter GIL switch interval keeps the loop's wake-ups (HTTP, websocket fan-out) prompt while they do.

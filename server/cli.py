@@ -1,5 +1,5 @@
-"""The `latentgraph` command: run, validate and list nodes headless; start the server; make the demo model; fetch
-the canvas library without npm.
+"""The `latentgraph` command: run, validate and list nodes headless; inspect what made an image; start the server;
+make the demo model; fetch the canvas library without npm.
 
 Every failure a user can cause (missing file, bad JSON, invalid graph, a node raising) ends in a readable
 message on stderr and a non-zero exit status, never a traceback."""
@@ -19,7 +19,9 @@ from nodes import catalog
 from nodes.node import Environment, load_builtin_nodes
 
 from .executor import Executor, Hooks
-from .graph import load_prompt, read_png_workflow, set_ui_widget, ui_to_api, validate
+from .graph import is_seed, load_prompt, read_png_json, read_png_workflow, set_ui_widget, ui_to_api, validate
+from .migrations import NewerVersion
+from .provenance import HashCache, mismatches
 
 EXIT_INVALID = 1   # the graph is invalid or a node failed
 EXIT_USAGE = 2     # the file could not be read, or arguments are wrong
@@ -32,13 +34,23 @@ class CLIError(Exception):
 
 # -- shared steps ------------------------------------------------------------------------------------------------
 
-def read_workflow(path: str) -> Any:
-    """JSON from a .json file, or the workflow embedded in a PNG."""
+def is_png(path: str) -> bool:
     if not os.path.isfile(path):
         raise CLIError(f"{path}: no such file")
     with open(path, "rb") as f:
-        head = f.read(8)
-    if head.startswith(b"\x89PNG"):
+        return f.read(8).startswith(b"\x89PNG")
+
+
+def png_chunks(path: str, *keys: str) -> dict:
+    try:
+        return read_png_json(path, keys)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+
+
+def read_workflow(path: str) -> Any:
+    """JSON from a .json file, or the workflow embedded in a PNG."""
+    if is_png(path):
         try:
             return read_png_workflow(path)
         except ValueError as exc:
@@ -48,6 +60,10 @@ def read_workflow(path: str) -> Any:
             return json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CLIError(f"{path}: not valid JSON ({exc})") from None
+
+
+def hash_cache(args) -> HashCache:
+    return HashCache(os.path.join(args.data, "model_hashes.json"))
 
 
 def environment(args) -> Environment:
@@ -116,10 +132,17 @@ def apply_sets(items: list[str], prompt: dict, workflow: dict | None, registry) 
 
 
 def load(args, registry) -> tuple[dict, dict | None]:
+    """The workflow file as (API prompt, UI workflow or None), its nodes migrated to today's versions (each
+    migration reported on stderr)."""
+    migrated: list[str] = []
     try:
-        prompt, workflow = load_prompt(read_workflow(args.workflow), registry)
+        prompt, workflow = load_prompt(read_workflow(args.workflow), registry, migrated)
+    except NewerVersion as exc:
+        raise CLIError(f"{args.workflow}: {exc}") from None
     except (ValueError, KeyError, TypeError) as exc:
         raise CLIError(f"{args.workflow}: not a workflow ({exc})") from None
+    for line in migrated:
+        print(f"migrated: {line}", file=sys.stderr)
     return prompt, workflow
 
 
@@ -199,11 +222,15 @@ def cmd_run(args) -> int:
         print(f"warning: skipped output: {line}", file=sys.stderr)
     os.makedirs(env.output_dir, exist_ok=True)
     extra = {"extra_pnginfo": {"workflow": workflow}} if workflow is not None else {}
+    hashes = hash_cache(args)
+    if is_png(args.workflow) and not models_match(args, prompt, registry, env, hashes):
+        return EXIT_INVALID
     bars = _Progress(len(report.values), prompt, args.quiet)
     interrupt = threading.Event()
     try:
-        result = Executor(registry, env).run(prompt, report.outputs, prompt_id=str(uuid.uuid4()), extra_data=extra,
-                                             hooks=bars.hooks(), interrupt=interrupt, values=report.values)
+        result = Executor(registry, env, hashes=hashes).run(prompt, report.outputs, prompt_id=str(uuid.uuid4()),
+                                                            extra_data=extra, hooks=bars.hooks(), interrupt=interrupt,
+                                                            values=report.values)
     except KeyboardInterrupt:
         bars.close()
         print("interrupted", file=sys.stderr)
@@ -220,7 +247,103 @@ def cmd_run(args) -> int:
             print(os.path.join(folder, image.get("subfolder", ""), image["filename"]))
     print(f"done in {result.seconds:.2f}s: {len(result.executed)} nodes run, {len(result.cached)} cached",
           file=sys.stderr)
+    if args.profile:
+        print(profile_table(result.profile), file=sys.stderr)
     return 0
+
+
+def models_match(args, prompt: dict, registry, env: Environment, hashes: HashCache) -> bool:
+    """Compare the model files an image's provenance record names with the local ones; say where they differ.
+    False stops the run (unless --allow-model-mismatch)."""
+    record = png_chunks(args.workflow, "latentgraph").get("latentgraph")
+    problems = mismatches(record, registry, env, hashes, prompt)
+    for line in problems:
+        print(f"{'warning: ' if args.allow_model_mismatch else ''}model mismatch: {line}", file=sys.stderr)
+    if problems and not args.allow_model_mismatch:
+        print("the image was made with other model files; --allow-model-mismatch runs it anyway", file=sys.stderr)
+        return False
+    return True
+
+
+def profile_table(profile: dict[str, dict]) -> str:
+    """A run's profile (server/profile.py) as a table, in the order the nodes ran."""
+    rows = [("node", "type", "time", "peak memory", "cached", "why it ran")]
+    rows += [(node_id, e["class_type"], "" if e["cached"] else f"{e['ms']:.1f} ms", _bytes(e["peak_bytes"]),
+              "yes" if e["cached"] else "no", e["why"] or "") for node_id, e in profile.items()]
+    ran = [e for e in profile.values() if not e["cached"]]
+    kind = next(iter(profile.values()))["memory"] if profile else "rss"
+    return "\n".join(columns(rows) + [
+        f"{len(ran)} run, {len(profile) - len(ran)} cached, {sum(e['ms'] for e in ran):.1f} ms in nodes; memory: "
+        f"{'CUDA peak allocated' if kind == 'cuda' else 'resident-set peak'} added, '-' under 0.1 ms"])
+
+
+def columns(rows: list[tuple]) -> list[str]:
+    """Rows of cells as lines of left-aligned columns."""
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def _bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size, unit = float(n), "B"
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            break
+        size /= 1024
+    return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+
+
+def cmd_inspect(args) -> int:
+    """What made an image: its graph, node versions, models with their hashes, and seeds."""
+    if not is_png(args.image):
+        raise CLIError(f"{args.image}: not a PNG")
+    registry = load_builtin_nodes()
+    chunks = png_chunks(args.image, "prompt", "workflow", "latentgraph")
+    prompt, record = chunks.get("prompt"), chunks.get("latentgraph")
+    record = record if isinstance(record, dict) else None
+    if prompt is None and "workflow" in chunks:
+        try:
+            prompt, _ = load_prompt(chunks["workflow"], registry)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CLIError(f"{args.image}: the 'workflow' chunk is not a workflow ({exc})") from None
+    if not isinstance(prompt, dict):
+        raise CLIError(f"{args.image}: the image carries no 'workflow' or 'prompt' metadata")
+    if args.json:
+        print(json.dumps({"latentgraph": record, "prompt": prompt}, indent=2))
+    else:
+        print("\n".join(describe(args.image, prompt, record, registry)))
+    return 0
+
+
+def describe(name: str, prompt: dict, record: dict | None, registry) -> list[str]:
+    """`latentgraph inspect`'s report: a summary line, then tables of nodes, models and seeds."""
+    nodes = {i: n for i, n in prompt.items() if isinstance(n, dict) and isinstance(n.get("class_type"), str)}
+    specs = {node_id: registry.get(n["class_type"]) for node_id, n in nodes.items()}
+    outputs = [f"{i} ({s.type_name})" for i, s in specs.items() if s is not None and s.output_node]
+    versions = (record or {}).get("nodes")
+    versions = versions if isinstance(versions, dict) else {}
+    made = f"made by latentgraph {record.get('version')}" if record else \
+        "no provenance record (not made by latentgraph)"
+    lines = [f"{name}: {made}", f"graph: {len(nodes)} nodes; outputs: {', '.join(outputs) or 'none'}", "", "nodes"]
+    lines += columns([("id", "type", "version", "title")] + [
+        (i, n["class_type"], versions.get(n["class_type"], "-"), str((n.get("_meta") or {}).get("title", "")))
+        for i, n in nodes.items()])
+    recorded = (record or {}).get("models")
+    models = [(m.get("node"), m.get("class_type"), m.get("input"), m.get("name"), m.get("autov2") or "-",
+               m.get("sha256") or m.get("error", "-"))
+              for m in (recorded if isinstance(recorded, list) else []) if isinstance(m, dict)]
+    lines += ["", "models"] + (columns([("node", "type", "input", "file", "AutoV2", "sha256")] + models)
+                               if models else ["(none recorded)"])
+    seeds = []
+    for node_id, n in nodes.items():
+        inputs = n.get("inputs")
+        for input_name, value in (inputs if isinstance(inputs, dict) else {}).items():
+            inp = specs[node_id].inputs.get(input_name) if specs[node_id] is not None else None
+            if inp is not None and is_seed(inp) and not isinstance(value, list):  # a link is no seed value
+                seeds.append((node_id, n["class_type"], input_name, value))
+    lines += ["", "seeds"] + (columns([("node", "type", "input", "value")] + seeds) if seeds else ["(none)"])
+    return lines
 
 
 def cmd_nodes(args) -> int:
@@ -261,6 +384,8 @@ def cmd_make_demo_model(args) -> int:
     beside = os.path.dirname(os.path.abspath(args.dir))
     print(catalog.write_demo_upscaler(args.upscale_models or os.path.join(beside, "upscale_models")))
     print(catalog.write_demo_controlnet(args.controlnet or os.path.join(beside, "controlnet")))
+    for path in catalog.write_demo_loras(args.loras or os.path.join(beside, "loras")).values():
+        print(path)
     print(catalog.write_demo_clip_vision(args.clip_vision or os.path.join(beside, "clip_vision")))
     return 0
 
@@ -278,6 +403,7 @@ def _folders(p: argparse.ArgumentParser, out: bool = False) -> None:
     p.add_argument("--input", default="input", help="folder LoadImage reads from (default: ./input)")
     if out:
         p.add_argument("--out", default="output", help="folder outputs are written to (default: ./output)")
+        p.add_argument("--data", default="data", help="folder for the model hash cache (default: ./data, as serve)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -288,8 +414,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("workflow")
     p.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="change an input (repeatable)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.add_argument("--profile", action="store_true", help="print each node's time, peak memory and why it ran")
+    p.add_argument("--allow-model-mismatch", action="store_true",
+                   help="re-run an image even where its recorded model files differ from the local ones")
     _folders(p, out=True)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("inspect", help="what made an image: graph, node versions, models with hashes, seeds")
+    p.add_argument("image")
+    p.add_argument("--json", action="store_true", help="print the provenance record and the prompt as JSON")
+    p.set_defaults(func=cmd_inspect)
 
     p = sub.add_parser("validate", help="check a workflow without running it (exit 1 on errors)")
     p.add_argument("workflow")
@@ -317,10 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fetch_canvas)
 
     p = sub.add_parser("make-demo-model", help="write the tiny demo checkpoints (one set per model family) into DIR "
-                                               "and a demo upscale model, ControlNet and CLIP vision model")
+                                               "and a demo upscale model, ControlNet, LoRAs and CLIP vision model")
     p.add_argument("dir", help="the checkpoints folder, e.g. models/checkpoints")
     p.add_argument("--upscale-models", help="folder for the demo upscale model (default: upscale_models beside DIR)")
     p.add_argument("--controlnet", help="folder for the demo ControlNet (default: controlnet beside DIR)")
+    p.add_argument("--loras", help="folder for the demo LoRAs (default: loras beside DIR)")
     p.add_argument("--clip-vision", help="folder for the demo CLIP vision model (default: clip_vision beside DIR)")
     p.set_defaults(func=cmd_make_demo_model)
     return parser

@@ -4,7 +4,10 @@ A node's cache key is a hash of its class, class version, constant inputs, the k
 the nodes feeding it, and its ``fingerprint`` (e.g. the bytes of a loaded file). Each key is computed once per
 run from its parents' keys — never from node ids and never by re-walking all ancestors — so planning is linear
 in graph size, identical work in any prompt shares an entry, and a changed widget invalidates exactly that
-node's descendants. Only nodes the requested outputs need, and whose results are not cached, are run."""
+node's descendants. Only nodes the requested outputs need, and whose results are not cached, are run.
+
+Every run is profiled (server/profile.py: time, peak memory, cached or why it ran) and carries provenance
+(server/provenance.py: the SHA-256 of every model file it loads, and the node versions)."""
 from __future__ import annotations
 
 import gc
@@ -20,6 +23,10 @@ import torch
 from nodes.node import Context, Environment, Interrupted, NodeSpec, Result
 
 from .cache import OutputCache
+from .profile import FIRST_RUN, NodeProfiler, why_ran
+from .provenance import HashCache, RunModels
+
+LAST_RUNS_KEPT = 100_000  # node ids remembered for why_ran; beyond, the memory starts over
 
 
 @dataclass
@@ -30,7 +37,7 @@ class Hooks:
     on_cached: Callable[[list[str]], None] | None = None                # node ids served from cache
     on_node_start: Callable[[str], None] | None = None                  # node id
     on_progress: Callable[[str, int, int, Any], None] | None = None     # node id, value, max, preview or None
-    on_executed: Callable[[str, dict], None] | None = None              # node id, ui dict ({"images": [...]})
+    on_executed: Callable[[str, dict, dict | None], None] | None = None  # node id, ui dict, profile entry
 
 
 @dataclass
@@ -41,6 +48,8 @@ class RunReport:
     outputs: dict = field(default_factory=dict)         # {node id: ui dict}
     error: dict | None = None         # ComfyUI execution_error / execution_interrupted payload
     seconds: float = 0.0
+    profile: dict = field(default_factory=dict)         # {node id: profile entry}, cached ones first (profile.py)
+    provenance: dict | None = None    # models (SHA-256) and node versions (provenance.py); the PNGs' `latentgraph`
 
 
 class _PlanError(Exception):
@@ -55,17 +64,24 @@ class _Node:
     consts: dict
     links: list[tuple[str, str, int]]  # (input name, source id, source slot)
     key: str = ""
+    upstream: list = field(default_factory=list)  # (input name, source key, source slot), sorted
+    extra: Any = None  # the fingerprint
 
 
 class Executor:
     """Runs prompts against a node registry; keeps results in ``cache`` between runs."""
 
     def __init__(self, registry: dict[str, NodeSpec], env: Environment, cache: OutputCache | None = None,
-                 resources: Any = None):
+                 resources: Any = None, hashes: HashCache | None = None, profile: bool = True):
+        """`hashes`: where model hashes are remembered (default: in memory). `profile=False` only serves
+        benchmarks/executor.py, to measure what profiling costs."""
         self.registry = registry
         self.env = env
         self.cache = cache if cache is not None else OutputCache()
         self.resources = resources
+        self.hashes = hashes if hashes is not None else HashCache()
+        self.profiler = NodeProfiler(getattr(resources, "device", None)) if profile else None
+        self.last: dict[str, _Node] = {}  # each node id as it last ran or was served: what why_ran compares with
 
     # -- planning ---------------------------------------------------------------------------------------------
     def _parse(self, prompt: dict, node_id: str, values: dict | None) -> _Node:
@@ -129,10 +145,11 @@ class Executor:
         """Hash of class, version, constants, parents' keys and fingerprint. Parts are joined with a control
         character that repr() never emits, so distinct inputs cannot run together into the same text."""
         spec, consts = item.spec, item.consts
+        item.upstream = [(name, order[src].key, slot) for name, src, slot in sorted(item.links)]
         parts = [spec.type_name, spec.version]
         parts += [f"{name}={consts[name]!r}" for name in sorted(consts)]
-        parts += [f"{name}<{order[src].key}:{slot}" for name, src, slot in sorted(item.links)]
-        extra = spec.fingerprint(consts, self.env)
+        parts += [f"{name}<{key}:{slot}" for name, key, slot in item.upstream]
+        extra = item.extra = spec.fingerprint(consts, self.env)
         if extra is not None:
             parts.append(f"fingerprint={extra!r}")
         return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=16).hexdigest()
@@ -184,37 +201,66 @@ class Executor:
                 gc.enable()
         results: dict[str, Result] = dict(hits)
         report.cached = [n for n in order if n in hits]
+        profiler, profile = self.profiler, report.profile
+        if profiler is not None:
+            profiler.begin()
+            for node_id in report.cached:
+                profile[node_id] = profiler.cached(order[node_id].spec.type_name)
         if hooks.on_cached:
             hooks.on_cached(list(report.cached))
         for node_id in report.cached:
             self._emit_ui(node_id, hits[node_id], report, hooks)
 
+        models = RunModels(order, self.env, self.hashes)  # hashing starts now, in the background
         extra_pnginfo = (extra_data or {}).get("extra_pnginfo") or {}
         is_set = interrupt.is_set if interrupt is not None else None
         for node_id in to_run:
             item = order[node_id]
             if is_set is not None and is_set():
-                return self._stop(report, prompt_id, node_id, item, started)
+                return self._stop(report, prompt_id, node_id, item, order, models, started)
             if hooks.on_node_start:
                 hooks.on_node_start(node_id)
             inputs = dict(item.consts)
             for name, source, slot in item.links:
                 inputs[name] = results[source].outputs[slot]
-            ctx = Context(node_id, self.env, prompt, extra_pnginfo, hooks.on_progress, is_set, self.resources)
+            pnginfo = extra_pnginfo
+            if item.spec.hidden and "EXTRA_PNGINFO" in item.spec.hidden.values():  # it writes files: with provenance
+                if report.provenance is None:
+                    report.provenance = models.record(wait=True)
+                pnginfo = {**extra_pnginfo, "latentgraph": report.provenance}
+            ctx = Context(node_id, self.env, prompt, pnginfo, hooks.on_progress, is_set, self.resources)
+            if profiler is not None:
+                previous = self.last.get(node_id)
+                why = FIRST_RUN if previous is None else why_ran(item, previous)
+            node_started = time.perf_counter_ns()
             try:
                 result = item.spec.call(ctx, inputs)
             except Interrupted:
-                return self._stop(report, prompt_id, node_id, item, started)
+                return self._stop(report, prompt_id, node_id, item, order, models, started)
             except Exception as exc:  # any node failure becomes a structured error naming the node
                 report.status = "error"
                 report.error = self._error_payload(prompt_id, node_id, item.spec.type_name, report, exc, inputs,
                                                    results)
-                report.seconds = time.perf_counter() - started
-                return report
+                return self._finish(report, order, models, started)
+            if profiler is not None:
+                profile[node_id] = profiler.entry(item.spec.type_name, node_started, why)
             results[node_id] = result
             self.cache.put(item.key, result)
             report.executed.append(node_id)
             self._emit_ui(node_id, result, report, hooks)
+        return self._finish(report, order, models, started)
+
+    def _finish(self, report: RunReport, order: dict[str, _Node], models: RunModels, started: float) -> RunReport:
+        """Complete the provenance (waiting for hashes only after a success) and remember the nodes that ran or
+        were served, for the next run's why_ran."""
+        if report.provenance is None:
+            report.provenance = models.record(wait=report.status == "success")
+        if len(self.last) > LAST_RUNS_KEPT:
+            self.last.clear()
+        for node_id in report.cached:
+            self.last[node_id] = order[node_id]
+        for node_id in report.executed:
+            self.last[node_id] = order[node_id]
         report.seconds = time.perf_counter() - started
         return report
 
@@ -223,15 +269,14 @@ class Executor:
         if result.ui is not None:
             report.outputs[node_id] = result.ui
             if hooks.on_executed:
-                hooks.on_executed(node_id, result.ui)
+                hooks.on_executed(node_id, result.ui, report.profile.get(node_id))
 
-    @staticmethod
-    def _stop(report: RunReport, prompt_id: str, node_id: str, item: _Node, started: float) -> RunReport:
+    def _stop(self, report: RunReport, prompt_id: str, node_id: str, item: _Node, order: dict[str, _Node],
+              models: RunModels, started: float) -> RunReport:
         report.status = "interrupted"
         report.error = {"prompt_id": prompt_id, "node_id": node_id, "node_type": item.spec.type_name,
                         "executed": list(report.executed)}
-        report.seconds = time.perf_counter() - started
-        return report
+        return self._finish(report, order, models, started)
 
     @staticmethod
     def _error_payload(prompt_id: str, node_id: str, node_type: str | None, report: RunReport, exc: BaseException,

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 from PIL import Image
 
-from nodes.node import Environment, InputError, NodeSpec
+from nodes.node import Environment, Input, InputError, Migration, NodeSpec
 from nodes.types import INT, compatible
+from server import migrations
 from server.limits import MAX_GRAPH_LINKS, MAX_GRAPH_NODES, TooLarge
 from server.missing import explain as explain_missing
 from server.subgraphs import flatten as flatten_subgraphs
@@ -93,22 +94,38 @@ def _link_table(workflow: dict) -> dict[Any, _Link]:
     return table
 
 
-def widget_slots(spec: NodeSpec) -> dict[str, int]:
-    """Where each widget input's value sits in a node's positional ``widgets_values``.
+def widget_layout(spec: NodeSpec, steps: Sequence[Migration] = ()) -> list[tuple[str, Input, tuple[str, ...]]]:
+    """(name, input, extras) for each widget in a node's positional ``widgets_values``; `extras` are the kinds of
+    the values that follow it and belong to no input: "control" (a seed's "control after generate") and "upload"
+    (an image upload button's, after the last widget of its group: LoadImageMask saves ``["m.png", "red",
+    "image"]``).
 
-    Widgets come in schema order (required, then optional); a seed's "control after generate" value follows its
-    widget, and an image upload button's value follows the required widgets (LoadImageMask saves
-    ``["m.png", "red", "image"]``); those values belong to no input."""
-    slots, index = {}, 0
+    Widgets come in schema order (required, then optional). Given the migration steps a workflow saved earlier
+    still needs, the layout it was saved in: today's widgets less those the steps added, under the names they
+    had then."""
+    layout = []
     for group in ([i for i in spec.inputs.values() if i.required], [i for i in spec.inputs.values() if i.optional]):
-        for inp in group:
-            if not inp.is_widget:
-                continue
-            slots[inp.name] = index
-            index += 1
-            if inp.control_after_generate or (inp.type == INT and inp.name in _SEED_NAMES):
-                index += 1
-        index += any(inp.image_upload and inp.is_widget for inp in group)
+        widgets = [(i.name, i) for i in group if i.is_widget]
+        for step in reversed(steps):
+            old_name = {new: old for old, new in step.renamed.items()}
+            widgets = [(old_name.get(n, n), i) for n, i in widgets if n not in step.added]
+        upload = any(i.image_upload for _, i in widgets)
+        for k, (name, inp) in enumerate(widgets):
+            layout.append((name, inp, ("control",) * is_seed(inp) + ("upload",) * (upload and k == len(widgets) - 1)))
+    return layout
+
+
+def is_seed(inp: Input) -> bool:
+    """A seed: the canvas gives it a "control after generate" widget."""
+    return inp.control_after_generate or (inp.type == INT and inp.name in _SEED_NAMES)
+
+
+def widget_slots(spec: NodeSpec) -> dict[str, int]:
+    """Where each widget input's value sits in a node's positional ``widgets_values`` (see widget_layout)."""
+    slots, index = {}, 0
+    for name, _, extras in widget_layout(spec):
+        slots[name] = index
+        index += 1 + len(extras)
     return slots
 
 
@@ -207,8 +224,11 @@ def _convert_node(node: dict, graph: _UIGraph, registry: dict[str, NodeSpec]) ->
     for name, value in inputs.items():
         if isinstance(value, list) and not _is_api_link(value):
             inputs[name] = {"__value__": value}
-    title = node.get("title") or (spec.display_name if spec else kind)
-    return {"class_type": kind, "inputs": inputs, "_meta": {"title": title}}
+    meta = {"title": node.get("title") or (spec.display_name if spec else kind)}
+    version = migrations.saved_version(node.get("properties"))
+    if version is not None:
+        meta["ver"] = version
+    return {"class_type": kind, "inputs": inputs, "_meta": meta}
 
 
 def _input_name(entry: dict) -> Any:
@@ -265,12 +285,15 @@ def set_ui_widget(workflow: dict, node_id: str, name: str, value: Any, registry:
 
 # -- reading files -----------------------------------------------------------------------------------------------
 
-def load_prompt(data: Any, registry: dict[str, NodeSpec]) -> tuple[dict, dict | None]:
+def load_prompt(data: Any, registry: dict[str, NodeSpec], changes: list[str] | None = None) -> tuple[dict, dict | None]:
     """Any accepted workflow JSON → (API prompt, UI workflow or None).
 
-    Accepts a UI workflow, an API prompt, or a ``POST /prompt`` body (``{"prompt", "extra_data"}``)."""
+    Accepts a UI workflow, an API prompt, or a ``POST /prompt`` body (``{"prompt", "extra_data"}``). Nodes saved
+    with older versions are migrated in place first, what changed appended to `changes`; nodes newer than the
+    registry's raise ``migrations.NewerVersion`` (server/migrations.py)."""
+    changes = changes if changes is not None else []
     if is_ui_workflow(data):
-        return ui_to_api(data, registry), data
+        return _from_ui(data, registry, changes), data
     if not isinstance(data, dict):
         raise ValueError(f"a workflow must be a JSON object, not {type(data).__name__}")
     if is_serverless_envelope(data):
@@ -280,9 +303,20 @@ def load_prompt(data: Any, registry: dict[str, NodeSpec]) -> tuple[dict, dict | 
     if isinstance(body, dict) and "class_type" not in body:
         workflow = ((data.get("extra_data") or {}).get("extra_pnginfo") or {}).get("workflow")
         if is_ui_workflow(body):
-            return ui_to_api(body, registry), body
+            return _from_ui(body, registry, changes), body
+        changes += migrations.migrate_api(body, registry)
+        if is_ui_workflow(workflow):  # the client's copy for the outputs: migrated alike, reported once
+            check_ui_shape(workflow)
+            migrations.migrate_ui(workflow, registry)
         return body, workflow if is_ui_workflow(workflow) else None
+    changes += migrations.migrate_api(data, registry)
     return data, None
+
+
+def _from_ui(workflow: dict, registry: dict[str, NodeSpec], changes: list[str]) -> dict:
+    check_ui_shape(workflow)  # before migrating, which reads the nodes as the format says
+    changes += migrations.migrate_ui(workflow, registry)
+    return ui_to_api(workflow, registry)
 
 
 def is_serverless_envelope(data: Any) -> bool:
@@ -294,18 +328,28 @@ def is_serverless_envelope(data: Any) -> bool:
 
 def read_png_workflow(path: str) -> dict:
     """The workflow embedded in a PNG: the `workflow` text chunk (UI JSON), else `prompt` (API JSON)."""
+    for key in ("workflow", "prompt"):
+        chunk = read_png_json(path, (key,))
+        if key in chunk:
+            return chunk[key]
+    raise ValueError(f"{path}: the image carries no 'workflow' or 'prompt' metadata")
+
+
+def read_png_json(path: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The JSON text chunks named `keys` that a PNG carries, decoded; ValueError naming what cannot be read."""
     try:
         with Image.open(path) as img:
             text = dict(getattr(img, "text", None) or {})  # PIL reads tEXt, zTXt and iTXt alike
     except (OSError, SyntaxError) as exc:
         raise ValueError(f"{path}: not a readable image ({exc})") from None
-    for key in ("workflow", "prompt"):
+    found = {}
+    for key in keys:
         if key in text:
             try:
-                return json.loads(text[key])
+                found[key] = json.loads(text[key])
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}: the '{key}' chunk is not valid JSON ({exc})") from None
-    raise ValueError(f"{path}: the image carries no 'workflow' or 'prompt' metadata")
+    return found
 
 
 # -- validation --------------------------------------------------------------------------------------------------

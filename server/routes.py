@@ -6,6 +6,11 @@ Extensions over ComfyUI (clients that don't know them are unaffected):
 - ``POST /queue`` also takes ``{"requeue": [ids]}`` (run finished prompts again, e.g. those cut off by a restart)
   and ``{"pause": true|false}``; ``GET /queue`` adds ``"paused"``.
 - ``GET /workflows`` lists the shipped workflows, ``GET /workflows/{name}`` serves one.
+- ``POST /prompt`` answers ``"migrated"`` when nodes saved with older versions were brought up to date
+  (server/migrations.py), and refuses newer ones (``newer_node_version``).
+- ``POST /workflow/open`` (what the canvas asks when it opens a file): ``{"workflow": UI or API JSON,
+  "latentgraph": the image's provenance record}`` → the workflow migrated, what changed (``migrated``), and the
+  model files that differ here from those the image was made with (``mismatches``, server/provenance.py).
 """
 from __future__ import annotations
 
@@ -53,6 +58,7 @@ def setup(app: web.Application, state) -> None:
         ("GET", "/users", r.users), ("GET", "/settings", r.get_settings), ("POST", "/settings", r.post_settings),
         ("GET", "/settings/{id}", r.get_setting), ("POST", "/settings/{id}", r.post_setting),
         ("GET", "/workflows", r.workflows), ("GET", "/workflows/{name}", r.workflow),
+        ("POST", "/workflow/open", r.open_workflow),
         ("GET", "/ws", state.hub.handle),
     ]
     for method, path, handler in api:
@@ -167,6 +173,7 @@ class _Accepted:
     prompt_id: str
     ticket: object
     node_errors: dict
+    migrated: list[str]  # what loading changed in nodes saved with older versions (server/migrations.py)
 
 
 class Routes:
@@ -196,13 +203,15 @@ class Routes:
             return error_json(400, "duplicate_prompt_id",
                               f"prompt id {accepted.prompt_id!r} is already queued or in history")
         self.s.queue_changed()
-        return web.json_response({"prompt_id": accepted.prompt_id, "number": ticket.number,
-                                  "node_errors": accepted.node_errors})
+        answer = {"prompt_id": accepted.prompt_id, "number": ticket.number, "node_errors": accepted.node_errors}
+        if accepted.migrated:
+            answer["migrated"] = accepted.migrated
+        return web.json_response(answer)
 
     def _accept(self, raw: bytes, content_type: str, client_id: str | None) -> _Accepted:
         """Read, convert and validate a /prompt body and add it to the open group commit (any thread); raises the
         HTTP error a bad one gets."""
-        from .graph import is_serverless_envelope, load_prompt, validate
+        from .graph import is_serverless_envelope, validate
 
         if content_type == "image/png":  # a PNG with its embedded workflow, as the canvas would load it
             body = {"prompt": self._png_workflow(raw), "client_id": client_id}
@@ -225,16 +234,12 @@ class Routes:
         targets = body.get("partial_execution_targets")
         if targets is not None and (not isinstance(targets, list) or not all(_is_id(t) for t in targets)):
             raise _bad("invalid_prompt", "partial_execution_targets must be a list of node ids")
-        try:
-            prompt, workflow = load_prompt(graph, self.s.registry)
-        except TooLarge as exc:
-            raise _too_large("prompt_too_large", f"Cannot read the prompt: {exc}")
-        except (ValueError, KeyError, TypeError) as exc:
-            raise _bad("invalid_prompt", f"Cannot read the prompt: {exc}")
+        migrated: list[str] = []
+        prompt, workflow = self._load(graph, migrated, "prompt")
         if body.get("client_id"):
             extra["client_id"] = str(body["client_id"])
-        if workflow is not None:
-            extra.setdefault("extra_pnginfo", {}).setdefault("workflow", workflow)
+        if workflow is not None:  # converted here: outputs embed it as it runs, migrated to today's versions
+            extra.setdefault("extra_pnginfo", {})["workflow"] = workflow
         result = validate(prompt, self.s.registry, self.s.env,
                           outputs=[str(t) for t in targets] if targets is not None else None)
         if not result.ok:
@@ -242,7 +247,22 @@ class Routes:
             raise _reply(status, {"error": result.error, "node_errors": result.node_errors})
         ticket = self.s.queue.add(prompt_id, prompt, extra, list(result.outputs), number=number,
                                   front=bool(body.get("front")))
-        return _Accepted(prompt_id, ticket, result.node_errors)
+        return _Accepted(prompt_id, ticket, result.node_errors, migrated)
+
+    def _load(self, graph, migrated: list[str], what: str):
+        """graph.load_prompt, its errors as the HTTP errors they get; nodes saved with older versions are migrated
+        in place and `migrated` says what changed."""
+        from .graph import load_prompt
+        from .migrations import NewerVersion
+
+        try:
+            return load_prompt(graph, self.s.registry, migrated)
+        except NewerVersion as exc:
+            raise _bad("newer_node_version", str(exc))
+        except TooLarge as exc:
+            raise _too_large("prompt_too_large", f"Cannot read the {what}: {exc}")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _bad("invalid_prompt", f"Cannot read the {what}: {exc}")
 
     def _png_workflow(self, data: bytes):
         """The workflow embedded in a PNG /prompt body."""
@@ -546,6 +566,18 @@ class Routes:
         if path.suffix != ".json" or not path.is_file():
             raise _bad("not_found", f"no workflow {name!r}", 404)
         return web.FileResponse(path, headers={"Content-Type": "application/json", "Cache-Control": "no-cache"})
+
+    async def open_workflow(self, request):
+        from .provenance import mismatches
+
+        body = _json_dict(await self._json(request))
+        graph, record, migrated = body.get("workflow"), body.get("latentgraph"), []
+        if record is not None and not isinstance(record, dict):
+            raise _bad("invalid_provenance", "latentgraph must be the image's provenance record (object)")
+        await self.s.heavy_work(self._load, graph, migrated, "workflow")  # migrates `graph` in place
+        problems = await asyncio.get_running_loop().run_in_executor(  # hashing a new file takes a while
+            None, mismatches, record, self.s.registry, self.s.env, self.s.hashes)
+        return web.json_response({"workflow": graph, "migrated": migrated, "mismatches": problems})
 
     async def index(self, request):
         index = Path(self.config.web_dir) / "index.html"

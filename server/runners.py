@@ -42,6 +42,7 @@ class RunnerConfig:
     cache_entries: int
     cache_bytes: int
     registry: str = DEFAULT_REGISTRY  # "module:function" returning the node registry; the child imports it
+    hash_cache: str | None = None     # the model hash cache file (provenance.HashCache); None: in memory
     watchdog_seconds: float = watchdog.LIMIT  # a child process silent this long is killed (0: never; watchdog.py)
 
 
@@ -50,6 +51,7 @@ def build_executor(config: RunnerConfig, registry: dict | None = None):
     from .cache import OutputCache
     from .executor import Executor
     from .models import ModelResidency
+    from .provenance import HashCache
 
     if config.device == "cpu":  # leave a core to the event loop so HTTP and websockets stay responsive
         import torch
@@ -60,7 +62,7 @@ def build_executor(config: RunnerConfig, registry: dict | None = None):
         registry = getattr(importlib.import_module(module), name)()
     resources = ModelResidency(config.device)
     return Executor(registry, config.env, cache=OutputCache(config.cache_entries, config.cache_bytes),
-                    resources=resources)
+                    resources=resources, hashes=HashCache(config.hash_cache))
 
 
 def free(executor, unload_models: bool, free_memory: bool) -> None:

@@ -96,10 +96,11 @@ class Worker(threading.Thread):
         self.current, self.current_node = item, None
         self.interrupt_event.clear()
 
-        def emit(type_: str, data: dict, record: bool = False) -> None:
+        def emit(type_: str, data: dict, record: bool = False, live: dict | None = None) -> None:
+            """Send to the client; `record` keeps it in the history entry, without what `live` adds."""
             if record:
                 messages.append([type_, data])
-            self.hub.send_threadsafe(type_, data, sid)
+            self.hub.send_threadsafe(type_, {**data, **live} if live else data, sid)
 
         def on_start(prompt_id):
             emit("execution_start", {"prompt_id": pid, "timestamp": now_ms()}, record=True)
@@ -122,8 +123,9 @@ class Worker(threading.Thread):
                     "node_id": node_id, "display_node_id": node_id, "parent_node_id": None,
                     "real_node_id": node_id, "prompt_id": pid})
 
-        def on_executed(node_id, ui):
-            emit("executed", {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": pid})
+        def on_executed(node_id, ui, profile=None):
+            emit("executed", {"node": node_id, "display_node": node_id, "output": ui, "prompt_id": pid,
+                              "profile": profile})
 
         hooks = Hooks(on_start=on_start, on_cached=on_cached, on_node_start=on_node_start,
                       on_progress=on_progress, on_executed=on_executed)
@@ -133,9 +135,10 @@ class Worker(threading.Thread):
                                      extra_data=item.extra_data, hooks=hooks)
             status, outputs, error = report.status, report.outputs or {}, report.error
             executed, cached = list(report.executed or []), list(report.cached or [])
+            extra_meta = {"profile": report.profile, "latentgraph": report.provenance}
         except Exception as exc:  # an executor bug must not kill the worker or lose the prompt's record
             log.exception("executor failed on prompt %s", pid)
-            status, outputs, executed, cached = "error", {}, [], []
+            status, outputs, executed, cached, extra_meta = "error", {}, [], [], {}
             error = {"prompt_id": pid, "node_id": self.current_node, "node_type": None, "executed": [],
                      "exception_message": str(exc), "exception_type": type(exc).__name__,
                      "traceback": traceback.format_exception(exc), "current_inputs": {}, "current_outputs": {}}
@@ -149,7 +152,7 @@ class Worker(threading.Thread):
         if self.current_node is not None:  # the last node's final state: finished, or error where it failed
             emit("progress_state", progress.end(self.current_node, "finished" if status == "success" else "error"))
         if status == "success":
-            emit("execution_success", {"prompt_id": pid, "timestamp": now_ms()}, record=True)
+            emit("execution_success", {"prompt_id": pid, "timestamp": now_ms()}, record=True, live=extra_meta)
         elif status == "interrupted":
             node = self.current_node
             payload = {"node_id": node, "node_type": _class_of(item, node), "executed": executed, **(error or {})}
@@ -158,7 +161,7 @@ class Worker(threading.Thread):
             emit("execution_error", {**(error or {}), "prompt_id": pid, "timestamp": now_ms()}, record=True)
         self.queue.finish(pid, {"status_str": "success" if status == "success" else "error",
                                 "completed": status == "success", "messages": messages},
-                          outputs, {nid: _meta(nid) for nid in outputs})
+                          outputs, {**{nid: _meta(nid) for nid in outputs}, **extra_meta})
         self.current, self.current_node = None, None
         self.on_queue_change()  # as ComfyUI: the status broadcast, then `executing` null ends the prompt
         emit("executing", {"node": None, "display_node": None, "prompt_id": pid})

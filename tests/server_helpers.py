@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
 
-@node(category="testing", outputs=[Output(IMAGE)], name="TestSteps")
+@node(category="testing", outputs=[Output(IMAGE)], name="TestSteps", version="1.0.0")
 class Stepper:
     """Pass an image through after `steps` progress reports with previews; waits on a gate if one is named."""
     image: IMAGE = Input()

@@ -19,6 +19,13 @@ COMBO = "COMBO"  # a list of choices in the schema
 REFERENCE = {
     "CheckpointLoaderSimple": ("Load Checkpoint", [("ckpt_name", COMBO, {})], ["MODEL", "CLIP", "VAE"]),
     "VAELoader": ("Load VAE", [("vae_name", COMBO, {})], ["VAE"]),
+    "LoraLoader": ("Load LoRA (Model and CLIP)", [
+        ("model", "MODEL", {}), ("clip", "CLIP", {}), ("lora_name", COMBO, {}),
+        ("strength_model", "FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}),
+        ("strength_clip", "FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01})], ["MODEL", "CLIP"]),
+    "LoraLoaderModelOnly": ("Load LoRA", [
+        ("model", "MODEL", {}), ("lora_name", COMBO, {}),
+        ("strength_model", "FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01})], ["MODEL"]),
     "CLIPTextEncode": ("CLIP Text Encode (Prompt)",
                        [("text", "STRING", {"multiline": True, "dynamicPrompts": True}), ("clip", "CLIP", {})],
                        ["CONDITIONING"]),

@@ -115,13 +115,14 @@ def test_hooks_see_everything(executor):
                   on_cached=lambda ids: events.append(("cached", ids)),
                   on_node_start=lambda n: events.append(("node", n)),
                   on_progress=lambda n, v, m, p: events.append(("progress", n, v, m)),
-                  on_executed=lambda n, ui: events.append(("executed", n, ui["images"][0]["filename"])))
+                  on_executed=lambda n, ui, entry: events.append(("executed", n, ui["images"][0]["filename"],
+                                                                   entry["cached"])))
     executor.run(graph(), ["7"], prompt_id="p1", hooks=hooks)
     assert events == [("start", "p1"), ("cached", []), ("node", "5"), ("node", "6"), ("node", "7"),
-                      ("progress", "7", 1, 2), ("progress", "7", 2, 2), ("executed", "7", "b_00001_.png")]
+                      ("progress", "7", 1, 2), ("progress", "7", 2, 2), ("executed", "7", "b_00001_.png", False)]
     events.clear()
     executor.run(graph(), ["7"], prompt_id="p2", hooks=hooks)
-    assert events == [("start", "p2"), ("cached", ["7"]), ("executed", "7", "b_00001_.png")]
+    assert events == [("start", "p2"), ("cached", ["7"]), ("executed", "7", "b_00001_.png", True)]
 
 
 def test_node_exception_becomes_a_structured_error(executor):
@@ -158,7 +159,7 @@ def test_interrupt_inside_a_node(executor, env):
 
 
 def test_progress_from_a_long_running_node(registry, env):
-    @node(category="test", outputs=[Output(INT)], name="_TestCountdown")
+    @node(category="test", outputs=[Output(INT)], name="_TestCountdown", version="1.0.0")
     class Countdown:
         steps: int = Input(default=3)
 
@@ -215,7 +216,7 @@ def test_cache_is_lru_bounded_by_entries_and_bytes():
 
 
 def test_failing_fingerprint_is_reported_as_that_nodes_error(registry, env):
-    @node(category="test", outputs=[Output(INT)], name="_TestFlaky")
+    @node(category="test", outputs=[Output(INT)], name="_TestFlaky", version="1.0.0")
     class Flaky:
         n: int = Input(default=1)
 

@@ -77,7 +77,7 @@ def test_shipped_workflow_converts(registry):
     assert prompt["2"]["inputs"] == {"upscale_method": "bilinear", "width": 768, "height": 0, "crop": "disabled",
                                      "image": ["1", 0]}
     assert prompt["4"] == {"class_type": "SaveImage", "inputs": {"filename_prefix": "latentgraph_basic",
-                                                                 "images": ["3", 0]}, "_meta": {"title": "Save Image"}}
+                                                                 "images": ["3", 0]}, "_meta": {"title": "Save Image", "ver": "1.0.0"}}
 
 
 def test_seed_control_value_is_skipped():
@@ -197,8 +197,10 @@ def test_load_prompt_accepts_every_shape(registry):
     api = {"1": {"class_type": "EmptyImage", "inputs": {"width": 8}}}
     workflow = ui([node(1, "EmptyImage", [8, 8, 1, 0])], [])
     assert load_prompt(api, registry) == (api, None)
+    assert api["1"]["_meta"] == {"ver": "1.0.0"}  # loading records each node's version (server/migrations.py)
     assert load_prompt(workflow, registry) == ({"1": {"class_type": "EmptyImage", "inputs": {
-        "width": 8, "height": 8, "batch_size": 1, "color": 0}, "_meta": {"title": "EmptyImage"}}}, workflow)
+        "width": 8, "height": 8, "batch_size": 1, "color": 0}, "_meta": {"title": "EmptyImage", "ver": "1.0.0"}}},
+        workflow)
     body = {"prompt": api, "extra_data": {"extra_pnginfo": {"workflow": workflow}}}
     assert load_prompt(body, registry) == (api, workflow)
     with pytest.raises(ValueError, match="JSON object"):

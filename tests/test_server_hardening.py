@@ -112,8 +112,8 @@ async def test_a_long_valid_chain_runs_without_stalling_the_server(client):
 
     async def listen():
         async for msg in ws:
-            sizes.append(len(msg.data))
             data = json.loads(msg.data)
+            sizes.append((data["type"], len(msg.data)))
             if data["type"] == "executing" and data["data"]["node"] is None:
                 return
 
@@ -124,7 +124,10 @@ async def test_a_long_valid_chain_runs_without_stalling_the_server(client):
         assert resp.status == 200
         await listener
     assert worst[-1] < STALL * load_factor()
-    assert len(sizes) > 2 * 4000 and max(sizes) < 2000  # a message per node start at least, each small: deltas
+    # a message per node start at least, each small: deltas; only execution_success is as long as the prompt, once:
+    # it carries every node's profile (issue #21), ~130 bytes each
+    assert len(sizes) > 2 * 4000 and max(size for kind, size in sizes if kind != "execution_success") < 2000
+    assert [size for kind, size in sizes if kind == "execution_success"][0] < 200 * 4000
     history = await (await client.get(f"/history/{(await resp.json())['prompt_id']}")).json()
     assert next(iter(history.values()))["status"]["status_str"] == "success"
     await ws.close()

@@ -4,6 +4,7 @@ checkpoints that stay loaded across workflows until POST /free — with prompts 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import struct
 
@@ -26,8 +27,11 @@ async def client(aiohttp_client, tmp_path):
     return await aiohttp_client(create_app(cfg))
 
 
-async def run_workflow(client, ws, name: str, **changes) -> tuple[dict, list, list]:
+async def run_workflow(client, ws, name: str, seed: int | None = None) -> tuple[dict, list, list]:
     workflow = json.loads((REPO / "workflows" / name).read_text())
+    if seed is not None:
+        (sampler,) = [n for n in workflow["nodes"] if n["type"] == "SDXLSampler"]
+        sampler["widgets_values"][0] = seed
     resp = await client.post("/prompt", json={"prompt": workflow, "client_id": "sdxl"})
     body = await resp.json()
     assert resp.status == 200, body
@@ -68,6 +72,17 @@ async def test_sdxl_workflows_progress_previews_and_resident_checkpoints(client)
                                              "type": images[0]["type"]})
     assert view.status == 200 and view.content_type == "image/png"
     assert models()["builds"] == 1
+    profile = entry["meta"]["profile"]
+    assert all(e["why"] == "first run" for e in profile.values())
+    (model,) = entry["meta"]["latentgraph"]["models"]  # the history keeps the provenance record the PNG carries
+    assert model["sha256"] == hashlib.sha256(demo_models()["sdxl_base"].read_bytes()).hexdigest()
+
+    # the same workflow with another seed: the profile says why each node ran again
+    entry, _, _ = await run_workflow(client, ws, "sdxl_base.json", seed=7)
+    profile = {e["class_type"]: e for e in entry["meta"]["profile"].values()}
+    assert profile["SDXLSampler"]["why"] == "seed changed"
+    assert profile["SDXLVAEDecode"]["why"] == "upstream changed: samples"
+    assert profile["SDXLCheckpointLoader"]["cached"] and profile["SDXLCheckpointLoader"]["why"] is None
 
     # another workflow on the same base checkpoint (plus the refiner): the base is not read again
     entry, _, _ = await run_workflow(client, ws, "sdxl_base_refiner.json")

@@ -244,8 +244,12 @@ def test_sdxl_template_runs_headless(name, tmp_path, capsys):
     (png,) = saved_pngs(out)
     with Image.open(png) as img:
         assert img.size == (64, 64)
-        assert json.loads(img.text["workflow"])["nodes"] == workflow["nodes"]  # the shared file, embedded unchanged
+        embedded = json.loads(img.text["workflow"])["nodes"]
         prompt = json.loads(img.text["prompt"])
+    # the shared file, embedded unchanged but for the node versions recorded where it had none (issue #21)
+    stamped = {n["properties"].pop("ver") for n, saved in zip(embedded, workflow["nodes"])
+               if "ver" not in saved.get("properties", {}) and "ver" in n.get("properties", {})}
+    assert embedded == workflow["nodes"] and stamped <= {"1.0.0"}
     assert {e["class_type"] for e in prompt.values()} >= {"CheckpointLoaderSimple", "VAEDecode", "SaveImage"}
 
 

@@ -2,8 +2,8 @@
 checked: sizes, embedded workflows, determinism per seed, identical pixels from the fine-grained and the
 ComfyUI-named graph, refiner effect, inpainting confined to the mask, one image per aspect bucket, the
 upscale-model hires fix's sizes, outpainting around a kept source, the ControlNet steering the picture, revision's
-picture reaching the result, the other families' text-to-image and image-to-image; and the executor re-runs only what
-a change touches."""
+picture reaching the result, the other families' text-to-image and image-to-image, a LoRA's effect (none at strength
+0) and LCM-LoRA sampling; and the executor re-runs only what a change touches."""
 import json
 import os
 import subprocess
@@ -21,7 +21,8 @@ from sdxl_helpers import demo_models_dir, environment, run_workflow
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOWS = ["sdxl_base", "sdxl_base_comfy", "sdxl_base_refiner", "sdxl_refiner_sdedit", "sdxl_img2img",
              "sdxl_inpaint", "sdxl_aspect_buckets", "sdxl_hires_upscale_model", "sdxl_outpaint", "sdxl_controlnet_canny",
-             "sdxl_revision", "sd15_txt2img", "sd15_img2img", "sd2_768v_txt2img", "sdxl_turbo_1step"]
+             "sdxl_revision", "sd15_txt2img", "sd15_img2img", "sd2_768v_txt2img", "sdxl_turbo_1step", "sdxl_lora",
+             "sdxl_lcm_lora"]
 
 
 def workflow_path(name: str) -> str:
@@ -90,6 +91,28 @@ def test_ensemble_of_experts_refiner_changes_the_base_result(ran, env):
     base_only = pixels(next(iter(base_only.values())))
     assert ensemble.shape == base_only.shape == (256, 256, 3)
     assert np.abs(ensemble - base_only).mean() > 1
+
+
+def test_lora_changes_the_picture_and_at_strength_zero_gives_the_plain_one(ran, env):
+    """sdxl_lora is sdxl_base_comfy with a Load LoRA node (same prompt, seed, size, sampler)."""
+    with_lora = pixels(by_prefix(ran["sdxl_lora"], "sdxl_lora"))
+    plain = pixels(by_prefix(ran["sdxl_base_comfy"], "sdxl_base_comfy"))
+    off = pixels(next(iter(run_workflow(workflow_path("sdxl_lora"), env, "2.strength_model=0",
+                                        "2.strength_clip=0").values())))
+    assert np.array_equal(off, plain)
+    assert np.abs(with_lora - plain).mean() > 1
+    clip_only = pixels(next(iter(run_workflow(workflow_path("sdxl_lora"), env, "2.strength_model=0").values())))
+    assert np.abs(clip_only - plain).mean() > 1 and np.abs(clip_only - with_lora).mean() > 1
+
+
+def test_lcm_lora_four_steps_of_the_lcm_sampler(ran, env):
+    image = pixels(by_prefix(ran["sdxl_lcm_lora"], "sdxl_lcm_lora"))
+    with open(workflow_path("sdxl_lcm_lora")) as f:
+        sampler = next(n for n in json.load(f)["nodes"] if n["type"] == "KSampler")
+    assert sampler["widgets_values"][2:6] == [4, 1.0, "lcm", "sgm_uniform"]
+    without = pixels(next(iter(run_workflow(workflow_path("sdxl_lcm_lora"), env, "2.strength_model=0").values())))
+    assert image.shape == without.shape == (256, 256, 3) and image.std() > 1
+    assert np.abs(image - without).mean() > 1
 
 
 def test_sdedit_refines_the_base_image(ran):

@@ -21,6 +21,7 @@ from server.graph import widget_slots  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 BASE, REFINER = "demo_sdxl_base.safetensors", "demo_sdxl_refiner.safetensors"
 SD15, SD2_768V = "demo_sd15.safetensors", "demo_sd2_768v.safetensors"
+SDXL_LORA, LCM_LORA = "demo_sdxl_lora.safetensors", "demo_lcm_lora_sdxl.safetensors"
 PROMPT = "a majestic lion jumping from a big stone at night, highly detailed"
 NEGATIVE = "blurry, low quality"
 REGISTRY = load_builtin_nodes()
@@ -48,7 +49,7 @@ class Workflow:
                 "flags": {}, "order": len(self.nodes), "mode": 0, "inputs": [],
                 "outputs": [{"name": o.label, "type": o.type.name, "links": [], "slot_index": i}
                             for i, o in enumerate(spec.outputs)],
-                "properties": {"Node name for S&R": kind}}
+                "properties": {"Node name for S&R": kind, "ver": spec.version}}
         if title:
             node["title"] = title
         self.nodes.append(node)
@@ -449,13 +450,21 @@ def aspect_buckets() -> Workflow:
     return w
 
 
-def _txt2img(w: Workflow, ckpt: int, clip, prompt: str, seed: int, size: int, steps: int, cfg: float) -> int:
-    """The standard text-to-image row (prompt, negative, empty latent, KSampler); returns the sampler."""
+def _decode_and_save(w: Workflow, sampled: int, vae, x: int) -> None:
+    """VAE Decode and Save Image (prefix: the workflow's name) in the top row from column ``x``."""
+    image = w.add("VAEDecode", (x, 0), samples=(sampled, 0), vae=vae)
+    w.add("SaveImage", (x + 300, 0), images=(image, 0), filename_prefix=w.name)
+
+
+def _txt2img(w: Workflow, ckpt: int, clip, prompt: str, seed: int, size: int, steps: int, cfg: float,
+             sampler_name: str = "euler", scheduler: str = "normal") -> int:
+    """The standard text-to-image row (prompt, negative, empty latent, KSampler on ``ckpt``'s first output);
+    returns the sampler."""
     pos = w.add("CLIPTextEncode", (380, 0), "Positive", text=prompt, clip=clip)
     neg = w.add("CLIPTextEncode", (380, 260), "Negative", text=NEGATIVE, clip=clip)
     latent = w.add("EmptyLatentImage", (380, 520), width=size, height=size, batch_size=1)
-    return w.add("KSampler", (760, 0), model=(ckpt, 0), seed=seed, steps=steps, cfg=cfg, sampler_name="euler",
-                 scheduler="normal", positive=(pos, 0), negative=(neg, 0), latent_image=(latent, 0))
+    return w.add("KSampler", (760, 0), model=(ckpt, 0), seed=seed, steps=steps, cfg=cfg, sampler_name=sampler_name,
+                 scheduler=scheduler, positive=(pos, 0), negative=(neg, 0), latent_image=(latent, 0))
 
 
 def sd15_txt2img() -> Workflow:
@@ -463,8 +472,7 @@ def sd15_txt2img() -> Workflow:
     ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=SD15)
     clip = w.add("CLIPSetLastLayer", (0, 420), "Clip skip (−1: off)", clip=(ckpt, 1), stop_at_clip_layer=-1)
     sampled = _txt2img(w, ckpt, (clip, 0), PROMPT, seed=42, size=256, steps=4, cfg=7.0)
-    image = w.add("VAEDecode", (1120, 0), samples=(sampled, 0), vae=(ckpt, 2))
-    w.add("SaveImage", (1420, 0), images=(image, 0), filename_prefix="sd15_txt2img")
+    _decode_and_save(w, sampled, (ckpt, 2), 1120)
     w.note("Stable Diffusion 1.5 text-to-image: CLIP ViT-L/14 encodes the prompt (its last layer; set Clip skip to "
            "−2 for the layer before, as many SD 1.5 fine-tunes expect), the 860M UNet predicts the noise, the VAE "
            "decodes 64×64 latents into 512² pictures. The demo runs at 256² in 4 steps; use 512² and 20+ steps "
@@ -484,8 +492,7 @@ def sd2_768v_txt2img() -> Workflow:
     ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=SD2_768V)
     model = w.add("ModelSamplingDiscrete", (0, 420), "v-prediction", model=(ckpt, 0), sampling="v_prediction")
     sampled = _txt2img(w, model, (ckpt, 1), PROMPT, seed=42, size=256, steps=4, cfg=7.0)
-    image = w.add("VAEDecode", (1120, 0), samples=(sampled, 0), vae=(ckpt, 2))
-    w.add("SaveImage", (1420, 0), images=(image, 0), filename_prefix="sd2_768v_txt2img")
+    _decode_and_save(w, sampled, (ckpt, 2), 1120)
     w.note("Stable Diffusion 2.1 768-v text-to-image: OpenCLIP ViT-H encodes the prompt (its penultimate layer), the "
            "UNet predicts v rather than the noise. The loader reads that from the file; ModelSamplingDiscrete states "
            "it here (choose eps for the 512-base models). The demo runs at 256² in 4 steps; the 768-v models are "
@@ -505,8 +512,7 @@ def sdxl_turbo_1step() -> Workflow:
     sampled = w.add("SamplerCustom", (1120, 0), model=(ckpt, 0), add_noise=True, noise_seed=42, cfg=1.0,
                     positive=(pos, 0), negative=(neg, 0), sampler=(sampler, 0), sigmas=(sigmas, 0),
                     latent_image=(latent, 0))
-    image = w.add("VAEDecode", (1480, 0), samples=(sampled, 0), vae=(ckpt, 2))
-    w.add("SaveImage", (1780, 0), images=(image, 0), filename_prefix="sdxl_turbo_1step")
+    _decode_and_save(w, sampled, (ckpt, 2), 1480)
     w.note("SDXL Turbo (adversarial diffusion distillation): one sampling step from pure noise, without "
            "classifier-free guidance (cfg 1 skips the negative), built from ComfyUI's custom-sampling nodes: "
            "KSamplerSelect picks the sampler, SDTurboScheduler gives the σ of timestep 999 (up to 10 steps: 999, 899, "
@@ -516,9 +522,43 @@ def sdxl_turbo_1step() -> Workflow:
     return w
 
 
+def sdxl_lora() -> Workflow:
+    w = Workflow("sdxl_lora")
+    ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=BASE)
+    lora = w.add("LoraLoader", (0, 420), model=(ckpt, 0), clip=(ckpt, 1), lora_name=SDXL_LORA, strength_model=1.0,
+                 strength_clip=1.0)
+    sampled = _txt2img(w, lora, (lora, 1), PROMPT, seed=42, size=256, steps=4, cfg=5.0)
+    _decode_and_save(w, sampled, (ckpt, 2), 1120)
+    w.note("A LoRA on SDXL: Load LoRA adds a small trained change to the UNet and to both text encoders, each at its "
+           "own strength (negative reverses it; 0 leaves the model as it is). Chain several Load LoRA nodes to stack "
+           "them. kohya-ss, diffusers/PEFT and LyCORIS files from <models>/loras are read; the checkpoint itself is "
+           "never changed, so other graphs keep using it as it is. The demo LoRA (demo_sdxl_lora.safetensors, "
+           "written by latentgraph serve or make-demo-model) has random weights: pick a real SDXL LoRA.\n"
+           + RUN.format(name=w.name, family="SDXL"), (0, 760))
+    return w
+
+
+def sdxl_lcm_lora() -> Workflow:
+    """ComfyUI's LCM-LoRA example graph: the LoRA on the model alone, LCM sampling, 4 steps, cfg 1."""
+    w = Workflow("sdxl_lcm_lora")
+    ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=BASE)
+    lora = w.add("LoraLoaderModelOnly", (0, 420), model=(ckpt, 0), lora_name=LCM_LORA, strength_model=1.0)
+    model = w.add("ModelSamplingDiscrete", (0, 600), "LCM sampling", model=(lora, 0), sampling="lcm")
+    sampled = _txt2img(w, model, (ckpt, 1), PROMPT, seed=42, size=256, steps=4, cfg=1.0, sampler_name="lcm",
+                       scheduler="sgm_uniform")
+    _decode_and_save(w, sampled, (ckpt, 2), 1120)
+    w.note("LCM-LoRA (latent consistency distillation as a LoRA): any SDXL checkpoint draws a picture in 4 steps. "
+           "Load LoRA applies it to the model alone; ModelSamplingDiscrete with sampling lcm makes the model answer "
+           "as a consistency model (LCM's boundary condition), and KSampler runs the lcm sampler on sgm_uniform "
+           "steps at cfg 1 (up to 2; more burns the picture). The demo LoRA (demo_lcm_lora_sdxl.safetensors) has "
+           "random weights: use lcm-lora-sdxl's pytorch_lora_weights.safetensors for real pictures.\n"
+           + RUN.format(name=w.name, family="SDXL"), (0, 760))
+    return w
+
+
 ALL = [base_fine_grained, base_comfy, base_refiner, refiner_sdedit, img2img, inpaint, aspect_buckets,
        hires_upscale_model, outpaint, controlnet_canny, revision, sd15_txt2img, sd15_img2img, sd2_768v_txt2img,
-       sdxl_turbo_1step]
+       sdxl_turbo_1step, sdxl_lora, sdxl_lcm_lora]
 
 if __name__ == "__main__":
     for make in ALL:

@@ -12,7 +12,8 @@ A family module subclasses ``Family`` and registers an instance at import, as no
   knows the extra conditioning its network takes) and the checkpoint's text encoders the CLIP (``TextEncoder``:
   what its text encoding produces);
 - its demo writer (``write_demo``), its full-size key layout on the meta device (``full_size_shapes``) and the
-  names people give its files (``file_names``, for hints about missing models).
+  names people give its files (``file_names``, for hints about missing models);
+- the names LoRA files give its weights (``lora_model_keys`` / ``lora_clip_keys``: nodes.lora) and its demo LoRAs.
 """
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ class TextEncoder(Protocol):
     def with_layer(self, layer: int) -> "TextEncoder":
         """The same towers stopping at hidden layer ``layer`` (−1 = last, −2 = penultimate: ComfyUI's
         CLIPSetLastLayer). Raises ValueError for a layer the towers do not have."""
+
+    def with_towers(self, towers: list[nn.Module]) -> "TextEncoder":
+        """The same encoder on other copies of its towers, given in ``towers()`` order (LoRA-patched ones)."""
 
 
 @dataclass
@@ -95,6 +99,21 @@ class Family:
     def full_size_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every tensor name and shape of the full-size single file, built on the meta device."""
         raise NotImplementedError
+
+    # -- LoRA (nodes.lora) --
+    lora_text_prefixes: tuple[str, ...] = ()  # how the names LoRA files give its text encoders' weights begin
+
+    def lora_model_keys(self, model) -> dict:
+        """{module name as LoRA files write it: nodes.lora.Target} for the weights of its MODEL's network."""
+        raise NotImplementedError(f"LoRAs for {self.title} models are not supported")
+
+    def lora_clip_keys(self, clip) -> dict:
+        """The same for its CLIP's towers (Target.module: the index in ``towers()``)."""
+        raise NotImplementedError(f"LoRAs for the {self.title} text encoders are not supported")
+
+    def write_demo_loras(self, folder: Path) -> dict[str, Path]:
+        """Tiny random LoRAs for its demo checkpoints, in the layouts people download: {name: path}."""
+        return {}
 
 
 FAMILIES: dict[str, Family] = {}

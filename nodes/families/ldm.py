@@ -8,13 +8,16 @@ are sdxl.md §13.1 and §13.3.
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
 
+from ..lora import Target
 from ..sampling.schedules import DiscreteEps
 from ..sdxl.configs import FOURIER_DIM, UNetConfig, VAEConfig
 from ..sdxl.meta import empty_modules
+from ..sdxl.text import lora_weight_names
 from ..sdxl.unet import UNetModel
 from ..sdxl.vae import AutoencoderKL
 from ..weights import (CheckpointError, UnsupportedCheckpoint, build, default_dtype, read_config, read_tensors,
@@ -191,6 +194,37 @@ def _vae_attention_to_conv(state: dict[str, torch.Tensor]) -> None:
             state[k] = v[:, :, None, None]
 
 
+# ---- LoRA names (nodes.lora) ------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=8)
+def unet_lora_keys(cfg: UNetConfig) -> dict[str, Target]:
+    """Every name LoRA files give a UNet weight → its parameter in ours (original layout): kohya-ss's on the sgm
+    UNet it trains SDXL on (``lora_unet_input_blocks_4_1_…``) and on diffusers' UNet it trains SD 1.x/2.x on
+    (``lora_unet_down_blocks_1_attentions_0_…``), diffusers/PEFT's (``unet.down_blocks.1.attentions.0.…``) and the
+    single file's own (``diffusion_model.input_blocks.4.1.…``)."""
+    keys = {}
+    for ours, theirs in unet_diffusers_names(cfg).items():
+        if ours.endswith(".weight"):
+            o, d, target = ours[:-len(".weight")], theirs[:-len(".weight")], Target(0, ours)
+            for name in (f"lora_unet_{o.replace('.', '_')}", f"lora_unet_{d.replace('.', '_')}", f"unet.{d}",
+                         f"diffusion_model.{o}"):
+                keys[name] = target
+    return keys
+
+
+def text_lora_keys(towers: list, prefixes) -> dict[str, Target]:
+    """Every name LoRA files give a text tower's weights → where it is in ours; ``prefixes`` has, per tower in order,
+    the kohya-ss, diffusers/PEFT and single-file name prefixes (``lora_te1_``, ``text_encoder.``, the checkpoint's)."""
+    keys = {}
+    for index, (tower, (kohya, dotted, single)) in enumerate(zip(towers, prefixes)):
+        for name, (weight, rows, transposed) in lora_weight_names(tower).items():
+            keys[kohya + name.replace(".", "_")] = keys[dotted + name] = Target(index, weight, rows, transposed)
+        for weight, value in tower.named_parameters():
+            if weight.endswith(".weight") and value.ndim >= 2:
+                keys[single + weight[:-len(".weight")]] = Target(index, weight)
+    return keys
+
+
 # ---- diffusers configs ------------------------------------------------------------------------------------
 
 def unet_config_from_diffusers(conf: dict) -> UNetConfig:
@@ -308,6 +342,19 @@ class LDMFamily(Family):
     num_heads = 0  # … or a fixed count per layer (SD 1.x: 8)
     extra_tensors: frozenset[str] = frozenset()  # top-level tensors its single files carry (ldm_extras)
 
+    # per tower of its CLIP (towers() order): the kohya-ss, diffusers/PEFT and single-file prefixes of LoRA names
+    lora_towers: tuple[tuple[str, str, str], ...] = ()
+
+    @property
+    def lora_text_prefixes(self) -> tuple[str, ...]:
+        return tuple(p for tower in self.lora_towers for p in tower)
+
+    def lora_model_keys(self, model):
+        return unet_lora_keys(model.module.config)
+
+    def lora_clip_keys(self, clip):
+        return text_lora_keys(clip.towers(), self.lora_towers)
+
     def text_encoders(self, state: dict[str, torch.Tensor], layout: str, dtype, device):
         """The CLIP value from the text towers' tensors: layout "original" (keys renamed by ``text_prefixes``) or
         "diffusers" (``<subfolder>.<HF keys>``). Raises KeyError / ValueError when they do not fit."""
@@ -381,3 +428,25 @@ class LDMFamily(Family):
         if self.extra_tensors:
             shapes.update({k: tuple(v.shape) for k, v in ldm_extras().items()})
         return shapes
+
+    def demo_lora(self, path: Path, unet: UNetConfig, towers: list, names: str, seed: int, what: str) -> Path:
+        """A tiny random LoRA for a demo checkpoint with UNet ``unet`` and text ``towers`` (built on meta; none for a
+        UNet-only LoRA), on the layers LoRA trainers adapt (the UNet's transformer blocks and projections, the text
+        encoders' linear layers). ``names``: "kohya-sgm" / "kohya-diffusers" (kohya-ss names on the sgm or the
+        diffusers UNet, with alpha) or "peft" (diffusers' ``lora_A``/``lora_B``)."""
+        from .. import demo  # demo imports this module
+
+        with torch.device("meta"):
+            shapes = {k: v.shape for k, v in UNetModel(unet).state_dict().items()}
+        chosen = {}
+        for ours, theirs in unet_diffusers_names(unet).items():
+            if ours.endswith(".weight") and len(shapes[ours]) >= 2 and \
+                    any(part in ours for part in (".transformer_blocks.", ".proj_in.", ".proj_out.")):
+                name = {"kohya-sgm": ours, "kohya-diffusers": theirs, "peft": "unet." + theirs}[names][:-len(".weight")]
+                chosen[f"lora_unet_{name.replace('.', '_')}" if names != "peft" else name] = shapes[ours]
+        for tower, (kohya, dotted, _) in zip(towers, self.lora_towers):
+            params = dict(tower.named_parameters())
+            for name, (weight, rows, transposed) in lora_weight_names(tower).items():
+                shape = Target(0, weight, rows, transposed).shape(params[weight].shape)
+                chosen[dotted + name if names == "peft" else kohya + name.replace(".", "_")] = shape
+        return demo.save_lora(path, chosen, names != "peft", torch.Generator().manual_seed(seed), what)

@@ -78,6 +78,9 @@ class SD1TextEncoder(ClipTextEncoder):
         self._check_layer(layer, self.clip_l.config.num_hidden_layers)
         return SD1TextEncoder(self.clip_l, self._tokenizer, layer)
 
+    def with_towers(self, towers):
+        return SD1TextEncoder(towers[0], self._tokenizer, self.layer)
+
     def _hidden(self, ids: torch.Tensor):
         states = self.clip_l(input_ids=ids, output_hidden_states=True).hidden_states[self.layer]
         return clip_text_model(self.clip_l).final_layer_norm(states), None
@@ -97,6 +100,7 @@ class SD1(LDMFamily):
     vae_file_names = r"vae-ft-(mse|ema)|kl-f8|(^|[^a-z])sd[-_ ]?v?[12]([^0-9]|$)|sd(15|21)|v[12]-[0-9]"
     text_prefixes = {CLIP_PREFIX: "clip_l."}
     text_folders = ("text_encoder",)
+    lora_towers = (("lora_te_", "text_encoder.", CLIP_PREFIX),)
     num_heads = 8
     extra_tensors = frozenset(ldm_extras())
 
@@ -133,6 +137,12 @@ class SD1(LDMFamily):
         folder = demo.write_diffusers(folder / "demo_sd15_diffusers", unet, vae, text, pipeline_index(SCHEDULER),
                                       SCHEDULER)
         return {"sd1": path, "sd1_diffusers": folder}
+
+    def write_demo_loras(self, folder):
+        """``demo_sd15_lora``: diffusers/PEFT names (``unet.…lora_A``, ``text_encoder.…``)."""
+        return {"sd15_lora": self.demo_lora(folder / "demo_sd15_lora.safetensors", TINY_SD1_UNET,
+                                            [demo.meta_tower("clip_l", TINY_TEXT_WIDTH)], "peft", demo.SEED + 12,
+                                            "SD 1.5 LoRAs")}
 
 
 register(SD1())

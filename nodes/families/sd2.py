@@ -65,6 +65,9 @@ class SD2TextEncoder(ClipTextEncoder):
                              "(it stores the tower cut at the penultimate layer); load the single file for it")
         return SD2TextEncoder(self.tower, self.missing, self._tokenizer, layer)
 
+    def with_towers(self, towers):
+        return SD2TextEncoder(towers[0], self.missing, self._tokenizer, self.layer)
+
     def _hidden(self, ids: torch.Tensor):
         blocks = len(self.tower.transformer.resblocks) + self.missing + 1 + self.layer
         return self.tower.ln_final(open_clip_hidden(self.tower, ids, blocks)), None
@@ -105,6 +108,7 @@ class SD2(LDMFamily):
     file_names = r"v2-[01]|sd[-_ ]?(v?2[-_.]?[01]|2[01])(?![0-9])|768-v|512-base"  # v2-1_768-ema-pruned, sd21_…
     text_prefixes = {TEXT_PREFIX: "clip_h."}
     text_folders = ("text_encoder",)
+    lora_towers = (("lora_te_", "text_encoder.", TEXT_PREFIX),)
     extra_tensors = frozenset(ldm_extras())
 
     def claims(self, shapes):

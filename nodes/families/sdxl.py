@@ -83,6 +83,8 @@ class SDXL(LDMFamily):
             r"^(?!.*refiner).*(sd[_-]?xl|(^|[^a-z])xl|xl([^a-z]|$))"
         self.text_prefixes = {prefix: f"{tower}." for tower, prefix in SINGLE_FILE_PREFIXES[kind].items()}
         self.text_folders = ("text_encoder", "text_encoder_2") if kind == "sdxl_base" else ("text_encoder_2",)
+        self.lora_towers = ((("lora_te1_", "text_encoder.", CLIP_L_PREFIX),) if kind == "sdxl_base" else ()) + \
+            (("lora_te2_", "text_encoder_2.", BIGG_PREFIX[kind]),)
 
     def claims(self, shapes):
         return sdxl_kind(shapes) == self.name
@@ -124,6 +126,17 @@ class SDXL(LDMFamily):
             paths["sdxl_base_diffusers"] = demo.write_diffusers(folder / "demo_sdxl_base_diffusers", unet, vae, text,
                                                                 index)
         return paths
+
+    def write_demo_loras(self, folder):
+        """For the base: ``demo_sdxl_lora`` (kohya-ss names on the sgm UNet, both text encoders) and
+        ``demo_lcm_lora_sdxl`` (UNet only, kohya-ss names on diffusers' UNet blocks, the layout LCM-LoRA uses)."""
+        if self.name != "sdxl_base":
+            return {}
+        towers = [demo.meta_tower("clip_l", TINY_CLIP_L_WIDTH), demo.meta_tower("open_clip", TINY_BIGG_WIDTH)]
+        return {"sdxl_lora": self.demo_lora(folder / "demo_sdxl_lora.safetensors", TINY_BASE_UNET, towers,
+                                            "kohya-sgm", demo.SEED + 10, "SDXL LoRAs"),
+                "sdxl_lcm_lora": self.demo_lora(folder / "demo_lcm_lora_sdxl.safetensors", TINY_BASE_UNET, [],
+                                                "kohya-diffusers", demo.SEED + 11, "LCM-LoRAs (lcm-lora-sdxl)")}
 
 
 for _kind in ("sdxl_base", "sdxl_refiner"):

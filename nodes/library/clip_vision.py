@@ -22,7 +22,8 @@ def clip_vision_names(env) -> list[str]:
 class CLIPVisionLoader:
     """Load a CLIP image encoder from <models>/clip_vision: clip_vision_g (OpenCLIP ViT-bigG/14, for SDXL
     revision), ViT-H/14 or ViT-L/14, in the transformers or the open_clip layout, told apart from the weights."""
-    clip_name: str = Input(choices=clip_vision_names, description="a file in <models>/clip_vision")
+    clip_name: str = Input(choices=clip_vision_names, model_folder=FOLDER,
+                           description="a file in <models>/clip_vision")
 
     @classmethod
     def fingerprint(cls, values, env):

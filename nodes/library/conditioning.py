@@ -114,7 +114,8 @@ def timestep_range(conditioning: list, start: float, end: float) -> list:
 
 # -- fine-grained nodes -------------------------------------------------------------------------------------------
 
-@node(category="sdxl/conditioning", outputs=[Output(CONDITIONING)], display_name="SDXL Size & Crop Conditioning")
+@node(category="sdxl/conditioning", outputs=[Output(CONDITIONING)], display_name="SDXL Size & Crop Conditioning",
+      version="1.0.0")
 class SDXLSizeConditioning:
     """SDXL's micro-conditioning on image size and cropping (SDXL report §2.2): the original image size
     c_size, the crop's top-left corner c_crop and the target size, each embedded as 256 Fourier features and
@@ -138,7 +139,8 @@ class SDXLSizeConditioning:
         return (with_extras(cond, crop_w=self.crop_left, crop_h=self.crop_top),)
 
 
-@node(category="sdxl/conditioning", outputs=[Output(CONDITIONING)], display_name="SDXL Aesthetic Score (refiner)")
+@node(category="sdxl/conditioning", outputs=[Output(CONDITIONING)], display_name="SDXL Aesthetic Score (refiner)",
+      version="1.0.0")
 class SDXLAestheticScore:
     """The refiner's aesthetic-score conditioning (SDXL report §2.5): a LAION aesthetic score embedded like the
     sizes. Inference uses 6.0 for the positive prompt and 2.5 for the negative one."""
@@ -152,7 +154,7 @@ class SDXLAestheticScore:
 
 # -- ComfyUI nodes ------------------------------------------------------------------------------------------------
 
-@node(category="conditioning", outputs=[Output(CONDITIONING)], display_name="Conditioning (Combine)")
+@node(category="conditioning", outputs=[Output(CONDITIONING)], display_name="Conditioning (Combine)", version="1.0.0")
 class ConditioningCombine:
     """Both conditionings' entries in one list; the sampler applies them separately and averages."""
     conditioning_1: CONDITIONING = Input()
@@ -162,7 +164,7 @@ class ConditioningCombine:
         return (combine(self.conditioning_1, self.conditioning_2),)
 
 
-@node(category="conditioning", outputs=[Output(CONDITIONING)], display_name="Conditioning (Concat)")
+@node(category="conditioning", outputs=[Output(CONDITIONING)], display_name="Conditioning (Concat)", version="1.0.0")
 class ConditioningConcat:
     """Append conditioning_from's tokens to each conditioning_to entry (TOKEN axis: 77 + 77 → 154 tokens).
     Not SDXL's dual-encoder concat, which is on the channel axis (see SDXL Dual-Encoder Channel Concat)."""
@@ -185,7 +187,8 @@ class ConditioningAverage:
         return (average(self.conditioning_to, self.conditioning_from, self.conditioning_to_strength),)
 
 
-@node(category="advanced/conditioning", outputs=[Output(CONDITIONING)], display_name="ConditioningZeroOut")
+@node(category="advanced/conditioning", outputs=[Output(CONDITIONING)], display_name="ConditioningZeroOut",
+      version="1.0.0")
 class ConditioningZeroOut:
     """Zero the context and the pooled vector (keeps the size extras)."""
     conditioning: CONDITIONING = Input()
@@ -194,7 +197,8 @@ class ConditioningZeroOut:
         return (zero_out(self.conditioning),)
 
 
-@node(category="advanced/conditioning", outputs=[Output(CONDITIONING)], display_name="ConditioningSetTimestepRange")
+@node(category="advanced/conditioning", outputs=[Output(CONDITIONING)], display_name="ConditioningSetTimestepRange",
+      version="1.0.0")
 class ConditioningSetTimestepRange:
     """Apply the conditioning only between start and end (fractions of the sampling run)."""
     conditioning: CONDITIONING = Input()

@@ -37,7 +37,8 @@ def _load(ctx, name: str, what: str, model=None):
 class ControlNetLoader:
     """Load a ControlNet for SD 1.x, SD 2.x or SDXL from <models>/controlnet: the original layout (.safetensors, or
     .pth read without running code) or diffusers' (a weights file or a folder with its config.json)."""
-    control_net_name: str = Input(choices=controlnet_names, description="a file or folder in <models>/controlnet")
+    control_net_name: str = Input(choices=controlnet_names, model_folder=FOLDER,
+                                  description="a file or folder in <models>/controlnet")
 
     @classmethod
     def fingerprint(cls, values, env):
@@ -52,7 +53,7 @@ class DiffControlNetLoader:
     """Load a "diff" ControlNet, whose file stores its changes to a base UNet, onto that model's UNet (any other
     ControlNet loads as Load ControlNet Model loads it)."""
     model: MODEL = Input()
-    control_net_name: str = Input(choices=controlnet_names)
+    control_net_name: str = Input(choices=controlnet_names, model_folder=FOLDER)
 
     @classmethod
     def fingerprint(cls, values, env):

@@ -84,7 +84,7 @@ def existing_image(env, name: str, what: str) -> str:
     return path
 
 
-@node(category="image", outputs=[Output(IMAGE), Output(MASK)], display_name="Load Image")
+@node(category="image", outputs=[Output(IMAGE), Output(MASK)], display_name="Load Image", version="1.0.0")
 class LoadImage:
     """Load a picture from the input folder; the mask is 1 − alpha (all zeros, 64×64, without alpha). ComfyUI's
     annotated names ("clipspace/x.png [input]", "x.png [output]", "x.png [temp]", as its mask editor saves them)
@@ -124,7 +124,7 @@ def _alpha(frame: Image.Image) -> torch.Tensor | None:
     return None
 
 
-@node(category="image", outputs=[Output(IMAGE)], display_name="EmptyImage")
+@node(category="image", outputs=[Output(IMAGE)], display_name="EmptyImage", version="1.0.0")
 class EmptyImage:
     """A batch of images filled with one colour (0xRRGGBB)."""
     width: int = Input(default=512, min=1, max=MAX_RESOLUTION, step=1)
@@ -137,7 +137,7 @@ class EmptyImage:
         return (rgb.expand(self.batch_size, self.height, self.width, 3).clone(),)
 
 
-@node(category="image/upscaling", outputs=[Output(IMAGE)], display_name="Upscale Image")
+@node(category="image/upscaling", outputs=[Output(IMAGE)], display_name="Upscale Image", version="1.0.0")
 class ImageScale:
     """Resize to width×height (0 keeps the aspect ratio from the other side), optionally centre-cropping first."""
     image: IMAGE = Input()
@@ -152,7 +152,7 @@ class ImageScale:
         return (resize(self.image, width, height, self.upscale_method, self.crop),)
 
 
-@node(category="image/upscaling", outputs=[Output(IMAGE)], display_name="Upscale Image By")
+@node(category="image/upscaling", outputs=[Output(IMAGE)], display_name="Upscale Image By", version="1.0.0")
 class ImageScaleBy:
     """Resize by a factor."""
     image: IMAGE = Input()
@@ -182,7 +182,7 @@ class ImageScaleToTotalPixels:
         return (resize(self.image, width, height, self.upscale_method),)
 
 
-@node(category="image/transform", outputs=[Output(IMAGE)], display_name="Image Crop")
+@node(category="image/transform", outputs=[Output(IMAGE)], display_name="Image Crop", version="1.0.0")
 class ImageCrop:
     """Cut out a width×height window at (x, y); the window is clipped to the picture."""
     image: IMAGE = Input()
@@ -197,7 +197,7 @@ class ImageCrop:
         return (self.image[:, y:y + self.height, x:x + self.width, :],)
 
 
-@node(category="image", outputs=[Output(IMAGE)], display_name="Invert Image")
+@node(category="image", outputs=[Output(IMAGE)], display_name="Invert Image", version="1.0.0")
 class ImageInvert:
     """Invert the colours."""
     image: IMAGE = Input(description="the picture to invert")
@@ -265,7 +265,7 @@ def _save_batch(ctx, images, folder: str, prefix: str, kind: str, compress_level
 
 
 @node(category="image", output_node=True, display_name="Save Image",
-      hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"})
+      hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}, version="1.0.0")
 class SaveImage:
     """Write the images as PNGs into the output folder, with the workflow embedded so they load back as graphs."""
     images: IMAGE = Input(description="the images to save")
@@ -277,7 +277,7 @@ class SaveImage:
 
 
 @node(category="image", output_node=True, display_name="Preview Image",
-      hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"})
+      hidden={"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}, version="1.0.0")
 class PreviewImage:
     """Show the images without keeping them: they go to the temporary folder."""
     images: IMAGE = Input()

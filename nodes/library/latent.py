@@ -154,7 +154,7 @@ def encode_for_inpaint(ctx, vae, pixels: torch.Tensor, mask: torch.Tensor, grow_
 # -- fine-grained nodes -------------------------------------------------------------------------------------------
 
 @node(category="sdxl/latent", outputs=[Output(LATENT), Output(INT, "width"), Output(INT, "height")],
-      display_name="SDXL Empty Latent (aspect buckets)")
+      display_name="SDXL Empty Latent (aspect buckets)", version="1.0.0")
 class SDXLEmptyLatent:
     """The starting latent for text-to-image at one of SDXL's training aspect-ratio buckets (about 1024² pixels,
     sides multiples of 64: the sizes the base model was fine-tuned on), or at a custom size. Also gives the pixel
@@ -171,7 +171,7 @@ class SDXLEmptyLatent:
         return empty_latent(width, height, self.batch_size, SDXL_LATENT.channels), width, height
 
 
-@node(category="sdxl/vae", outputs=[Output(IMAGE)], display_name="SDXL VAE Decode")
+@node(category="sdxl/vae", outputs=[Output(IMAGE)], display_name="SDXL VAE Decode", version="1.0.0")
 class SDXLVAEDecode:
     """Latent → pixels with the VAE decoder (latent ÷ 0.13025 first). Tiled decoding bounds memory at large sizes:
     overlapping tiles are decoded one by one and blended linearly over the overlaps."""
@@ -185,7 +185,7 @@ class SDXLVAEDecode:
         return (decode(ctx, self.vae, self.samples, self.tiled, self.tile_size, self.overlap, "SDXLVAEDecode"),)
 
 
-@node(category="sdxl/vae", outputs=[Output(LATENT)], display_name="SDXL VAE Encode")
+@node(category="sdxl/vae", outputs=[Output(LATENT)], display_name="SDXL VAE Encode", version="1.0.0")
 class SDXLVAEEncode:
     """Pixels → latent with the VAE encoder (posterior mean × 0.13025); sizes are cropped to multiples of 8."""
     pixels: IMAGE = Input()
@@ -200,7 +200,7 @@ class SDXLVAEEncode:
 
 # -- ComfyUI nodes ------------------------------------------------------------------------------------------------
 
-@node(category="latent", outputs=[Output(LATENT)], display_name="Empty Latent Image")
+@node(category="latent", outputs=[Output(LATENT)], display_name="Empty Latent Image", version="1.0.0")
 class EmptyLatentImage:
     """A batch of all-zero latents: the starting point for text-to-image."""
     width: int = Input(default=512, min=16, max=MAX_RESOLUTION, step=8, description="The width of the latent images in pixels.")
@@ -211,7 +211,7 @@ class EmptyLatentImage:
         return (empty_latent(self.width, self.height, self.batch_size),)
 
 
-@node(category="latent", outputs=[Output(IMAGE)], display_name="VAE Decode")
+@node(category="latent", outputs=[Output(IMAGE)], display_name="VAE Decode", version="1.0.0")
 class VAEDecode:
     """Decode latents into images."""
     samples: LATENT = Input(description="The latent to be decoded.")
@@ -221,7 +221,7 @@ class VAEDecode:
         return (decode(ctx, self.vae, self.samples),)
 
 
-@node(category="latent", outputs=[Output(LATENT)], display_name="VAE Encode")
+@node(category="latent", outputs=[Output(LATENT)], display_name="VAE Encode", version="1.0.0")
 class VAEEncode:
     """Encode images into latents (RGB; alpha is ignored)."""
     pixels: IMAGE = Input()
@@ -231,7 +231,7 @@ class VAEEncode:
         return (encode(ctx, self.vae, self.pixels),)
 
 
-@node(category="latent/inpaint", outputs=[Output(LATENT)], display_name="VAE Encode (for Inpainting)")
+@node(category="latent/inpaint", outputs=[Output(LATENT)], display_name="VAE Encode (for Inpainting)", version="1.0.0")
 class VAEEncodeForInpaint:
     """Encode an image for inpainting: masked pixels become grey before encoding, and the latent carries the
     (grown) mask so the sampler only changes the masked area."""
@@ -244,7 +244,7 @@ class VAEEncodeForInpaint:
         return (encode_for_inpaint(ctx, self.vae, self.pixels, self.mask, self.grow_mask_by),)
 
 
-@node(category="latent", outputs=[Output(LATENT)], display_name="Upscale Latent")
+@node(category="latent", outputs=[Output(LATENT)], display_name="Upscale Latent", version="1.0.0")
 class LatentUpscale:
     """Resize latents to a pixel size (multiples of 8; 0 keeps the aspect ratio from the other side)."""
     samples: LATENT = Input()
@@ -257,7 +257,7 @@ class LatentUpscale:
         return (upscale_to_pixels(self.samples, self.upscale_method, self.width, self.height, self.crop),)
 
 
-@node(category="latent", outputs=[Output(LATENT)], display_name="Upscale Latent By")
+@node(category="latent", outputs=[Output(LATENT)], display_name="Upscale Latent By", version="1.0.0")
 class LatentUpscaleBy:
     """Resize latents by a factor."""
     samples: LATENT = Input()

@@ -68,15 +68,14 @@ def vae_names(env: Environment) -> list[str]:
 
 
 def resolve(env: Environment, kind: str, name: str, what: str) -> str:
-    """The path of `name` inside <models>/<kind>; refuses names that escape the folder. `what` names the
-    node and input for messages. The check is on the name, not the resolved path: people symlink their
-    model files and folders in from elsewhere, and a link the owner placed is meant to be followed."""
-    root = os.path.abspath(model_folder(env, kind))
-    path = os.path.normpath(os.path.join(root, name))
-    if os.path.isabs(name) or os.path.commonpath([root, path]) != root:
-        raise ValueError(f"{what}: {name!r} points outside {root}")
+    """The path of `name` inside <models>/<kind> (Environment.model_path); `what` names the node and input for
+    messages."""
+    try:
+        path = env.model_path(kind, name)
+    except ValueError as exc:
+        raise ValueError(f"{what}: {exc}") from None
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{what}: {name!r} not found in {root}")
+        raise FileNotFoundError(f"{what}: {name!r} not found in {os.path.abspath(model_folder(env, kind))}")
     return path
 
 
@@ -173,11 +172,12 @@ def device_of(module: nn.Module) -> torch.device:
 @node(category="sdxl/loaders", outputs=[Output(MODEL, "MODEL", "the UNet (base or refiner) with its noise schedule"),
                                         Output(CLIP, "CLIP", "the text encoders: CLIP-L + OpenCLIP bigG (base) or bigG (refiner)"),
                                         Output(VAE, "VAE", "the latent autoencoder")],
-      display_name="Load SDXL Checkpoint")
+      display_name="Load SDXL Checkpoint", version="1.0.0")
 class SDXLCheckpointLoader:
     """Load an SDXL base or refiner checkpoint from <models>/checkpoints: an original single .safetensors file or a
     diffusers folder. Base or refiner is told from the tensors' names and shapes."""
-    ckpt_name: str = Input(choices=checkpoint_names, description="a file or diffusers folder in <models>/checkpoints")
+    ckpt_name: str = Input(choices=checkpoint_names, model_folder="checkpoints",
+                           description="a file or diffusers folder in <models>/checkpoints")
 
     @classmethod
     def fingerprint(cls, values, env):
@@ -192,10 +192,11 @@ class SDXLCheckpointLoader:
         return model, clip, vae
 
 
-@node(category="sdxl/loaders", outputs=[Output(VAE)], display_name="Load SDXL VAE")
+@node(category="sdxl/loaders", outputs=[Output(VAE)], display_name="Load SDXL VAE", version="1.0.0")
 class SDXLVAELoader:
     """Load a standalone VAE from <models>/vae (original or diffusers layout, single file or folder)."""
-    vae_name: str = Input(choices=vae_names, description="a file or diffusers folder in <models>/vae")
+    vae_name: str = Input(choices=vae_names, model_folder="vae",
+                          description="a file or diffusers folder in <models>/vae")
 
     @classmethod
     def fingerprint(cls, values, env):
@@ -208,10 +209,11 @@ class SDXLVAELoader:
 # -- ComfyUI nodes ------------------------------------------------------------------------------------------------
 
 @node(category="loaders", outputs=[Output(MODEL, "MODEL"), Output(CLIP, "CLIP"), Output(VAE, "VAE")],
-      display_name="Load Checkpoint")
+      display_name="Load Checkpoint", version="1.0.0")
 class CheckpointLoaderSimple:
     """Load a diffusion model checkpoint (any supported family; single file or diffusers folder)."""
-    ckpt_name: str = Input(choices=checkpoint_names, description="The name of the checkpoint (model) to load.")
+    ckpt_name: str = Input(choices=checkpoint_names, model_folder="checkpoints",
+                           description="The name of the checkpoint (model) to load.")
 
     @classmethod
     def fingerprint(cls, values, env):
@@ -221,10 +223,10 @@ class CheckpointLoaderSimple:
         return load_model(ctx, self.ckpt_name)
 
 
-@node(category="loaders", outputs=[Output(VAE)], display_name="Load VAE")
+@node(category="loaders", outputs=[Output(VAE)], display_name="Load VAE", version="1.0.0")
 class VAELoader:
     """Load a standalone VAE."""
-    vae_name: str = Input(choices=vae_names)
+    vae_name: str = Input(choices=vae_names, model_folder="vae")
 
     @classmethod
     def fingerprint(cls, values, env):

@@ -76,7 +76,7 @@ def paste(destination: torch.Tensor, source: torch.Tensor, x: int, y: int, mask:
     return dest
 
 
-@node(category="mask", outputs=[Output(MASK)], display_name="SolidMask")
+@node(category="mask", outputs=[Output(MASK)], display_name="SolidMask", version="1.0.0")
 class SolidMask:
     """A mask of one value."""
     value: float = Input(default=1.0, min=0.0, max=1.0, step=0.01)
@@ -87,7 +87,7 @@ class SolidMask:
         return (torch.full((1, self.height, self.width), self.value, dtype=torch.float32),)
 
 
-@node(category="mask", outputs=[Output(MASK)], display_name="MaskComposite")
+@node(category="mask", outputs=[Output(MASK)], display_name="MaskComposite", version="1.0.0")
 class MaskComposite:
     """Combine a source mask into a destination mask at (x, y)."""
     destination: MASK = Input()
@@ -100,7 +100,7 @@ class MaskComposite:
         return (composite_mask(self.destination, self.source, self.x, self.y, self.operation),)
 
 
-@node(category="image", outputs=[Output(IMAGE)], display_name="ImageCompositeMasked")
+@node(category="image", outputs=[Output(IMAGE)], display_name="ImageCompositeMasked", version="1.0.0")
 class ImageCompositeMasked:
     """Paste the source image over the destination at (x, y) through the mask: after inpainting, only the masked
     area changes."""

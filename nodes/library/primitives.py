@@ -12,7 +12,7 @@ from ..types import BOOLEAN, FLOAT, INT, STRING
 _BIG = sys.maxsize  # ComfyUI's bounds for free-form numbers
 
 
-@node(category="utils/primitive", outputs=[Output(INT)], display_name="Int")
+@node(category="utils/primitive", outputs=[Output(INT)], display_name="Int", version="1.0.0")
 class PrimitiveInt:
     """A whole number."""
     value: int = Input(default=0, min=-_BIG, max=_BIG, control_after_generate=True)
@@ -21,7 +21,7 @@ class PrimitiveInt:
         return (self.value,)
 
 
-@node(category="utils/primitive", outputs=[Output(FLOAT)], display_name="Float")
+@node(category="utils/primitive", outputs=[Output(FLOAT)], display_name="Float", version="1.0.0")
 class PrimitiveFloat:
     """A real number."""
     value: float = Input(default=0.0, min=-_BIG, max=_BIG)
@@ -30,7 +30,7 @@ class PrimitiveFloat:
         return (self.value,)
 
 
-@node(category="utils/primitive", outputs=[Output(STRING)], display_name="String")
+@node(category="utils/primitive", outputs=[Output(STRING)], display_name="String", version="1.0.0")
 class PrimitiveString:
     """A line of text."""
     value: str = Input(default="")
@@ -39,7 +39,7 @@ class PrimitiveString:
         return (self.value,)
 
 
-@node(category="utils/primitive", outputs=[Output(STRING)], display_name="String (Multiline)")
+@node(category="utils/primitive", outputs=[Output(STRING)], display_name="String (Multiline)", version="1.0.0")
 class PrimitiveStringMultiline:
     """A block of text."""
     value: str = Input(default="", multiline=True)
@@ -48,7 +48,7 @@ class PrimitiveStringMultiline:
         return (self.value,)
 
 
-@node(category="utils/primitive", outputs=[Output(BOOLEAN)], display_name="Boolean")
+@node(category="utils/primitive", outputs=[Output(BOOLEAN)], display_name="Boolean", version="1.0.0")
 class PrimitiveBoolean:
     """On or off."""
     value: bool = Input(default=False)
@@ -68,7 +68,7 @@ _INT_OPS = {
 }
 
 
-@node(category="utils/math", outputs=[Output(INT)], display_name="Int Math")
+@node(category="utils/math", outputs=[Output(INT)], display_name="Int Math", version="1.0.0")
 class IntMath:
     """Combine two whole numbers: a (operation) b."""
     a: int = Input(default=0, min=-_BIG, max=_BIG)

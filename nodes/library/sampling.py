@@ -91,7 +91,7 @@ def sample_with_denoised(ctx, model, positive, negative, latent: dict, *, node: 
 
 # -- fine-grained nodes -------------------------------------------------------------------------------------------
 
-@node(category="sdxl/sampling", outputs=[Output(LATENT)], display_name="SDXL UNet Sampler")
+@node(category="sdxl/sampling", outputs=[Output(LATENT)], display_name="SDXL UNet Sampler", version="1.0.0")
 class SDXLSampler:
     """Denoise a latent with the SDXL UNet and classifier-free guidance. Full text-to-image by default; denoise < 1
     for image-to-image; a start/end step window with leftover noise for the base → refiner ensemble of experts
@@ -121,7 +121,7 @@ class SDXLSampler:
                             return_leftover_noise=self.return_leftover_noise),)
 
 
-@node(category="sdxl/sampling", outputs=[Output(LATENT)], display_name="SDXL Refiner Sampler (SDEdit)")
+@node(category="sdxl/sampling", outputs=[Output(LATENT)], display_name="SDXL Refiner Sampler (SDEdit)", version="1.0.0")
 class SDXLRefinerSampler:
     """Refine a latent with the SDXL refiner. mode 'sdedit' (the paper's refinement): the finished base latent is
     noised again to a level inside the refiner's specialised range — strength 1.0 is the top of its first 200
@@ -157,7 +157,7 @@ class SDXLRefinerSampler:
 
 # -- ComfyUI nodes ------------------------------------------------------------------------------------------------
 
-@node(category="sampling", outputs=[Output(LATENT)], display_name="KSampler")
+@node(category="sampling", outputs=[Output(LATENT)], display_name="KSampler", version="1.0.0")
 class KSampler:
     """Denoise the latent with the model, guided by the positive and negative conditioning."""
     model: MODEL = Input(description="The model used for denoising the input latent.")
@@ -179,7 +179,7 @@ class KSampler:
                             scheduler=self.scheduler, denoise=self.denoise),)
 
 
-@node(category="sampling", outputs=[Output(LATENT)], display_name="KSampler (Advanced)")
+@node(category="sampling", outputs=[Output(LATENT)], display_name="KSampler (Advanced)", version="1.0.0")
 class KSamplerAdvanced:
     """KSampler with a step window, optional initial noise and leftover noise (base → refiner hand-offs)."""
     model: MODEL = Input()

@@ -22,6 +22,7 @@ import torch
 
 from ..families import family_of
 from ..node import Input, Output, node
+from ..patching import PatchedTextEncoder
 from ..sdxl.text import SDXLTextEncoders
 from ..types import CLIP, CONDITIONING, SocketType
 from .conditioning import set_aesthetic, set_sizes
@@ -46,7 +47,10 @@ class TextEmbeds(NamedTuple):
 # -- shared functions ---------------------------------------------------------------------------------------------
 
 def ready(ctx, clip):
-    """The text encoders with their towers resident on the compute device."""
+    """The text encoders with their towers resident on the compute device (a CLIP with LoRAs: its family's encoder
+    on the patched towers)."""
+    if isinstance(clip, PatchedTextEncoder):
+        clip = clip.resolved()
     for tower in clip.towers():
         on_device(ctx, tower)
     return clip
@@ -75,12 +79,12 @@ def _empty_window(clip, tower: str) -> torch.Tensor:
 
 
 def encode_clip_l(ctx, clip, text: str, what: str) -> TextEmbeds:
-    _require(ready(ctx, clip), what, need_clip_l=True)
+    _require(clip := ready(ctx, clip), what, need_clip_l=True)
     return TextEmbeds(clip.encode_clip_l(text).cpu(), _empty_window(clip, "l"))
 
 
 def encode_bigg(ctx, clip, text: str, what: str) -> TextEmbeds:
-    _require(ready(ctx, clip), what, need_clip_l=False)
+    _require(clip := ready(ctx, clip), what, need_clip_l=False)
     hidden, pooled = clip.encode_bigg(text)
     return TextEmbeds(hidden.cpu(), _empty_window(clip, "g"), pooled.cpu())
 
@@ -113,7 +117,7 @@ def encode_sdxl(ctx, clip, text_l: str, text_g: str, what: str) -> list:
 # -- fine-grained nodes -------------------------------------------------------------------------------------------
 
 @node(category="sdxl/text", outputs=[Output(CLIP_L_EMBEDS, "CLIP_L_EMBEDS", "penultimate hidden states, 768 per token")],
-      display_name="CLIP-L Text Encode")
+      display_name="CLIP-L Text Encode", version="1.0.0")
 class SDXLClipLTextEncode:
     """Encode a prompt with CLIP ViT-L/14 (SDXL base only): the penultimate layer's per-token hidden states, without
     the final layer norm; its pooled output is not used by SDXL. Prompt weights (word:1.2) apply per token."""
@@ -125,7 +129,7 @@ class SDXLClipLTextEncode:
 
 
 @node(category="sdxl/text", outputs=[Output(CLIP_G_EMBEDS, "CLIP_G_EMBEDS", "penultimate hidden states, 1280 per token, and pooled vector")],
-      display_name="OpenCLIP bigG Text Encode")
+      display_name="OpenCLIP bigG Text Encode", version="1.0.0")
 class SDXLBigGTextEncode:
     """Encode a prompt with OpenCLIP ViT-bigG/14: the penultimate layer's per-token hidden states, and the pooled
     vector (final layer norm at the end-of-text token, times the text projection) that SDXL adds to its vector input."""
@@ -137,7 +141,7 @@ class SDXLBigGTextEncode:
 
 
 @node(category="sdxl/text", outputs=[Output(CONDITIONING, "CONDITIONING", "[1, 77·n, 768 + 1280] context + pooled bigG")],
-      display_name="SDXL Dual-Encoder Channel Concat")
+      display_name="SDXL Dual-Encoder Channel Concat", version="1.0.0")
 class SDXLDualEncoderConcat:
     """The SDXL base's text context: CLIP-L and bigG hidden states side by side on the CHANNEL axis (768 + 1280 =
     2048 per token), with bigG's pooled vector. Not ComfyUI's ConditioningConcat, which joins on the token axis.
@@ -150,7 +154,7 @@ class SDXLDualEncoderConcat:
 
 
 @node(category="sdxl/text", outputs=[Output(CONDITIONING, "CONDITIONING", "[1, 77·n, 1280] context + pooled bigG")],
-      display_name="SDXL Refiner Text Conditioning (bigG only)")
+      display_name="SDXL Refiner Text Conditioning (bigG only)", version="1.0.0")
 class SDXLRefinerTextConditioning:
     """The SDXL refiner's text context: bigG's hidden states alone (the refiner has no CLIP-L) with its pooled vector."""
     clip_g: CLIP_G_EMBEDS = Input(description="from OpenCLIP bigG Text Encode")
@@ -161,7 +165,8 @@ class SDXLRefinerTextConditioning:
 
 # -- ComfyUI nodes ------------------------------------------------------------------------------------------------
 
-@node(category="conditioning", outputs=[Output(CONDITIONING)], display_name="CLIP Text Encode (Prompt)")
+@node(category="conditioning", outputs=[Output(CONDITIONING)], display_name="CLIP Text Encode (Prompt)",
+      version="1.0.0")
 class CLIPTextEncode:
     """Encode a prompt for the model whose CLIP this is, as its family does (SDXL base: both towers; refiner:
     bigG; SD 1.x: CLIP-L; SD 2.x: OpenCLIP-H). SDXL's size conditioning then comes from the latent's size."""
@@ -186,7 +191,8 @@ class CLIPSetLastLayer:
             raise ValueError(f"CLIPSetLastLayer: stop_at_clip_layer: {exc}") from None
 
 
-@node(category="advanced/conditioning", outputs=[Output(CONDITIONING)], display_name="CLIPTextEncodeSDXL")
+@node(category="advanced/conditioning", outputs=[Output(CONDITIONING)], display_name="CLIPTextEncodeSDXL",
+      version="1.0.0")
 class CLIPTextEncodeSDXL:
     """SDXL base prompt with its size conditioning: text_g goes to bigG, text_l to CLIP-L (the shorter one is
     padded with empty windows); original size, crop and target size are stored in the conditioning."""
@@ -202,13 +208,14 @@ class CLIPTextEncodeSDXL:
 
     def run(self, ctx):
         what = "CLIPTextEncodeSDXL: clip"
-        _require(self.clip, what, need_clip_l=True)
-        cond = encode_sdxl(ctx, self.clip, self.text_l, self.text_g, what)
+        _require(clip := ready(ctx, self.clip), what, need_clip_l=True)
+        cond = encode_sdxl(ctx, clip, self.text_l, self.text_g, what)
         return (set_sizes(cond, self.width, self.height, self.crop_w, self.crop_h,
                           self.target_width, self.target_height),)
 
 
-@node(category="advanced/conditioning", outputs=[Output(CONDITIONING)], display_name="CLIPTextEncodeSDXLRefiner")
+@node(category="advanced/conditioning", outputs=[Output(CONDITIONING)], display_name="CLIPTextEncodeSDXLRefiner",
+      version="1.0.0")
 class CLIPTextEncodeSDXLRefiner:
     """SDXL refiner prompt (bigG) with its aesthetic score and original size."""
     ascore: float = Input(default=6.0, min=0.0, max=1000.0, step=0.01)

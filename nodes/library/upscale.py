@@ -20,7 +20,8 @@ class UpscaleModelLoader:
     """Load an image upscale model from <models>/upscale_models: ESRGAN, Real-ESRGAN, SwinIR, HAT, DAT and the
     other architectures spandrel knows, told apart from the weights (.safetensors, or .pth read without running
     code)."""
-    model_name: str = Input(choices=upscale_model_names, description="a file in <models>/upscale_models")
+    model_name: str = Input(choices=upscale_model_names, model_folder=FOLDER,
+                            description="a file in <models>/upscale_models")
 
     @classmethod
     def fingerprint(cls, values, env):

@@ -293,6 +293,29 @@ def full_size_state_shapes(kind: str) -> dict[str, tuple[int, ...]]:
     return {**shapes, **open_clip_state_shapes(BIGG, prefixes["clip_g"])}
 
 
+def lora_weight_names(tower) -> dict[str, tuple[str, tuple[int, int] | None, bool]]:
+    """A text tower's linear layers as transformers names them (``text_model.encoder.layers.0.self_attn.q_proj``,
+    ``text_projection``: what LoRA files call them) → (our parameter, its rows, stored transposed). CLIP-L is a
+    transformers model already (``text_model.`` may be flattened away in ours); an open_clip tower fuses q, k and v
+    in ``in_proj_weight`` and multiplies by ``text_projection`` from the right (hf_to_open_clip)."""
+    if not hasattr(tower, "ln_final"):  # transformers' CLIPTextModel(WithProjection)
+        return {(n if n.startswith(("text_model.", "text_projection")) else "text_model." + n):
+                (n + ".weight", None, False) for n, m in tower.named_modules() if isinstance(m, nn.Linear)}
+    names = {}
+    width = tower.token_embedding.weight.shape[1]
+    for i in range(len(tower.transformer.resblocks)):
+        ours, theirs = f"transformer.resblocks.{i}.", f"text_model.encoder.layers.{i}."
+        for j, proj in enumerate("qkv"):
+            rows = (j * width, (j + 1) * width)
+            names[f"{theirs}self_attn.{proj}_proj"] = (ours + "attn.in_proj_weight", rows, False)
+        names[theirs + "self_attn.out_proj"] = (ours + "attn.out_proj.weight", None, False)
+        names[theirs + "mlp.fc1"] = (ours + "mlp.c_fc.weight", None, False)
+        names[theirs + "mlp.fc2"] = (ours + "mlp.c_proj.weight", None, False)
+    if isinstance(getattr(tower, "text_projection", None), nn.Parameter):
+        names["text_projection"] = ("text_projection", None, True)
+    return names
+
+
 # --- encoding ------------------------------------------------------------------------------------------
 
 def open_clip_blocks(tower, x: torch.Tensor, blocks) -> torch.Tensor:
@@ -386,6 +409,10 @@ class SDXLTextEncoders(ClipTextEncoder):
         self._check_layer(layer, min([len(self.bigg.transformer.resblocks)]
                                      + ([self.clip_l.config.num_hidden_layers] if self.has_clip_l else [])))
         return SDXLTextEncoders(self.clip_l, self.bigg, self._tokenizer, layer)
+
+    def with_towers(self, towers: list[nn.Module]) -> "SDXLTextEncoders":
+        clip_l, bigg = towers if self.has_clip_l else (None, *towers)
+        return SDXLTextEncoders(clip_l, bigg, self._tokenizer, self.layer)
 
     def conditioning(self, text: str) -> list:
         """Base: CLIP-L ‖ bigG hidden states on the channel axis with bigG's pooled vector; refiner: bigG alone."""

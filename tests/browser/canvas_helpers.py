@@ -2,6 +2,7 @@
 with the mouse and keys. Reading positions out of the page is how a test "sees"; every action is a real event."""
 from __future__ import annotations
 
+import base64
 import json
 
 TO_SCREEN_JS = """([gx, gy]) => {
@@ -81,6 +82,23 @@ def node_ids(page, type_name: str) -> list[int]:
 def widget_value(page, node_id: int, widget: str):
     return page.evaluate("([id, name]) => app.graph.getNodeById(id).widgets.find((w) => w.name === name).value",
                          [node_id, widget])
+
+
+DROP_FILE_JS = """async ([b64, name, type]) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const dt = new DataTransfer();
+  dt.items.add(new File([bytes], name, { type }));
+  const wrap = document.getElementById("canvas-wrap");
+  for (const kind of ["dragenter", "dragover", "drop"]) {
+    wrap.dispatchEvent(new DragEvent(kind, { dataTransfer: dt, bubbles: true, cancelable: true,
+                                             clientX: 500, clientY: 300 }));
+  }
+}"""
+
+
+def drop_file(page, data: bytes, name: str, type_: str = "image/png"):
+    """Drop a file with these bytes on the canvas, as from the desktop."""
+    page.evaluate(DROP_FILE_JS, [base64.b64encode(data).decode(), name, type_])
 
 
 def open_file(page, path):

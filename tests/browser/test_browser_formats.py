@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
+from canvas_helpers import drop_file
 
 WEB = Path(__file__).resolve().parents[2] / "web"
 
@@ -79,16 +80,7 @@ def test_dropping_a_plain_image_makes_a_load_image_node(page):
     buf = io.BytesIO()
     Image.new("RGB", (40, 30), (200, 30, 30)).save(buf, "PNG")
     page.click("#new-tab")
-    page.evaluate("""async (b64) => {
-      const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-      const dt = new DataTransfer();
-      dt.items.add(new File([bytes], "red square.png", { type: "image/png" }));
-      const wrap = document.getElementById("canvas-wrap");
-      for (const type of ["dragenter", "dragover", "drop"]) {
-        wrap.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true,
-                                                 clientX: 500, clientY: 300 }));
-      }
-    }""", base64.b64encode(buf.getvalue()).decode())
+    drop_file(page, buf.getvalue(), "red square.png")
     page.wait_for_function("app.graph._nodes.length === 1")
     node = json.loads(page.evaluate("app.state()"))["nodes"][0]
     assert node["type"] == "LoadImage" and node["widgets_values"][0].endswith(".png")

@@ -11,6 +11,8 @@ import { Workspace, graphState } from "./workflows.js";
 import { buildLibrary, NODE_MIME } from "./library.js";
 import { attachMinimap } from "./minimap.js";
 import { Panels, tabbedPanels, toast } from "./panels.js";
+import { showProfiles } from "./profile.js";
+import { checkedWorkflow } from "./provenance.js";
 import { attachTextAreas } from "./textarea.js";
 import { NodeSearch, attachSearch } from "./search.js";
 import { adjustMenus } from "./menus.js";
@@ -27,6 +29,7 @@ const wrap = document.getElementById("canvas-wrap");
 const canvas = new LGraphCanvas(document.getElementById("graph-canvas"), graph);
 const workspace = new Workspace({
   graph, canvas, toast, api, onShow: showKeptOutputs, onSaved: () => savedList.refresh(),
+  check: (wf, record) => checkedWorkflow(api, toast, wf, record),
 });
 const panels = new Panels(api, { openWorkflow: (name, wf) => workspace.open(name, wf) });
 const savedList = new SavedWorkflows(api, workspace, document.getElementById("saved-list"));
@@ -428,6 +431,7 @@ async function boot() {
   setupDrop();
   setupShortcuts();
   listen();
+  showProfiles({ api, graph, canvas, nodeOf });
   if (!workspace.restore()) await firstWorkflow(listing);
   api.connect(); // app.ready is set once the socket is open (see listen)
 }

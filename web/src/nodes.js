@@ -205,6 +205,7 @@ export function registerNodes(objectInfo, hooks) {
       constructor(title) {
         super(title ?? info.display_name ?? typeName);
         buildNode(this, info, hooks);
+        this.properties.ver = info.version; // saved workflows record each node's version (server/migrations.py)
       }
       configure(saved) {
         // litegraph copies saved slots over ours by position; files from older ComfyUI frontends list

@@ -1,5 +1,7 @@
-// Side panels: the queue (running, pending, history — each with its workflow's name, run time and a
-// thumbnail; cancel and delete), the gallery of output images (click for full size), and toasts.
+// Side panels: the queue (running, pending, history — each with its workflow's name, run time, a
+// thumbnail and its nodes' profile; cancel and delete), the gallery of output images (click for full
+// size), and toasts.
+import { profileBreakdown } from "./profile.js";
 
 export function toast(message, kind = "info", ms = 6000) {
   const el = Object.assign(document.createElement("div"), { className: `toast ${kind}`, textContent: message });
@@ -95,6 +97,7 @@ export class Panels {
       });
       el.dataset.promptId = id;
       el.title = `${id}\n${el.textContent}`;
+      if (h.meta?.profile && Object.keys(h.meta.profile).length) el.append(profileBreakdown(id, h.meta.profile));
       return el;
     }));
   }

@@ -52,9 +52,10 @@ function setExecutionOrder(data) {
 
 export class Workspace {
   /** `onShow(tab)` runs whenever a tab's graph was (re)loaded onto the canvas; `onSaved()` after the
-   * server's saved workflows changed. */
-  constructor({ graph, canvas, toast, api, onShow = () => {}, onSaved = () => {} }) {
-    Object.assign(this, { graph, canvas, toast, api, onShow, onSaved });
+   * server's saved workflows changed; `check(workflow, record)` is the server's reading of a file about to be
+   * opened (null: do not open it). */
+  constructor({ graph, canvas, toast, api, onShow = () => {}, onSaved = () => {}, check = async (wf) => wf }) {
+    Object.assign(this, { graph, canvas, toast, api, onShow, onSaved, check });
     this.tabs = [];
     this.active = null;
     this.history = new UndoHistory(() => graphState(graph), (s) => { this.#load(s); this.onShow(this.tab); },
@@ -275,20 +276,27 @@ export class Workspace {
     this.persist();
   }
 
-  /** Open a .json workflow or a .png carrying one; returns false when the file holds none. */
+  /** Open a .json workflow or a .png carrying one, as the server reads it (`check`); returns false when
+   * the file holds none. */
   async openFile(file) {
     const name = file.name.replace(/\.(json|png)$/i, "");
+    let data, record = null;
     if (file.type === "image/png" || /\.png$/i.test(file.name)) {
       const chunks = await pngTextChunks(await file.arrayBuffer());
-      if (chunks.workflow) return this.open(name, JSON.parse(chunks.workflow));
-      if (chunks.prompt) return this.#openApiPrompt(name, JSON.parse(chunks.prompt));
-      return false;
+      if (!chunks.workflow && !chunks.prompt) return false;
+      data = JSON.parse(chunks.workflow ?? chunks.prompt);
+      if (chunks.latentgraph) record = JSON.parse(chunks.latentgraph); // provenance: the models it was made with
+    } else {
+      data = JSON.parse(await file.text());
+      if (!Array.isArray(data.nodes) && data.prompt && typeof data.prompt === "object") data = data.prompt;
     }
-    const data = JSON.parse(await file.text());
-    if (Array.isArray(data.nodes)) return this.open(name, data);
-    const prompt = data.prompt && typeof data.prompt === "object" ? data.prompt : data;
-    if (Object.values(prompt).every((n) => n?.class_type)) return this.#openApiPrompt(name, prompt);
-    throw new Error(`${file.name} is neither a UI workflow nor an API prompt`);
+    const ui = Array.isArray(data.nodes);
+    if (!ui && !Object.values(data).every((n) => n?.class_type)) {
+      throw new Error(`${file.name} is neither a UI workflow nor an API prompt`);
+    }
+    data = await this.check(data, record);
+    if (!data) return true; // the user chose not to open it
+    return ui ? this.open(name, data) : this.#openApiPrompt(name, data);
   }
 
   /** Rebuild a graph from an API-format prompt (a PNG with only `prompt`), laid out by depth. */
