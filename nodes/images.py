@@ -69,8 +69,11 @@ def resize(images: torch.Tensor, width: int, height: int, method: str, crop: str
 
 
 def save_png(path: str, img: torch.Tensor, text: dict[str, str], compress_level: int = 4) -> None:
-    """Write one [H, W, C] image with tEXt chunks (the `prompt` / `workflow` JSON ComfyUI readers expect)."""
+    """Write one [H, W, C] image with tEXt chunks (the `prompt` / `workflow` JSON ComfyUI readers expect) to a new
+    file; FileExistsError if `path` exists (another process saving into the folder took the name first)."""
     info = PngImagePlugin.PngInfo()
     for key, value in text.items():
         info.add_text(key, value)
-    tensor_to_pil(img).save(path, pnginfo=info, compress_level=compress_level)
+    pil = tensor_to_pil(img)
+    with open(path, "xb") as f:
+        pil.save(f, format="PNG", pnginfo=info, compress_level=compress_level)

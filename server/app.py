@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import gc
+import importlib.util
 import logging
 import os
 import shutil
@@ -26,6 +27,7 @@ from .cluster import Cluster, PrimaryLink
 from .limits import MAX_BODY_BYTES, MAX_UPLOAD_BYTES, READ_TIMEOUT
 from .provenance import HashCache
 from .queue import PromptQueue
+from .routing import MAX_WAIT
 from .security import allowed_hosts, is_loopback, make_middlewares
 from .watchdog import LIMIT as WATCHDOG_LIMIT
 from .worker import Worker
@@ -64,6 +66,11 @@ class Config:
     cache_bytes: int = 4 * 1024 ** 3
     worker_process: bool = True  # run prompts in a child process per device (see runners.py)
     http_processes: int = 1  # processes answering HTTP on the same port (see cluster.py)
+    ray: str | None = None  # run prompts on Ray actors: the cluster's address, "auto" or "local" (see ray_runner.py)
+    ray_cpu_workers: int = 0  # CPU actors to start (0: one actor per GPU of the cluster, else one CPU actor)
+    ray_max_wait: float = MAX_WAIT  # seconds a prompt waits for the busy actor holding its models (see routing.py)
+    ray_retries: int = 1  # times a prompt whose actor died under it is queued again
+    ray_files: str = "auto"  # how files reach actors: auto, shared (filesystem) or object-store
 
     @property
     def temp_dir(self) -> Path:
@@ -86,9 +93,9 @@ class State:
         """``primary`` is given in an extra HTTP process (cluster.py): the link to the process with the workers."""
         from nodes.node import Environment, load_builtin_nodes
 
-        if registry is not None and (config.worker_process or config.http_processes > 1):
-            raise ValueError("a registry passed to create_app exists only in this process: "
-                             "set Config.worker_process = False and http_processes = 1 to run its nodes")
+        if registry is not None and (config.worker_process or config.http_processes > 1 or config.ray is not None):
+            raise ValueError("a registry passed to create_app exists only in this process: set "
+                             "Config.worker_process = False, http_processes = 1 and ray = None to run its nodes")
         self.config = config
         self.primary = primary
         self.cluster: Cluster | None = None
@@ -114,7 +121,17 @@ class State:
         self._status_sent = float("-inf")  # event-loop time of the last queue-change status
         self._commit: asyncio.Future | None = None
         self.heavy = concurrent.futures.ThreadPoolExecutor(HEAVY_THREADS, thread_name_prefix="latentgraph-heavy")
-        self.workers = [] if primary else [self._make_worker(d) for d in resolve_devices(config.devices)]
+        self.ray = None  # ray_runner.RayPool with --ray
+        self.workers = [] if primary else self._make_workers()
+
+    def _make_workers(self) -> list[Worker]:
+        if self.config.ray is None:
+            return [self._make_worker(d) for d in resolve_devices(self.config.devices)]
+        from .ray_runner import RayPool
+
+        self.ray = RayPool(self.config, self.env, self.queue, self.registry)
+        return [Worker(runner.name, self.queue, runner, self.hub, on_queue_change=self.status_changed, source=source)
+                for runner, source in self.ray.sources()]
 
     def _make_worker(self, device: str) -> Worker:
         from .runners import ProcessRunner, RunnerConfig, ThreadRunner
@@ -144,7 +161,8 @@ class State:
             return await self.primary.call("devices")
         return [{"name": w.runner.device, "type": w.runner.device.split(":")[0], "index": 0,
                  "vram_total": 0, "vram_free": 0, "torch_vram_total": 0, "torch_vram_free": 0,
-                 "models": None, "cache": None, **w.runner.stats()}  # a child not started yet has no numbers
+                 "models": None, "cache": None, "running": w.current.prompt_id if w.current else None,
+                 **w.runner.stats()}  # a child not started yet has no numbers
                 for w in self.workers]
 
     async def heavy_work(self, fn, *args):
@@ -238,6 +256,8 @@ class State:
         for w in self.workers:  # a worker records its last prompt before the queue closes, however long it takes
             await asyncio.to_thread(w.finish, STOP_GRACE)
         await asyncio.to_thread(self.heavy.shutdown, True, cancel_futures=True)  # its work may add to the queue
+        if self.ray is not None:
+            await asyncio.to_thread(self.ray.close)
         self.queue.close()
 
 
@@ -288,8 +308,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also answer requests whose Host header is NAME (repeatable; by default only loopback "
                              "names and --host are answered, which stops DNS-rebinding pages)")
     parser.add_argument("--watchdog", type=float, default=WATCHDOG_LIMIT, metavar="SECONDS",
-                        help="kill and replace a worker process that gives no sign of life for this long, failing its "
-                             f"prompt (default {WATCHDOG_LIMIT:g}; 0: never)")
+                        help="kill and replace a worker process (or Ray actor) that gives no sign of life for this "
+                             f"long, failing its prompt (default {WATCHDOG_LIMIT:g}; 0: never)")
     parser.add_argument("--read-timeout", type=float, default=READ_TIMEOUT, metavar="SECONDS",
                         help=f"disconnect a client that sends nothing for this long mid-request (default "
                              f"{READ_TIMEOUT:g})")
@@ -302,6 +322,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--http-processes", type=int, default=1, metavar="N",
                         help="answer HTTP and websockets in N processes sharing the port (for many concurrent "
                              "clients; default 1)")
+    ray = parser.add_argument_group("scale out on Ray (pip install latentgraph[ray]; see docs/scale-out.md)")
+    ray.add_argument("--ray", nargs="?", const="auto", metavar="ADDRESS",
+                     help="run prompts on Ray actors, one per GPU: the cluster at ADDRESS (host:port), 'auto' (the "
+                          "cluster this machine belongs to; what --ray alone means) or 'local' (start one here)")
+    ray.add_argument("--ray-cpu-workers", type=int, default=0, metavar="N",
+                     help="N actors on one CPU each instead (without GPUs in the cluster the default is 1)")
+    ray.add_argument("--ray-max-wait", type=float, default=MAX_WAIT, metavar="SECONDS",
+                     help="how long a prompt waits for the busy actor holding its models before another loads them")
+    ray.add_argument("--ray-retries", type=int, default=Config.ray_retries, metavar="N",
+                     help="times a prompt whose actor died under it is queued again for another actor")
+    ray.add_argument("--ray-files", choices=("auto", "shared", "object-store"), default="auto",
+                     help="how input and output files reach the actors: a shared filesystem (found by default when "
+                          "the server's folders are visible to the actor) or Ray's object store")
     frontend_compat.add_arguments(parser)  # --frontend latentgraph|comfyui
 
 
@@ -311,7 +344,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
                     input_dir=Path(args.input), data_dir=Path(args.data), token=token, debug=args.debug,
                     devices=args.devices or ["auto"], max_upload_bytes=args.max_upload_mb * 1024 * 1024,
                     worker_process=not args.single_process, http_processes=args.http_processes,
-                    read_timeout=args.read_timeout, allow_hosts=args.allow_host, watchdog_seconds=args.watchdog)
+                    read_timeout=args.read_timeout, allow_hosts=args.allow_host, watchdog_seconds=args.watchdog,
+                    ray=args.ray, ray_cpu_workers=args.ray_cpu_workers, ray_max_wait=args.ray_max_wait,
+                    ray_retries=args.ray_retries, ray_files=args.ray_files)
     return frontend_compat.configure(config, args)  # --frontend comfyui serves the official frontend's files
 
 
@@ -325,6 +360,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if config.http_processes < 1:
         print("--http-processes must be at least 1", file=sys.stderr)
+        return 2
+    if config.ray is not None and importlib.util.find_spec("ray") is None:
+        print("--ray needs Ray: pip install 'latentgraph[ray]'", file=sys.stderr)
+        return 2
+    if config.ray is None and config.ray_cpu_workers:
+        print("--ray-cpu-workers needs --ray", file=sys.stderr)
+        return 2
+    if config.ray_cpu_workers < 0 or config.ray_retries < 0 or config.ray_max_wait < 0:
+        print("--ray-cpu-workers, --ray-retries and --ray-max-wait cannot be negative", file=sys.stderr)
         return 2
     if not args.no_demo_models:
         ensure_demo_models(config.models_dir / "checkpoints")

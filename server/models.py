@@ -13,6 +13,8 @@ Nodes get one ``ModelResidency`` per device as ``ctx.resources``. What they may 
     resources.offload(module)         move one module back to CPU RAM
     resources.free()                  forget everything (POST /free {"unload_models": true})
     resources.stats()                 numbers for /system_stats
+    resources.entries()               (key, bytes, builds) of each registered module: what a Ray actor reports as
+                                      resident for routing (routing.py)
 
 A module's size is counted from its parameters and buffers. On a CPU-only machine "device" and "RAM" are the
 same memory: ``load`` then only updates the LRU order, and the RAM budget alone bounds what is kept.
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from typing import Any, Callable
 
 import torch
@@ -56,6 +58,7 @@ class ModelResidency:
         self.offloads = 0    # moves back to CPU RAM
         self.drops = 0       # entries forgotten beyond the RAM budget
         self.builds = 0      # factory() calls in `cached`
+        self._builds: Counter = Counter()  # the same, per key
 
     @property
     def on_cpu(self) -> bool:
@@ -80,6 +83,7 @@ class ModelResidency:
                 return module
         module = factory()  # outside the lock: building can take long and touches no residency state
         self.builds += 1
+        self._builds[key] += 1
         with self._lock:
             self._register(key, module)
             self._trim_ram(protect=module)
@@ -106,6 +110,11 @@ class ModelResidency:
                     "device_bytes": device_bytes, "device_budget": self.device_budget,
                     "ram_bytes": ram_bytes, "ram_budget": self.ram_budget,
                     "loads": self.loads, "offloads": self.offloads, "drops": self.drops, "builds": self.builds}
+
+    def entries(self) -> list[tuple[Any, int, int]]:
+        """(key, bytes, times built) of every registered module, least recently used first."""
+        with self._lock:
+            return [(key, module_bytes(module), self._builds[key]) for key, module in self._entries.items()]
 
     # -- internals (lock held) ----------------------------------------------------------------
     def _register(self, key: Any, module: torch.nn.Module) -> None:

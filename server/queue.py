@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 RESTART_MESSAGE = "interrupted by server restart"
+CHOOSE_WINDOW = 32  # pending prompts a routing worker chooses among (see take)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS prompts (
@@ -63,6 +64,7 @@ class QueueItem:
     extra_data: dict
     outputs_to_execute: list
     created: float = 0.0
+    meta: dict = field(default_factory=dict)  # carried into its history meta: routing, earlier attempts (routing.py)
 
     def as_list(self) -> list:
         number = int(self.number) if float(self.number).is_integer() else self.number
@@ -217,19 +219,22 @@ class PromptQueue:
             return missing
 
     # -- the worker side ----------------------------------------------------------------------
-    def take(self, timeout: float | None = None) -> QueueItem | None:
+    def take(self, timeout: float | None = None, choose=None) -> QueueItem | None:
         """Block until a prompt is pending (and the queue not paused), mark it running and return it.
 
+        ``choose(items)``, given the first CHOOSE_WINDOW pending prompts in queue order, picks one of them or None
+        to wait (routing.py: the prompts another worker is better placed to run); it runs with the queue's lock held.
         Returns None on timeout, on :meth:`wake` and after :meth:`close`."""
         with self._cond:
-            row = self._next_pending()
-            if row is None:
+            item = self._next_pending(choose)
+            if item is None:
                 self._cond.wait(timeout)
-                row = self._next_pending()
-            if row is None:
+                item = self._next_pending(choose)
+            if item is None:
                 return None
-            self._db.execute("UPDATE prompts SET state='running', started=? WHERE prompt_id=?", (time.time(), row[1]))
-            return _item(row)
+            self._db.execute("UPDATE prompts SET state='running', started=? WHERE prompt_id=?",
+                             (time.time(), item.prompt_id))
+            return item
 
     def _notify(self) -> None:
         """Wake one idle worker for new work. Skipped while paused: a needless wake-up hands the GIL to a
@@ -237,11 +242,14 @@ class PromptQueue:
         if not self._is_paused():
             self._cond.notify()
 
-    def _next_pending(self):
+    def _next_pending(self, choose=None) -> QueueItem | None:
         if self._closed or self._is_paused():
             return None
-        return self._db.execute(f"SELECT {_ITEM_COLUMNS} FROM prompts WHERE state='pending' "
-                                "ORDER BY number, seq LIMIT 1").fetchone()
+        rows = self._db.execute(f"SELECT {_ITEM_COLUMNS} FROM prompts WHERE state='pending' ORDER BY number, seq "
+                                "LIMIT ?", (1 if choose is None else CHOOSE_WINDOW,)).fetchall()
+        if choose is None:
+            return _item(rows[0]) if rows else None
+        return choose([_item(r) for r in rows]) if rows else None
 
     def finish(self, prompt_id: str, status: dict, outputs: dict, meta: dict) -> None:
         with self._lock:
@@ -254,6 +262,14 @@ class PromptQueue:
         with self._lock:
             self._db.execute("UPDATE prompts SET state='pending', started=NULL WHERE prompt_id=? AND state='running'",
                              (prompt_id,))
+
+    def retry(self, prompt_id: str, meta: dict) -> None:
+        """Give a running prompt back to the queue at its place, with ``meta`` (what happened to it so far) to carry
+        into its history: its worker died under it (routing.Router.retry)."""
+        with self._cond:
+            self._db.execute("UPDATE prompts SET state='pending', started=NULL, meta=? WHERE prompt_id=? "
+                             "AND state='running'", (json.dumps(meta), prompt_id))
+            self._cond.notify_all()
 
     def wake(self) -> None:
         """Make a blocked :meth:`take` return (so a worker can look at other work, e.g. a /free request, or at
@@ -317,14 +333,14 @@ class PromptQueue:
                 max_items = total
             if offset < 0:
                 offset = max(0, total - max_items)
-            rows = self._db.execute(f"SELECT {_ITEM_COLUMNS}, status, outputs, meta, started, finished FROM prompts "
+            rows = self._db.execute(f"SELECT {_ITEM_COLUMNS}, status, outputs, started, finished FROM prompts "
                                     "WHERE state='done' ORDER BY finished, seq LIMIT ? OFFSET ?",
                                     (max_items, offset)).fetchall()
         return [_entry(r) for r in rows]
 
     def history_item(self, prompt_id: str) -> HistoryEntry | None:
         with self._lock:
-            row = self._db.execute(f"SELECT {_ITEM_COLUMNS}, status, outputs, meta, started, finished FROM prompts "
+            row = self._db.execute(f"SELECT {_ITEM_COLUMNS}, status, outputs, started, finished FROM prompts "
                                    "WHERE state='done' AND prompt_id=?", (prompt_id,)).fetchone()
         return _entry(row) if row else None
 
@@ -341,15 +357,16 @@ class PromptQueue:
             return n
 
 
-_ITEM_COLUMNS = "number, prompt_id, prompt, extra_data, outputs_to_execute, created"
+_ITEM_COLUMNS = "number, prompt_id, prompt, extra_data, outputs_to_execute, created, meta"
 
 
 def _item(row) -> QueueItem:
-    number, pid, prompt, extra, outputs, created = row[:6]
-    return QueueItem(number, pid, json.loads(prompt), json.loads(extra), json.loads(outputs), created)
+    number, pid, prompt, extra, outputs, created, meta = row[:7]
+    return QueueItem(number, pid, json.loads(prompt), json.loads(extra), json.loads(outputs), created,
+                     json.loads(meta or "{}"))
 
 
 def _entry(row) -> HistoryEntry:
-    status, outputs, meta, started, finished = row[6:]
-    return HistoryEntry(_item(row), json.loads(status or "{}"), json.loads(outputs or "{}"), json.loads(meta or "{}"),
-                        started, finished)
+    item = _item(row)
+    status, outputs, started, finished = row[7:]
+    return HistoryEntry(item, json.loads(status or "{}"), json.loads(outputs or "{}"), item.meta, started, finished)

@@ -33,6 +33,8 @@ PREVIEW_MAX_SIZE = 512
 CHILD_NICE = 10  # where SCHED_IDLE does not exist (see lower_priority)
 DEFAULT_REGISTRY = "nodes.node:load_builtin_nodes"
 EVENT_DELAY = 0.01  # seconds a hook event may wait in the child to go out with others (see EventBatches)
+WORKER_DIED = "WorkerProcessDied"  # the exception_type of a prompt whose executor's process died under it
+WORKER_HUNG = "WorkerProcessUnresponsive"  # ... whose executor stopped beating (watchdog.py) and was killed
 
 
 @dataclasses.dataclass
@@ -208,25 +210,16 @@ class ProcessRunner:
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         if code == -signal.SIGKILL:
             how += " (the system may have run out of memory)"
-        return self._failed(prompt_id, started, "WorkerProcessDied",
-                            f"the worker process for {self.device} died while running this prompt ({how})")
+        return failed_run(prompt_id, started, WORKER_DIED,
+                          f"the worker process for {self.device} died while running this prompt ({how})")
 
     def _hung(self, prompt_id: str, started: float, exc: watchdog.Unresponsive):
         """The child stopped beating mid-prompt: it is killed, the prompt fails, the next prompt starts a new one."""
         self._proc.kill()
         self._proc.join(5)
-        return self._failed(prompt_id, started, "WorkerProcessUnresponsive",
-                            f"the worker process for {self.device} stopped responding while running this prompt "
-                            f"({exc}); it was killed and a new one starts for the next prompt")
-
-    def _failed(self, prompt_id: str, started: float, kind: str, message: str):
-        from .executor import RunReport
-
-        log.error("prompt %s: %s", prompt_id, message)
-        error = {"prompt_id": prompt_id, "node_id": None, "node_type": None, "executed": [],
-                 "exception_message": message, "exception_type": kind, "traceback": [], "current_inputs": {},
-                 "current_outputs": {}}
-        return RunReport("error", error=error, seconds=time.perf_counter() - started)
+        return failed_run(prompt_id, started, WORKER_HUNG,
+                          f"the worker process for {self.device} stopped responding while running this prompt "
+                          f"({exc}); it was killed and a new one starts for the next prompt")
 
     def free(self, unload_models: bool, free_memory: bool) -> None:
         with self._lock:
@@ -264,6 +257,18 @@ class ProcessRunner:
                 self._proc.kill()
                 self._proc.join(5)
             self._conn.close()
+
+
+def failed_run(prompt_id: str, started: float, kind: str, message: str):
+    """The report, logged, of a prompt that failed outside its nodes: its executor was lost under it (`kind`:
+    WORKER_DIED, WORKER_HUNG) or failed itself."""
+    from .executor import RunReport
+
+    log.error("prompt %s: %s", prompt_id, message)
+    error = {"prompt_id": prompt_id, "node_id": None, "node_type": None, "executed": [],
+             "exception_message": message, "exception_type": kind, "traceback": [], "current_inputs": {},
+             "current_outputs": {}}
+    return RunReport("error", error=error, seconds=time.perf_counter() - started)
 
 
 # -- the child process ----------------------------------------------------------------------------------------

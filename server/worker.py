@@ -1,9 +1,9 @@
 """A worker thread per device: takes prompts from the queue, has its runner execute them, reports over /ws.
 
 The event loop never waits on a prompt: the worker thread hands each prompt to its runner (the executor in a
-child process, or on this thread; see runners.py) and forwards every event to the loop with
-``call_soon_threadsafe`` (through the hub). Between prompts it applies ``/free`` requests, so models are never
-unloaded under a running node.
+child process, on this thread, or in a Ray actor; see runners.py and ray_runner.py) and forwards every event to the
+loop with ``call_soon_threadsafe`` (through the hub). Between prompts it applies ``/free`` requests, so models are
+never unloaded under a running node.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import traceback
 from typing import Any
 
 from .queue import PromptQueue, QueueItem
+from .runners import WORKER_DIED, WORKER_HUNG
 from .ws import Hub
 
 log = logging.getLogger("latentgraph.worker")
@@ -23,10 +24,27 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+class QueueSource:
+    """Where a worker takes its prompts from: the queue, in its order. routing.Router hands each Ray worker a source
+    that chooses by model affinity and re-queues a prompt whose runner died under it."""
+
+    def __init__(self, queue: PromptQueue):
+        self.queue = queue
+
+    def take(self, timeout: float) -> QueueItem | None:
+        return self.queue.take(timeout=timeout)
+
+    def retry(self, item: QueueItem, error: dict) -> bool:
+        """Whether the prompt went back to the queue (else it ends in history with `error`)."""
+        return False
+
+
 class Worker(threading.Thread):
-    def __init__(self, name: str, queue: PromptQueue, runner, hub: Hub, on_queue_change=None):
+    def __init__(self, name: str, queue: PromptQueue, runner, hub: Hub, on_queue_change=None,
+                 source: QueueSource | None = None):
         super().__init__(name=f"worker-{name}", daemon=True)
         self.queue = queue
+        self.source = source or QueueSource(queue)
         self.runner = runner
         self.hub = hub
         self.on_queue_change = on_queue_change or (lambda: None)
@@ -75,7 +93,7 @@ class Worker(threading.Thread):
         try:
             while not self._halt.is_set():
                 self._apply_free()
-                item = self.queue.take(timeout=1.0)
+                item = self.source.take(timeout=1.0)
                 if item is not None and not self._halt.is_set():
                     self._execute(item)
         finally:
@@ -148,6 +166,13 @@ class Worker(threading.Thread):
             self.current, self.current_node = None, None
             log.info("prompt %s: stopped by shutdown after %.2f s; it stays queued", pid, seconds)
             return
+        if (error or {}).get("exception_type") in (WORKER_DIED, WORKER_HUNG):  # its runner was lost under it
+            error = {**error, "node_id": error.get("node_id") or self.current_node}  # where it was cut off
+            if self.source.retry(item, error):
+                emit("execution_interrupted", {**error, "prompt_id": pid, "timestamp": now_ms()})
+                self.current, self.current_node = None, None
+                log.warning("prompt %s: its worker was lost after %.2f s; queued again", pid, seconds)
+                return
 
         if self.current_node is not None:  # the last node's final state: finished, or error where it failed
             emit("progress_state", progress.end(self.current_node, "finished" if status == "success" else "error"))
@@ -161,7 +186,7 @@ class Worker(threading.Thread):
             emit("execution_error", {**(error or {}), "prompt_id": pid, "timestamp": now_ms()}, record=True)
         self.queue.finish(pid, {"status_str": "success" if status == "success" else "error",
                                 "completed": status == "success", "messages": messages},
-                          outputs, {**{nid: _meta(nid) for nid in outputs}, **extra_meta})
+                          outputs, {**item.meta, **{nid: _meta(nid) for nid in outputs}, **extra_meta})
         self.current, self.current_node = None, None
         self.on_queue_change()  # as ComfyUI: the status broadcast, then `executing` null ends the prompt
         emit("executing", {"node": None, "display_node": None, "prompt_id": pid})

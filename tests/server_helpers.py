@@ -1,11 +1,14 @@
 """Shared pieces for the server tests: configs in a temp folder, small prompts, an instrumented node, live servers."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -185,3 +188,33 @@ def upload_form(data: bytes, name="pic.png", **fields):
     for key, value in fields.items():
         form.add_field(key, value)
     return form
+
+
+@contextlib.contextmanager
+def local_ray_cluster(nodes: list[dict]):
+    """A Ray cluster of len(nodes) raylets on this machine (ray.cluster_utils), nodes[0] the head, each small
+    (few CPUs, 100 MB object store, no dashboard unless given), in a temp folder of its own that goes with it.
+    Servers started meanwhile (start_server) inherit its environment and join it with --ray cluster.address."""
+    from ray.cluster_utils import Cluster
+
+    # short: Ray's socket paths must stay under 108 bytes; and nothing is left in /tmp/ray
+    temp = tempfile.mkdtemp(prefix="lgray-")
+    env = {"RAY_TMPDIR": temp, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    cluster = None
+    try:
+        node = {"num_cpus": 1, "object_store_memory": 100 * 1024 * 1024, "include_dashboard": False}
+        cluster = Cluster(initialize_head=True, head_node_args={**node, **nodes[0]})
+        for extra in nodes[1:]:
+            cluster.add_node(**{**node, **extra})
+        yield cluster
+    finally:
+        if cluster is not None:
+            cluster.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        shutil.rmtree(temp, ignore_errors=True)

@@ -116,6 +116,19 @@ def test_save_image_writes_metadata_and_counts(registry, env):
         call(registry, env, "SaveImage", images=images, filename_prefix="../escape")
 
 
+def test_save_image_never_overwrites_a_file_another_worker_saved_meanwhile(registry, env, monkeypatch):
+    from nodes.library import image as image_nodes
+
+    first = call(registry, env, "SaveImage", images=torch.zeros(1, 4, 4, 3), filename_prefix="pic")
+    # another worker saving into the folder counted the files before this one's file was there
+    monkeypatch.setattr(image_nodes, "_next_counter", lambda folder, base: 1)
+    second = call(registry, env, "SaveImage", images=torch.ones(2, 4, 4, 3), filename_prefix="pic")
+    assert first.ui["images"][0]["filename"] == "pic_00001_.png"
+    assert [i["filename"] for i in second.ui["images"]] == ["pic_00002_.png", "pic_00003_.png"]
+    with Image.open(os.path.join(env.output_dir, "pic_00001_.png")) as img:
+        assert np.asarray(img).max() == 0  # the first file is intact
+
+
 def test_preview_goes_to_temp(registry, env):
     result = call(registry, env, "PreviewImage", images=torch.zeros(1, 2, 2, 3))
     (entry,) = result.ui["images"]

@@ -257,8 +257,14 @@ def _save_batch(ctx, images, folder: str, prefix: str, kind: str, compress_level
     counter = _next_counter(os.path.dirname(path), base)
     saved = []
     for i, image in enumerate(images):
-        filename = f"{base}_{counter + i:05}_.png"
-        save_png(os.path.join(os.path.dirname(path), filename), image, text, compress_level)
+        while True:  # workers on other devices (or Ray actors) may save into the same folder at the same moment
+            filename = f"{base}_{counter:05}_.png"
+            counter += 1
+            try:
+                save_png(os.path.join(os.path.dirname(path), filename), image, text, compress_level)
+                break
+            except FileExistsError:
+                continue
         saved.append({"filename": filename, "subfolder": subfolder, "type": kind})
         ctx.progress(i + 1, len(images))
     return Result(ui={"images": saved})
