@@ -12,9 +12,11 @@ from nodes.node import Environment
 def demo_models_dir(tmp_path_factory) -> str:
     """A models folder whose checkpoints/ is the session's demo checkpoints (oracles.demo_models writes them once):
     demo_sdxl_base.safetensors, demo_sdxl_refiner.safetensors and demo_sdxl_base_diffusers/; and whose
-    upscale_models/ holds the demo upscaler, controlnet/ the demo ControlNet and loras/ the demo LoRAs."""
+    upscale_models/ holds the demo upscaler, controlnet/ the demo ControlNet, loras/ the demo LoRAs and clip_vision/
+    the demo CLIP vision tower."""
     from oracles import demo_models
 
+    from nodes.clip_vision import write_demo_clip_vision
     from nodes.controlnet import write_demo_controlnet
     from nodes.demo import make_demo_loras
     from nodes.upscale_models import write_demo_upscaler
@@ -26,6 +28,7 @@ def demo_models_dir(tmp_path_factory) -> str:
         write_demo_upscaler(root / "upscale_models")
         write_demo_controlnet(root / "controlnet")
         make_demo_loras(root / "loras")
+        write_demo_clip_vision(root / "clip_vision")
     return str(root)
 
 
