@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import statistics
 import time
 
 import torch
-from unet import compare  # benchmarks/ is the script's folder
+from unet import timed  # benchmarks/ is the script's folder
 
 from nodes.families.sd3 import TINY_MMDIT, mmdit_config_to_diffusers, mmdit_to_diffusers
 from nodes.mmdit.mmdit import SD3_MEDIUM, MMDiT
@@ -57,9 +58,21 @@ def main():
     t = torch.tensor([600.0] * args.batch)
     context = torch.randn(args.batch, CONTEXT_TOKENS, cfg.context_dim, generator=g)
     pooled = torch.randn(args.batch, cfg.pooled_dim, generator=g)
-    compare(lambda: ours(x, t, context, pooled),
-            lambda: ref(hidden_states=x, encoder_hidden_states=context, pooled_projections=pooled, timestep=t).sample,
-            args.runs)
+    runs = [("ours", lambda: ours(x, t, context, pooled)),
+            ("diffusers", lambda: ref(hidden_states=x, encoder_hidden_states=context, pooled_projections=pooled,
+                                      timestep=t).sample)]
+    with torch.inference_mode():
+        a, b = (fn() for _, fn in runs)  # warm-up, and a check that they agree
+        err = ((a - b).abs().max() / b.abs().max()).item()
+        times = {name: [] for name, _ in runs}
+        for i in range(args.runs):
+            for name, fn in runs if i % 2 == 0 else runs[::-1]:
+                times[name].append(timed(fn))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in times.items():
+        print(f"{k:10s} median {med[k]:.3f}s  runs {', '.join(f'{x:.3f}' for x in v)}")
+    print(f"max relative difference of outputs {err:.2e}")
+    print(f"ratio ours/diffusers (median) {med['ours'] / med['diffusers']:.3f}")
 
 if __name__ == "__main__":
     main()

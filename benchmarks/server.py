@@ -40,6 +40,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path[:1] = [str(REPO), str(REPO / "tests")]
 from server_helpers import free_port, image_prompt, slow_prompt, start_server  # noqa: E402
 
+from server.runners import EXECUTOR_NICE  # noqa: E402
+
 TIMESTAMPED = ("execution_start", "execution_cached", "execution_success")
 
 
@@ -318,7 +320,7 @@ async def bench(args) -> int:
           f"including its status broadcasts and the fan-out of the running prompt's messages); "
           f"the {args.submitters} submitting processes' CPU meanwhile: {client_cpu:.0f} ms")
     print("other CPU during the burst: " + ", ".join(f"{k} {v:.0f} ms" for k, v in others_cpu.items())
-          + " (the executor runs SCHED_IDLE)")
+          + f" (the executor runs at nice +{EXECUTOR_NICE})")
     print(f"one at a time       p50 {pct(single, 50):6.1f} ms   p99 {pct(single, 99):6.1f} ms   "
           f"({args.sequential} sequential submissions, worker busy)")
     print(f"submission latency  p50 {pct(latencies, 50):6.1f} ms   p99 {pct(latencies, 99):6.1f} ms   "

@@ -3,6 +3,11 @@
 Both models share one set of weight tensors (diffusers' is built on the meta device and adopts ours under its
 names), so the run needs one model's memory. Runs alternate in one process; prints the median ratio.
 
+It also prints how close each side comes to the machine: the call's FLOPs (torch's FlopCounterMode, counted on
+the untimed first call of each side) over its median time, against the fp32 matmul peak measured in the same
+run (the best of square GEMMs timed between the rounds), and the time each round's calls spent waiting for a
+core (scheduler statistics), which shows when other work on the machine disturbed a run.
+
     python benchmarks/unet.py                          # SDXL base (latent 32×32, batch 2): ~11 GB RAM, minutes
     python benchmarks/unet.py --family sd15 --size 64  # SD 1.5 (latent 64×64, batch 2): ~4 GB RAM
     python benchmarks/unet.py --tiny                   # smoke run on the family's tiny preset
@@ -14,6 +19,7 @@ import statistics
 import time
 
 import torch
+from machine import waited
 
 from nodes.demo import unet_config_to_diffusers
 from nodes.families.ldm import unet_diffusers_names
@@ -54,24 +60,26 @@ def inputs(cfg, pooled_width, batch, size):
                                     added_cond_kwargs={"text_embeds": pooled, "time_ids": ids})
 
 
-def compare(ours, diffusers, runs: int) -> None:
-    """Time two zero-argument calls that compute the same tensor: a warm-up that also measures how far apart they
-    are, then ``runs`` runs each, alternating which goes first; prints the medians and their ratio."""
-    with torch.inference_mode():
-        a, b = ours(), diffusers()
-        err = ((a - b).abs().max() / b.abs().max()).item()
-        times = {"ours": [], "diffusers": []}
-        calls = [("ours", ours), ("diffusers", diffusers)]
-        for i in range(runs):
-            for name, fn in calls if i % 2 == 0 else calls[::-1]:
-                start = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - start)
-    med = {k: statistics.median(v) for k, v in times.items()}
-    for k, v in times.items():
-        print(f"{k:10s} median {med[k]:.3f}s  runs {', '.join(f'{x:.3f}' for x in v)}")
-    print(f"max relative difference of outputs {err:.2e}")
-    print(f"ratio ours/diffusers (median) {med['ours'] / med['diffusers']:.3f}")
+def matmul_peak(n: int = 3072, repeats: int = 3) -> float:
+    """GFLOP/s of the best of `repeats` n×n×n fp32 GEMMs (torch.mm, all threads)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = min(timed(lambda: torch.mm(a, b)) for _ in range(repeats))
+    return 2 * n ** 3 / best / 1e9
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def counted(fn) -> float:
+    """FLOPs of one call of `fn`."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
 
 
 def main():
@@ -90,7 +98,28 @@ def main():
           f"({sum(p.numel() for p in ours.parameters()):,} params, shared) in {time.perf_counter() - t0:.1f}s; "
           f"threads {torch.get_num_threads()}")
     ours_in, ref_in = inputs(cfg, pooled, args.batch, args.size)
-    compare(lambda: ours(*ours_in), lambda: ref(**ref_in).sample, args.runs)
+    with torch.inference_mode():
+        a, b = ours(*ours_in), ref(**ref_in).sample  # a check that they agree
+        err = ((a - b).abs().max() / b.abs().max()).item()
+        runs = [("ours", lambda: ours(*ours_in)), ("diffusers", lambda: ref(**ref_in))]
+        flops = {name: counted(fn) for name, fn in runs}  # also the warm-up
+        times = {"ours": [], "diffusers": []}
+        peaks = []
+        for i in range(args.runs):
+            peaks.append(matmul_peak())
+            before = waited()
+            for name, fn in runs if i % 2 == 0 else runs[::-1]:
+                times[name].append(timed(fn))
+            print(f"round {i + 1}: " + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items())
+                  + f"; matmul peak {peaks[-1]:.0f} GFLOP/s; waited for a core {waited() - before:.2f}s", flush=True)
+    peak = max(peaks)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for k, v in times.items():
+        rate = flops[k] / med[k] / 1e9
+        print(f"{k:10s} median {med[k]:.3f}s  {flops[k] / 1e9:.1f} GFLOP per call: {rate:.0f} GFLOP/s, "
+              f"{rate / peak:.0%} of the fp32 matmul peak {peak:.0f} GFLOP/s")
+    print(f"max relative difference of outputs {err:.2e}")
+    print(f"ratio ours/diffusers (median) {med['ours'] / med['diffusers']:.3f}")
 
 
 if __name__ == "__main__":

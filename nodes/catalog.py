@@ -1,6 +1,6 @@
 """What the server asks nodes/ about models, so that it knows nothing of diffusion: the model folders and what is
 in them, which folder a loader input reads, which installed file could stand in for a missing one, and the demo
-checkpoints, upscale model, ControlNet and LoRAs a fresh install runs on.
+checkpoints, upscale model, ControlNet, LoRAs and CLIP vision model a fresh install runs on.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from .node import Environment
 
 # The folders /models lists, as ComfyUI names them (folder_paths), so shared workflows and clients map unchanged.
 MODEL_FOLDERS = ("checkpoints", "vae", "loras", "embeddings", "vae_approx", "clip", "text_encoders", "unet",
-                 "diffusion_models", "controlnet", "upscale_models")
+                 "diffusion_models", "controlnet", "upscale_models", "clip_vision")
 # A loader input → the folder its files are in.
 INPUT_FOLDERS = {
     "ckpt_name": "checkpoints", "vae_name": "vae", "lora_name": "loras", "unet_name": "diffusion_models",
@@ -21,6 +21,8 @@ INPUT_FOLDERS = {
     "model_name": "upscale_models", "embedding_name": "embeddings", "gligen_name": "gligen",
     "hypernetwork_name": "hypernetworks",
 }
+# Where a node reads another folder than its input's name says (ComfyUI names CLIPVisionLoader's input clip_name too).
+NODE_INPUT_FOLDERS = {("CLIPVisionLoader", "clip_name"): "clip_vision"}
 MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 
 
@@ -48,6 +50,11 @@ def installed_family(path: str) -> str | None:
         return detect_folder(Path(path)) if os.path.isdir(path) else detect(read_shapes(Path(path)))
     except (OSError, ValueError):  # unreadable, or no supported family (UnsupportedCheckpoint is a ValueError)
         return None
+
+
+def input_folder(class_type: str | None, input_name: str | None) -> str | None:
+    """The model folder a loader input reads, None for an input that names no model file."""
+    return NODE_INPUT_FOLDERS.get((class_type, input_name)) or INPUT_FOLDERS.get(input_name)
 
 
 def substitute(env: Environment, folder: str, name: str, installed: list[str]) -> tuple[str | None, str]:
@@ -112,6 +119,11 @@ def ensure_demo_loras(folder: Path) -> None:
     _ensure(folder, write_demo_loras)
 
 
+def ensure_demo_clip_vision(folder: Path) -> None:
+    """Without any CLIP vision model, write the demo one so the shipped revision workflow runs."""
+    _ensure(folder, write_demo_clip_vision)
+
+
 def write_demo_upscaler(folder) -> Path:
     from .upscale_models import write_demo_upscaler as write
     return write(folder)
@@ -125,3 +137,8 @@ def write_demo_controlnet(folder) -> Path:
 def write_demo_loras(folder) -> dict[str, Path]:
     from .demo import make_demo_loras
     return make_demo_loras(folder)
+
+
+def write_demo_clip_vision(folder) -> Path:
+    from .clip_vision import write_demo_clip_vision as write
+    return write(folder)

@@ -14,6 +14,7 @@ from torch import nn
 from .families import load_builtin_families
 from .families.ldm import unet_diffusers_names, vae_diffusers_names
 from .sdxl.configs import UNetConfig, VAEConfig
+from .sdxl.text import open_clip_blocks_to_hf
 from .weights import FLOAT8
 
 SEED = 20240101
@@ -119,21 +120,7 @@ def open_clip_to_hf(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
            "text_model.final_layer_norm.weight": sd["ln_final.weight"],
            "text_model.final_layer_norm.bias": sd["ln_final.bias"],
            "text_projection.weight": sd["text_projection"].T.contiguous()}
-    names = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2",
-             "attn.out_proj": "self_attn.out_proj"}
-    for k, v in sd.items():
-        if not k.startswith("transformer.resblocks."):
-            continue
-        n, rest = k[len("transformer.resblocks."):].split(".", 1)
-        layer = f"text_model.encoder.layers.{n}."
-        if rest.startswith("attn.in_proj_"):
-            suffix = "weight" if rest.endswith("weight") else "bias"
-            for proj, part in zip("qkv", v.chunk(3, dim=0)):
-                out[f"{layer}self_attn.{proj}_proj.{suffix}"] = part.contiguous()
-            continue
-        module, suffix = rest.rsplit(".", 1)
-        out[f"{layer}{names[module]}.{suffix}"] = v
-    return out
+    return out | open_clip_blocks_to_hf(sd, "text_model.")
 
 
 def hf_text_config(width: int, architecture: str = "CLIPTextModel", **changes) -> dict:

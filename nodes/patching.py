@@ -90,8 +90,9 @@ class PatchedModel:
     def eps_fn(self, module: nn.Module | None = None):
         return self.base.eps_fn(module if module is not None else self.module)
 
-    def prepare(self, conditioning: list, role: str, latent_hw: tuple[int, int], device=None) -> list[dict]:
-        return self.base.prepare(conditioning, role, latent_hw, device)
+    def prepare(self, conditioning: list, role: str, latent_hw: tuple[int, int], device=None,
+                seed: int = 0) -> list[dict]:
+        return self.base.prepare(conditioning, role, latent_hw, device, seed)
 
     def with_sampling(self, sampling) -> "PatchedModel":
         return PatchedModel(self.base.with_sampling(sampling), self.patches, self.resources)

@@ -13,6 +13,8 @@ objects in ComfyUI's shapes:
     VAE           an AutoencoderKL (nodes.sdxl.vae) whose config holds its latent scale
     UPSCALE_MODEL nodes.upscale_models.UpscaleModel
     CONTROL_NET   nodes.controlnet.ControlNet (applied, it travels in CONDITIONING extras as ``control``)
+    CLIP_VISION   nodes.clip_vision.ClipVision (a CLIP image tower)
+    CLIP_VISION_OUTPUT  nodes.clip_vision.ClipVisionOutput (image_embeds, last_hidden_state, …)
 """
 from __future__ import annotations
 
@@ -51,6 +53,8 @@ NOISE = SocketType("NOISE", "an initial-noise source")
 GUIDER = SocketType("GUIDER", "a model with its conditioning and guidance scale")
 UPSCALE_MODEL = SocketType("UPSCALE_MODEL", "an image-to-image upscale model (ESRGAN, SwinIR, …)")
 CONTROL_NET = SocketType("CONTROL_NET", "a ControlNet: steers a UNet with a hint image (edges, depth, pose …)")
+CLIP_VISION = SocketType("CLIP_VISION", "a CLIP image encoder")
+CLIP_VISION_OUTPUT = SocketType("CLIP_VISION_OUTPUT", "CLIP image embeddings and hidden states")
 ANY = SocketType("*", "any type")
 
 _BY_PYTHON = {int: INT, float: FLOAT, str: STRING, bool: BOOLEAN}

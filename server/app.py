@@ -375,6 +375,7 @@ def run(args: argparse.Namespace) -> int:
         catalog.ensure_demo_upscaler(config.models_dir / "upscale_models")
         catalog.ensure_demo_controlnet(config.models_dir / "controlnet")
         catalog.ensure_demo_loras(config.models_dir / "loras")
+        catalog.ensure_demo_clip_vision(config.models_dir / "clip_vision")
     # The worker threads (and with --single-process the nodes themselves) run Python beside the event loop; a
     # shorter GIL switch interval keeps the loop's wake-ups (HTTP, websocket fan-out) prompt while they do.
     sys.setswitchinterval(0.001)

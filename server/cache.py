@@ -5,6 +5,7 @@ different prompts or workflows shares one entry. Model weights are not counted h
 whose memory the model-residency service (server.models) accounts for."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -15,7 +16,8 @@ _SMALL = 64  # bytes charged for anything that is not a tensor: keeps the entry 
 
 
 def size_of(value: Any) -> int:
-    """Bytes held by the tensors inside an output (tuples, lists, dicts and Result objects are walked)."""
+    """Bytes held by the tensors inside an output (tuples, lists, dicts, dataclass values such as a CLIP vision output,
+    and Result objects are walked)."""
     total, stack, seen = 0, [value], set()
     while stack:
         item = stack.pop()
@@ -31,6 +33,10 @@ def size_of(value: Any) -> int:
                 stack.extend(item.values())
         elif hasattr(item, "outputs") and hasattr(item, "ui"):  # nodes.node.Result
             stack.extend((item.outputs, item.ui))
+        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
+            if id(item) not in seen:
+                seen.add(id(item))
+                stack.extend(getattr(item, f.name) for f in dataclasses.fields(item))
         else:
             total += _SMALL
     return total

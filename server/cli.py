@@ -386,6 +386,7 @@ def cmd_make_demo_model(args) -> int:
     print(catalog.write_demo_controlnet(args.controlnet or os.path.join(beside, "controlnet")))
     for path in catalog.write_demo_loras(args.loras or os.path.join(beside, "loras")).values():
         print(path)
+    print(catalog.write_demo_clip_vision(args.clip_vision or os.path.join(beside, "clip_vision")))
     return 0
 
 
@@ -451,11 +452,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-demo-model", help="write the tiny demo checkpoints (one set per model family) into DIR, "
                                                "their standalone text encoders into text_encoders beside DIR and a "
-                                               "demo upscale model, ControlNet and LoRAs")
+                                               "demo upscale model, ControlNet, LoRAs and CLIP vision model")
     p.add_argument("dir", help="the checkpoints folder, e.g. models/checkpoints")
     p.add_argument("--upscale-models", help="folder for the demo upscale model (default: upscale_models beside DIR)")
     p.add_argument("--controlnet", help="folder for the demo ControlNet (default: controlnet beside DIR)")
     p.add_argument("--loras", help="folder for the demo LoRAs (default: loras beside DIR)")
+    p.add_argument("--clip-vision", help="folder for the demo CLIP vision model (default: clip_vision beside DIR)")
     p.set_defaults(func=cmd_make_demo_model)
     return parser
 

@@ -18,7 +18,7 @@ import json
 import os
 from typing import Any
 
-from nodes.catalog import INPUT_FOLDERS, substitute
+from nodes.catalog import input_folder, substitute
 from nodes.node import Environment, NodeSpec
 
 LEGACY_GROUP_PREFIXES = ("workflow>", "workflow/")
@@ -59,10 +59,9 @@ def _missing_message(kind: str) -> str:
     return f"Node type {kind!r} is not installed (a custom node, not part of ComfyUI or latentgraph)"
 
 
-def _model_error(err: dict, node_id: str, env: Environment) -> dict:
+def _model_error(err: dict, node_id: str, folder: str, env: Environment) -> dict:
     info = err["extra_info"]
     name, value = info.get("input_name"), info.get("received_value")
-    folder = INPUT_FOLDERS[name]
     config = info.get("input_config") or []
     installed = list(config[0]) if config and isinstance(config[0], list) else []
     where = os.path.join(env.models_dir or "models", folder)
@@ -95,8 +94,9 @@ def explain(result: Any, prompt: dict, registry: dict[str, NodeSpec], env: Envir
                 errors[i] = {"type": "missing_node_type", "message": _missing_message(kind),
                              "details": f"node {node_id} ({kind})",
                              "extra_info": {"class_type": kind, "comfyui_builtin": is_comfyui_builtin(kind)}}
-            elif err["type"] == "value_not_in_list" and err["extra_info"].get("input_name") in INPUT_FOLDERS:
-                errors[i] = _model_error(err, node_id, env)
+            elif err["type"] == "value_not_in_list" and \
+                    (folder := input_folder(kind, err["extra_info"].get("input_name"))):
+                errors[i] = _model_error(err, node_id, folder, env)
                 models.append({"node_id": node_id, **{k: errors[i]["extra_info"][k] for k in
                                                       ("input_name", "file", "folder", "suggestion")}})
     files = ", ".join(f"{m['file']} ({m['folder']})" for m in models)

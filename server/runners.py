@@ -30,7 +30,7 @@ from . import watchdog
 log = logging.getLogger("latentgraph.runner")
 
 PREVIEW_MAX_SIZE = 512
-CHILD_NICE = 10  # where SCHED_IDLE does not exist (see lower_priority)
+EXECUTOR_NICE = 5  # the executor's priority gap below the HTTP processes (see lower_priority)
 DEFAULT_REGISTRY = "nodes.node:load_builtin_nodes"
 EVENT_DELAY = 0.01  # seconds a hook event may wait in the child to go out with others (see EventBatches)
 WORKER_DIED = "WorkerProcessDied"  # the exception_type of a prompt whose executor's process died under it
@@ -55,10 +55,6 @@ def build_executor(config: RunnerConfig, registry: dict | None = None):
     from .models import ModelResidency
     from .provenance import HashCache
 
-    if config.device == "cpu":  # leave a core to the event loop so HTTP and websockets stay responsive
-        import torch
-
-        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     if registry is None:
         module, _, name = config.registry.partition(":")
         registry = getattr(importlib.import_module(module), name)()
@@ -77,11 +73,13 @@ def free(executor, unload_models: bool, free_memory: bool) -> None:
 
 
 def stats(executor) -> dict:
-    """What /system_stats shows for the device: memory, resident models, the output cache."""
+    """What /system_stats shows for the device: memory, resident models, the output cache, torch's CPU threads."""
+    import torch
+
     from .models import device_memory
 
     return {**device_memory(executor.resources.device), "models": executor.resources.stats(),
-            "cache": executor.cache.stats()}
+            "cache": executor.cache.stats(), "torch_threads": torch.get_num_threads()}
 
 
 def encoding_hooks(hooks):
@@ -314,6 +312,7 @@ def child_main(conn, config: RunnerConfig, interrupt, parent_pid: int, heartbeat
     die_with_parent(parent_pid)
     pipe = EventBatches(conn)
     lower_priority()
+    use_every_core()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     executor = build_executor(config)
     gc.freeze()  # the imports and the registry stay for the child's life: keep the cyclic GC off them (as the server)
@@ -345,18 +344,26 @@ def child_main(conn, config: RunnerConfig, interrupt, parent_pid: int, heartbeat
 
 
 def lower_priority() -> None:
-    """The executor runs on CPU time the HTTP processes do not want: they answer a burst of requests at once
-    instead of waiting for a slice of a core. On Linux, SCHED_IDLE: a waking HTTP process preempts the executor
-    immediately and the scheduler treats a core running only the executor as free; a nice level (10 measured
-    ~65 ms of 80 for the executor during a 200-submission burst on 2 cores) only shares the core. On a GPU the
-    executor needs little CPU; on a CPU-only machine that is busy with other work too, prompts run slower."""
+    """A short priority gap below the HTTP processes (nice +EXECUTOR_NICE for the threads started from here on: the
+    heartbeat and the event batches keep the normal one). A waking HTTP process preempts the executor, so a burst
+    of requests is answered at once, while prompts keep every core (use_every_core) and a fair share of a machine
+    busy with other work. SCHED_IDLE, used before, left prompts almost no CPU next to any other process: 6-15×
+    slower on a loaded 2-core machine."""
     try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        try:
-            os.nice(CHILD_NICE)
-        except OSError:
-            pass
+        os.nice(EXECUTOR_NICE)
+    except OSError:
+        pass
+
+
+def use_every_core() -> None:
+    """torch computes on every core this process may run on (the HTTP processes mostly wait on sockets and take a
+    core back when they wake: lower_priority). The CPU set, not torch's default, which may count cores outside a
+    container's share; OMP_NUM_THREADS, where set, still decides."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    import torch
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
 def die_with_parent(parent_pid: int) -> None:

@@ -12,6 +12,17 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from nodes.node import Environment, load_builtin_nodes  # noqa: E402
+from patience import patience  # noqa: E402
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item):
+    """pytest-timeout's limit per test (`timeout` in pyproject.toml, or --timeout), stretched by the load like
+    the tests' own waits: it is there to end a hang, not to fail a slow machine."""
+    base = float(item.config.getoption("timeout", None) or item.config.getini("timeout") or 0)
+    if base > 0 and item.get_closest_marker("timeout") is None:
+        item.add_marker(pytest.mark.timeout(patience(base)))
+    yield
 
 
 @pytest.fixture(scope="session")

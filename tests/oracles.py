@@ -2,7 +2,9 @@
 (sdxl.md §13.1, §13.3), diffusers' own original→diffusers converters, re-randomisation and error measures."""
 from __future__ import annotations
 
+import atexit
 import functools
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -37,9 +39,11 @@ VAE_KWARGS = dict(block_out_channels=(32, 64, 64, 64), layers_per_block=2, laten
 
 @functools.cache
 def demo_models() -> dict[str, Path]:
-    """The demo checkpoints, written once per test session (read-only use)."""
+    """The demo checkpoints, written once per test session (read-only use) and removed when it ends (~370 MB)."""
     from nodes.demo import make_demo_models
-    return make_demo_models(tempfile.mkdtemp(prefix="latentgraph-demo-"))
+    folder = tempfile.mkdtemp(prefix="latentgraph-demo-")
+    atexit.register(shutil.rmtree, folder, True)
+    return make_demo_models(folder)
 
 
 def diffusers_unet(name: str):

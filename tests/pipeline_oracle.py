@@ -69,14 +69,16 @@ def _strict(cls, folder: Path, **kwargs):
     return model.eval()
 
 
-def base_pipeline(folder: Path, scheduler):
+def base_pipeline(folder: Path, scheduler, dtype: torch.dtype = torch.float32):
+    """The base pipeline with every model in `dtype` (transformers 5 would keep the file's own dtype)."""
     from diffusers import AutoencoderKL, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
     tok, tok_2 = hf_tokenizers()
     return StableDiffusionXLPipeline(
-        vae=_strict(AutoencoderKL, folder / "vae"), unet=_strict(UNet2DConditionModel, folder / "unet"),
-        text_encoder=_strict(CLIPTextModel, folder / "text_encoder"),
-        text_encoder_2=_strict(CLIPTextModelWithProjection, folder / "text_encoder_2"),
+        vae=_strict(AutoencoderKL, folder / "vae", torch_dtype=dtype),
+        unet=_strict(UNet2DConditionModel, folder / "unet", torch_dtype=dtype),
+        text_encoder=_strict(CLIPTextModel, folder / "text_encoder", dtype=dtype),
+        text_encoder_2=_strict(CLIPTextModelWithProjection, folder / "text_encoder_2", dtype=dtype),
         tokenizer=tok, tokenizer_2=tok_2, scheduler=scheduler, force_zeros_for_empty_prompt=True)
 
 

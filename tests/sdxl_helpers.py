@@ -12,10 +12,11 @@ from nodes.node import Environment
 def demo_models_dir(tmp_path_factory) -> str:
     """A models folder whose checkpoints/ is the session's demo checkpoints (oracles.demo_models writes them once):
     demo_sdxl_base.safetensors, demo_sdxl_refiner.safetensors and demo_sdxl_base_diffusers/ …; whose
-    upscale_models/ holds the demo upscaler, controlnet/ the demo ControlNet, loras/ the demo LoRAs and text_encoders/
-    the standalone demo text encoders (SD3's)."""
+    upscale_models/ holds the demo upscaler, controlnet/ the demo ControlNet, loras/ the demo LoRAs, clip_vision/
+    the demo CLIP vision tower and text_encoders/ the standalone demo text encoders (SD3's)."""
     from oracles import demo_models
 
+    from nodes.clip_vision import write_demo_clip_vision
     from nodes.controlnet import write_demo_controlnet
     from nodes.demo import make_demo_loras, make_demo_text_encoders
     from nodes.upscale_models import write_demo_upscaler
@@ -28,6 +29,7 @@ def demo_models_dir(tmp_path_factory) -> str:
         write_demo_upscaler(root / "upscale_models")
         write_demo_controlnet(root / "controlnet")
         make_demo_loras(root / "loras")
+        write_demo_clip_vision(root / "clip_vision")
     return str(root)
 
 

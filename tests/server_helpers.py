@@ -14,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from patience import Deadline, async_wait_until, patience
 from PIL import Image
 
 from nodes.node import REGISTRY, Input, Output, load_builtin_nodes, node
@@ -96,47 +97,52 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(tmp_path: Path, port: int, *extra: str, log_name: str = "server.log") -> subprocess.Popen:
+def start_server(tmp_path: Path, port: int, *extra: str, log_name: str = "server.log",
+                 unset: tuple[str, ...] = ()) -> subprocess.Popen:
+    """`latentgraph serve` on `port` with its folders under `tmp_path`, once it answers; `unset`: environment
+    variables it does not inherit."""
     args = [PYTHON, "-c", "import sys; from server.cli import main; sys.exit(main())", "serve", "--host", "127.0.0.1", "--port", str(port),
             "--models", str(tmp_path / "models"), "--output", str(tmp_path / "output"),
             "--input", str(tmp_path / "input"), "--data", str(tmp_path / "data"), "--no-demo-models", *extra]
     log = open(tmp_path / log_name, "ab")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {k: v for k, v in os.environ.items() if k not in unset} | {"PYTHONUNBUFFERED": "1"}
     env.pop("LATENTGRAPH_TOKEN", None)
     proc = subprocess.Popen(args, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
     wait_ready(port, proc, tmp_path / log_name)
     return proc
 
 
-def wait_ready(port: int, proc: subprocess.Popen, log: Path, timeout: float = 60) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+def wait_ready(port: int, proc: subprocess.Popen, log: Path, seconds: float = 60) -> None:
+    """Until the server answers HTTP; an error at once if it exits, or past `seconds` (stretched by the load)."""
+    deadline = Deadline(seconds)
+    while not deadline.expired():
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/prompt", timeout=1):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/prompt", timeout=patience(5)):
                 return
         except OSError:
             time.sleep(0.1)
     proc.kill()
-    raise RuntimeError(f"server did not start in {timeout} s:\n{log.read_text()[-3000:]}")
+    raise RuntimeError(f"server did not start in {deadline.elapsed():.0f} s:\n{log.read_text()[-3000:]}")
 
 
-def http_json(port: int, path: str, body=None, timeout: float = 10):
+def http_json(port: int, path: str, body=None, seconds: float = 10):
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data,
                                  headers={"Content-Type": "application/json"} if data else {})
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
+    with urllib.request.urlopen(req, timeout=patience(seconds)) as resp:
         return json.loads(resp.read())
 
 
+async def wait_history(client, prompt_id: str, seconds: float = 60.0) -> dict:
+    """The /history entry of `prompt_id` once it is there (`client`: aiohttp's test client)."""
+    async def entry():
+        return (await (await client.get(f"/history/{prompt_id}")).json()).get(prompt_id)
+    return await async_wait_until(entry, seconds, what=f"prompt {prompt_id} finishing")
+
+
 # -- measuring a live server: event-loop stalls and memory --------------------------------------------------------
-def load_factor() -> float:
-    """How much busier than one runnable task per core the machine is: limits on wall-clock stalls scale by it, so
-    a test that holds on a quiet machine also holds on a loaded one (where every wait is longer)."""
-    return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
-
-
 class StallWatch:
     """Polls ``GET /system_stats`` on a live server from a thread, one request at a time, for as long as the
     ``with`` block lasts. An answer waits for the event loop, so the slowest answer is the longest stall."""

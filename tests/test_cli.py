@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from patience import patience
 from PIL import Image, PngImagePlugin
 
 from nodes.node import load_builtin_nodes
@@ -77,7 +78,7 @@ def test_set_changes_an_input_and_the_embedded_workflow(tmp_path, capsys):
 def test_console_script(tmp_path):
     out_dir = tmp_path / "out"
     done = subprocess.run([CONSOLE_SCRIPT, "run", WORKFLOW, "--out", str(out_dir)], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=120)
+                          cwd=tmp_path, timeout=patience(120))
     assert done.returncode == 0, done.stderr
     assert os.listdir(out_dir) == ["latentgraph_basic_00001_.png"]
     assert "4/4" in done.stderr and "Traceback" not in done.stderr  # the tqdm bar reached the end

@@ -13,6 +13,7 @@ import uuid
 
 import aiohttp
 import pytest
+from patience import patience
 from PIL import Image
 from server_helpers import REPO, free_port, start_server
 
@@ -66,7 +67,7 @@ def live_server(tmp_path):
     proc = start_server(tmp_path, port)
     yield f"127.0.0.1:{port}", proc
     proc.terminate()
-    proc.wait(20)
+    proc.wait(patience(20))
 
 
 async def test_comfyui_style_client_runs_a_shipped_workflow(live_server):
@@ -76,7 +77,7 @@ async def test_comfyui_style_client_runs_a_shipped_workflow(live_server):
         client = ComfyClient(session, live_server)
         async with session.ws_connect(f"ws://{live_server}/ws?clientId={client.client_id}") as ws:
             # the shipped UI-format file, converted by the server
-            prompt_id, images = await asyncio.wait_for(client.get_images(ws, workflow), 120)
+            prompt_id, images = await asyncio.wait_for(client.get_images(ws, workflow), patience(120))
             (first,) = images.values()
             img = Image.open(io.BytesIO(first[0]))
             assert img.size == (768, 576)
@@ -87,7 +88,7 @@ async def test_comfyui_style_client_runs_a_shipped_workflow(live_server):
             api = (await client.get_history(prompt_id))[prompt_id]["prompt"][2]
             empty = next(n for n in api.values() if n["class_type"] == "EmptyImage")
             empty["inputs"]["color"] = 0x000000
-            _, images = await asyncio.wait_for(client.get_images(ws, api), 120)
+            _, images = await asyncio.wait_for(client.get_images(ws, api), patience(120))
             (second,) = images.values()
             assert Image.open(io.BytesIO(second[0])).convert("RGB").getpixel((10, 10)) == (255, 255, 255)
 
@@ -99,7 +100,7 @@ async def test_comfyui_style_client_runs_a_shipped_workflow(live_server):
             # SIGTERM with this websocket still open: the server closes it and exits promptly
             started = time.monotonic()
             proc.terminate()
-            closing = await asyncio.wait_for(ws.receive(), 15)
+            closing = await asyncio.wait_for(ws.receive(), patience(15))
             assert closing.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
-            assert await asyncio.get_running_loop().run_in_executor(None, proc.wait, 15) == 0
-            assert time.monotonic() - started < 15
+            assert await asyncio.get_running_loop().run_in_executor(None, proc.wait, patience(15)) == 0
+            assert time.monotonic() - started < patience(15)

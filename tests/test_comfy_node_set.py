@@ -203,6 +203,13 @@ REFERENCE = {
                         ("low_threshold", "FLOAT", {"default": 0.4, "min": 0.01, "max": 0.99, "step": 0.01}),
                         ("high_threshold", "FLOAT", {"default": 0.8, "min": 0.01, "max": 0.99, "step": 0.01})],
               ["IMAGE"]),
+    "CLIPVisionLoader": ("Load CLIP Vision", [("clip_name", COMBO, {})], ["CLIP_VISION"]),
+    "CLIPVisionEncode": ("CLIP Vision Encode", [("clip_vision", "CLIP_VISION", {}), ("image", "IMAGE", {}),
+                                                ("crop", ["center", "none"], {})], ["CLIP_VISION_OUTPUT"]),
+    "unCLIPConditioning": ("unCLIPConditioning", [
+        ("conditioning", "CONDITIONING", {}), ("clip_vision_output", "CLIP_VISION_OUTPUT", {}),
+        ("strength", "FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}),
+        ("noise_augmentation", "FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01})], ["CONDITIONING"]),
 }
 OPTIONAL = {("LatentCompositeMasked", "mask"), ("ControlNetApplyAdvanced", "vae")}  # ComfyUI declares these optional
 

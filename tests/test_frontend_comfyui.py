@@ -3,7 +3,6 @@
 real browser booting it against `latentgraph serve --frontend comfyui`, loading an SDXL template from its template
 browser, queueing it and seeing the output image."""
 import argparse
-import asyncio
 import io
 import json
 import os
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from patience import async_wait_until, patience
 from server_helpers import free_port, make_config, start_server
 from template_helpers import place_demo_checkpoints
 
@@ -64,11 +64,11 @@ async def test_jobs_list_queue_and_history_in_the_frontend_shape(client):
     resp = await client.post("/api/prompt", json={"prompt": image_prompt(prefix="job"),
                                                   "extra_data": {"extra_pnginfo": {"workflow": {"id": "wf-1"}}}})
     prompt_id = (await resp.json())["prompt_id"]
-    for _ in range(400):
+
+    async def finished():
         data = await (await client.get("/api/jobs", params={"status": "completed,failed,cancelled"})).json()
-        if data["jobs"]:
-            break
-        await asyncio.sleep(0.05)
+        return data if data["jobs"] else None
+    data = await async_wait_until(finished, what="the job finished")
     (job,) = data["jobs"]
     assert data["pagination"] == {"offset": 0, "limit": 200, "total": 1, "has_more": False}
     assert job["id"] == prompt_id and job["status"] == "completed" and job["workflow_id"] == "wf-1"
@@ -183,10 +183,11 @@ async def test_official_frontend_loads_a_template_queues_it_and_shows_the_image(
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             page = await browser.new_page(viewport={"width": 1280, "height": 800})
+            page.set_default_timeout(patience(30) * 1000)  # Playwright's own default, stretched by the load
             errors = []
             page.on("pageerror", lambda exc: errors.append(str(exc)))
             await page.goto(f"http://127.0.0.1:{port}/")
-            await page.wait_for_function("() => !!(window.app && window.app.graph)", timeout=90_000)
+            await page.wait_for_function("() => !!(window.app && window.app.graph)", timeout=patience(90) * 1000)
 
             # the template browser, fed by /templates/index.json; pick the SDXL text-to-image template
             await page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
@@ -194,7 +195,7 @@ async def test_official_frontend_loads_a_template_queues_it_and_shows_the_image(
             await dialog.get_by_placeholder("Search").fill("SDXL1.0")
             await dialog.get_by_text("SDXL1.0: Text to Image (Simple)").first.click()
             await page.wait_for_function(
-                "() => app.graph.nodes.some(n => n.type === 'CheckpointLoaderSimple')", timeout=30_000)
+                "() => app.graph.nodes.some(n => n.type === 'CheckpointLoaderSimple')", timeout=patience(30) * 1000)
             types = await page.evaluate("() => app.graph.nodes.map(n => n.type).sort()")
             assert types == sorted(["SaveImage", "CLIPTextEncode", "CLIPTextEncode", "KSampler", "EmptyLatentImage",
                                     "VAEDecode", "CheckpointLoaderSimple", "MarkdownNote"])
@@ -215,11 +216,11 @@ async def test_official_frontend_loads_a_template_queues_it_and_shows_the_image(
             resp = await queued.value
             assert resp.status == 200, await resp.text()
             async with page.expect_response(lambda r: "/api/view" in r.url and "sdxl_simple_" in r.url,
-                                            timeout=180_000) as viewed:
+                                            timeout=patience(180) * 1000) as viewed:
                 pass
             assert (await viewed.value).status == 200
             await page.wait_for_function(
-                "() => (app.graph.nodes.find(n => n.type === 'SaveImage').imgs || []).length > 0", timeout=30_000)
+                "() => (app.graph.nodes.find(n => n.type === 'SaveImage').imgs || []).length > 0", timeout=patience(30) * 1000)
             size = await page.evaluate("""() => {
                 const img = app.graph.nodes.find(n => n.type === 'SaveImage').imgs[0];
                 return [img.naturalWidth, img.naturalHeight];
@@ -235,11 +236,11 @@ async def test_official_frontend_loads_a_template_queues_it_and_shows_the_image(
             assert (await thumb.value).status == 200
             await dialog.get_by_text("SDXL base refiner").first.click()
             await page.wait_for_function(
-                "() => app.graph.nodes.filter(n => n.type === 'KSamplerAdvanced').length === 2", timeout=30_000)
+                "() => app.graph.nodes.filter(n => n.type === 'KSamplerAdvanced').length === 2", timeout=patience(30) * 1000)
             await page.screenshot(path=str(ARTIFACTS / "3-shipped-template.png"))
             assert not errors, errors
             await browser.close()
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.wait(timeout=patience(30))
     assert list((tmp_path / "output").glob("sdxl_simple_*.png"))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from npm_registry import REPO, WEB, copy_web_without_library, local_registry, pin
+from patience import patience
 
 from server.canvas_lib import FILES, PACKAGE, fetch
 
@@ -32,7 +33,8 @@ def test_package_build_bundles_the_canvas_its_library_and_the_workflows(tmp_path
         pin(src / "web", integrity)
         out = tmp_path / "build"
         proc = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(out)], cwd=src,
-                              env={**os.environ, "npm_config_registry": url}, capture_output=True, text=True, timeout=300)
+                              env={**os.environ, "npm_config_registry": url}, capture_output=True, text=True,
+                              timeout=patience(300))
     assert proc.returncode == 0, proc.stderr
     bundle = out / "server" / "bundle"
     for name in FILES:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from patience import patience
 
 from server.queue import RESTART_MESSAGE, PromptQueue
 
@@ -87,7 +88,7 @@ def test_pause_blocks_take_and_wake_releases(tmp_path):
     t = threading.Thread(target=lambda: got.append(q.take(timeout=5)))
     t.start()
     q.set_paused(False)
-    t.join(5)
+    t.join(patience(5))
     assert got[0].prompt_id == "a" and q.state_of("a") == "running"
     q.close()
 
@@ -164,6 +165,6 @@ def test_a_batched_prompt_wakes_a_worker_only_once_committed(tmp_path):
     time.sleep(0.3)
     assert taken == []  # not on disk yet: the waiting worker was not woken
     q.commit()
-    worker.join(5)
+    worker.join(patience(5))
     assert [i.prompt_id for i in taken] == ["z"]
     q.close()

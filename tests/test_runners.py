@@ -10,6 +10,7 @@ import pytest
 from nodes.node import Environment
 from server.executor import Hooks
 from server.runners import ProcessRunner, RunnerConfig
+from patience import patience
 from server_helpers import image_prompt, slow_prompt
 
 
@@ -89,7 +90,7 @@ def test_stop_interrupts_the_running_prompt_and_ends_the_child(tmp_path):
     t = threading.Thread(target=lambda: result.update(report=run(r, slow_prompt(1024, seed=3),
                                                                   on_node=lambda n: r.interrupt_event.set())[0]))
     t.start()
-    t.join(120)
+    t.join(patience(120))
     r.close()
     assert result["report"].status == "interrupted" and not r._proc.is_alive()
 

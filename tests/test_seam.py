@@ -97,7 +97,7 @@ class ToyFlowLikeModel:
             return 0.5 * x_in + context.mean()
         return eps
 
-    def prepare(self, conditioning, role, latent_hw, device=None):
+    def prepare(self, conditioning, role, latent_hw, device=None, seed=0):
         return [{"context": c, "start_percent": 0.0, "end_percent": 1.0, "strength": 1.0} for c, _ in conditioning]
 
     def with_sampling(self, sampling):

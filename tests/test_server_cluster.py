@@ -9,8 +9,9 @@ from pathlib import Path
 
 import aiohttp
 
+from patience import async_wait_until, patience, wait_until
 from server_helpers import free_port, http_json, image_prompt, slow_prompt, start_server
-from test_durability import alive, wait_for
+from test_durability import alive
 
 
 def owner_pids(local_ports: set[int], pids: list[int]) -> dict[int, int]:
@@ -75,7 +76,7 @@ async def _exercise(base: str, primary: int) -> int:
                 if m["type"] == "executing" and m["data"]["node"] is None \
                         and m["data"]["prompt_id"] == submitted[i]:
                     return kinds, remaining
-        results = await asyncio.wait_for(asyncio.gather(*(follow(i, ws) for i, ws in enumerate(sockets))), 120)
+        results = await asyncio.wait_for(asyncio.gather(*(follow(i, ws) for i, ws in enumerate(sockets))), patience(120))
         for kinds, remaining in results:
             assert {"status", "execution_start", "executing", "executed", "execution_success"} <= kinds
             assert remaining is not None
@@ -96,21 +97,20 @@ async def _exercise(base: str, primary: int) -> int:
             assert [d["name"] for d in stats["devices"]] == ["cpu"]
             async with pinned.post(base + "/prompt", json={"prompt": slow_prompt(2048)}) as r:
                 slow = (await r.json())["prompt_id"]
-            for _ in range(1200):
+
+            async def running():
                 async with pinned.get(base + "/queue") as r:
-                    if [i[1] for i in (await r.json())["queue_running"]] == [slow]:
-                        break
-                await asyncio.sleep(0.02)
+                    return [i[1] for i in (await r.json())["queue_running"]] == [slow]
+            await async_wait_until(running, every=0.02, what="the slow prompt running")
             async with pinned.post(base + "/interrupt", json={"prompt_id": slow}) as r:
                 assert await r.json() == {"interrupted": True}
             async with pinned.post(base + "/free", json={"unload_models": True}) as r:
                 assert r.status == 200
-            for _ in range(600):
+
+            async def recorded():
                 async with pinned.get(f"{base}/history/{slow}") as r:
-                    entry = (await r.json()).get(slow)
-                if entry:
-                    break
-                await asyncio.sleep(0.1)
+                    return (await r.json()).get(slow)
+            entry = await async_wait_until(recorded, every=0.1, what="the interrupted prompt in the history")
             assert entry["status"]["messages"][-1][0] == "execution_interrupted"
     return extra
 
@@ -122,19 +122,19 @@ def test_http_processes_share_the_port_and_the_workers(tmp_path):
         extra = asyncio.run(_exercise(f"http://127.0.0.1:{port}", proc.pid))
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
+        proc.wait(patience(30))
     assert proc.returncode == 0
-    wait_for(lambda: not alive(extra), timeout=10)
+    wait_until(lambda: not alive(extra), 10)
 
     # kill -9: the extra process dies with the primary, and nothing is left listening
     proc = start_server(tmp_path, port, "--http-processes", "2", log_name="server2.log")
     try:
-        extra = wait_for(lambda: _other_pid(port, proc.pid))
+        extra = wait_until(lambda: _other_pid(port, proc.pid))
         assert port in listening_ports()
     finally:
         proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-    wait_for(lambda: not alive(extra), timeout=5)
+        proc.wait(patience(10))
+    wait_until(lambda: not alive(extra), 5)
     assert port not in listening_ports()
 
 

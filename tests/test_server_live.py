@@ -18,7 +18,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 from fuzz_workflows import Fuzzer
-from server_helpers import PYTHON, REPO, StallWatch, free_port, load_factor, rss_mb, wait_ready
+from patience import load_factor, patience
+from server_helpers import PYTHON, REPO, StallWatch, free_port, rss_mb, wait_ready
 
 from nodes.node import load_builtin_nodes
 from server.graph import load_prompt
@@ -86,7 +87,7 @@ def test_models_folder_comes_from_the_environment(live):
     """$LATENTGRAPH_MODELS, with no --models (item 13)."""
     import urllib.request
 
-    with urllib.request.urlopen(f"{live.url}/api/models/checkpoints", timeout=30) as resp:
+    with urllib.request.urlopen(f"{live.url}/api/models/checkpoints", timeout=patience(30)) as resp:
         assert json.loads(resp.read()) == ["from_env.safetensors"]
 
 

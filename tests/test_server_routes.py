@@ -7,9 +7,10 @@ import json
 import threading
 
 import pytest
+from patience import async_wait_until, patience
 from PIL import Image
 from yarl import URL
-from server_helpers import AT_GATE, GATES, image_prompt, make_config, probe_registry, upload_form
+from server_helpers import AT_GATE, GATES, image_prompt, make_config, probe_registry, upload_form, wait_history
 
 from server.app import STATE, create_app
 
@@ -28,15 +29,6 @@ async def submit(client, prompt, **body):
     data = await resp.json()
     assert resp.status == 200, data
     return data
-
-
-async def wait_history(client, prompt_id, timeout=20.0):
-    for _ in range(int(timeout / 0.05)):
-        data = await (await client.get(f"/history/{prompt_id}")).json()
-        if prompt_id in data:
-            return data[prompt_id]
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"prompt {prompt_id} did not finish")
 
 
 def png_bytes(color=(10, 20, 30, 255), size=(8, 8)) -> bytes:
@@ -163,7 +155,7 @@ async def test_interrupt(client):
     GATES["hold"] = gate = threading.Event()
     AT_GATE["hold"] = reached = threading.Event()
     res = await submit(client, image_prompt(steps=2, gate="hold"))
-    assert await asyncio.to_thread(reached.wait, 30)  # node 3 runs (before it, the interrupt would hit node 2)
+    assert await asyncio.to_thread(reached.wait, patience(30))  # node 3 runs (before it, the interrupt would hit node 2)
     resp = await client.post("/interrupt", json={"prompt_id": "some-other-prompt"})
     assert (await resp.json())["interrupted"] is False
     resp = await client.post("/api/interrupt")  # no body: whatever runs
@@ -302,11 +294,7 @@ async def test_system_stats_free_models_and_misc(client, tmp_path):
     residency.load(torch.nn.Linear(4, 4), key="lin")
     assert residency.stats()["models"] == 1
     assert (await client.post("/free", json={"unload_models": True, "free_memory": True})).status == 200
-    for _ in range(100):
-        if residency.stats()["models"] == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert residency.stats()["models"] == 0
+    await async_wait_until(lambda: residency.stats()["models"] == 0, what="the models unloaded")
     assert (await client.post("/free", data=b"[")).status == 400
 
     (tmp_path / "models" / "checkpoints").mkdir()
@@ -358,10 +346,10 @@ async def test_graceful_shutdown_keeps_the_running_prompt_queued(aiohttp_client,
     client = await aiohttp_client(create_app(cfg, probe_registry()))
     GATES["shutdown"] = threading.Event()  # never set: the prompt runs until the server stops
     res = await submit(client, image_prompt(steps=2, gate="shutdown"))
-    for _ in range(200):
-        if (await (await client.get("/queue")).json())["queue_running"]:
-            break
-        await asyncio.sleep(0.02)
+
+    async def running():
+        return (await (await client.get("/queue")).json())["queue_running"]
+    await async_wait_until(running, every=0.02, what="the prompt running")
     await client.close()  # on_cleanup: workers interrupted and joined
     client = await aiohttp_client(create_app(cfg, probe_registry()))
     q = await (await client.get("/queue")).json()  # queued again (and maybe already restarted)

@@ -12,6 +12,7 @@ import struct
 import pytest
 from aiohttp import WSMsgType
 from oracles import demo_models
+from patience import async_wait_until, patience
 from PIL import Image
 from server_helpers import REPO, make_config
 
@@ -40,7 +41,7 @@ async def run_workflow(client, ws, name: str, seed: int | None = None) -> tuple[
     body = await resp.json()
     assert resp.status == 200, body
     msgs, frames = [], []
-    async with asyncio.timeout(300):
+    async with asyncio.timeout(patience(300)):
         while True:
             m = await ws.receive()
             if m.type == WSMsgType.BINARY:
@@ -94,11 +95,7 @@ async def test_sdxl_workflows_progress_previews_and_resident_checkpoints(client)
 
     # /free unloads; the next run reads the checkpoint again
     await client.post("/free", json={"unload_models": True, "free_memory": True})
-    for _ in range(100):
-        if models()["models"] == 0:
-            break
-        await asyncio.sleep(0.05)
-    assert models()["models"] == 0
+    await async_wait_until(lambda: models()["models"] == 0, what="the worker process unloading its models")
     entry, _, _ = await run_workflow(client, ws, "sdxl_base.json")
     assert entry["status"]["completed"] and models()["builds"] == 3
     await ws.close()

@@ -9,6 +9,7 @@ import threading
 
 import pytest
 from aiohttp import WSMsgType
+from patience import patience
 from PIL import Image
 from server_helpers import GATES, image_prompt, make_config, probe_registry
 
@@ -20,10 +21,10 @@ async def client(aiohttp_client, tmp_path):
     return await aiohttp_client(create_app(make_config(tmp_path), probe_registry()))
 
 
-async def collect(ws, prompt_id, timeout=20.0):
+async def collect(ws, prompt_id, seconds=20.0):
     """JSON messages and binary frames until `executing` with node null for `prompt_id`."""
     msgs, frames = [], []
-    async with asyncio.timeout(timeout):
+    async with asyncio.timeout(patience(seconds)):
         while True:
             msg = await ws.receive()
             if msg.type == WSMsgType.BINARY:
@@ -45,7 +46,7 @@ async def test_message_sequence_and_previews(client):
     resp = await client.post("/prompt", json={"prompt": image_prompt(steps=3), "client_id": "abc"})
     pid = (await resp.json())["prompt_id"]
     while True:  # every queue change is broadcast (the pause itself may come first, with 0)
-        queued = await ws.receive_json(timeout=5)
+        queued = await ws.receive_json(timeout=patience(5))
         assert queued["type"] == "status" and set(queued["data"]) == {"status"}
         if queued["data"]["status"]["exec_info"]["queue_remaining"] == 1:
             break
@@ -135,13 +136,13 @@ async def test_error_and_reconnect_mid_prompt(client, tmp_path):
     resp = await client.post("/prompt", json={"prompt": image_prompt(steps=2, gate="reconnect"), "client_id": "r"})
     pid = (await resp.json())["prompt_id"]
     while True:  # wait until node 3 runs
-        m = await ws.receive_json(timeout=10)
+        m = await ws.receive_json(timeout=patience(10))
         if m["type"] == "executing" and m["data"]["node"] == "3":
             break
     await ws.close()
     ws = await client.ws_connect("/ws?clientId=r")
     assert (await ws.receive_json())["data"]["sid"] == "r"
-    again = await ws.receive_json(timeout=5)
+    again = await ws.receive_json(timeout=patience(5))
     assert again == {"type": "executing", "data": {"node": "3", "display_node": "3", "prompt_id": pid}}
     gate.set()
     await collect(ws, pid)
@@ -194,7 +195,7 @@ async def test_a_queue_change_is_sent_at_once_and_the_next_ones_coalesced(client
     ws = await client.ws_connect("/ws?clientId=counter")
     await ws.receive_json()  # the hello
     await client.post("/queue", json={"pause": True})
-    assert await statuses_until(ws, 0, 5) == [0]  # the first change after a quiet interval: not held for the hour
+    assert await statuses_until(ws, 0, patience(5)) == [0]  # the first change after a quiet interval: not held for the hour
     for i in range(3):
         assert (await client.post("/prompt", json={"prompt": image_prompt(color=i)})).status == 200
     with pytest.raises(TimeoutError):  # within the interval: held for its end
@@ -209,6 +210,6 @@ async def test_a_burst_of_submissions_ends_with_a_status_of_the_final_count(clie
     burst = await asyncio.gather(*(client.post("/prompt", json={"prompt": image_prompt(color=i)})
                                    for i in range(20)))
     assert all(r.status == 200 for r in burst)
-    seen = await statuses_until(ws, 20, 5)
+    seen = await statuses_until(ws, 20, patience(5))
     assert len(seen) < 10, seen  # one per interval, not one per submission
     await ws.close()

@@ -4,7 +4,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from nodes.checkpoints import load_vae
-from nodes.sdxl.vae import vae_decode, vae_encode
+from nodes.sdxl.vae import upsample_conv, vae_decode, vae_encode
 from tests.oracles import demo_models, diffusers_vae, load_single_file_into_diffusers, rel_err, rerandomize
 
 TOL = 1e-4
@@ -111,3 +111,15 @@ def test_fp16_vae_decodes_in_fp32():
     assert vae.dtype == torch.float16 and out.dtype == torch.float32
     assert torch.isfinite(out).all()
     assert (out - want).abs().max() < 0.02  # only the fp16 weight rounding remains
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 4, 4), (2, 6, 5, 7)])
+def test_upsample_conv_equals_nearest_upsampling_then_the_conv(shape):
+    """The decoder's upsampling on CPU (four 2×2 phase convs) against torch's plain nearest 2× + 3×3 conv."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(*shape, generator=g)
+    weight, bias = torch.randn(5, shape[1], 3, 3, generator=g), torch.randn(5, generator=g)
+    want = torch.nn.functional.conv2d(torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"),
+                                      weight, bias, padding=1)
+    got = upsample_conv(x, weight, bias)
+    assert got.shape == want.shape and rel_err(got, want) <= 1e-6

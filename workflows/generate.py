@@ -386,6 +386,40 @@ def controlnet_canny() -> Workflow:
     return w
 
 
+def revision() -> Workflow:
+    from nodes.clip_vision import DEMO_CLIP_VISION
+
+    w = Workflow("sdxl_revision")
+    ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=BASE)
+    source = _source_image(w, ckpt, seed=7)
+    vision = w.add("CLIPVisionLoader", (0, 600), clip_name=DEMO_CLIP_VISION)
+    seen = w.add("CLIPVisionEncode", (380, 600), "Encode the picture", clip_vision=(vision, 0), image=(source, 0),
+                 crop="center")
+    pos = w.add("CLIPTextEncode", (380, 800), "Prompt (its tokens stay)", text="a painting, snowy winter evening",
+                clip=(ckpt, 1))
+    neg = w.add("CLIPTextEncode", (380, 1060), "Negative", text=NEGATIVE, clip=(ckpt, 1))
+    revised = w.add("unCLIPConditioning", (760, 700), "The picture replaces the pooled vector",
+                    conditioning=(pos, 0), clip_vision_output=(seen, 0), strength=1.0, noise_augmentation=0.0)
+    latent = w.add("EmptyLatentImage", (760, 1000), width=256, height=256, batch_size=1)
+    sampled = w.add("KSampler", (1120, 700), "Revision", model=(ckpt, 0), seed=42, steps=4, cfg=5.0,
+                    sampler_name="euler", scheduler="normal", positive=(revised, 0), negative=(neg, 0),
+                    latent_image=(latent, 0), denoise=1.0)
+    image = w.add("VAEDecode", (1480, 700), samples=(sampled, 0), vae=(ckpt, 2))
+    w.add("SaveImage", (1780, 700), images=(image, 0), filename_prefix=w.name)
+    w.note("SDXL revision: a picture as a prompt. CLIP Vision Encode runs a CLIP image tower (clip_vision_g, "
+           "OpenCLIP ViT-bigG, from <models>/clip_vision) on the picture; unCLIPConditioning puts its 1280-wide image "
+           "embedding, times strength, in place of the prompt's pooled bigG vector in the UNet's vector input, while "
+           "the prompt's tokens still steer the cross-attention. Chain more unCLIPConditioning nodes to mix pictures "
+           "(their embeddings add); noise_augmentation loosens how closely the picture is followed; a zeroed "
+           "prompt (ConditioningZeroOut) leaves the picture alone in charge. The picture is made in the first row (no "
+           "input file needed); use Load Image for your own. The demo CLIP vision model "
+           "(demo_clip_vision_g.safetensors, written by latentgraph serve or make-demo-model) has random weights: "
+           "use clip_vision_g.safetensors and a 1024² latent for real pictures.\n" + RUN.format(name=w.name,
+                                                                                               family="SDXL"),
+           (0, 1450))
+    return w
+
+
 ASPECT_DEMO = [(768, 1344), (896, 1152), (1024, 1024), (1152, 896), (1344, 768), (1536, 640)]
 ASPECT_SCALE = 0.25
 
@@ -585,8 +619,8 @@ def sdxl_lcm_lora() -> Workflow:
 
 
 ALL = [base_fine_grained, base_comfy, base_refiner, refiner_sdedit, img2img, inpaint, aspect_buckets,
-       hires_upscale_model, outpaint, controlnet_canny, sd15_txt2img, sd15_img2img, sd2_768v_txt2img, sdxl_turbo_1step,
-       sdxl_lora, sdxl_lcm_lora, sd3_txt2img, sd3_img2img]
+       hires_upscale_model, outpaint, controlnet_canny, revision, sd15_txt2img, sd15_img2img, sd2_768v_txt2img,
+       sdxl_turbo_1step, sdxl_lora, sdxl_lcm_lora, sd3_txt2img, sd3_img2img]
 
 if __name__ == "__main__":
     for make in ALL:

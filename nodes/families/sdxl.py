@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .. import demo
+from ..sdxl.conditioning import N_SCALARS
 from ..sdxl.configs import (FOURIER_DIM, SDXL_BASE_UNET, SDXL_LATENT, SDXL_REFINER_UNET, SDXL_VAE, TINY_BASE_UNET,
                             TINY_BIGG_WIDTH, TINY_CLIP_L_WIDTH, TINY_REFINER_UNET, TINY_VAE)
 from ..sdxl.model import SDXLModel
@@ -28,7 +29,6 @@ from .ldm import UNET_PREFIX, LDMFamily, require_plain_unet
 
 CLIP_L_PREFIX = SINGLE_FILE_PREFIXES["sdxl_base"]["clip_l"]
 BIGG_PREFIX = {kind: prefixes["clip_g"] for kind, prefixes in SINGLE_FILE_PREFIXES.items()}
-N_SCALARS = {"sdxl_base": 6, "sdxl_refiner": 5}  # Fourier-embedded scalars in the vector input
 
 
 def sdxl_kind(shapes: dict[str, tuple]) -> str | None:

@@ -120,6 +120,16 @@ def _weights_dtype(resources) -> torch.dtype:
     return getattr(resources, "dtype", None) or torch.float32
 
 
+def load_model_file(ctx, folder: str, name: str, what: str, load) -> nn.Module:
+    """The file `name` in <models>/<folder> read by ``load(path, dtype, what)`` in the residency service's dtype, and
+    shared through that service (keyed by folder, path, fingerprint and dtype) when there is one."""
+    path = resolve(ctx.env, folder, name, what)
+    dtype = _weights_dtype(ctx.resources)
+    if ctx.resources is None:
+        return load(path, dtype, what)
+    return ctx.resources.cached((folder, path, file_fingerprint(path), str(dtype)), lambda: load(path, dtype, what))
+
+
 def load_model(ctx, name: str, what: str = "CheckpointLoaderSimple: ckpt_name") -> tuple:
     """(MODEL, CLIP, VAE) of the checkpoint `name` in <models>/checkpoints: its family's denoiser
     (nodes.sampling.denoiser), text encoders (nodes.families.TextEncoder) and AutoencoderKL. Weights are read into

@@ -28,9 +28,9 @@ REFINER_TIMESTEPS = 200  # the refiner is trained on the first 200 of the 1000 n
 
 # -- shared function ----------------------------------------------------------------------------------------------
 
-def _prepare(model, conditioning, role: str, latent_hw, device, what: str) -> list[dict]:
+def _prepare(model, conditioning, role: str, latent_hw, device, seed: int, what: str) -> list[dict]:
     try:
-        return model.prepare(conditioning, role, latent_hw, device=device)
+        return model.prepare(conditioning, role, latent_hw, device=device, seed=seed)
     except ValueError as exc:
         raise ValueError(f"{what}: input '{role}': {exc}") from None
 
@@ -68,8 +68,9 @@ def sample_with_denoised(ctx, model, positive, negative, latent: dict, *, node: 
     device = device_of(module)
     samples = _fit_channels(model, latent["samples"], node)
     hw = tuple(samples.shape[-2:])
-    pos = _prepare(model, positive, "positive", hw, device, node)
-    neg = _prepare(model, with_uncond_controls(positive, negative), "negative", hw, device, node)
+    seed = options.get("seed", 0)
+    pos = _prepare(model, positive, "positive", hw, device, seed, node)
+    neg = _prepare(model, with_uncond_controls(positive, negative), "negative", hw, device, seed, node)
     _resident(ctx, [*entry_modules(pos + neg), module], device, node)
     work = {**latent, "samples": samples.to(device)}
     if work.get("noise_mask") is not None:

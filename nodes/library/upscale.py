@@ -6,7 +6,7 @@ from __future__ import annotations
 from ..node import Input, Output, node
 from ..types import IMAGE, UPSCALE_MODEL
 from ..upscale_models import UPSCALE_SUFFIXES, load_upscale_model, upscale
-from .loaders import _fingerprint, _weights_dtype, file_fingerprint, list_models, on_device, resolve
+from .loaders import _fingerprint, list_models, load_model_file, on_device
 
 FOLDER = "upscale_models"
 
@@ -28,16 +28,7 @@ class UpscaleModelLoader:
         return _fingerprint(env, FOLDER, values["model_name"])
 
     def run(self, ctx):
-        what = "UpscaleModelLoader: model_name"
-        path = resolve(ctx.env, FOLDER, self.model_name, what)
-        dtype = _weights_dtype(ctx.resources)
-
-        def build():
-            return load_upscale_model(path, dtype, what)
-
-        if ctx.resources is not None:
-            return (ctx.resources.cached(("upscale_model", path, file_fingerprint(path), str(dtype)), build),)
-        return (build(),)
+        return (load_model_file(ctx, FOLDER, self.model_name, "UpscaleModelLoader: model_name", load_upscale_model),)
 
 
 @node(category="image/upscaling", outputs=[Output(IMAGE)], display_name="Upscale Image (using Model)",

@@ -51,9 +51,11 @@ class Denoiser(Protocol):
 
     def eps_fn(self, module: nn.Module | None = None) -> Network: ...
 
-    def prepare(self, conditioning: list, role: str, latent_hw: tuple[int, int], device=None) -> list[dict]:
-        """``role`` is "positive" or "negative"; ``latent_hw`` the latent's (h, w). Raises ValueError, saying what
-        is wrong, for conditioning this model cannot use (another family's text encoder)."""
+    def prepare(self, conditioning: list, role: str, latent_hw: tuple[int, int], device=None,
+                seed: int = 0) -> list[dict]:
+        """``role`` is "positive" or "negative"; ``latent_hw`` the latent's (h, w); ``seed`` the sampler's, for
+        conditioning drawn at random (unCLIP's noise augmentation). Raises ValueError, saying what is wrong, for
+        conditioning this model cannot use (another family's text encoder)."""
 
     def with_sampling(self, sampling: ModelSampling) -> "Denoiser": ...
 

@@ -14,6 +14,8 @@ import torch
 from nodes.sdxl.configs import FOURIER_DIM
 from nodes.sdxl.embeddings import timestep_embedding
 
+N_SCALARS = {"sdxl_base": 6, "sdxl_refiner": 5}  # Fourier-embedded scalars in y
+
 
 def fourier(values: torch.Tensor, dim: int = FOURIER_DIM) -> torch.Tensor:
     """[B, k] scalars → [B, k·dim] (sgm ConcatTimestepEmbedderND): each scalar embedded on its own (cos

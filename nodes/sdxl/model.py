@@ -11,8 +11,9 @@ import torch
 
 from ..latent_format import LatentFormat
 from ..sampling.guidance import guidance_options
-from .conditioning import base_vector, refiner_vector
-from .configs import SDXL_LATENT
+from ..unclip import image_vector
+from .conditioning import N_SCALARS, base_vector, refiner_vector
+from .configs import FOURIER_DIM, SDXL_LATENT
 
 # Aesthetic score the refiner is conditioned on when the conditioning does not say (sgm demo, diffusers, ComfyUI).
 REFINER_AESTHETIC = {"positive": 6.0, "negative": 2.5}
@@ -46,17 +47,18 @@ class UNetDenoiser:
 
         return eps
 
-    def prepare(self, conditioning: list, role: str, latent_hw: tuple[int, int], device=None) -> list[dict]:
+    def prepare(self, conditioning: list, role: str, latent_hw: tuple[int, int], device=None,
+                seed: int = 0) -> list[dict]:
         """CONDITIONING entries → the sampler's condition dicts: ``context`` (and SDXL's ``y``) plus the guidance keys
         (timestep range, strength, area / mask). `role` is "positive" or "negative"; `latent_hw` is the latent's
-        (h, w)."""
+        (h, w); `seed` the sampler's (unCLIP image embeddings are noise-augmented with it)."""
         want = self.unet.config.context_dim
         prepared = []
         for context, extras in conditioning:
             if context.shape[-1] != want:
                 raise ValueError(f"the conditioning has {context.shape[-1]} channels per token but this {self.kind} "
                                  f"model expects {want}; encode the prompt with this checkpoint's CLIP")
-            inputs = {"context": context, **self.vector(extras, role, latent_hw)}
+            inputs = {"context": context, **self.vector(extras, role, latent_hw, seed)}
             inputs = {k: v.to(device) if device is not None else v for k, v in inputs.items()}
             if extras.get("control") is not None:
                 extras["control"].check(self.unet.config, self.kind)
@@ -64,8 +66,9 @@ class UNetDenoiser:
             prepared.append({**inputs, **guidance_options(extras, latent_hw, device)})
         return prepared
 
-    def vector(self, extras: dict, role: str, latent_hw: tuple[int, int]) -> dict:
-        """Inputs besides the context that an entry gives the UNet; none for SD 1.x / 2.x."""
+    def vector(self, extras: dict, role: str, latent_hw: tuple[int, int], seed: int) -> dict:
+        """Inputs besides the context that an entry gives the UNet; none for SD 1.x / 2.x (which, as in ComfyUI,
+        ignore unCLIP image conditioning)."""
         return {}
 
 
@@ -79,10 +82,14 @@ class SDXLModel(UNetDenoiser):
     def is_refiner(self) -> bool:
         return self.kind == "sdxl_refiner"
 
-    def vector(self, extras: dict, role: str, latent_hw: tuple[int, int]) -> dict:
-        """Sizes the conditioning leaves out default to the output image size (latent × 8)."""
+    def vector(self, extras: dict, role: str, latent_hw: tuple[int, int], seed: int) -> dict:
+        """Sizes the conditioning leaves out default to the output image size (latent × 8). With unCLIP image
+        conditioning (SDXL "revision") the images' embeddings take the place of the text's pooled vector."""
         height, width = latent_hw[0] * 8, latent_hw[1] * 8
         pooled = extras.get("pooled_output")
+        if extras.get("unclip_conditioning"):
+            pooled = image_vector(extras["unclip_conditioning"], seed,
+                                  self.unet.config.adm_in_channels - N_SCALARS[self.kind] * FOURIER_DIM)
         if pooled is None:
             raise ValueError("this conditioning has no pooled output; SDXL needs the OpenCLIP bigG pooled vector")
         orig = (extras.get("height", height), extras.get("width", width))

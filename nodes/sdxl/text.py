@@ -167,6 +167,29 @@ def hf_to_open_clip(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+_OPEN_CLIP_BLOCK_TO_HF = {"ln_1": "layer_norm1", "ln_2": "layer_norm2", "mlp.c_fc": "mlp.fc1", "mlp.c_proj": "mlp.fc2",
+                          "attn.out_proj": "self_attn.out_proj"}
+
+
+def open_clip_blocks_to_hf(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """An open_clip transformer's ``transformer.resblocks.N.*`` tensors → transformers' CLIP encoder names
+    ``{prefix}encoder.layers.N.*`` (the fused q/k/v projection split in thirds); other keys are left out. The text
+    and the vision towers share the block layout."""
+    out = {}
+    for key, value in sd.items():
+        if not key.startswith("transformer.resblocks."):
+            continue
+        n, rest = key[len("transformer.resblocks."):].split(".", 1)
+        layer = f"{prefix}encoder.layers.{n}."
+        module, suffix = rest.rsplit(".", 1)
+        if module == "attn" and suffix.startswith("in_proj_"):
+            for proj, part in zip("qkv", value.chunk(3, dim=0)):
+                out[f"{layer}self_attn.{proj}_proj.{suffix[len('in_proj_'):]}"] = part.contiguous()
+        else:
+            out[f"{layer}{_OPEN_CLIP_BLOCK_TO_HF[module]}.{suffix}"] = value
+    return out
+
+
 def _split(state_dict: dict, kind: str, layout: str) -> dict[str, dict[str, torch.Tensor]]:
     """Group the flat state dict by tower; every key must belong to a tower this kind has."""
     if kind not in KINDS:

@@ -58,12 +58,44 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
+    """Nearest 2× upsampling, then a 3×3 conv. On CPU the two run as one conv on the small map (upsample_conv)."""
+
     def __init__(self, ch: int):
         super().__init__()
         self.conv = nn.Conv2d(ch, ch, 3, padding=1)
 
     def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        if x.device.type != "cpu":
+            return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return upsample_conv(x, self.conv.weight, self.conv.bias)
+
+
+def upsample_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``conv2d(nearest_2x(x), weight, bias, padding=1)`` for a 3×3 ``weight``, as 2×2 convs on ``x`` itself.
+
+    After a nearest 2× upsampling, the nine taps of a 3×3 kernel see only 2×2 distinct input pixels, in one of
+    four patterns set by the output pixel's phase (row and column parity). So each phase is a 2×2 conv with the
+    taps that land on the same pixel summed, and the four phases interleave into the output: 16 instead of 36
+    multiply-adds per output pixel and channel pair. The SDXL decoder's three upsamplings (256² output) ran
+    1.3-2.8× faster on CPU this way (1 thread, best of 3, a busy 2-core machine)."""
+    b, _, h, w = x.shape
+    out_ch = weight.shape[0]
+    phases = F.conv2d(F.pad(x, (1, 1, 1, 1)), phase_kernels(weight), bias.repeat(4))  # [b, 4·out, h+1, w+1]
+    out = x.new_empty(b, out_ch, h, 2, w, 2)
+    for i, (row, col) in enumerate(((0, 0), (0, 1), (1, 0), (1, 1))):
+        out[:, :, :, row, :, col] = phases[:, i * out_ch:(i + 1) * out_ch, row:row + h, col:col + w]
+    return out.view(b, out_ch, 2 * h, 2 * w)
+
+
+def phase_kernels(weight: torch.Tensor) -> torch.Tensor:
+    """[out, in, 3, 3] → [4·out, in, 2, 2], the phases (row, col) in the order (0, 0), (0, 1), (1, 0), (1, 1).
+    Along each axis, phase 0 reads the pixels before and at the output's own (taps 0 | 1 + 2), phase 1 the pixels
+    at and after it (taps 0 + 1 | 2)."""
+    def fold(t: torch.Tensor, dim: int, phase: int) -> torch.Tensor:
+        a, b, c = t.unbind(dim)
+        return torch.stack((a, b + c) if phase == 0 else (a + b, c), dim)
+
+    return torch.cat([fold(fold(weight, 2, row), 3, col) for row in (0, 1) for col in (0, 1)])
 
 
 class _Mid(nn.Module):

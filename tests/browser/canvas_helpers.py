@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 
+from patience import patience
+
 TO_SCREEN_JS = """([gx, gy]) => {
   const [x, y] = app.canvas.ds.convertOffsetToCanvas([gx, gy]);
   const r = app.canvas.canvas.getBoundingClientRect();
@@ -130,10 +132,11 @@ def open_template(page, name: str):
     page.wait_for_function("(name) => document.querySelector('.tab.active .name').textContent === name", arg=name)
 
 
-def wait_for_image_on(page, node_id: int, timeout: float = 60000):
+def wait_for_image_on(page, node_id: int, seconds: float = 60):
     page.wait_for_function(
         """(id) => { const img = app.graph.getNodeById(id).lg?.images?.at(-1);
-                     return img && img.complete && img.naturalWidth > 0; }""", arg=node_id, timeout=timeout)
+                     return img && img.complete && img.naturalWidth > 0; }""", arg=node_id,
+        timeout=patience(seconds) * 1000)
 
 
 def click_widget_arrow(page, node_id: int, widget: str, side: str = "right"):

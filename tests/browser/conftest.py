@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from patience import Deadline, patience
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -26,6 +27,9 @@ VIEWPORT = {"width": 1280, "height": 800}
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:  # under pytest-xdist (--dist loadgroup) they share one worker: one server, one Chromium
+        if item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.xdist_group("browser"))
     reason = None
     if not os.path.exists(CHROMIUM):
         reason = f"{CHROMIUM} is missing (apt-get install chromium)"
@@ -46,9 +50,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+def _wait_up(url: str, proc: subprocess.Popen, log: Path, seconds: float = 180.0) -> None:
+    deadline = Deadline(seconds)
+    while not deadline.expired():
         if proc.poll() is not None:
             raise RuntimeError(f"latentgraph serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
@@ -57,7 +61,7 @@ def _wait_up(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180.0
                     return
         except OSError:
             time.sleep(0.3)
-    raise RuntimeError(f"latentgraph serve did not answer within {timeout}s:\n{log.read_text()[-3000:]}")
+    raise RuntimeError(f"latentgraph serve did not answer within {deadline.elapsed():.0f}s:\n{log.read_text()[-3000:]}")
 
 
 def start_server(root: Path, port: int, data: str = "data", *extra: str) -> subprocess.Popen:
@@ -118,8 +122,9 @@ def chromium():
 
 @pytest.fixture
 def context(chromium):
-    """A fresh browser context: empty local storage, 1280x800."""
+    """A fresh browser context: empty local storage, 1280x800; waits time out after 30 s of an idle machine."""
     context = chromium.new_context(viewport=VIEWPORT, accept_downloads=True)
+    context.set_default_timeout(patience(30) * 1000)  # Playwright's own default, stretched by the load
     yield context
     context.close()
 
@@ -163,7 +168,7 @@ def page(open_canvas, server):
 def load(page, url: str) -> float:
     start = time.monotonic()
     page.goto(url)
-    page.wait_for_function("window.app && window.app.ready", timeout=15000)
+    page.wait_for_function("window.app && window.app.ready", timeout=patience(15) * 1000)
     return time.monotonic() - start
 
 

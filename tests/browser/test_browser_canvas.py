@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from patience import Deadline, patience
 
 from canvas_helpers import (TO_SCREEN_JS, click_widget_arrow, drag_node, inside_canvas, mouse_drag, new_tab,
                             open_template, slot, wait_for_image_on, widget_value)
@@ -46,7 +47,7 @@ def test_first_visit_opens_the_sdxl_base_workflow_whole_and_ready_to_queue(page)
     start = time.monotonic()
     page.click("#queue-button")
     for node_id in outputs:
-        wait_for_image_on(page, node_id, timeout=240000)
+        wait_for_image_on(page, node_id, seconds=240)
     queued_to_image = time.monotonic() - start
     page.shot("first-visit-run")
     (ARTIFACTS / "newcomer.json").write_text(json.dumps(
@@ -85,10 +86,10 @@ def test_a_prompt_that_finishes_before_its_answer_arrives_still_shows_its_image(
     context.route(re.compile(r"/history/[0-9a-f-]+$"), lambda route: history.append(route))
     page = open_canvas(server)
 
-    def until(condition, timeout=30.0):
-        deadline = time.monotonic() + timeout
+    def until(condition, seconds=30.0):
+        deadline = Deadline(seconds)
         while not condition():
-            assert time.monotonic() < deadline, "timed out"
+            assert not deadline.expired(), "timed out"
             page.wait_for_timeout(20)  # Playwright runs the route handlers meanwhile
 
     new_tab(page)
@@ -106,7 +107,7 @@ def test_a_prompt_that_finishes_before_its_answer_arrives_still_shows_its_image(
     page.wait_for_timeout(300)
     for pending in history:
         pending.continue_()
-    wait_for_image_on(page, save, timeout=15000)
+    wait_for_image_on(page, save, seconds=15)
 
 
 def test_build_from_empty_canvas_and_run(page, server):
@@ -123,7 +124,7 @@ def test_build_from_empty_canvas_and_run(page, server):
     page.click('.side-tabs button[data-panel="gallery-panel"]')
     src = page.evaluate("(id) => app.graph.getNodeById(id).lg.images[0].src", save)
     gallery = page.locator(f'#gallery img[src="{src.removeprefix(server.rstrip("/"))}"]')
-    gallery.wait_for(timeout=10000)
+    gallery.wait_for(timeout=patience(10) * 1000)
     assert page.evaluate("(id) => app.graph.getNodeById(id).lg.images[0].naturalWidth", save) == 512
     page.shot("image-on-save-node-and-gallery")
     gallery.click()
@@ -167,7 +168,7 @@ def test_build_sdxl_base_from_empty_canvas_and_run(page):
     page.click("#queue-button")
     page.wait_for_function("([id, seed]) => app.graph.getNodeById(id).widgets.find((w) => w.name === 'seed').value !== seed",
                            arg=[sampler, seed])  # "randomize" is the seed's control after generate
-    wait_for_image_on(page, save, timeout=240000)
+    wait_for_image_on(page, save, seconds=240)
     assert page.evaluate("app.progressEvents") >= 2
     page.click('.side-tabs button[data-panel="gallery-panel"]')
     page.locator("#gallery img").first.wait_for()
@@ -340,9 +341,9 @@ def test_queue_panel_pause_delete_resume(page):
         assert sorted([deleted, kept]) == sorted(ids)
         page.click("#pause-queue")
         page.wait_for_function("document.querySelector('#pause-queue').textContent === 'Pause'")
-        page.wait_for_function("document.querySelectorAll('#queue-pending li').length === 0", timeout=60000)
+        page.wait_for_function("document.querySelectorAll('#queue-pending li').length === 0", timeout=patience(60) * 1000)
         history = page.locator(f"#queue-history li[data-prompt-id='{kept}']")
-        history.wait_for(timeout=60000)
+        history.wait_for(timeout=patience(60) * 1000)
         assert history.inner_text().startswith("image_basic · success")
         assert page.locator(f"#queue-history li[data-prompt-id='{deleted}']").count() == 0
         page.shot("resumed-and-ran")

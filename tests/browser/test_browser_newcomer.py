@@ -6,6 +6,7 @@ import sys
 
 import pytest
 from npm_registry import copy_web_without_library, local_registry, pin
+from patience import patience
 
 pytestmark = pytest.mark.browser
 
@@ -27,10 +28,10 @@ def test_without_the_canvas_library_the_page_says_what_to_do_and_fetch_canvas_fi
         pin(web, integrity)
         fetched = subprocess.run([sys.executable, "-m", "server.cli", "fetch-canvas", "--web", str(web)],
                                  env={**os.environ, "npm_config_registry": url}, capture_output=True, text=True,
-                                 timeout=120)
+                                 timeout=patience(120))
     assert fetched.returncode == 0, fetched.stderr
     assert "@comfyorg/litegraph" in fetched.stdout
     page.reload()
-    page.wait_for_function("window.app && window.app.ready", timeout=30000)
+    page.wait_for_function("window.app && window.app.ready", timeout=patience(30) * 1000)
     assert page.evaluate("app.graph._nodes.length") > 0
     page.shot("canvas-after-fetch")

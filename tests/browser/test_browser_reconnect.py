@@ -1,5 +1,6 @@
 """The canvas survives a server restart: the websocket reconnects and queueing works again."""
 import pytest
+from patience import patience
 
 pytestmark = pytest.mark.browser
 
@@ -14,9 +15,9 @@ def test_websocket_reconnects_after_server_restart(open_canvas, restartable_serv
     page.wait_for_function("document.querySelector('#connection').textContent === 'reconnecting…'")
     shot("server-down")
     restartable_server.start()
-    page.wait_for_function("document.querySelector('#connection').textContent === 'online'", timeout=30000)
+    page.wait_for_function("document.querySelector('#connection').textContent === 'online'", timeout=patience(30) * 1000)
     assert "online" in badge.get_attribute("class")
     page.keyboard.press("Control+Enter")
     page.click('.side-tabs button[data-panel="gallery-panel"]')
-    page.locator("#gallery img").first.wait_for(timeout=60000)
+    page.locator("#gallery img").first.wait_for(timeout=patience(60) * 1000)
     shot("ran-after-restart")

@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from patience import patience
 
 from canvas_helpers import (click_node, click_widget_arrow, drag_node, empty_spot, mouse_drag, new_tab, node_ids,
                             open_template, state, title_bar, wait_for_image_on)
@@ -173,7 +174,7 @@ def test_results_stay_visible_and_each_tab_keeps_its_view(page, server):
     reload(page)
     assert active_tab(page) == "image_basic"
     assert page.evaluate("[app.canvas.ds.scale, ...app.canvas.ds.offset]") == pytest.approx(view)
-    wait_for_image_on(page, save, timeout=10000)  # the output is shown again
+    wait_for_image_on(page, save, seconds=10)  # the output is shown again
     page.shot("after-reload")
 
     page.click("#minimap-toggle")
@@ -192,12 +193,12 @@ def test_queue_panel_names_times_cancels_batches_and_queues_to_front(page):
     page.evaluate("(id) => { app.graph.getNodeById(id).widgets.find((w) => w.name === 'steps').value = 5000; }", sampler)
     page.click("#queue-button")
     running = page.locator("#queue-running li")
-    running.first.wait_for(timeout=60000)
+    running.first.wait_for(timeout=patience(60) * 1000)
     assert running.first.inner_text().startswith("sdxl_base · running")
-    page.wait_for_function("(id) => app.graph.getNodeById(id).lg.progress > 0", arg=sampler, timeout=60000)
+    page.wait_for_function("(id) => app.graph.getNodeById(id).lg.progress > 0", arg=sampler, timeout=patience(60) * 1000)
     running.first.get_by_role("button", name="Cancel").click()
     cancelled = page.locator("#queue-history li.cancelled")
-    cancelled.first.wait_for(timeout=60000)
+    cancelled.first.wait_for(timeout=patience(60) * 1000)
     assert "sdxl_base · cancelled" in cancelled.first.inner_text()
     assert page.locator("#queue-history li.error").count() == 0, "a cancelled prompt is no error"
 
@@ -219,7 +220,7 @@ def test_queue_panel_names_times_cancels_batches_and_queues_to_front(page):
     finally:
         page.click("#pause-queue")
     page.wait_for_function("(ids) => ids.every((id) => document.querySelector(`#queue-history li[data-prompt-id='${id}']`))",
-                           arg=ids, timeout=60000)
+                           arg=ids, timeout=patience(60) * 1000)
     for prompt_id in ids:
         item = page.locator(f"#queue-history li[data-prompt-id='{prompt_id}']")
         text = item.locator(".label").inner_text()

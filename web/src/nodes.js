@@ -8,6 +8,7 @@ export const TYPE_COLORS = {
   MODEL: "#b39ddb", CLIP: "#ffd54f", VAE: "#ff7070", CONDITIONING: "#ffa94d", LATENT: "#ff9cf9",
   IMAGE: "#64b5f6", MASK: "#81c784", SAMPLER: "#ecb4b4", SIGMAS: "#cdffcd", NOISE: "#b0b0b0",
   INT: "#7ec8e3", FLOAT: "#9ad29a", STRING: "#c8c8c8", BOOLEAN: "#d9d99a",
+  CLIP_VISION: "#a8dadc", CLIP_VISION_OUTPUT: "#ad7452", // ComfyUI's default palette
 };
 export const CONTROL_VALUES = ["fixed", "increment", "decrement", "randomize"];
 const PRIMITIVES = new Set(["INT", "FLOAT", "STRING", "BOOLEAN"]);
