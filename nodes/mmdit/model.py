@@ -21,7 +21,7 @@ class MMDiTModel(UNetDenoiser):
 
         return eps
 
-    def vector(self, extras: dict, role: str, latent_hw: tuple[int, int]) -> dict:
+    def vector(self, extras: dict, role: str, latent_hw: tuple[int, int], seed: int) -> dict:
         if extras.get("control") is not None:
             raise ValueError(f"this {self.kind} model takes no ControlNet (the ControlNets here are UNet ones)")
         pooled, want = extras.get("pooled_output"), self.unet.config.pooled_dim
