@@ -4,7 +4,8 @@ shared SD3 workflow gives the same image here as there:
 - CLIP-L and CLIP-G give the hidden states of their penultimate layer (CLIPSetLastLayer moves it) without the final
   LayerNorm. Prompts are 77-token windows padded with the end token 49407 (CLIP-L) and with 0 (CLIP-G); a long
   prompt is several windows joined on the token axis.
-- The two are joined on the channel axis (768 + 1280 = 2048) and zero-padded to 4096 wide, T5-XXL's width.
+- The two are joined on the channel axis (768 + 1280 = 2048) and zero-padded to 4096 wide, T5-XXL's width (the
+  MMDiT's context width; a tiny demo model's is smaller).
 - T5-XXL gives its final output for the prompt's tokens and ``</s>``, padded with ``<pad>`` to at least 77 tokens,
   never truncated, and encoded without an attention mask (the pads are attended to).
 - The context is the CLIP tokens followed on the token axis by T5's: [1, 77·n + max(77, T5 tokens), 4096]. Without
@@ -25,20 +26,22 @@ from ..sdxl.text import ClipTextEncoder, open_clip_hidden_pooled
 from ..sdxl.tokenizer import PAD_BIGG, PAD_CLIP_L, window
 from . import t5 as t5_text
 
-CONTEXT_WIDTH = 4096  # what L ‖ G is padded to without a T5 to say it
+CONTEXT_WIDTH = 4096  # what L ‖ G is padded to: T5-XXL's and SD3's context width
 L_WIDTH, G_WIDTH = 768, 1280  # the zeros standing in for a missing CLIP tower
 
 
 class SD3TextEncoders(ClipTextEncoder):
-    """SD3's CLIP value (the module docstring says what it encodes). ``layer``: the CLIP towers' hidden layer."""
+    """SD3's CLIP value (the module docstring says what it encodes). ``layer``: the CLIP towers' hidden layer;
+    ``context_width``: what CLIP-L ‖ CLIP-G is zero-padded to (T5's width when there is a T5)."""
     kind = "sd3"
 
     def __init__(self, clip_l: nn.Module | None, clip_g: nn.Module | None, t5: nn.Module | None,
-                 tokenizer=None, layer: int = -2):
+                 tokenizer=None, layer: int = -2, context_width: int = CONTEXT_WIDTH):
         super().__init__(tokenizer, layer)
         self.clip_l, self.clip_g, self.t5 = clip_l, clip_g, t5
         if not self.towers():
             raise ValueError("SD3 text encoders: none of CLIP-L, CLIP-G and T5-XXL was given")
+        self.context_width = t5.config.d_model if t5 is not None else context_width
 
     def towers(self) -> list[nn.Module]:
         return [t for t in (self.clip_l, self.clip_g, self.t5) if t is not None]
@@ -49,7 +52,7 @@ class SD3TextEncoders(ClipTextEncoder):
         if not depths:
             raise ValueError("these SD3 text encoders are T5-XXL alone, which has no CLIP layer to choose")
         self._check_layer(layer, min(depths))
-        return SD3TextEncoders(self.clip_l, self.clip_g, self.t5, self._tokenizer, layer)
+        return SD3TextEncoders(self.clip_l, self.clip_g, self.t5, self._tokenizer, layer, self.context_width)
 
     def tokenize(self, text: str) -> dict[str, list]:
         """{"l": CLIP-L windows, "g": CLIP-G windows, "t5": T5 tokens}, all with weights."""
@@ -68,7 +71,7 @@ class SD3TextEncoders(ClipTextEncoder):
         part out (and the pooled vector zero), an empty "t5" makes T5 encode ``</s>`` alone."""
         if len(tokens["l"]) != len(tokens["g"]):
             raise ValueError(f"SD3 text encoders: {len(tokens['l'])} CLIP-L windows but {len(tokens['g'])} CLIP-G")
-        width = self.t5.config.d_model if self.t5 is not None else CONTEXT_WIDTH
+        width = self.context_width
         parts, pooled = [], torch.zeros(1, L_WIDTH + G_WIDTH)
         if tokens["l"]:
             n = 77 * len(tokens["l"])
