@@ -12,7 +12,8 @@ shared SD3 workflow gives the same image here as there:
   T5 it is the 77·n CLIP tokens alone; diffusers appends zero T5 tokens instead, which gives a different image.
 - The pooled vector is CLIP-L's pooled output, unprojected, followed by CLIP-G's projected one: [1, 768 + 1280].
 - Any of the three towers may be missing (a checkpoint without T5, CLIPLoader with one file): a missing CLIP tower
-  gives zeros in its channels and in its part of the pooled vector.
+  gives zeros in its channels and in its part of the pooled vector; with neither CLIP tower the context is T5's
+  tokens alone and the pooled vector zero.
 - Prompt weights ``(word:1.2)`` act per token on each tower's states as for SDXL, against that tower's encoding of
   the empty prompt (for T5: ``</s>`` and pads, as long as the prompt).
 """
@@ -67,13 +68,14 @@ class SD3TextEncoders(ClipTextEncoder):
 
     @torch.no_grad()
     def encode(self, tokens: dict[str, list]) -> list:
-        """CONDITIONING from ``tokenize``'s tokens. "l" and "g" need as many windows each; both empty leave the CLIP
-        part out (and the pooled vector zero), an empty "t5" makes T5 encode ``</s>`` alone."""
+        """CONDITIONING from ``tokenize``'s tokens. "l" and "g" need as many windows each; both empty, or no CLIP
+        tower at all (CLIPLoader with T5 alone), leave the CLIP part out and the pooled vector zero; an empty "t5"
+        makes T5 encode ``</s>`` alone."""
         if len(tokens["l"]) != len(tokens["g"]):
             raise ValueError(f"SD3 text encoders: {len(tokens['l'])} CLIP-L windows but {len(tokens['g'])} CLIP-G")
         width = self.context_width
         parts, pooled = [], torch.zeros(1, L_WIDTH + G_WIDTH)
-        if tokens["l"]:
+        if tokens["l"] and (self.clip_l is not None or self.clip_g is not None):
             n = 77 * len(tokens["l"])
             l_hidden, l_pooled = self._clip("l", tokens["l"], n, L_WIDTH)
             g_hidden, g_pooled = self._clip("g", tokens["g"], n, G_WIDTH)
