@@ -74,7 +74,7 @@ class SD3TextEncoders(ClipTextEncoder):
         if len(tokens["l"]) != len(tokens["g"]):
             raise ValueError(f"SD3 text encoders: {len(tokens['l'])} CLIP-L windows but {len(tokens['g'])} CLIP-G")
         width = self.context_width
-        parts, pooled = [], torch.zeros(1, L_WIDTH + G_WIDTH)
+        parts, pooled = [], torch.zeros(1, self._pooled_width())
         if tokens["l"] and (self.clip_l is not None or self.clip_g is not None):
             n = 77 * len(tokens["l"])
             l_hidden, l_pooled = self._clip("l", tokens["l"], n, L_WIDTH)
@@ -86,6 +86,11 @@ class SD3TextEncoders(ClipTextEncoder):
             parts.append(self._t5(tokens["t5"] or [(t5_text.EOS, 1.0)]))
         context = torch.cat(parts, dim=1) if parts else torch.zeros(1, 77, width)
         return [[context.cpu(), {"pooled_output": pooled.cpu()}]]
+
+    def _pooled_width(self) -> int:
+        """CLIP-L's width plus CLIP-G's projection width (the real towers' for a missing one)."""
+        return (self.clip_l.config.hidden_size if self.clip_l is not None else L_WIDTH) + \
+            (self.clip_g.text_projection.shape[1] if self.clip_g is not None else G_WIDTH)
 
     def _clip(self, tower: str, windows: list, n: int, zero_width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One CLIP tower's hidden states [1, n, width] and pooled vector [1, width]; zeros without the tower."""
