@@ -195,19 +195,18 @@ def write_diffusers_parts(folder: Path, parts: dict[str, tuple[dict, dict, str]]
 def make_demo_models(out_dir, dtype: torch.dtype = torch.float32) -> dict[str, Path]:
     """Every family's demo checkpoints in ``out_dir`` ({kind or kind_diffusers: path}); the same seed gives the
     same files."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for family in load_builtin_families().values():
-        paths.update(family.write_demo(out, dtype))
-    return paths
+    return _each_family(out_dir, lambda family, out: family.write_demo(out, dtype))
 
 
 def make_demo_text_encoders(out_dir, dtype: torch.dtype = torch.float32) -> dict[str, Path]:
     """Every family's standalone demo text encoders in ``out_dir`` (<models>/text_encoders)."""
+    return _each_family(out_dir, lambda family, out: family.write_demo_text_encoders(out, dtype))
+
+
+def _each_family(out_dir, write) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for family in load_builtin_families().values():
-        paths.update(family.write_demo_text_encoders(out, dtype))
+        paths.update(write(family, out))
     return paths

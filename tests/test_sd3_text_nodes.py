@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from nodes.demo import make_demo_text_encoders
 from nodes.families import family_of
 from nodes.node import Context
 from sdxl_helpers import cli, environment, run_workflow
@@ -24,9 +25,8 @@ def env(tmp_path_factory):
     models = tmp_path_factory.mktemp("sd3_models")
     for sub in ("checkpoints", "clip", "text_encoders"):
         (models / sub).mkdir()
-    sd3 = family_of("sd3")
-    sd3.write_demo(models / "checkpoints", torch.float32)
-    t5 = sd3.write_demo_text_encoders(models / "clip", torch.float32)["sd3_t5xxl"]
+    family_of("sd3").write_demo(models / "checkpoints", torch.float32)
+    t5 = make_demo_text_encoders(models / "clip")["sd3_t5xxl"]  # what make-demo-model writes
     t5.rename(models / "text_encoders" / t5.name)
     return environment(str(models), tmp_path_factory.mktemp("run"))
 
