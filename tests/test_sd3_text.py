@@ -138,21 +138,22 @@ def t5_ids(text: str) -> torch.Tensor:
 
 
 def clip_ids(text: str, pad: int) -> torch.Tensor:
-    (window,) = shared_tokenizer().tokenize_weighted(text, pad)  # the CLIP tokenizer has its own tests
-    return torch.tensor([[i for i, _ in window]])
+    """[windows, 77]: a long prompt is several 77-token windows (the CLIP tokenizer has its own tests)."""
+    return torch.tensor([[i for i, _ in window] for window in shared_tokenizer().tokenize_weighted(text, pad)])
 
 
 @torch.no_grad()
 def reference(refs, text: str, with_t5: bool = True, width: int = T5_WIDTH) -> tuple[torch.Tensor, torch.Tensor]:
     """ComfyUI's SD3 conditioning from transformers' towers: [CLIP-L ‖ CLIP-G penultimate states, zero-padded to
-    ``width``; then T5's final states] on the token axis, and CLIP-L's pooled ‖ CLIP-G's projected pooled."""
+    ``width``, windows one after another; then T5's final states] on the token axis, and CLIP-L's pooled ‖
+    CLIP-G's projected pooled of the first window."""
     l_out = refs["clip_l"](clip_ids(text, PAD_CLIP_L), output_hidden_states=True)
     g_out = refs["clip_g"](clip_ids(text, PAD_BIGG), output_hidden_states=True)
-    lg = torch.cat([l_out.hidden_states[-2], g_out.hidden_states[-2]], dim=-1)
+    lg = torch.cat([l_out.hidden_states[-2], g_out.hidden_states[-2]], dim=-1).flatten(0, 1)[None]
     parts = [F.pad(lg, (0, width - lg.shape[-1]))]
     if with_t5:
         parts.append(refs["t5xxl"](input_ids=t5_ids(text)).last_hidden_state)  # no attention mask: pads attended
-    return torch.cat(parts, dim=1), torch.cat([l_out.pooler_output, g_out.text_embeds], dim=-1)
+    return torch.cat(parts, dim=1), torch.cat([l_out.pooler_output[:1], g_out.text_embeds[:1]], dim=-1)
 
 
 # ---- parity ------------------------------------------------------------------------------------------------------
@@ -161,17 +162,20 @@ def test_clip_pads_are_the_end_token_for_clip_l_and_zero_for_clip_g():
     assert clip_ids("a cat", PAD_CLIP_L)[0, -1] == 49407 and clip_ids("a cat", PAD_BIGG)[0, -1] == 0
 
 
-@pytest.mark.parametrize("source", ["standalone", "checkpoint", "folder"])
-def test_sd3_conditioning_matches_transformers(refs, files, source):
-    """Each part of the context and of the pooled vector against the tower that makes it."""
-    ((context, extras),) = load(files, source).conditioning(PROMPT)
-    ref_context, ref_pooled = reference(refs, PROMPT)
-    assert context.shape == ref_context.shape == (1, 77 + 77, T5_WIDTH)
+@pytest.mark.parametrize("source, text", [("standalone", PROMPT), ("checkpoint", PROMPT), ("folder", PROMPT),
+                                          ("checkpoint", LONG_T5)])
+def test_sd3_conditioning_matches_transformers(refs, files, source, text):
+    """Each part of the context and of the pooled vector against the tower that makes it; the long prompt has two
+    CLIP windows and more than 77 T5 tokens."""
+    ((context, extras),) = load(files, source).conditioning(text)
+    ref_context, ref_pooled = reference(refs, text)
+    clip = 77 * len(clip_ids(text, PAD_CLIP_L))
+    assert context.shape == ref_context.shape == (1, clip + max(77, t5_ids(text).shape[1]), T5_WIDTH)
     n = L_WIDTH + G_WIDTH
-    assert rel_err(context[:, :77, :L_WIDTH], ref_context[:, :77, :L_WIDTH]) <= TOL, "CLIP-L penultimate"
-    assert rel_err(context[:, :77, L_WIDTH:n], ref_context[:, :77, L_WIDTH:n]) <= TOL, "CLIP-G penultimate"
-    assert not context[:, :77, n:].any(), "zero padding to the context width"
-    assert rel_err(context[:, 77:], ref_context[:, 77:]) <= TOL, "T5"
+    assert rel_err(context[:, :clip, :L_WIDTH], ref_context[:, :clip, :L_WIDTH]) <= TOL, "CLIP-L penultimate"
+    assert rel_err(context[:, :clip, L_WIDTH:n], ref_context[:, :clip, L_WIDTH:n]) <= TOL, "CLIP-G penultimate"
+    assert not context[:, :clip, n:].any(), "zero padding to the context width"
+    assert rel_err(context[:, clip:], ref_context[:, clip:]) <= TOL, "T5"
     pooled = extras["pooled_output"]
     assert rel_err(pooled[:, :L_WIDTH], ref_pooled[:, :L_WIDTH]) <= TOL, "CLIP-L pooled, unprojected"
     assert rel_err(pooled[:, L_WIDTH:], ref_pooled[:, L_WIDTH:]) <= TOL, "CLIP-G pooled, projected"
