@@ -232,9 +232,11 @@ def check_reference(object_info, class_type):
 
 def test_text_encoder_loaders_list_both_folders_and_the_sd3_type(object_info):
     """ComfyUI's text_encoders folder and its older name clip, merged; SD3's encoders as CLIPLoader's type sd3."""
-    for node, inputs in (("TripleCLIPLoader", ("clip_name1", "clip_name2", "clip_name3")), ("CLIPLoader", ("clip_name",))):
+    files = ["sub/clip_g.safetensors", "t5xxl_fp16.safetensors"]
+    for node, inputs in (("TripleCLIPLoader", ("clip_name1", "clip_name2", "clip_name3")),
+                         ("CLIPLoader", ("clip_name",))):
         for name in inputs:
-            assert object_info[node]["input"]["required"][name][0] == ["sub/clip_g.safetensors", "t5xxl_fp16.safetensors"]
+            assert object_info[node]["input"]["required"][name][0] == files, f"{node}.{name}"
     assert "sd3" in object_info["CLIPLoader"]["input"]["required"]["type"][0]
 
 

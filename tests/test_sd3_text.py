@@ -40,7 +40,8 @@ def hf_tokenizers():
 
 @pytest.mark.parametrize("text", [
     PROMPT, "", "Hello, World!", "  leading and   inner  spaces ", "tabs\tand\nnew lines", "émigré naïve café",
-    "東京タワー 🙂 ☕", "1234567 3.14 1e-4 #hashtag @user", "ALL CAPS, MiXeD cAsE", "don't won't it's", LONG_T5])
+    "東京タワー 🙂 ☕", "1234567 3.14 1e-4 #hashtag @user", "ALL CAPS, MiXeD cAsE", "don't won't it's",
+    LONG_T5])
 def test_t5_tokens_equal_transformers(hf_tokenizers, text):
     """Ids from the vendored vocabulary equal transformers' from the reference copy: the prompt's pieces and
     ``</s>`` (no start token), padded with ``<pad>`` to 77 and never truncated."""
@@ -93,7 +94,8 @@ def refs():
 
 def file_states(refs) -> dict[str, dict[str, torch.Tensor]]:
     """Each tower's tensors as SD3's files name them (transformers' names; T5 in float8, its embedding twice)."""
-    clip_l = {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in refs["clip_l"].state_dict().items()}
+    clip_l = {k if k.startswith("text_model.") else f"text_model.{k}": v
+              for k, v in refs["clip_l"].state_dict().items()}
     return {"clip_l": clip_l, "clip_g": dict(refs["clip_g"].state_dict()),
             "t5xxl": {k: v.to(torch.float8_e4m3fn) for k, v in refs["t5xxl"].state_dict().items()}}
 
