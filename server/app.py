@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import gc
 import logging
 import os
@@ -20,9 +21,12 @@ from aiohttp import web
 from nodes import catalog
 
 from . import canvas_lib, frontend_compat, routes
+from .cli import add_models_argument
 from .cluster import Cluster, PrimaryLink
+from .limits import MAX_BODY_BYTES, MAX_UPLOAD_BYTES, READ_TIMEOUT
 from .queue import PromptQueue
-from .security import is_loopback, make_middlewares
+from .security import allowed_hosts, is_loopback, make_middlewares
+from .watchdog import LIMIT as WATCHDOG_LIMIT
 from .worker import Worker
 from .ws import Hub
 
@@ -33,6 +37,8 @@ BUNDLE = Path(__file__).resolve().parent / "bundle"  # web/ and workflows/ as `p
 TOKEN_ENV = "LATENTGRAPH_TOKEN"
 GC_YOUNG_THRESHOLD = 20_000  # container allocations between young collections; see settle_gc
 STATUS_INTERVAL = 0.05  # seconds between queue-change statuses; see State.queue_changed
+HEAVY_THREADS = 2  # large graphs and image work run on this many threads beside the event loop
+STOP_GRACE = 10.0  # seconds a stopping server waits for a running prompt to heed the interrupt; see Worker.finish
 
 
 @dataclass
@@ -46,8 +52,11 @@ class Config:
     token: str | None = None
     debug: bool = False
     devices: list[str] = field(default_factory=lambda: ["auto"])
-    max_upload_bytes: int = 100 * 1024 * 1024
-    max_body_bytes: int = 32 * 1024 * 1024
+    max_upload_bytes: int = MAX_UPLOAD_BYTES
+    max_body_bytes: int = MAX_BODY_BYTES
+    read_timeout: float = READ_TIMEOUT  # a client silent this long mid-request (headers or body) is cut off
+    allow_hosts: list[str] = field(default_factory=list)  # Host names answered besides loopback and --host
+    watchdog_seconds: float = WATCHDOG_LIMIT  # a worker process without a heartbeat this long is replaced
     web_dir: Path = field(default_factory=lambda: shipped("web"))
     workflows_dir: Path = field(default_factory=lambda: shipped("workflows"))
     cache_entries: int = 256
@@ -98,12 +107,14 @@ class State:
         self._status_timer: asyncio.TimerHandle | None = None
         self._status_sent = float("-inf")  # event-loop time of the last queue-change status
         self._commit: asyncio.Future | None = None
+        self.heavy = concurrent.futures.ThreadPoolExecutor(HEAVY_THREADS, thread_name_prefix="latentgraph-heavy")
         self.workers = [] if primary else [self._make_worker(d) for d in resolve_devices(config.devices)]
 
     def _make_worker(self, device: str) -> Worker:
         from .runners import ProcessRunner, RunnerConfig, ThreadRunner
 
-        config = RunnerConfig(device, self.env, self.config.cache_entries, self.config.cache_bytes)
+        config = RunnerConfig(device, self.env, self.config.cache_entries, self.config.cache_bytes,
+                              watchdog_seconds=self.config.watchdog_seconds)
         runner = ProcessRunner(config) if self.config.worker_process else ThreadRunner(config, self.registry)
         return Worker(device, self.queue, runner, self.hub, on_queue_change=self.status_changed)
 
@@ -128,6 +139,12 @@ class State:
                  "vram_total": 0, "vram_free": 0, "torch_vram_total": 0, "torch_vram_free": 0,
                  "models": None, "cache": None, **w.runner.stats()}  # a child not started yet has no numbers
                 for w in self.workers]
+
+    async def heavy_work(self, fn, *args):
+        """``fn(*args)`` on a thread of the heavy pool: work that would stall every client if it ran on the event
+        loop (large graphs, image decoding). A few threads bound the memory that many such requests at once take;
+        the rest wait their turn."""
+        return await asyncio.get_running_loop().run_in_executor(self.heavy, fn, *args)
 
     # -- group commit -------------------------------------------------------------------------
     async def committed(self) -> None:
@@ -171,8 +188,11 @@ class State:
 
     def status_changed(self) -> None:
         """Called from worker threads when a prompt ends: sent at once, before that prompt's final message."""
-        if self.hub.loop is not None and not self.hub.loop.is_closed():
-            self.hub.loop.call_soon_threadsafe(self.hub.send, "status", self.status_payload())
+        self.hub.call_threadsafe(self._send_status_now)
+
+    def _send_status_now(self) -> None:
+        if not self.stopping:  # the queue it counts may be closed
+            self.hub.send("status", self.status_payload())
 
     def _on_connect(self, sid: str) -> list:
         msgs = [("status", {**self.status_payload(), "sid": sid})]
@@ -208,8 +228,9 @@ class State:
             self._status_timer.cancel()
         for w in self.workers:
             w.stop()
-        for w in self.workers:
-            await asyncio.get_running_loop().run_in_executor(None, w.join, 10)
+        for w in self.workers:  # a worker records its last prompt before the queue closes, however long it takes
+            await asyncio.to_thread(w.finish, STOP_GRACE)
+        await asyncio.to_thread(self.heavy.shutdown, True, cancel_futures=True)  # its work may add to the queue
         self.queue.close()
 
 
@@ -230,7 +251,7 @@ def resolve_devices(devices: list[str]) -> list[str]:
 def create_app(config: Config, registry: dict | None = None, primary: PrimaryLink | None = None) -> web.Application:
     """The application; `registry` overrides the built-in nodes (tests add instrumented ones); `primary` makes it
     an extra HTTP process (cluster.py)."""
-    app = web.Application(middlewares=make_middlewares(config.token, config.debug),
+    app = web.Application(middlewares=make_middlewares(config.token, config.debug, allowed_hosts(config)),
                           client_max_size=config.max_body_bytes)
     state = State(config, registry, primary)
     app[STATE] = state
@@ -246,7 +267,7 @@ def create_app(config: Config, registry: dict | None = None, primary: PrimaryLin
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
     parser.add_argument("--port", type=int, default=8188)
-    parser.add_argument("--models", default="models", help="models folder (checkpoints/, vae/, loras/ ...)")
+    add_models_argument(parser)
     parser.add_argument("--output", default="output", help="where saved images go")
     parser.add_argument("--input", default="input", help="where uploaded/loadable images live")
     parser.add_argument("--data", default="data", help="queue and history database, previews, settings")
@@ -255,7 +276,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "mandatory when --host is not a loopback address")
     parser.add_argument("--device", action="append", dest="devices",
                         help="compute device(s), e.g. cuda:0 (repeatable; default: every GPU, else cpu)")
-    parser.add_argument("--max-upload-mb", type=int, default=100, help="largest accepted upload")
+    parser.add_argument("--max-upload-mb", type=int, default=MAX_UPLOAD_BYTES >> 20, help="largest accepted upload")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                        help="also answer requests whose Host header is NAME (repeatable; by default only loopback "
+                             "names and --host are answered, which stops DNS-rebinding pages)")
+    parser.add_argument("--watchdog", type=float, default=WATCHDOG_LIMIT, metavar="SECONDS",
+                        help="kill and replace a worker process that gives no sign of life for this long, failing its "
+                             f"prompt (default {WATCHDOG_LIMIT:g}; 0: never)")
+    parser.add_argument("--read-timeout", type=float, default=READ_TIMEOUT, metavar="SECONDS",
+                        help=f"disconnect a client that sends nothing for this long mid-request (default "
+                             f"{READ_TIMEOUT:g})")
     parser.add_argument("--no-demo-models", action="store_true",
                         help="do not write the random-weight demo checkpoints when no checkpoint exists")
     parser.add_argument("--debug", action="store_true", help="send tracebacks to clients; verbose logs")
@@ -273,7 +303,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     config = Config(host=args.host, port=args.port, models_dir=Path(args.models), output_dir=Path(args.output),
                     input_dir=Path(args.input), data_dir=Path(args.data), token=token, debug=args.debug,
                     devices=args.devices or ["auto"], max_upload_bytes=args.max_upload_mb * 1024 * 1024,
-                    worker_process=not args.single_process, http_processes=args.http_processes)
+                    worker_process=not args.single_process, http_processes=args.http_processes,
+                    read_timeout=args.read_timeout, allow_hosts=args.allow_host, watchdog_seconds=args.watchdog)
     return frontend_compat.configure(config, args)  # --frontend comfyui serves the official frontend's files
 
 
@@ -300,8 +331,10 @@ def run(args: argparse.Namespace) -> int:
     if reason := canvas_lib.missing(config.web_dir):
         log.warning("the page at %s cannot show the canvas: %s", where, reason)
     log.info("latentgraph serving %s%s", where, " (token required: open /?token=<token> once)" if config.token else "")
+    # aiohttp closes a connection that has not sent a whole request by the keep-alive deadline, set when it opens
+    # and after each response: so it is also the timeout for the headers of each request
     web.run_app(app, host=config.host, port=config.port, print=None, access_log=None, loop=new_event_loop(),
-                reuse_port=config.http_processes > 1)
+                reuse_port=config.http_processes > 1, keepalive_timeout=config.read_timeout)
     return 0
 
 

@@ -23,6 +23,7 @@ from .graph import load_prompt, read_png_workflow, set_ui_widget, ui_to_api, val
 
 EXIT_INVALID = 1   # the graph is invalid or a node failed
 EXIT_USAGE = 2     # the file could not be read, or arguments are wrong
+MODELS_ENV = "LATENTGRAPH_MODELS"
 
 
 class CLIError(Exception):
@@ -264,9 +265,14 @@ def cmd_make_demo_model(args) -> int:
 
 # -- parser ------------------------------------------------------------------------------------------------------
 
+def add_models_argument(p: argparse.ArgumentParser) -> None:
+    """--models, for every command that reads models (serve included)."""
+    p.add_argument("--models", default=os.environ.get(MODELS_ENV, "models"),
+                   help=f"model folder: checkpoints/, vae/, loras/ ... (default: ${MODELS_ENV} or ./models)")
+
+
 def _folders(p: argparse.ArgumentParser, out: bool = False) -> None:
-    p.add_argument("--models", default=os.environ.get("LATENTGRAPH_MODELS", "models"),
-                   help="model folder (default: $LATENTGRAPH_MODELS or ./models)")
+    add_models_argument(p)
     p.add_argument("--input", default="input", help="folder LoadImage reads from (default: ./input)")
     if out:
         p.add_argument("--out", default="output", help="folder outputs are written to (default: ./output)")

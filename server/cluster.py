@@ -201,7 +201,8 @@ async def _serve_http(config, link: PrimaryLink) -> None:
     """aiohttp's run_app, plus telling the primary once the port is bound."""
     from .app import create_app, settle_gc
 
-    runner = web.AppRunner(create_app(config, primary=link), access_log=None)
+    runner = web.AppRunner(create_app(config, primary=link), access_log=None,
+                           keepalive_timeout=config.read_timeout)  # the header timeout too, as in app.run
     await runner.setup()
     settle_gc()
     await web.TCPSite(runner, config.host, config.port, reuse_port=True).start()

@@ -29,10 +29,15 @@ from aiohttp import web
 from nodes.catalog import model_names
 
 from . import templates
+from .routes import read_body
 from .security import PathError, confined, error_json
 
 FRONTENDS = ("latentgraph", "comfyui")
 JOB_STATES = ("pending", "in_progress", "completed", "failed", "cancelled")
+# user files are served as these types only (never HTML or script a browser would run), as attachments
+USERDATA_TYPES = {".json": "application/json", ".css": "text/plain", ".txt": "text/plain", ".md": "text/plain",
+                  ".csv": "text/plain", ".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg",
+                  ".webp": "image/webp"}
 
 
 # -- command line ------------------------------------------------------------------------------------------------
@@ -168,7 +173,10 @@ class FrontendRoutes:
         path = self._path(request.match_info["file"])
         if not path.is_file():
             return error_json(404, "not_found", f"no user file {request.match_info['file']!r}")
-        return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+        ctype = USERDATA_TYPES.get(path.suffix.lower(), "application/octet-stream")
+        return web.FileResponse(path, headers={"Cache-Control": "no-cache", "Content-Type": ctype,
+                                               "Content-Disposition": "attachment",
+                                               "X-Content-Type-Options": "nosniff"})
 
     async def post_userdata(self, request):
         """Write a user file; refuses to replace one unless ``overwrite`` is not false (409, as ComfyUI)."""
@@ -177,10 +185,15 @@ class FrontendRoutes:
             return error_json(409, "file_exists", f"{request.match_info['file']!r} already exists")
         if path.is_dir():
             return error_json(400, "is_a_directory", f"{request.match_info['file']!r} is a folder")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        config = self.s.config
+        data = await read_body(request, config.max_body_bytes, config.read_timeout)
         tmp = path.with_name(path.name + ".part")
-        tmp.write_bytes(await request.read())
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        except OSError as exc:  # e.g. `a.json/x` where a.json is a file
+            return error_json(409, "cannot_write", f"cannot write {request.match_info['file']!r}: {exc.strerror}")
         return web.json_response(self._info(path) if _flag(request, "full_info") else
                                  path.relative_to(self.root).as_posix())
 
@@ -197,8 +210,11 @@ class FrontendRoutes:
             return error_json(404, "not_found", f"no user file {request.match_info['file']!r}")
         if dest.exists() and request.query.get("overwrite", "true").lower() == "false":
             return error_json(409, "file_exists", f"{request.match_info['dest']!r} already exists")
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.move(source, dest)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(source, dest)
+        except OSError as exc:
+            return error_json(409, "cannot_write", f"cannot move to {request.match_info['dest']!r}: {exc.strerror}")
         return web.json_response(self._info(dest) if _flag(request, "full_info") else
                                  dest.relative_to(self.root).as_posix())
 
@@ -227,7 +243,14 @@ class FrontendRoutes:
 
     async def job(self, request):
         job_id = request.match_info["job_id"]
-        found = next((j for j in self._all_jobs() if j["id"] == job_id), None)
+        q = self.s.queue
+        state = q.state_of(job_id)  # one row, not every job
+        if state == "done":
+            found = _finished_job(q.history_item(job_id))
+        else:
+            items = q.pending() if state == "pending" else q.running() if state == "running" else []
+            status = "in_progress" if state == "running" else "pending"
+            found = next((_queued_job(i, status) for i in items if i.prompt_id == job_id), None)
         if found is None:
             return error_json(404, "not_found", f"no job {job_id!r}")
         return web.json_response(found)
@@ -309,8 +332,11 @@ def _ms(t: float | None) -> int | None:
     return None if t is None else int(t * 1000)
 
 
-def _workflow_id(extra: dict) -> str | None:
-    workflow = (extra.get("extra_pnginfo") or {}).get("workflow")
+def _workflow_id(extra) -> str | None:
+    """The id of the UI workflow a prompt came from; None when it carries none (stored rows are read as they
+    are: an older server accepted any JSON in extra_pnginfo)."""
+    pnginfo = extra.get("extra_pnginfo") if isinstance(extra, dict) else None
+    workflow = pnginfo.get("workflow") if isinstance(pnginfo, dict) else None
     value = workflow.get("id") if isinstance(workflow, dict) else None
     return str(value) if value is not None else None
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 from nodes.node import Environment, InputError, NodeSpec
 from nodes.types import INT, compatible
+from server.limits import MAX_GRAPH_LINKS, MAX_GRAPH_NODES, TooLarge
 from server.missing import explain as explain_missing
 from server.subgraphs import flatten as flatten_subgraphs
 
@@ -26,6 +27,7 @@ from server.subgraphs import flatten as flatten_subgraphs
 FRONTEND_ONLY = {"Note", "MarkdownNote"}  # canvas decorations without a backend class
 MODE_MUTED, MODE_BYPASS = 2, 4
 _SEED_NAMES = ("seed", "noise_seed")  # get a control widget even when the spec does not say so
+LISTED = 20  # node ids listed in a cycle's message, outputs in an error's dependent_outputs
 
 
 def is_ui_workflow(data: Any) -> bool:
@@ -51,7 +53,11 @@ def _is_id(value: Any) -> bool:
 
 def check_ui_shape(workflow: dict) -> None:
     """Refuse a UI workflow whose nodes or links are not shaped as the format says, naming the first bad
-    entry (ValueError), so conversion never trips over it half-way."""
+    entry (ValueError), so conversion never trips over it half-way; or one too large (TooLarge)."""
+    for key, limit in (("nodes", MAX_GRAPH_NODES), ("links", MAX_GRAPH_LINKS)):
+        entries = workflow.get(key)
+        if isinstance(entries, list) and len(entries) > limit:
+            raise TooLarge(f"the workflow has {len(entries)} {key}; the server accepts at most {limit}")
     for i, node in enumerate(workflow["nodes"]):
         if not isinstance(node, dict) or not _is_id(node.get("id")) or not isinstance(node.get("type"), str):
             raise ValueError(f"workflow node #{i} needs an 'id' and a 'type' string: {str(node)[:120]}")
@@ -190,7 +196,7 @@ def _convert_node(node: dict, graph: _UIGraph, registry: dict[str, NodeSpec]) ->
     for entry in node.get("inputs") or []:
         if not isinstance(entry, dict) or entry.get("link") is None:
             continue
-        name = (entry.get("widget") or {}).get("name") or entry.get("name")
+        name = _input_name(entry)
         source = graph.resolve(entry["link"], str(entry.get("type", "*")))
         if source is None:
             inputs.pop(name, None)  # origin muted or gone: the input is simply not set
@@ -203,6 +209,12 @@ def _convert_node(node: dict, graph: _UIGraph, registry: dict[str, NodeSpec]) ->
             inputs[name] = {"__value__": value}
     title = node.get("title") or (spec.display_name if spec else kind)
     return {"class_type": kind, "inputs": inputs, "_meta": {"title": title}}
+
+
+def _input_name(entry: dict) -> Any:
+    """The input a UI socket feeds: its converted widget's name, else its own."""
+    widget = entry.get("widget")
+    return (widget.get("name") if isinstance(widget, dict) else None) or entry.get("name")
 
 
 def _is_api_link(value: list) -> bool:
@@ -237,8 +249,8 @@ def set_ui_widget(workflow: dict, node_id: str, name: str, value: Any, registry:
         values[0] = value
         return True
     spec = registry.get(node.get("type"))
-    linked = any(isinstance(i, dict) and i.get("link") is not None and
-                 ((i.get("widget") or {}).get("name") or i.get("name")) == name for i in node.get("inputs") or [])
+    linked = any(isinstance(i, dict) and i.get("link") is not None and _input_name(i) == name
+                 for i in node.get("inputs") or [])
     if spec is None or linked:
         return False
     if isinstance(values, dict):
@@ -433,30 +445,21 @@ class _Checker:
                                      input_name=name, received_type=received, linked_node=[source, slot]))
 
 
-def _ancestors(roots: list[str], links_of) -> tuple[set[str], bool]:
-    """Every node the roots depend on, themselves included, and whether a cycle was met on the way
-    (iterative depth-first walk: chains can be thousands of nodes long)."""
-    seen: set[str] = set()
-    active: set[str] = set()  # on the current path: meeting one again closes a cycle
-    cyclic = False
-    stack = [(r, False) for r in roots]
+def _ancestors(roots: list[str], links_of) -> set[str]:
+    """Every node the roots depend on, themselves included (iterative: chains can be thousands of nodes long)."""
+    seen, stack = set(roots), list(roots)
     while stack:
-        node, finished = stack.pop()
-        if finished:
-            active.discard(node)
-            continue
-        if node in seen:
-            cyclic = cyclic or node in active
-            continue
-        seen.add(node)
-        active.add(node)
-        stack.append((node, True))
-        stack.extend((source, False) for _, source in links_of(node))
-    return seen, cyclic
+        for _, source in links_of(stack.pop()):
+            if source not in seen:
+                seen.add(source)
+                stack.append(source)
+    return seen
 
 
-def _cycles(nodes: set[str], links_of) -> list[list[str]]:
-    """Strongly connected components that contain a cycle (Tarjan's algorithm, iterative)."""
+def _components(nodes: set[str], links_of) -> list[list[str]]:
+    """The strongly connected components of the nodes' dependency graph, each listed after every component it
+    depends on (Tarjan's algorithm, iterative). A component of more than one node, or one feeding itself, is a
+    cycle."""
     index, low, on_stack, stack, found = {}, {}, set(), [], []
     counter = 0
     for start in sorted(nodes):
@@ -491,9 +494,36 @@ def _cycles(nodes: set[str], links_of) -> list[list[str]]:
                     component.append(member)
                     if member == node:
                         break
-                if len(component) > 1 or any(s == node for _, s in links_of(node)):
-                    found.append(sorted(component, key=_id_order))
+                found.append(sorted(component, key=_id_order))
     return found
+
+
+def _dependents(components: list[list[str]], targets: list[str], links_of) -> dict[str, int]:
+    """For every node, the outputs that depend on it, as a bit mask over `targets`. One pass from the outputs
+    towards the sources (components in reverse order: consumers first), so it stays linear in the graph however
+    many outputs share its nodes; a walk per output was quadratic."""
+    mask = {node: 0 for component in components for node in component}
+    for i, target in enumerate(targets):
+        mask[target] |= 1 << i
+    for component in reversed(components):
+        shared = 0
+        for node in component:
+            shared |= mask[node]
+        for node in component:
+            mask[node] = shared
+            for _, source in links_of(node):
+                mask[source] |= shared
+    return mask
+
+
+def _first_bits(mask: int, limit: int) -> list[int]:
+    """The positions of the lowest `limit` set bits of `mask`."""
+    out = []
+    while mask and len(out) < limit:
+        low = mask & -mask
+        out.append(low.bit_length() - 1)
+        mask ^= low
+    return out
 
 
 def _id_order(node_id: str):
@@ -512,6 +542,9 @@ def _validate(prompt: Any, registry: dict[str, NodeSpec], env: Environment,
               outputs: list[str] | None) -> Validation:
     if not isinstance(prompt, dict):
         return Validation(False, _error("invalid_prompt", "The prompt must be a JSON object of nodes"))
+    if len(prompt) > MAX_GRAPH_NODES:
+        return Validation(False, _error("prompt_too_large", f"The prompt has {len(prompt)} nodes; the server accepts "
+                                                            f"at most {MAX_GRAPH_NODES}"))
     check = _Checker(prompt, registry, env)
     check.check_classes()
     unknown = dict(check.node_errors)
@@ -528,28 +561,29 @@ def _validate(prompt: Any, registry: dict[str, NodeSpec], env: Environment,
         return Validation(False, _error("prompt_no_outputs", "Prompt has no outputs",
                                         "add an output node such as SaveImage or PreviewImage"), unknown)
 
-    walks = {t: _ancestors([t], check.links_of) for t in targets}
-    needed = {t: nodes for t, (nodes, _) in walks.items()}
-    reachable = set().union(*needed.values())
+    targets = list(dict.fromkeys(targets))
+    reachable = _ancestors(targets, check.links_of)
     for node_id in prompt:
         if node_id in reachable:
             check.check_inputs(node_id)
-    cycles = _cycles(reachable, check.links_of) if any(cyclic for _, cyclic in walks.values()) else []
-    for cycle in cycles:
+    components = _components(reachable, check.links_of)
+    for cycle in components:
+        first = cycle[0]
         members = set(cycle)
-        for node_id in cycle:
-            name = next(n for n, s in check.links_of(node_id) if s in members)
-            check.add(node_id, _error("dependency_cycle",
-                                      f"Dependency cycle through nodes {', '.join(cycle)}",
-                                      input_name=name, cycle=cycle))
+        into = [n for n, s in check.links_of(first) if s in members]
+        if len(cycle) > 1 or into:  # one error per cycle, its node list capped: the cycle may be thousands long
+            listed = ", ".join(cycle[:LISTED]) + (f" and {len(cycle) - LISTED} more" if len(cycle) > LISTED else "")
+            check.add(first, _error("dependency_cycle", f"Dependency cycle through nodes {listed}",
+                                    input_name=into[0], cycle=cycle[:LISTED], cycle_length=len(cycle)))
 
-    valid = []
-    for target in targets:
-        bad = needed[target] & check.node_errors.keys()
-        for node_id in bad:
-            check.node_errors[node_id]["dependent_outputs"].append(target)
-        if not bad:
-            valid.append(target)
+    masks = _dependents(components, targets, check.links_of)
+    failed = 0  # outputs that depend on a node with an error
+    for node_id, entry in check.node_errors.items():
+        depends = masks.get(node_id, 0)
+        failed |= depends
+        entry["dependent_outputs"] = [targets[i] for i in _first_bits(depends, LISTED)]
+    valid = [t for i, t in enumerate(targets) if not failed >> i & 1]
+    wanted = ((1 << len(targets)) - 1) & ~failed
     error = None
     if unknown:
         kinds = sorted({str(prompt[n].get("class_type")) for n in unknown if isinstance(prompt[n], dict)})
@@ -559,6 +593,5 @@ def _validate(prompt: Any, registry: dict[str, NodeSpec], env: Environment,
     elif not valid:
         error = _error("prompt_outputs_failed_validation", "Prompt outputs failed validation",
                        "\n".join(Validation(False, None, check.node_errors).lines()))
-    values = {n: check.values[n] for n in set().union(*(needed[t] for t in valid)) if n in check.values} \
-        if valid else {}
+    values = {n: v for n, v in check.values.items() if masks.get(n, 0) & wanted} if valid else {}
     return Validation(error is None, error, check.node_errors, valid if error is None else [], values)

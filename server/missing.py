@@ -73,6 +73,13 @@ def _model_error(err: dict, node_id: str, env: Environment) -> dict:
                            "suggestion": stand_in}}
 
 
+def _title(node: Any) -> str | None:
+    """A node's `_meta.title`, if the client sent one of the right shape."""
+    meta = node.get("_meta") if isinstance(node, dict) else None
+    title = meta.get("title") if isinstance(meta, dict) else None
+    return title if isinstance(title, str) else None
+
+
 def explain(result: Any, prompt: dict, registry: dict[str, NodeSpec], env: Environment | None = None) -> Any:
     """Rewrite a ``server.graph.Validation`` in place with missing-node and missing-model errors; returns it."""
     if not result.node_errors:  # a missing node type or model file is always a node error
@@ -84,7 +91,7 @@ def explain(result: Any, prompt: dict, registry: dict[str, NodeSpec], env: Envir
         errors = entry["errors"]
         for i, err in enumerate(errors):
             kind = entry.get("class_type")
-            if err["type"] == "invalid_prompt" and kind in missing:
+            if err["type"] == "invalid_prompt" and isinstance(kind, str) and kind in missing:
                 errors[i] = {"type": "missing_node_type", "message": _missing_message(kind),
                              "details": f"node {node_id} ({kind})",
                              "extra_info": {"class_type": kind, "comfyui_builtin": is_comfyui_builtin(kind)}}
@@ -106,7 +113,7 @@ def explain(result: Any, prompt: dict, registry: dict[str, NodeSpec], env: Envir
         if models:
             parts.append(f"missing model files: {files}")
         first_kind, first_ids = next(iter(missing.items()))
-        title = ((prompt.get(first_ids[0]) or {}).get("_meta") or {}).get("title") or first_kind
+        title = _title(prompt.get(first_ids[0])) or first_kind
         result.error = {"type": "missing_node_type", "message": "Cannot execute because of missing node types: "
                         + "; ".join(parts), "details": describe_missing_nodes(missing),
                         "extra_info": {"node_id": first_ids[0], "class_type": first_kind, "node_title": title,

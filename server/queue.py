@@ -89,13 +89,14 @@ def _ms(t: float | None) -> int | None:
 
 
 class Ticket:
-    """A prompt in the open group commit: once :meth:`PromptQueue.commit` ran, its ``number``, or ``duplicate``
-    if its id was taken (by a stored prompt, one earlier in the group, or another process in between)."""
+    """A prompt in the open group commit: once :meth:`PromptQueue.commit` ran, its ``number``; or ``duplicate``
+    if its id was taken (by a stored prompt, one earlier in the group, or another process in between); or
+    ``error``, what SQLite refused in its row (which fails that prompt alone, never the rest of the group)."""
 
-    __slots__ = ("row", "number", "duplicate")
+    __slots__ = ("row", "number", "duplicate", "error")
 
     def __init__(self, row: tuple):
-        self.row, self.number, self.duplicate = row, None, False
+        self.row, self.number, self.duplicate, self.error = row, None, False, None
 
 
 class PromptQueue:
@@ -163,18 +164,23 @@ class PromptQueue:
                     counter += 1
                     if number is None:
                         number = -counter if front else counter
-                    try:
+                    try:  # a failed INSERT undoes itself alone; the transaction and the other rows stand
                         self._db.execute(
                             "INSERT INTO prompts (prompt_id, number, state, prompt, extra_data, outputs_to_execute, "
                             "created) VALUES (?, ?, 'pending', ?, ?, ?, ?)",
                             (prompt_id, float(number), prompt, extra, outputs, created))
                         ticket.number = number
-                    except sqlite3.IntegrityError:  # the prompt_id is UNIQUE
-                        ticket.duplicate = True
+                    except sqlite3.IntegrityError as exc:
+                        if exc.sqlite_errorname == "SQLITE_CONSTRAINT_UNIQUE":  # the prompt_id is UNIQUE
+                            ticket.duplicate = True
+                        else:
+                            ticket.error = f"the queue refused this prompt: {exc}"
+                    except (sqlite3.Error, OverflowError, ValueError) as exc:  # e.g. a lone surrogate in an id
+                        ticket.error = f"the queue refused this prompt: {type(exc).__name__}: {exc}"
                 self._set_counter(counter)
             if not self._is_paused():
                 self._cond.notify_all()  # a group may hold work for every idle worker
-            return sum(not t.duplicate for t in batch)
+            return sum(t.number is not None for t in batch)
 
     @contextmanager
     def _write(self):  # lock held: one short write transaction, taking the write lock up front
@@ -192,17 +198,23 @@ class PromptQueue:
     def _set_counter(self, value: int) -> None:
         self._db.execute("UPDATE counters SET value=? WHERE name='number'", (value,))
 
-    def requeue(self, prompt_id: str) -> bool:
-        """Put a finished prompt (e.g. one cut off by a restart) back at the end of the queue, same id."""
+    def requeue(self, prompt_ids: list[str]) -> list[str]:
+        """Put finished prompts (e.g. ones cut off by a restart) back at the end of the queue, same ids, in one
+        transaction; returns the ids that were not in history."""
         with self._cond:
             with self._write():
-                counter = self._counter() + 1
-                cur = self._db.execute("UPDATE prompts SET state='pending', number=?, started=NULL, finished=NULL, "
-                                       "status=NULL, outputs=NULL, meta=NULL WHERE prompt_id=? AND state='done'",
-                                       (float(counter), prompt_id))
+                counter = self._counter()
+                missing = []
+                for prompt_id in prompt_ids:
+                    counter += 1
+                    cur = self._db.execute("UPDATE prompts SET state='pending', number=?, started=NULL, "
+                                           "finished=NULL, status=NULL, outputs=NULL, meta=NULL "
+                                           "WHERE prompt_id=? AND state='done'", (float(counter), prompt_id))
+                    if cur.rowcount == 0:
+                        missing.append(prompt_id)
                 self._set_counter(counter)
             self._notify()
-            return cur.rowcount > 0
+            return missing
 
     # -- the worker side ----------------------------------------------------------------------
     def take(self, timeout: float | None = None) -> QueueItem | None:
@@ -319,11 +331,9 @@ class PromptQueue:
     # -- deleting -----------------------------------------------------------------------------
     def delete(self, prompt_ids, state: str) -> int:
         """Delete prompts in one state ('pending' or 'done'); running prompts are interrupted, not deleted."""
-        with self._lock:
-            n = 0
-            for pid in prompt_ids:
-                n += self._db.execute("DELETE FROM prompts WHERE prompt_id=? AND state=?", (str(pid), state)).rowcount
-            return n
+        with self._lock, self._write():  # one statement run per id, in one transaction
+            return self._db.executemany("DELETE FROM prompts WHERE prompt_id=? AND state=?",
+                                        [(str(pid), state) for pid in prompt_ids]).rowcount
 
     def clear(self, state: str) -> int:
         with self._lock:

@@ -11,25 +11,29 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import io
 import json
 import mimetypes
 import os
 import platform
 import sys
 import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from nodes.catalog import MODEL_FOLDERS, model_names
 
-from . import canvas_lib
-from .security import PathError, confined, error_json
+from . import canvas_lib, images
+from .limits import MAX_JSON_DEPTH, MAX_PROMPT_ID_CHARS, MAX_PROMPT_NUMBER, MAX_QUEUE_IDS, TooLarge, too_deep
+from .security import PathError, confined, error_json, redacted_argv
 
 FILE_TYPES = ("output", "input", "temp")
 FIELD_LIMIT = 64 * 1024
+INLINE_BYTES = 64 * 1024  # a /prompt body up to this size is read and validated on the event loop; larger, off it
 
 
 def setup(app: web.Application, state) -> None:
@@ -60,23 +64,65 @@ def setup(app: web.Application, state) -> None:
         app.router.add_static("/", web_dir, follow_symlinks=False)
 
 
-async def read_json(request: web.Request, default=None):
-    """The JSON body, or a 400 naming what is wrong with it. An empty body gives `default`."""
-    raw = await request.read()
+async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
+    """The whole request body: 413 past `limit` bytes, 408 when the client sends nothing for `timeout` s."""
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large("request_too_large", f"the request body is larger than {limit} bytes")
+    chunks, size = [], 0
+    while chunk := await within(request, timeout, request.content.readany()):
+        size += len(chunk)
+        if size > limit:
+            raise _too_large("request_too_large", f"the request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def within(request: web.Request, timeout: float, awaitable):
+    """Await the client's next bytes; 408 if it stays silent for `timeout` seconds (a stalled client would
+    otherwise hold its handler, and its memory, for ever). The connection then closes after the answer, rather
+    than wait on for the rest of the body."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await awaitable
+    except TimeoutError:
+        request.protocol.force_close()
+        raise _bad("request_timeout", f"the client sent nothing for {timeout:g} s", 408) from None
+
+
+def parse_json(raw: bytes | str, default=None):
+    """JSON from a body, or a 400 naming what is wrong with it. An empty body gives `default`."""
     if not raw.strip():
         if default is not None:
             return default
         raise _bad("invalid_json", "the request body is empty; JSON was expected")
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
+        deep = too_deep(value)
+    except RecursionError:  # json's own limit, met before ours
+        deep = True
     except (ValueError, UnicodeDecodeError) as exc:
         raise _bad("invalid_json", f"the request body is not valid JSON: {exc}")
+    if deep:
+        raise _bad("invalid_json", f"the JSON nests deeper than {MAX_JSON_DEPTH} levels")
+    return value
 
 
 def _bad(type_: str, message: str, status: int = 400) -> web.HTTPException:
-    body = {"error": {"type": type_, "message": message, "details": "", "extra_info": {}}, "node_errors": {}}
-    cls = {400: web.HTTPBadRequest, 403: web.HTTPForbidden, 404: web.HTTPNotFound}[status]
-    return cls(text=json.dumps(body), content_type="application/json")
+    return _reply(status, {"error": {"type": type_, "message": message, "details": "", "extra_info": {}},
+                           "node_errors": {}})
+
+
+def _too_large(type_: str, message: str) -> web.HTTPException:
+    return _bad(type_, message, 413)
+
+
+_ERRORS = {400: web.HTTPBadRequest, 403: web.HTTPForbidden, 404: web.HTTPNotFound, 408: web.HTTPRequestTimeout,
+           409: web.HTTPConflict, 413: lambda **kw: web.HTTPRequestEntityTooLarge(0, **kw)}
+
+
+def _reply(status: int, body: dict) -> web.HTTPException:
+    """An error response carrying `body`, to raise (also from code that runs off the event loop)."""
+    return _ERRORS[status](text=json.dumps(body), content_type="application/json")
 
 
 def _json_dict(body, what: str = "request body") -> dict:
@@ -85,14 +131,42 @@ def _json_dict(body, what: str = "request body") -> dict:
     return body
 
 
-def _int_query(request: web.Request, name: str, default: int | None) -> int | None:
+def _int_query(request: web.Request, name: str, default: int | None, low: int = -1, high: int = 2 ** 31) -> int | None:
     value = request.query.get(name)
     if value is None or value == "":
         return default
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
         raise _bad("invalid_query", f"{name} must be an integer, got {value!r}")
+    if not low <= number <= high:
+        raise _bad("invalid_query", f"{name} must be between {low} and {high}, got {value}")
+    return number
+
+
+def _text(value, limit: int) -> bool:
+    """A string of at most `limit` characters that is valid Unicode (no lone surrogate: SQLite could not store it)."""
+    if not isinstance(value, str) or len(value) > limit:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _number(value) -> bool:
+    """A finite number of a size a float holds exactly (NaN fails the comparison; a huge int never reaches float)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and abs(value) <= MAX_PROMPT_NUMBER
+
+
+@dataclass
+class _Accepted:
+    """A /prompt submission that passed validation and is in the open group commit."""
+
+    prompt_id: str
+    ticket: object
+    node_errors: dict
 
 
 class Routes:
@@ -108,48 +182,88 @@ class Routes:
         return web.json_response({"exec_info": {"queue_remaining": self.s.queue.remaining()}})
 
     async def post_prompt(self, request):
+        raw = await self._body(request)
+        args = (raw, request.content_type, request.query.get("client_id"))
+        if len(raw) > INLINE_BYTES:  # reading, converting and validating a large graph would stall every client
+            accepted = await self.s.heavy_work(self._accept, *args)
+        else:
+            accepted = self._accept(*args)
+        await self.s.committed()  # acknowledged only once on disk
+        ticket = accepted.ticket
+        if ticket.error is not None:
+            return error_json(400, "invalid_prompt", ticket.error)
+        if ticket.duplicate:
+            return error_json(400, "duplicate_prompt_id",
+                              f"prompt id {accepted.prompt_id!r} is already queued or in history")
+        self.s.queue_changed()
+        return web.json_response({"prompt_id": accepted.prompt_id, "number": ticket.number,
+                                  "node_errors": accepted.node_errors})
+
+    def _accept(self, raw: bytes, content_type: str, client_id: str | None) -> _Accepted:
+        """Read, convert and validate a /prompt body and add it to the open group commit (any thread); raises the
+        HTTP error a bad one gets."""
         from .graph import is_serverless_envelope, load_prompt, validate
 
-        if request.content_type == "image/png":  # a PNG with its embedded workflow, as the canvas would load it
-            body = {"prompt": _png_workflow(await request.read()), "client_id": request.query.get("client_id")}
+        if content_type == "image/png":  # a PNG with its embedded workflow, as the canvas would load it
+            body = {"prompt": self._png_workflow(raw), "client_id": client_id}
         else:
-            body = _json_dict(await read_json(request))
+            body = _json_dict(parse_json(raw))
         graph = body.get("prompt")
         if graph is None and ("nodes" in body or is_serverless_envelope(body)):
             graph, body = body, {}  # a bare UI workflow as the whole body (or an envelope, which load_prompt names)
         if graph is None:
-            return error_json(400, "no_prompt", "No prompt provided")
+            raise _bad("no_prompt", "No prompt provided")
+        prompt_id = body.get("prompt_id") or str(uuid.uuid4())
+        number = body.get("number")
+        if not _text(prompt_id, MAX_PROMPT_ID_CHARS):
+            raise _bad("invalid_prompt", f"prompt_id must be a string of at most {MAX_PROMPT_ID_CHARS} characters")
+        if number is not None and not _number(number):
+            raise _bad("invalid_prompt", f"number must be a finite number no larger than {MAX_PROMPT_NUMBER} in size")
+        extra = body.get("extra_data") or {}
+        if not isinstance(extra, dict) or not isinstance(extra.get("extra_pnginfo", {}), dict):
+            raise _bad("invalid_prompt", "extra_data and its extra_pnginfo must be JSON objects")
+        targets = body.get("partial_execution_targets")
+        if targets is not None and (not isinstance(targets, list) or not all(_is_id(t) for t in targets)):
+            raise _bad("invalid_prompt", "partial_execution_targets must be a list of node ids")
         try:
             prompt, workflow = load_prompt(graph, self.s.registry)
+        except TooLarge as exc:
+            raise _too_large("prompt_too_large", f"Cannot read the prompt: {exc}")
         except (ValueError, KeyError, TypeError) as exc:
-            return error_json(400, "invalid_prompt", f"Cannot read the prompt: {exc}")
-        extra = body.get("extra_data") or {}
-        if not isinstance(extra, dict):
-            return error_json(400, "invalid_prompt", "extra_data must be a JSON object")
+            raise _bad("invalid_prompt", f"Cannot read the prompt: {exc}")
         if body.get("client_id"):
             extra["client_id"] = str(body["client_id"])
         if workflow is not None:
-            pnginfo = extra.setdefault("extra_pnginfo", {})
-            if isinstance(pnginfo, dict):
-                pnginfo.setdefault("workflow", workflow)
-        targets = body.get("partial_execution_targets")
-        if targets is not None and (not isinstance(targets, list) or not all(isinstance(t, (str, int)) for t in targets)):
-            return error_json(400, "invalid_prompt", "partial_execution_targets must be a list of node ids")
+            extra.setdefault("extra_pnginfo", {}).setdefault("workflow", workflow)
         result = validate(prompt, self.s.registry, self.s.env,
                           outputs=[str(t) for t in targets] if targets is not None else None)
         if not result.ok:
-            return web.json_response({"error": result.error, "node_errors": result.node_errors}, status=400)
-        prompt_id = body.get("prompt_id") or str(uuid.uuid4())
-        number = body.get("number")
-        if not isinstance(prompt_id, str) or (number is not None and not isinstance(number, (int, float))):
-            return error_json(400, "invalid_prompt", "prompt_id must be a string and number a number")
+            status = 413 if result.error and result.error["type"] == "prompt_too_large" else 400
+            raise _reply(status, {"error": result.error, "node_errors": result.node_errors})
         ticket = self.s.queue.add(prompt_id, prompt, extra, list(result.outputs), number=number,
                                   front=bool(body.get("front")))
-        await self.s.committed()  # acknowledged only once on disk
-        if ticket.duplicate:
-            return error_json(400, "duplicate_prompt_id", f"prompt id {prompt_id!r} is already queued or in history")
-        self.s.queue_changed()
-        return web.json_response({"prompt_id": prompt_id, "number": ticket.number, "node_errors": result.node_errors})
+        return _Accepted(prompt_id, ticket, result.node_errors)
+
+    def _png_workflow(self, data: bytes):
+        """The workflow embedded in a PNG /prompt body."""
+        with _image_errors():
+            found = images.png_text(data)
+        if found is None:
+            raise _bad("no_prompt", "the PNG carries no 'workflow' or 'prompt' text chunk")
+        key, text = found
+        try:
+            return parse_json(text.encode("utf-8", "surrogatepass"))
+        except web.HTTPBadRequest:
+            raise _bad("invalid_json", f"the PNG's {key!r} text chunk is not valid JSON")
+
+    async def _body(self, request) -> bytes:
+        return await read_body(request, self.config.max_body_bytes, self.config.read_timeout)
+
+    async def _json(self, request, default=None):
+        raw = await self._body(request)
+        if len(raw) > INLINE_BYTES:
+            return await self.s.heavy_work(parse_json, raw, default)
+        return parse_json(raw, default)
 
     # -- queue --------------------------------------------------------------------------------
     async def get_queue(self, request):
@@ -158,7 +272,7 @@ class Routes:
                                   "queue_pending": [i.as_list() for i in q.pending()], "paused": q.paused})
 
     async def post_queue(self, request):
-        body = _json_dict(await read_json(request))
+        body = _json_dict(await self._json(request))
         q = self.s.queue
         result = {}
         if body.get("clear"):
@@ -167,9 +281,10 @@ class Routes:
             result["deleted"] = q.delete(_id_list(body["delete"]), "pending")
         if "requeue" in body:
             ids = _id_list(body["requeue"])
-            missing = [pid for pid in ids if not q.requeue(pid)]
+            missing = q.requeue(ids)
             if missing:
-                return error_json(404, "unknown_prompt_id", f"not in history: {', '.join(missing)}")
+                shown = ", ".join(missing[:20]) + (f" and {len(missing) - 20} more" if len(missing) > 20 else "")
+                return error_json(404, "unknown_prompt_id", f"not in history: {shown}")
             result["requeued"] = len(ids)
         if "pause" in body:
             q.set_paused(bool(body["pause"]))
@@ -178,13 +293,13 @@ class Routes:
         return web.json_response(result)
 
     async def interrupt(self, request):
-        body = _json_dict(await read_json(request, default={}))
+        body = _json_dict(await self._json(request, default={}))
         prompt_id = body.get("prompt_id")
         return web.json_response({"interrupted": await self.s.interrupt(prompt_id)})
 
     # -- history ------------------------------------------------------------------------------
     async def get_history(self, request):
-        max_items = _int_query(request, "max_items", None)
+        max_items = _int_query(request, "max_items", None, low=0)
         offset = _int_query(request, "offset", -1)
         entries = self.s.queue.history(max_items, offset)
         return web.json_response({e.item.prompt_id: e.as_dict() for e in entries})
@@ -194,7 +309,7 @@ class Routes:
         return web.json_response({entry.item.prompt_id: entry.as_dict()} if entry else {})
 
     async def post_history(self, request):
-        body = _json_dict(await read_json(request))
+        body = _json_dict(await self._json(request))
         result = {}
         if body.get("clear"):
             result["cleared"] = self.s.queue.clear("done")
@@ -240,8 +355,13 @@ class Routes:
             raise _bad("not_found", f"no file {filename!r} in {type_}", 404)
         preview, channel = q.get("preview"), q.get("channel", "rgba")
         if preview or channel != "rgba":
-            data, ctype = await _reencode(request, path, preview, channel)
-            return web.Response(body=data, content_type=ctype, headers={"Cache-Control": "public, max-age=86400"})
+            fmt, quality = _preview_format(preview)
+            if channel not in images.CHANNELS:
+                raise _bad("invalid_channel", f"channel must be rgba, rgb or a, got {channel!r}")
+            with _image_errors():
+                data = await self.s.heavy_work(images.reencode, path, fmt, quality, channel)
+            return web.Response(body=data, content_type=f"image/{fmt}",
+                                headers={"Cache-Control": "public, max-age=86400"})
         ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
         if not ctype.startswith(("image/", "video/", "audio/")):  # never let a browser render HTML/JS from here
             ctype = "application/octet-stream"
@@ -251,76 +371,83 @@ class Routes:
 
     async def upload_image(self, request):
         fields, filename, data = await self._read_upload(request)
-        path, name = self._place_upload(fields, filename, data)
-        if path is not None:
-            path.write_bytes(data)
+
+        def store() -> str:
+            with _image_errors():
+                images.check_upload(data)
+            return self._store_upload(fields, filename, data)
+
+        name = await self.s.heavy_work(store)  # decoding checks and file writes stay off the event loop
         return web.json_response({"name": name, "subfolder": fields.get("subfolder", ""),
                                   "type": fields.get("type", "input")})
 
     async def upload_mask(self, request):
-        from PIL import Image
-
         fields, filename, data = await self._read_upload(request)
         try:
             ref = json.loads(fields.get("original_ref", ""))
             ref_path = self._confined(self._folder(ref.get("type", "output")), ref.get("subfolder", ""),
                                       ref["filename"])
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise _bad("invalid_original_ref", "original_ref must be JSON {filename, subfolder, type}")
         if not ref_path.is_file():
             raise _bad("not_found", f"original image {ref['filename']!r} not found", 404)
-        with Image.open(ref_path) as original, Image.open(io.BytesIO(data)) as mask:
-            merged = original.convert("RGBA")
-            merged.putalpha(mask.convert("RGBA").getchannel("A").resize(merged.size))
-            buf = io.BytesIO()
-            merged.save(buf, format="PNG")
-        data = buf.getvalue()
-        fields.setdefault("overwrite", "true")
-        path, name = self._place_upload(fields, filename, data)
-        if path is not None:
-            path.write_bytes(data)
+
+        def store() -> str:
+            with _image_errors():
+                merged = images.merge_mask(ref_path, data)
+            return self._store_upload({**fields, "overwrite": fields.get("overwrite", "true")}, filename, merged)
+
+        name = await self.s.heavy_work(store)
         return web.json_response({"name": name, "subfolder": fields.get("subfolder", ""),
                                   "type": fields.get("type", "input")})
 
     async def _read_upload(self, request) -> tuple[dict, str, bytes]:
-        limit = self.config.max_upload_bytes
+        limit, timeout = self.config.max_upload_bytes, self.config.read_timeout
         if request.content_length is not None and request.content_length > limit + FIELD_LIMIT:
-            raise _too_large(limit)
-        try:
-            reader = await request.multipart()
-        except (AssertionError, ValueError, KeyError):
-            raise _bad("invalid_upload", "expected a multipart/form-data body with an `image` file")
+            raise _too_large("upload_too_large", f"upload larger than {limit} bytes")
         fields: dict[str, str] = {}
         filename, data = None, None
-        while (part := await reader.next()) is not None:
-            if part.name == "image":
-                filename = part.filename
-                data = await _read_part(part, limit)
-            else:
-                fields[part.name or ""] = (await _read_part(part, FIELD_LIMIT)).decode("utf-8", "replace")
+        try:
+            reader = await request.multipart()
+            while (part := await within(request, timeout, reader.next())) is not None:
+                if part.name == "image":
+                    filename = part.filename
+                    data = await _read_part(request, part, limit, timeout)
+                else:
+                    value = await _read_part(request, part, FIELD_LIMIT, timeout)
+                    fields[part.name or ""] = value.decode("utf-8", "replace")
+        except (AssertionError, ValueError, KeyError, HttpProcessingError) as exc:
+            raise _bad("invalid_upload", "expected a multipart/form-data body with an `image` file "
+                                         f"({type(exc).__name__})")
         if data is None or not filename:
             raise _bad("invalid_upload", "the multipart body has no `image` file")
-        _check_image(data)
         return fields, filename, data
 
-    def _place_upload(self, fields: dict, filename: str, data: bytes) -> tuple[Path | None, str]:
-        """Where an upload goes: reuse an identical file, else a free `name (n).ext` unless overwrite is set."""
+    def _store_upload(self, fields: dict, filename: str, data: bytes) -> str:
+        """Write an upload where it goes (any thread) and return its name: an identical file there is reused,
+        else a free `name (n).ext` is taken unless overwrite is set."""
         name = os.path.basename(filename.replace("\\", "/"))
         if not name or name.startswith("."):
             raise _bad("invalid_filename", f"bad upload file name {filename!r}")
         base = self._folder(fields.get("type", "input"))
         folder = self._confined(base, fields.get("subfolder", ""))
-        folder.mkdir(parents=True, exist_ok=True)
         path = self._confined(folder, name)
         overwrite = fields.get("overwrite", "").lower() in ("true", "1")
         stem, suffix = os.path.splitext(name)
-        n = 1
-        while path.exists() and not overwrite:
-            if path.is_file() and _sha256(path.read_bytes()) == _sha256(data):
-                return None, path.name
-            path = self._confined(folder, f"{stem} ({n}){suffix}")
-            n += 1
-        return path, path.name
+        digest, n = None, 1
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            while path.exists() and not overwrite:
+                if path.is_file() and path.stat().st_size == len(data):  # only a file of that size can be the same
+                    digest = digest or _sha256(data)
+                    if _sha256(path.read_bytes()) == digest:
+                        return path.name
+                path = self._confined(folder, f"{stem} ({n}){suffix}")
+                n += 1
+            path.write_bytes(data)
+        except OSError as exc:  # e.g. a subfolder that names a file
+            raise _bad("invalid_filename", f"cannot store {name!r} there: {exc.strerror}", 409)
+        return path.name
 
     # -- system -------------------------------------------------------------------------------
     async def system_stats(self, request):
@@ -337,7 +464,7 @@ class Routes:
             ours = "unknown"
         system = {"os": sys.platform, "ram_total": ram_total(), "ram_free": ram_free(),
                   "comfyui_version": ours, "latentgraph_version": ours, "python_version": sys.version,
-                  "pytorch_version": torch.__version__, "embedded_python": False, "argv": sys.argv,
+                  "pytorch_version": torch.__version__, "embedded_python": False, "argv": redacted_argv(sys.argv),
                   "required_frontend_version": None, "machine": platform.machine(), "pid": os.getpid()}
         q = self.s.queue
         return web.json_response({"system": system, "devices": devices,
@@ -345,7 +472,7 @@ class Routes:
                                             "paused": q.paused}})
 
     async def free(self, request):
-        body = _json_dict(await read_json(request, default={}))
+        body = _json_dict(await self._json(request, default={}))
         await self.s.free(bool(body.get("unload_models")), bool(body.get("free_memory")))
         return web.json_response({})
 
@@ -394,7 +521,7 @@ class Routes:
 
     async def post_settings(self, request):
         settings = self._load_settings()
-        settings.update(_json_dict(await read_json(request)))
+        settings.update(_json_dict(await self._json(request)))
         self._save_settings(settings)
         return web.json_response({})
 
@@ -403,7 +530,7 @@ class Routes:
 
     async def post_setting(self, request):
         settings = self._load_settings()
-        settings[request.match_info["id"]] = await read_json(request)
+        settings[request.match_info["id"]] = await self._json(request)
         self._save_settings(settings)
         return web.json_response({})
 
@@ -430,89 +557,50 @@ class Routes:
         return web.FileResponse(index, headers={"Cache-Control": "no-cache"})
 
 
-def _png_workflow(data: bytes):
-    """The `workflow` (UI) or else `prompt` (API) JSON that SaveImage embeds in its PNGs."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            text = dict(getattr(img, "text", None) or {})
-    except (UnidentifiedImageError, OSError, SyntaxError):
-        raise _bad("invalid_image", "the request body is not a readable PNG")
-    for key in ("workflow", "prompt"):
-        if key in text:
-            try:
-                return json.loads(text[key])
-            except ValueError:
-                raise _bad("invalid_json", f"the PNG's {key!r} text chunk is not valid JSON")
-    raise _bad("no_prompt", "the PNG carries no 'workflow' or 'prompt' text chunk")
-
-
 def _id_list(value) -> list[str]:
-    if not isinstance(value, list):
+    if isinstance(value, list) and len(value) > MAX_QUEUE_IDS:
+        raise _too_large("too_many_ids", f"{len(value)} prompt ids in one request; the server takes at most "
+                                         f"{MAX_QUEUE_IDS} (send several requests, or use clear)")
+    if not isinstance(value, list) or not all(_is_id(v) for v in value):
         raise _bad("invalid_json", "expected a list of prompt ids")
     return [str(v) for v in value]
 
 
-def _too_large(limit: int) -> web.HTTPException:
-    body = {"error": {"type": "upload_too_large", "message": f"upload larger than {limit} bytes",
-                      "details": "", "extra_info": {}}, "node_errors": {}}
-    return web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=limit + 1, text=json.dumps(body),
-                                         content_type="application/json")
+def _is_id(value) -> bool:
+    return isinstance(value, (str, int)) and not isinstance(value, bool)
 
 
-async def _read_part(part, limit: int) -> bytes:
+async def _read_part(request, part, limit: int, timeout: float) -> bytes:
     chunks, size = [], 0
-    while chunk := await part.read_chunk(256 * 1024):
+    while chunk := await within(request, timeout, part.read_chunk(256 * 1024)):
         size += len(chunk)
         if size > limit:
-            raise _too_large(limit)
+            raise _too_large("upload_too_large", f"upload larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _check_image(data: bytes) -> None:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.verify()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        raise _bad("invalid_image", "the uploaded file is not an image PIL can read")
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-async def _reencode(request, path: Path, preview: str | None, channel: str) -> tuple[bytes, str]:
-    """`/view?preview=webp;90` or `jpeg;Q` re-encodes; `channel=rgb|a` picks channels. Done off the loop."""
-    from PIL import Image
+def _preview_format(preview: str | None) -> tuple[str, int]:
+    """`/view?preview=webp;90` or `jpeg;Q` (Q from 1 to 100, default 90) re-encodes; without it, PNG."""
+    if not preview:
+        return "png", 95
+    head, _, quality = preview.partition(";")
+    if head not in images.PREVIEW_FORMATS or quality and not (quality.isdecimal() and len(quality) <= 3
+                                                              and 1 <= int(quality) <= 100):
+        raise _bad("invalid_preview", f"preview must be webp;Q or jpeg;Q with Q from 1 to 100, got {preview!r}")
+    return head, int(quality) if quality else 90
 
-    fmt, quality = "png", 95
-    if preview:
-        head, _, q = preview.partition(";")
-        if head not in ("webp", "jpeg"):
-            raise _bad("invalid_preview", f"preview must be webp;Q or jpeg;Q, got {preview!r}")
-        fmt, quality = head, int(q) if q.isdigit() else 90
-    if channel not in ("rgba", "rgb", "a"):
-        raise _bad("invalid_channel", f"channel must be rgba, rgb or a, got {channel!r}")
 
-    def work() -> bytes:
-        with Image.open(path) as img:
-            img = img.convert("RGBA")
-            if channel == "rgb" or fmt == "jpeg":
-                img = img.convert("RGB")
-            if channel == "a":
-                alpha = img.getchannel("A")
-                img = Image.new("RGBA", img.size, (0, 0, 0, 0))
-                img.putalpha(alpha)
-            buf = io.BytesIO()
-            img.save(buf, format=fmt.upper(), **({"quality": quality} if fmt != "png" else {}))
-            return buf.getvalue()
-
+@contextmanager
+def _image_errors():
+    """The HTTP errors for an image the server will not decode (too large) or cannot (not an image)."""
     try:
-        data = await asyncio.get_running_loop().run_in_executor(None, work)
-    except (OSError, ValueError):
-        raise _bad("invalid_image", f"{path.name} is not an image that can be re-encoded")
-    return data, f"image/{fmt}"
+        yield
+    except TooLarge as exc:
+        raise _too_large("image_too_large", str(exc)) from None
+    except images.NotAnImage as exc:
+        raise _bad("invalid_image", str(exc)) from None

@@ -25,11 +25,14 @@ import threading
 import time
 from typing import Any, Callable
 
+from . import watchdog
+
 log = logging.getLogger("latentgraph.runner")
 
 PREVIEW_MAX_SIZE = 512
 CHILD_NICE = 10  # where SCHED_IDLE does not exist (see lower_priority)
 DEFAULT_REGISTRY = "nodes.node:load_builtin_nodes"
+EVENT_DELAY = 0.01  # seconds a hook event may wait in the child to go out with others (see EventBatches)
 
 
 @dataclasses.dataclass
@@ -39,6 +42,7 @@ class RunnerConfig:
     cache_entries: int
     cache_bytes: int
     registry: str = DEFAULT_REGISTRY  # "module:function" returning the node registry; the child imports it
+    watchdog_seconds: float = watchdog.LIMIT  # a child process silent this long is killed (0: never; watchdog.py)
 
 
 def build_executor(config: RunnerConfig, registry: dict | None = None):
@@ -123,20 +127,24 @@ class ThreadRunner:
     def stats(self) -> dict:
         return stats(self.executor)
 
+    def kill(self) -> None:
+        """A thread cannot be killed: the node runs to its end."""
+
     def close(self) -> None:
         pass
 
 
 class ProcessRunner:
     """The executor in a child process, started at once and again after it dies. Messages over a pipe: the
-    parent sends ``("run", ...)``, ``("free", ...)`` or ``("stop",)``; the child answers a run with hook events
-    and a final ``("done", report, stats)``."""
+    parent sends ``("run", ...)``, ``("free", ...)`` or ``("stop",)``; the child answers a run with batches of hook
+    events (``("events", [...])``, see EventBatches) and a final ``("done", report, stats)``."""
 
     def __init__(self, config: RunnerConfig):
         self.config = config
         self.device = config.device
         self._mp = multiprocessing.get_context("spawn")  # fork would copy the server's threads and sockets
         self.interrupt_event = self._mp.Event()
+        self.heartbeat = watchdog.Heartbeat(self._mp)
         self._stats: dict = {}
         self._conn = None
         self._proc = None
@@ -145,8 +153,9 @@ class ProcessRunner:
 
     def _start(self) -> None:
         parent, child = self._mp.Pipe()
+        self.heartbeat.reset()
         self._proc = self._mp.Process(target=child_main, name=f"latentgraph-{self.device}", daemon=True,
-                                      args=(child, self.config, self.interrupt_event, os.getpid()))
+                                      args=(child, self.config, self.interrupt_event, os.getpid(), self.heartbeat))
         self._proc.start()
         child.close()  # the parent's copy: once the child exits, reading the pipe raises EOFError
         self._conn = parent
@@ -161,7 +170,7 @@ class ProcessRunner:
     def _receive(self):
         """The child's next message, after waiting for it to start if it has not yet answered."""
         while True:
-            message = self._conn.recv()
+            message = self.heartbeat.receive(self._conn, self.config.watchdog_seconds, self._proc.pid)
             if message[0] == "ready":
                 self._stats = message[1]
                 continue
@@ -180,26 +189,41 @@ class ProcessRunner:
                     if kind == "done":
                         report, self._stats = args
                         return RunReport(**report)
-                    callback = getattr(hooks, f"on_{kind}", None)
-                    if callback is not None:
-                        callback(*args)
+                    for event, *event_args in args[0] if kind == "events" else [(kind, *args)]:
+                        callback = getattr(hooks, f"on_{event}", None)
+                        if callback is not None:
+                            callback(*event_args)
             except (EOFError, OSError):
                 return self._died(prompt_id, started)
+            except watchdog.Unresponsive as exc:
+                return self._hung(prompt_id, started, exc)
 
     def _died(self, prompt_id: str, started: float):
         """The child exited mid-prompt (killed, out of memory, a crash in native code): that prompt fails with an
         error saying so; the next prompt starts a new child."""
-        from .executor import RunReport
-
         self._proc.join(5)
         code = self._proc.exitcode
         how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         if code == -signal.SIGKILL:
             how += " (the system may have run out of memory)"
-        log.error("the %s worker process died during prompt %s (%s)", self.device, prompt_id, how)
+        return self._failed(prompt_id, started, "WorkerProcessDied",
+                            f"the worker process for {self.device} died while running this prompt ({how})")
+
+    def _hung(self, prompt_id: str, started: float, exc: watchdog.Unresponsive):
+        """The child stopped beating mid-prompt: it is killed, the prompt fails, the next prompt starts a new one."""
+        self._proc.kill()
+        self._proc.join(5)
+        return self._failed(prompt_id, started, "WorkerProcessUnresponsive",
+                            f"the worker process for {self.device} stopped responding while running this prompt "
+                            f"({exc}); it was killed and a new one starts for the next prompt")
+
+    def _failed(self, prompt_id: str, started: float, kind: str, message: str):
+        from .executor import RunReport
+
+        log.error("prompt %s: %s", prompt_id, message)
         error = {"prompt_id": prompt_id, "node_id": None, "node_type": None, "executed": [],
-                 "exception_message": f"the worker process for {self.device} died while running this prompt ({how})",
-                 "exception_type": "WorkerProcessDied", "traceback": [], "current_inputs": {}, "current_outputs": {}}
+                 "exception_message": message, "exception_type": kind, "traceback": [], "current_inputs": {},
+                 "current_outputs": {}}
         return RunReport("error", error=error, seconds=time.perf_counter() - started)
 
     def free(self, unload_models: bool, free_memory: bool) -> None:
@@ -211,10 +235,19 @@ class ProcessRunner:
                 kind, self._stats = self._receive()
             except (EOFError, OSError):
                 log.warning("the %s worker process died while freeing memory", self.device)
+            except watchdog.Unresponsive as exc:
+                log.error("the %s worker process stopped responding while freeing memory (%s); killing it",
+                          self.device, exc)
+                self._proc.kill()
 
     def stats(self) -> dict:
         """The child's numbers as of its last prompt or /free (it is not interrupted to ask)."""
         return dict(self._stats)
+
+    def kill(self) -> None:
+        """End the child now, from any thread (a prompt it runs fails as WorkerProcessDied)."""
+        if self._proc is not None:
+            self._proc.kill()
 
     def close(self) -> None:
         with self._lock:
@@ -232,17 +265,56 @@ class ProcessRunner:
 
 
 # -- the child process ----------------------------------------------------------------------------------------
-def child_main(conn, config: RunnerConfig, interrupt, parent_pid: int) -> None:
+class EventBatches:
+    """The child's end of the pipe. Hook events go out in batches, one pipe message (and one pickling) per batch:
+    a message per event was a third of the child's time on a prompt of 500 trivial nodes. An event waits at most
+    EVENT_DELAY for a thread that sends what has gathered; a reply (ready, done, freed) goes at once, after the
+    events before it."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.events: list[tuple] = []
+        self.lock = threading.Lock()
+        self.waiting = threading.Event()
+        threading.Thread(target=self._flusher, name="event-batches", daemon=True).start()
+
+    def event(self, *message) -> None:
+        with self.lock:
+            self.events.append(message)
+        self.waiting.set()
+
+    def reply(self, *message) -> None:
+        with self.lock:
+            self._flush()
+            self.conn.send(message)
+
+    def _flush(self) -> None:  # lock held
+        if self.events:
+            self.conn.send(("events", self.events))
+            self.events = []
+
+    def _flusher(self) -> None:
+        while True:
+            self.waiting.wait()
+            time.sleep(EVENT_DELAY)
+            self.waiting.clear()  # an event added after this sets it again
+            with self.lock:
+                self._flush()
+
+
+def child_main(conn, config: RunnerConfig, interrupt, parent_pid: int, heartbeat: watchdog.Heartbeat) -> None:
+    heartbeat.start()
     die_with_parent(parent_pid)
+    pipe = EventBatches(conn)
     lower_priority()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     executor = build_executor(config)
     gc.freeze()  # the imports and the registry stay for the child's life: keep the cyclic GC off them (as the server)
-    conn.send(("ready", stats(executor)))
+    pipe.reply("ready", stats(executor))
     from .executor import Hooks
 
     def sender(kind: str) -> Callable:
-        return lambda *args: conn.send((kind, *args))
+        return lambda *args: pipe.event(kind, *args)
 
     hooks = encoding_hooks(Hooks(on_start=sender("start"), on_cached=sender("cached"),
                                  on_node_start=sender("node_start"), on_progress=sender("progress"),
@@ -257,10 +329,10 @@ def child_main(conn, config: RunnerConfig, interrupt, parent_pid: int) -> None:
             prompt, outputs, prompt_id, extra_data = args
             report = executor.run(prompt, outputs, prompt_id=prompt_id, extra_data=extra_data, hooks=hooks,
                                   interrupt=interrupt)
-            conn.send(("done", dataclasses.asdict(report), stats(executor)))
+            pipe.reply("done", dataclasses.asdict(report), stats(executor))
         elif kind == "free":
             free(executor, *args)
-            conn.send(("freed", stats(executor)))
+            pipe.reply("freed", stats(executor))
         elif kind == "stop":
             return
 

@@ -1,5 +1,9 @@
-"""Safe defaults: origin check, token, confined paths and errors that never leak a stack trace.
+"""Safe defaults: host and origin checks, token, confined paths and errors that never leak a stack trace.
 
+- Without a token, a request must name this server in its ``Host`` header: a loopback name or address, the
+  ``--host`` it listens on, or a name added with ``--allow-host`` (403 otherwise). This stops DNS rebinding: a page
+  on evil.example whose name is made to resolve to 127.0.0.1 sends ``Host: evil.example``, and its requests are
+  same-origin to the browser, so the Origin check alone lets them through. (With a token, the token guards.)
 - Browser cross-origin requests are refused: a request whose ``Origin`` host differs from its ``Host`` gets 403
   (a page on another site cannot drive a local server; non-browser clients send no Origin).
 - With a token configured, every route and the websocket need it: ``Authorization: Bearer <token>``, a
@@ -48,12 +52,47 @@ def confined(base: str | Path, *parts: str) -> Path:
 
 
 def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
+    """Whether `host` names this machine's loopback interface only. The empty string is not: bound to, it means
+    every interface."""
+    if host.lower().rstrip(".") == "localhost":
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def allowed_hosts(config) -> set[str] | None:
+    """The Host names the server answers besides loopback ones (see the module docstring); None when any is
+    answered (a token is set)."""
+    if config.token:
+        return None
+    names = {config.host, *config.allow_hosts}
+    return {_hostname(n) for n in names if n and n not in ("0.0.0.0", "::")}
+
+
+def _hostname(host: str) -> str:
+    """The name in a Host header or address, without port or brackets, lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        host = host.partition(":")[0]
+    return host.rstrip(".")
+
+
+def redacted_argv(argv: list[str]) -> list[str]:
+    """The command line with the value of --token hidden (/system_stats shows it to every client)."""
+    out, hide = [], False
+    for arg in argv:
+        if hide:
+            out.append("<hidden>")
+        elif arg.startswith("--token="):
+            out.append("--token=<hidden>")
+        else:
+            out.append(arg)
+        hide = arg == "--token"
+    return out
 
 
 def error_json(status: int, type_: str, message: str, details: str = "") -> web.Response:
@@ -79,9 +118,16 @@ def presented_token(request: web.Request) -> str | None:
     return request.query.get("token") or request.cookies.get(TOKEN_COOKIE)
 
 
-def make_middlewares(token: str | None, debug: bool) -> list:
+def make_middlewares(token: str | None, debug: bool, hosts: set[str] | None = None) -> list:
+    """`hosts`: see allowed_hosts."""
     @web.middleware
     async def guard(request: web.Request, handler):
+        host = request.headers.get("Host")  # a request without one comes from no browser
+        if hosts is not None and host is not None:
+            name = _hostname(host)
+            if name not in hosts and not is_loopback(name):
+                return error_json(403, "forbidden_host", f"this server does not answer to the name {name!r}; start "
+                                  f"it with --allow-host {name} if that name is really it")
         if not origin_ok(request):
             return error_json(403, "forbidden_origin",
                               f"cross-origin request from {request.headers.get('Origin')} refused")

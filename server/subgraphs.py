@@ -18,13 +18,13 @@ converter (``server.graph.ui_to_api``) reads like any 0.4 file:
 """
 from __future__ import annotations
 
-import copy
 from typing import Any
+
+from server.limits import MAX_GRAPH_NODES, TooLarge
 
 INPUT_NODE, OUTPUT_NODE = -10, -20
 _KEPT_MODES = (2, 4)  # muted / bypassed instances are not expanded
 MAX_DEPTH = 32
-MAX_NODES = 100_000  # a few instances nested a few levels deep multiply; refuse a file that would explode
 
 
 class SubgraphError(ValueError):
@@ -53,7 +53,7 @@ def flatten(workflow: dict) -> dict:
         return workflow
     try:
         nodes, links = _expand(workflow.get("nodes") or [], _link_objects(workflow.get("links") or []), defs, "", (),
-                               [MAX_NODES])
+                               [MAX_GRAPH_NODES])
     except (KeyError, TypeError, AttributeError) as exc:  # a hand-edited or truncated file
         raise SubgraphError(f"malformed subgraph data ({type(exc).__name__}: {exc})") from None
     flat = {k: v for k, v in workflow.items() if k not in ("nodes", "links", "definitions")}
@@ -78,33 +78,48 @@ def _expand(nodes: list, links: list[dict], defs: dict, prefix: str, stack: tupl
     """Rename one graph level under `prefix` and expand its instances; returns (nodes, links).
     `budget` holds how many more nodes the whole flattening may produce."""
     budget[0] -= len(nodes)
-    if budget[0] < 0:
-        raise SubgraphError(f"the subgraphs expand to more than {MAX_NODES} nodes")
+    if budget[0] < 0:  # a few instances nested a few levels deep multiply
+        raise TooLarge(f"the subgraphs expand to more than {MAX_GRAPH_NODES} nodes; the server accepts at most that")
     nodes = [_renamed_node(n, prefix) for n in nodes if isinstance(n, dict) and "id" in n]
     links = [_renamed_link(link, prefix) for link in links]
+    from_node: dict[str, list[dict]] = {}  # links by origin: an instance redirects its consumers without a scan
+    for link in links:
+        from_node.setdefault(str(link["origin_id"]), []).append(link)
     out_nodes, out_links = [], list(links)
     for node in nodes:
-        definition = defs.get(node.get("type"))
+        definition = defs.get(node.get("type")) if isinstance(node.get("type"), str) else None
         if definition is None or node.get("mode", 0) in _KEPT_MODES:
             out_nodes.append(node)
             continue
-        inner_nodes, inner_links = _instance(node, definition, out_links, defs, stack, budget)
+        inner_nodes, inner_links = _instance(node, definition, from_node.get(str(node["id"]), []), defs, stack,
+                                             budget)
         out_nodes.extend(inner_nodes)
         out_links.extend(inner_links)
     return out_nodes, out_links
 
 
 def _renamed_node(node: dict, prefix: str) -> dict:
-    node = copy.deepcopy(node)
-    if prefix:
-        node["id"] = prefix + str(node["id"])
-        for entry in node.get("inputs") or []:
-            if isinstance(entry, dict) and entry.get("link") is not None:
-                entry["link"] = prefix + str(entry["link"])
-        for entry in node.get("outputs") or []:
-            if isinstance(entry, dict) and entry.get("links"):
-                entry["links"] = [prefix + str(x) for x in entry["links"]]
+    if not prefix:
+        return node
+    node = _with_own_sockets(node)
+    node["id"] = prefix + str(node["id"])
+    for entry in node["inputs"]:
+        if isinstance(entry, dict) and entry.get("link") is not None:
+            entry["link"] = prefix + str(entry["link"])
+    for entry in node["outputs"]:
+        if isinstance(entry, dict) and isinstance(entry.get("links"), list):
+            entry["links"] = [prefix + str(x) for x in entry["links"]]
     return node
+
+
+def _with_own_sockets(node: dict) -> dict:
+    """A copy of `node` whose inputs and outputs may be changed without touching the original: the only parts
+    flattening changes (a deep copy cost most of the time on large files and recursed on deep values)."""
+    copied = dict(node)
+    for key in ("inputs", "outputs"):
+        entries = node.get(key)
+        copied[key] = [dict(e) if isinstance(e, dict) else e for e in entries] if isinstance(entries, list) else []
+    return copied
 
 
 def _renamed_link(link: dict, prefix: str) -> dict:
@@ -118,9 +133,10 @@ def _renamed_link(link: dict, prefix: str) -> dict:
     return link
 
 
-def _instance(node: dict, definition: dict, outer_links: list[dict], defs: dict, stack: tuple,
+def _instance(node: dict, definition: dict, consumers: list[dict], defs: dict, stack: tuple,
               budget: list[int]) -> tuple[list, list]:
-    """Inline one instance: boundary nodes plus the definition's nodes under ``"<instance id>:"``."""
+    """Inline one instance: boundary nodes plus the definition's nodes under ``"<instance id>:"``. `consumers` are
+    the outer links from the instance's outputs."""
     sub_id = definition["id"]
     if sub_id in stack:
         raise SubgraphError(f"subgraph {definition.get('name', sub_id)!r} contains itself (node {node['id']})")
@@ -144,8 +160,8 @@ def _instance(node: dict, definition: dict, outer_links: list[dict], defs: dict,
             reroute = outputs[link["target_slot"]] = _reroute(f"{path}:out{link['target_slot']}", link["id"],
                                                                link.get("type"))
             link.update(target_id=reroute["id"], target_slot=0)
-    for link in outer_links:  # consumers of the instance now read the output boundary
-        if str(link["origin_id"]) == path and link["origin_slot"] in outputs:
+    for link in consumers:  # they now read the output boundary
+        if link["origin_slot"] in outputs:
             link.update(origin_id=outputs[link["origin_slot"]]["id"], origin_slot=0)
     return [*boundary.nodes, *outputs.values(), *inner_nodes], inner_links
 
@@ -157,7 +173,7 @@ def _without_links(nodes: list, cut: set) -> list:
     out = []
     for node in nodes:
         if isinstance(node, dict) and any(isinstance(e, dict) and e.get("link") in cut for e in node.get("inputs") or []):
-            node = copy.deepcopy(node)
+            node = _with_own_sockets(node)
             for entry in node["inputs"]:
                 if isinstance(entry, dict) and entry.get("link") in cut:
                     entry["link"] = None

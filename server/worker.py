@@ -56,6 +56,20 @@ class Worker(threading.Thread):
         self.interrupt_event.set()
         self.queue.wake()
 
+    def finish(self, grace: float) -> None:
+        """After stop(): wait until this thread has recorded its last prompt. A prompt that does not heed the
+        interrupt within `grace` seconds has its runner killed where it can be (a child process); a node on this
+        process's own thread can only be waited for."""
+        self.join(grace)
+        if self.is_alive():
+            log.warning("worker %s: prompt still running %.0f s after the interrupt; stopping its runner", self.name,
+                        grace)
+            self.runner.kill()
+        while self.is_alive():
+            self.join(grace)
+            if self.is_alive():
+                log.warning("worker %s: waiting for node %s to finish", self.name, self.current_node)
+
     # -- the thread ---------------------------------------------------------------------------
     def run(self) -> None:
         try:
@@ -126,7 +140,7 @@ class Worker(threading.Thread):
                      "exception_message": str(exc), "exception_type": type(exc).__name__,
                      "traceback": traceback.format_exception(exc), "current_inputs": {}, "current_outputs": {}}
         seconds = time.perf_counter() - started
-        if status == "interrupted" and self._halt.is_set():
+        if status != "success" and self._halt.is_set():
             self.queue.release(pid)  # the server is stopping: this prompt runs again after the restart
             self.current, self.current_node = None, None
             log.info("prompt %s: stopped by shutdown after %.2f s; it stays queued", pid, seconds)
@@ -152,35 +166,40 @@ class Worker(threading.Thread):
 
 
 class NodeProgress:
-    """The nodes of one prompt that have started, with their progress: ComfyUI's ``progress_state`` message,
-    which newer clients use to draw a bar on every node. A node is running from its start until the next one
-    starts (nodes run one at a time), then finished."""
+    """ComfyUI's ``progress_state`` messages for one prompt, as deltas: each names only the nodes whose state
+    changed (the node that started or advanced, and the one it ended). A message holding every node seen so far
+    made a prompt O(nodes²) to report: a 4,000-node chain stalled the server for 38 s. The ComfyUI frontend draws
+    node bars from the latest message, which always holds the running node; what it no longer hears of is a
+    finished node's state. A node runs from its start until the next one starts (nodes run one at a time)."""
 
     def __init__(self, prompt_id: str):
         self.prompt_id = prompt_id
-        self.nodes: dict[str, dict] = {}
         self.running: str | None = None
+        self.bar = (0, 1)  # the running node's last value and max
 
     def start(self, node_id: str) -> dict:
-        if self.running is not None:
-            self.nodes[self.running]["state"] = "finished"
-        self.running = node_id
-        return self.update(node_id, 0, 1)
+        ended = self._state(self.running, "finished") if self.running is not None else {}
+        self.running, self.bar = node_id, (0, 1)
+        return self._message({**ended, **self._state(node_id, "running")})
 
     def update(self, node_id: str, value, max_) -> dict:
-        self.nodes[node_id] = {"value": value, "max": max_, "state": "running", "node_id": node_id,
-                               "prompt_id": self.prompt_id, "display_node_id": node_id, "parent_node_id": None,
-                               "real_node_id": node_id}
-        return self.message()
+        if node_id == self.running:
+            self.bar = (value, max_)
+        return self._message(self._state(node_id, "running", (value, max_)))
 
     def end(self, node_id: str, state: str) -> dict:
-        if node_id in self.nodes:
-            self.nodes[node_id]["state"] = state
+        message = self._message(self._state(node_id, state))
         self.running = None
-        return self.message()
+        return message
 
-    def message(self) -> dict:
-        return {"prompt_id": self.prompt_id, "nodes": {k: dict(v) for k, v in self.nodes.items()}}
+    def _state(self, node_id: str, state: str, bar: tuple | None = None) -> dict:
+        value, max_ = bar or (self.bar if node_id == self.running else (1, 1))
+        return {node_id: {"value": value, "max": max_, "state": state, "node_id": node_id,
+                          "prompt_id": self.prompt_id, "display_node_id": node_id, "parent_node_id": None,
+                          "real_node_id": node_id}}
+
+    def _message(self, nodes: dict) -> dict:
+        return {"prompt_id": self.prompt_id, "nodes": nodes}
 
 
 def _class_of(item: QueueItem, node_id: Any) -> str | None:

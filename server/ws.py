@@ -1,8 +1,13 @@
 """WebSocket fan-out: ``/ws?clientId=`` connections and the messages the worker threads emit.
 
 Each socket gets its own outbox and writer task, so messages reach every client in the order they were sent and
-a slow client delays nobody else (its outbox is bounded; a client that falls that far behind is disconnected).
-Worker threads never touch sockets: they call :meth:`Hub.send_threadsafe`, which hops onto the event loop.
+a slow client delays nobody else (its outbox is bounded in bytes; a client that falls that far behind is
+disconnected). The bound is on bytes, not messages: a prompt of thousands of trivial nodes sends a burst of
+thousands of small messages faster than any socket drains them, and that client is not slow.
+Worker threads never touch sockets: they call :meth:`Hub.send_threadsafe`, which hops onto the event loop; the
+hops queue up in order and one wake-up of the loop delivers all that arrived meanwhile, so a prompt of thousands
+of fast nodes does not wake the loop thousands of times. A message is encoded once, and only when some client
+will receive it.
 """
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ import asyncio
 import json
 import logging
 import struct
+import threading
 import uuid
 
 from aiohttp import WSMsgType, web
@@ -19,7 +25,8 @@ log = logging.getLogger("latentgraph.ws")
 PREVIEW_IMAGE = 1
 PREVIEW_IMAGE_WITH_METADATA = 4
 IMAGE_JPEG = 1
-OUTBOX_LIMIT = 1000
+OUTBOX_BYTES = 32 << 20  # a client whose unsent messages pass this is disconnected
+HOPS_PER_TURN = 500  # messages from worker threads sent per turn of the event loop
 SERVER_FEATURES = {"supports_preview_metadata": True}
 
 
@@ -27,7 +34,8 @@ class Client:
     def __init__(self, sid: str, ws: web.WebSocketResponse):
         self.sid = sid
         self.ws = ws
-        self.outbox: asyncio.Queue = asyncio.Queue(OUTBOX_LIMIT)
+        self.outbox: asyncio.Queue = asyncio.Queue()
+        self.backlog = 0  # the size of the frames in the outbox
         self.features: dict = {}
 
     async def write(self) -> None:
@@ -35,6 +43,7 @@ class Client:
             frame = await self.outbox.get()
             if frame is None:
                 return
+            self.backlog -= len(frame)
             try:
                 if isinstance(frame, bytes):
                     await self.ws.send_bytes(frame)
@@ -44,11 +53,13 @@ class Client:
                 return
 
     def push(self, frame: str | bytes | None) -> bool:
-        try:
-            self.outbox.put_nowait(frame)
-            return True
-        except asyncio.QueueFull:
-            return False
+        """Queue a frame (None: stop writing); False, and nothing queued, when the client is too far behind."""
+        if frame is not None:
+            if self.backlog + len(frame) > OUTBOX_BYTES:
+                return False
+            self.backlog += len(frame)
+        self.outbox.put_nowait(frame)
+        return True
 
 
 class Hub:
@@ -57,27 +68,32 @@ class Hub:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.on_connect = None  # callable(sid) -> list of (type, data) to send a (re)connecting client
         self.mirrors: list = []  # callables(kind, *args) that get every send: the other HTTP processes (cluster.py)
+        self._hops: list = []  # (callable, args) from other threads, run in order on the loop's next turn
+        self._hops_lock = threading.Lock()
 
     # -- sending (event loop) -----------------------------------------------------------------
     def send(self, type_: str, data: dict, sid: str | None = None) -> None:
         """Send a JSON message to one client (`sid`) or to everyone (`sid` None)."""
         for mirror in self.mirrors:
             mirror("send", type_, data, sid)
-        self._deliver(json.dumps({"type": type_, "data": data}), sid)
+        targets = self._targets(sid)
+        if targets:
+            frame = json.dumps({"type": type_, "data": data})
+            for client in targets:
+                self._push(client, frame)
 
     def send_preview(self, jpeg: bytes, sid: str | None, metadata: dict) -> None:
         """A latent preview: event 1 (JPEG) for plain clients, event 4 with metadata for those that asked for it."""
         for mirror in self.mirrors:
             mirror("preview", jpeg, sid, metadata)
+        targets = self._targets(sid)
+        if not targets:
+            return
         plain = struct.pack(">II", PREVIEW_IMAGE, IMAGE_JPEG) + jpeg
         meta = json.dumps({**metadata, "image_type": "image/jpeg"}).encode()
         rich = struct.pack(">II", PREVIEW_IMAGE_WITH_METADATA, len(meta)) + meta + jpeg
-        for client in self._targets(sid):
+        for client in targets:
             self._push(client, rich if client.features.get("supports_preview_metadata") else plain)
-
-    def _deliver(self, frame: str | bytes, sid: str | None) -> None:
-        for client in self._targets(sid):
-            self._push(client, frame)
 
     def _targets(self, sid: str | None) -> list[Client]:
         if sid is None:
@@ -87,21 +103,41 @@ class Hub:
 
     def _push(self, client: Client, frame) -> None:
         if not client.push(frame):
-            log.warning("websocket client %s fell %d messages behind; disconnecting it", client.sid, OUTBOX_LIMIT)
+            log.warning("websocket client %s fell %d MB behind; disconnecting it", client.sid, OUTBOX_BYTES >> 20)
             self.clients.pop(client.sid, None)
             asyncio.ensure_future(client.ws.close())
 
     # -- sending (worker threads) -------------------------------------------------------------
     def send_threadsafe(self, type_: str, data: dict, sid: str | None = None) -> None:
-        self._call(self.send, type_, data, sid)
+        self.call_threadsafe(self.send, type_, data, sid)
 
     def send_preview_threadsafe(self, jpeg: bytes, sid: str | None, metadata: dict) -> None:
-        self._call(self.send_preview, jpeg, sid, metadata)
+        self.call_threadsafe(self.send_preview, jpeg, sid, metadata)
 
-    def _call(self, fn, *args) -> None:
+    def call_threadsafe(self, fn, *args) -> None:
+        """Run ``fn(*args)`` on the event loop, after everything handed over before it (from any thread)."""
         loop = self.loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(fn, *args)
+        if loop is None or loop.is_closed():
+            return
+        with self._hops_lock:
+            self._hops.append((fn, args))
+            if len(self._hops) > 1:  # a wake-up is already on its way and will run this too
+                return
+        try:
+            loop.call_soon_threadsafe(self._run_hops)
+        except RuntimeError:  # the loop closed in between: the server is stopping
+            pass
+
+    def _run_hops(self) -> None:
+        with self._hops_lock:  # a few hundred per turn, so that requests are answered between them
+            hops, self._hops = self._hops[:HOPS_PER_TURN], self._hops[HOPS_PER_TURN:]
+            if self._hops:
+                self.loop.call_soon(self._run_hops)
+        for fn, args in hops:
+            try:
+                fn(*args)
+            except Exception:  # one bad message must not drop the ones after it
+                log.exception("websocket send failed")
 
     # -- the /ws route ------------------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
@@ -131,7 +167,7 @@ class Hub:
     def _on_message(self, client: Client, text: str) -> None:
         try:
             msg = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past json's limit: ignored like any unknown message
             return
         if isinstance(msg, dict) and msg.get("type") == "feature_flags" and isinstance(msg.get("data"), dict):
             client.features = msg["data"]

@@ -125,3 +125,63 @@ def http_json(port: int, path: str, body=None, timeout: float = 10):
                                  headers={"Content-Type": "application/json"} if data else {})
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         return json.loads(resp.read())
+
+
+# -- measuring a live server: event-loop stalls and memory --------------------------------------------------------
+def load_factor() -> float:
+    """How much busier than one runnable task per core the machine is: limits on wall-clock stalls scale by it, so
+    a test that holds on a quiet machine also holds on a loaded one (where every wait is longer)."""
+    return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+
+
+class StallWatch:
+    """Polls ``GET /system_stats`` on a live server from a thread, one request at a time, for as long as the
+    ``with`` block lasts. An answer waits for the event loop, so the slowest answer is the longest stall."""
+
+    def __init__(self, port: int, interval: float = 0.02):
+        self.port, self.interval = port, interval
+        self.worst, self.polls = 0.0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def _poll(self) -> None:
+        import http.client
+
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
+            try:
+                conn.request("GET", "/system_stats")
+                conn.getresponse().read()
+            finally:
+                conn.close()
+            self.worst = max(self.worst, time.perf_counter() - started)
+            self.polls += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "StallWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def upload_form(data: bytes, name="pic.png", **fields):
+    """A multipart /upload/image or /upload/mask body: the file as `image`, plus text fields."""
+    from aiohttp import FormData
+
+    form = FormData()
+    form.add_field("image", data, filename=name, content_type="image/png")
+    for key, value in fields.items():
+        form.add_field(key, value)
+    return form

@@ -7,10 +7,9 @@ import json
 import threading
 
 import pytest
-from aiohttp import FormData
 from PIL import Image
 from yarl import URL
-from server_helpers import AT_GATE, GATES, image_prompt, make_config, probe_registry
+from server_helpers import AT_GATE, GATES, image_prompt, make_config, probe_registry, upload_form
 
 from server.app import STATE, create_app
 
@@ -232,14 +231,6 @@ async def test_view_confinement_and_types(client, tmp_path):
     assert Image.open(io.BytesIO(await webp.read())).format == "WEBP"
     rgb = await client.get("/view", params={"filename": "a.png", "subfolder": "sub", "channel": "rgb"})
     assert Image.open(io.BytesIO(await rgb.read())).mode == "RGB"
-
-
-def upload_form(data: bytes, name="pic.png", **fields) -> FormData:
-    form = FormData()
-    form.add_field("image", data, filename=name, content_type="image/png")
-    for k, v in fields.items():
-        form.add_field(k, v)
-    return form
 
 
 async def test_upload_image_dedupe_overwrite_and_limits(aiohttp_client, tmp_path):

@@ -63,15 +63,16 @@ async def test_message_sequence_and_previews(client):
     assert [d["node"] for d in by["executing"]] == ["1", "2", "3", "9", None]
     assert by["executing"][0] == {"node": "1", "display_node": "1", "prompt_id": pid}
     assert by["progress"][2] == {"value": 3, "max": 3, "prompt_id": pid, "node": "3"}
-    # progress_state: every started node with its bar; nodes before the running one are finished
+    # progress_state: deltas, naming only the nodes whose state changed
     states = by["progress_state"]
     assert len(states) == 4 + 4 + 1  # a start per node, a step per progress message, the end
-    mid = states[4]["nodes"]  # starts of 1, 2, 3, then node 3 step 1, step 2 of 3
-    assert states[4]["prompt_id"] == pid and list(mid) == ["1", "2", "3"]
-    assert [mid[n]["state"] for n in mid] == ["finished", "finished", "running"]
-    assert mid["3"] == {"value": 2, "max": 3, "state": "running", "node_id": "3", "prompt_id": pid,
-                        "display_node_id": "3", "parent_node_id": None, "real_node_id": "3"}
-    assert {n: v["state"] for n, v in states[-1]["nodes"].items()} == dict.fromkeys(["1", "2", "3", "9"], "finished")
+    assert all(s["prompt_id"] == pid for s in states)
+    assert {n: v["state"] for n, v in states[2]["nodes"].items()} == {"2": "finished", "3": "running"}
+    assert states[4]["nodes"] == {"3": {"value": 2, "max": 3, "state": "running", "node_id": "3", "prompt_id": pid,
+                                        "display_node_id": "3", "parent_node_id": None, "real_node_id": "3"}}
+    finished_3 = states[6]["nodes"]["3"]  # node 9 starts: node 3 ends with its last bar
+    assert (finished_3["state"], finished_3["value"], finished_3["max"]) == ("finished", 3, 3)
+    assert {n: v["state"] for n, v in states[-1]["nodes"].items()} == {"9": "finished"}
     executed = by["executed"][0]
     assert executed["node"] == "9" and executed["display_node"] == "9" and executed["prompt_id"] == pid
     assert executed["output"]["images"][0]["type"] == "output"

@@ -14,6 +14,7 @@ from server.app import STATE, create_app
 from server.cli import main
 
 from server.graph import ui_to_api, validate
+from server.limits import TooLarge
 from server.subgraphs import SubgraphError, flatten
 
 SUB, INNER = "5a1e0c2d-0000-4000-8000-00000000000a", "5a1e0c2d-0000-4000-8000-00000000000b"
@@ -155,7 +156,7 @@ def test_exploding_nesting_is_refused(registry):
                        [node(k, f"5a1e0c2d-0000-4000-8000-0000000001{i + 1:02d}" if i < 5 else "EmptyImage", [])
                         for k in range(10)], [], [], []) for i in range(6)]
     wf = {"nodes": [node(1, defs[0]["id"], [])], "links": [], "version": 0.4, "definitions": {"subgraphs": defs}}
-    with pytest.raises(SubgraphError, match="more than"):
+    with pytest.raises(TooLarge, match="more than"):
         ui_to_api(wf, registry)
 
 
