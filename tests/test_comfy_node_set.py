@@ -164,6 +164,8 @@ REFERENCE = {
         ["CONDITIONING"]),
     "UpscaleModelLoader": ("Load Upscale Model", [("model_name", COMBO, {})], ["UPSCALE_MODEL"]),
     "TripleCLIPLoader": ("TripleCLIPLoader", [(f"clip_name{i}", COMBO, {}) for i in (1, 2, 3)], ["CLIP"]),
+    "DualCLIPLoader": ("DualCLIPLoader", [("clip_name1", COMBO, {}), ("clip_name2", COMBO, {}), ("type", COMBO, {}),
+                                          ("device", ["default", "cpu"], {})], ["CLIP"]),
     "CLIPLoader": ("Load CLIP", [("clip_name", COMBO, {}), ("type", COMBO, {}), ("device", ["default", "cpu"], {})],
                    ["CLIP"]),
     "CLIPTextEncodeSD3": ("CLIPTextEncodeSD3", [("clip", "CLIP", {})] + [
@@ -172,7 +174,7 @@ REFERENCE = {
     "ImageUpscaleWithModel": ("Upscale Image (using Model)", [("upscale_model", "UPSCALE_MODEL", {}),
                                                               ("image", "IMAGE", {})], ["IMAGE"]),
 }
-OPTIONAL = {("LatentCompositeMasked", "mask"), ("CLIPLoader", "device")}  # ComfyUI declares these optional
+OPTIONAL = {("LatentCompositeMasked", "mask"), ("CLIPLoader", "device"), ("DualCLIPLoader", "device")}  # ComfyUI declares these optional
 
 # comfyui-compat.md §13, in ComfyUI's order
 COMFY_SAMPLERS = ("euler euler_cfg_pp euler_ancestral euler_ancestral_cfg_pp heun heunpp2 dpm_2 dpm_2_ancestral lms "
@@ -234,10 +236,11 @@ def test_text_encoder_loaders_list_both_folders_and_the_sd3_type(object_info):
     """ComfyUI's text_encoders folder and its older name clip, merged; SD3's encoders as CLIPLoader's type sd3."""
     files = ["sub/clip_g.safetensors", "t5xxl_fp16.safetensors"]
     for node, inputs in (("TripleCLIPLoader", ("clip_name1", "clip_name2", "clip_name3")),
-                         ("CLIPLoader", ("clip_name",))):
+                         ("DualCLIPLoader", ("clip_name1", "clip_name2")), ("CLIPLoader", ("clip_name",))):
         for name in inputs:
             assert object_info[node]["input"]["required"][name][0] == files, f"{node}.{name}"
-    assert "sd3" in object_info["CLIPLoader"]["input"]["required"]["type"][0]
+    for node in ("CLIPLoader", "DualCLIPLoader"):
+        assert "sd3" in object_info[node]["input"]["required"]["type"][0]
 
 
 @pytest.mark.parametrize("class_type", sorted(REFERENCE))

@@ -1,7 +1,7 @@
 """SD3's text nodes through `latentgraph run` on the demo SD3 files: TripleCLIPLoader reads the standalone towers from
 <models>/clip and <models>/text_encoders and, with CLIPTextEncodeSD3 given one prompt for all three, makes the same
 image as the incl_clips checkpoint's own CLIP with plain CLIPTextEncode; empty_padding and the T5 prompt change it;
-CLIPLoader takes one tower with type sd3; errors name the node."""
+CLIPLoader and DualCLIPLoader take one or two towers with type sd3; errors name the node."""
 import json
 
 import numpy as np
@@ -105,6 +105,21 @@ def test_clip_loader_type_sd3_loads_one_tower(env, registry):
     assert t5_only.t5 is not None and t5_only.clip_l is None and t5_only.clip_g is None
     assert context.shape == (1, 77, full.shape[-1]) and torch.equal(context, full[:, 77:])
     assert not extras["pooled_output"].any()
+
+
+def test_dual_clip_loader_type_sd3_without_t5(env, registry):
+    """DualCLIPLoader with CLIP-L and CLIP-G: the 77 CLIP tokens alone, zero-padded to SD3's 4096-wide context (the
+    tiny demo MMDiT is narrower, so this is checked on the conditioning)."""
+    def call(kind: str, **values):
+        (out,) = registry[kind].call(Context("1", env), values).outputs
+        return out
+
+    dual = call("DualCLIPLoader", clip_name1=CLIP_FILES[1], clip_name2=CLIP_FILES[0], type="sd3", device="cpu")
+    ((context, extras),) = call("CLIPTextEncode", clip=dual, text=PROMPT)
+    ((full, full_extras),) = call("CLIPTextEncode", clip=call("TripleCLIPLoader", **TRIPLE["inputs"]), text=PROMPT)
+    assert dual.t5 is None and dual.keep_on_cpu and context.shape == (1, 77, 4096)
+    assert torch.equal(context[..., :64], full[:, :77, :64]) and not context[..., 64:].any()
+    assert torch.equal(extras["pooled_output"], full_extras["pooled_output"])
 
 
 def test_errors_name_the_node(env, tmp_path):

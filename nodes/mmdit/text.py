@@ -80,6 +80,9 @@ class SD3TextEncoders(ClipTextEncoder):
             l_hidden, l_pooled = self._clip("l", tokens["l"], n, L_WIDTH)
             g_hidden, g_pooled = self._clip("g", tokens["g"], n, G_WIDTH)
             lg = torch.cat([l_hidden, g_hidden], dim=-1)
+            if lg.shape[-1] > width:  # only towers of mismatched sizes (a tiny one beside a missing real one)
+                raise ValueError(f"SD3 text encoders: CLIP-L ‖ CLIP-G is {lg.shape[-1]} wide, wider than the "
+                                 f"{width}-wide context")
             parts.append(F.pad(lg, (0, width - lg.shape[-1])))
             pooled = torch.cat([l_pooled, g_pooled], dim=-1)
         if self.t5 is not None:
