@@ -21,11 +21,11 @@ from torch.nn.utils import parametrize
 
 from ..sdxl.meta import StateMismatch, adopt, empty_modules
 from ..sdxl.prompt_weights import parse_weights
+from ..weights import FLOAT8
 
 TOKENIZER_FILE = Path(__file__).parent / "t5-v1_1" / "tokenizer.json.gz"
 PAD, EOS = 0, 1  # <pad>, </s>
 MIN_TOKENS = 77
-FLOAT8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 @dataclass(frozen=True)

@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 
 from ..sdxl.text import BIGG, CLIP_L, clip_l_state_shapes, hf_to_open_clip, load_clip_l, load_open_clip, tower_state
-from ..weights import CheckpointError, UnsupportedCheckpoint, read_component, read_shapes, read_tensors_keeping_float8
-from .t5 import FLOAT8, T5_XXL, T5TowerConfig, build_t5, hf_t5_config, load_t5, t5_state_shapes
+from ..weights import (FLOAT8, CheckpointError, UnsupportedCheckpoint, read_component, read_shapes,
+                       read_tensors_keeping_float8)
+from .t5 import T5_XXL, T5TowerConfig, build_t5, hf_t5_config, load_t5, t5_state_shapes
 from .text import CONTEXT_WIDTH, SD3TextEncoders
 
 TOWERS = ("clip_l", "clip_g", "t5xxl")
