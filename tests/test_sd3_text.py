@@ -145,13 +145,14 @@ def clip_ids(text: str, pad: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def reference(refs, text: str, with_t5: bool = True, width: int = T5_WIDTH) -> tuple[torch.Tensor, torch.Tensor]:
-    """ComfyUI's SD3 conditioning from transformers' towers: [CLIP-L ‖ CLIP-G penultimate states, zero-padded to
+def reference(refs, text: str, with_t5: bool = True, width: int = T5_WIDTH, layer: int = -2
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """ComfyUI's SD3 conditioning from transformers' towers: [CLIP-L ‖ CLIP-G states at ``layer``, zero-padded to
     ``width``, windows one after another; then T5's final states] on the token axis, and CLIP-L's pooled ‖
     CLIP-G's projected pooled of the first window."""
     l_out = refs["clip_l"](clip_ids(text, PAD_CLIP_L), output_hidden_states=True)
     g_out = refs["clip_g"](clip_ids(text, PAD_BIGG), output_hidden_states=True)
-    lg = torch.cat([l_out.hidden_states[-2], g_out.hidden_states[-2]], dim=-1).flatten(0, 1)[None]
+    lg = torch.cat([l_out.hidden_states[layer], g_out.hidden_states[layer]], dim=-1).flatten(0, 1)[None]
     parts = [F.pad(lg, (0, width - lg.shape[-1]))]
     if with_t5:
         parts.append(refs["t5xxl"](input_ids=t5_ids(text)).last_hidden_state)  # no attention mask: pads attended
@@ -181,6 +182,15 @@ def test_sd3_conditioning_matches_transformers(refs, files, source, text):
     pooled = extras["pooled_output"]
     assert rel_err(pooled[:, :L_WIDTH], ref_pooled[:, :L_WIDTH]) <= TOL, "CLIP-L pooled, unprojected"
     assert rel_err(pooled[:, L_WIDTH:], ref_pooled[:, L_WIDTH:]) <= TOL, "CLIP-G pooled, projected"
+
+
+def test_clip_set_last_layer_moves_both_clip_towers_not_t5(refs, files):
+    """CLIPSetLastLayer −1: CLIP-L's and CLIP-G's last hidden states (still without the final norm); T5 and the
+    pooled vector as before."""
+    ((context, extras),) = load(files, "checkpoint").with_layer(-1).conditioning(PROMPT)
+    ref_context, ref_pooled = reference(refs, PROMPT, layer=-1)
+    assert rel_err(context, ref_context) <= TOL and rel_err(extras["pooled_output"], ref_pooled) <= TOL
+    assert rel_err(context[:, :77], reference(refs, PROMPT)[0][:, :77]) > 0.1
 
 
 def test_t5_alone_matches_t5_encoder_model_on_a_long_prompt(refs, files):
