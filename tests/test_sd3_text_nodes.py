@@ -91,13 +91,18 @@ def test_each_encoder_and_empty_padding_reach_the_image(env, triple, tmp_path, c
     assert np.abs(changed - triple).max() > 0
 
 
-def test_clip_loader_type_sd3_loads_one_tower(env, registry):
-    """CLIPLoader with the T5 file from text_encoders/: T5's tokens alone, equal to the T5 part of the three-encoder
-    conditioning (the tiny demo MMDiT cannot sample from one tower: its pooled width is the tiny towers')."""
-    def call(kind: str, **values):
+@pytest.fixture
+def call(env, registry):
+    """One node run directly (its outputs are values, not images)."""
+    def run_node(kind: str, **values):
         (out,) = registry[kind].call(Context("1", env), values).outputs
         return out
+    return run_node
 
+
+def test_clip_loader_type_sd3_loads_one_tower(call):
+    """CLIPLoader with the T5 file from text_encoders/: T5's tokens alone, equal to the T5 part of the three-encoder
+    conditioning (the tiny demo MMDiT cannot sample from one tower: its pooled width is the tiny towers')."""
     t5_only = call("CLIPLoader", clip_name=CLIP_FILES[2], type="sd3")
     ((context, extras),) = call("CLIPTextEncode", clip=t5_only, text=PROMPT)
     triple = call("TripleCLIPLoader", **TRIPLE["inputs"])
@@ -107,13 +112,9 @@ def test_clip_loader_type_sd3_loads_one_tower(env, registry):
     assert not extras["pooled_output"].any()
 
 
-def test_dual_clip_loader_type_sd3_without_t5(env, registry):
+def test_dual_clip_loader_type_sd3_without_t5(call):
     """DualCLIPLoader with CLIP-L and CLIP-G: the 77 CLIP tokens alone, zero-padded to SD3's 4096-wide context (the
     tiny demo MMDiT is narrower, so this is checked on the conditioning)."""
-    def call(kind: str, **values):
-        (out,) = registry[kind].call(Context("1", env), values).outputs
-        return out
-
     dual = call("DualCLIPLoader", clip_name1=CLIP_FILES[1], clip_name2=CLIP_FILES[0], type="sd3", device="cpu")
     ((context, extras),) = call("CLIPTextEncode", clip=dual, text=PROMPT)
     ((full, full_extras),) = call("CLIPTextEncode", clip=call("TripleCLIPLoader", **TRIPLE["inputs"]), text=PROMPT)
