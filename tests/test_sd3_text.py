@@ -202,6 +202,30 @@ def test_t5_alone_matches_t5_encoder_model_on_a_long_prompt(refs, files):
         assert rel_err(context, refs["t5xxl"](input_ids=ids).last_hidden_state) <= TOL
 
 
+def test_scaled_fp8_t5_matches_t5_encoder_model_on_the_scaled_weights(refs, tmp_path):
+    """ComfyUI's scaled-fp8 T5 (t5xxl_fp8_e4m3fn_scaled): each float8 matrix times its per-tensor ``scale_weight``;
+    the ``scaled_fp8`` marker and ``scale_input`` tensors are no weights. transformers gets the dequantized weights."""
+    from transformers import T5EncoderModel
+
+    state, dequantized = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}, {}
+    for key, value in refs["t5xxl"].state_dict().items():
+        if ".block." in key and key.endswith("weight") and value.ndim == 2 and "relative" not in key:
+            scale = value.abs().max() / 448  # float8_e4m3fn's largest value
+            layer = key.removesuffix("weight")
+            state[key] = (value / scale).to(torch.float8_e4m3fn)
+            state[layer + "scale_weight"], state[layer + "scale_input"] = scale, torch.tensor(1.0)
+            dequantized[key] = state[key].float() * scale
+        else:
+            state[key] = dequantized[key] = value.clone()
+    save_file(state, tmp_path / "t5xxl_fp8_e4m3fn_scaled.safetensors")
+    ref = T5EncoderModel(refs["t5xxl"].config).eval()
+    ref.load_state_dict(dequantized)
+    text = standalone_text([tmp_path / "t5xxl_fp8_e4m3fn_scaled.safetensors"], torch.float32, "cpu")
+    ((context, _),) = text.conditioning(PROMPT)
+    with torch.no_grad():
+        assert rel_err(context, ref(input_ids=t5_ids(PROMPT)).last_hidden_state) <= TOL
+
+
 def test_t5_weights_stay_float8_and_are_upcast_on_use(files):
     t5 = standalone_text([files["t5xxl"]], torch.float32, "cpu").t5
     assert {p.dtype for p in t5.parameters()} == {torch.float8_e4m3fn}
