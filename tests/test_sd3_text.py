@@ -225,6 +225,11 @@ def test_scaled_fp8_t5_matches_t5_encoder_model_on_the_scaled_weights(refs, tmp_
     with torch.no_grad():
         assert rel_err(context, ref(input_ids=t5_ids(PROMPT)).last_hidden_state) <= TOL
 
+    state["encoder.block.0.layer.0.SelfAttention.q.scale_weight"] = torch.ones(T5_WIDTH, 1)  # block-wise: refused
+    save_file(state, tmp_path / "blockwise.safetensors")
+    with pytest.raises(ValueError, match="blockwise.safetensors.*only per-tensor float8 scales"):
+        standalone_text([tmp_path / "blockwise.safetensors"], torch.float32, "cpu")
+
 
 def test_t5_weights_stay_float8_and_are_upcast_on_use(files):
     t5 = standalone_text([files["t5xxl"]], torch.float32, "cpu").t5

@@ -123,6 +123,10 @@ def load_t5(sd: dict[str, torch.Tensor], dtype: torch.dtype, device) -> nn.Modul
     upcast and are dropped."""
     scales = {k.removesuffix("scale_weight") + "weight": v.to(device) for k, v in sd.items()
               if k.endswith(".scale_weight")}
+    blockwise = [k for k, v in scales.items() if v.numel() != 1]
+    if blockwise:
+        raise KeyError(f"T5 text encoder: only per-tensor float8 scales are supported, {blockwise[0]} has a block-wise "
+                       "one")
     sd = {k: v for k, v in sd.items() if k != SCALED_FP8 and not k.endswith((".scale_weight", ".scale_input"))}
     cfg = t5_config(sd)
     state = {k: v.to(device=device, dtype=v.dtype if v.dtype in FLOAT8 else dtype) for k, v in sd.items()}
