@@ -232,7 +232,4 @@ def meta_tower(kind: str, width: int) -> nn.Module:
 
 def make_demo_loras(folder) -> dict[str, Path]:
     """Every family's demo LoRAs in ``folder`` ({name: path})."""
-    paths = {}
-    for family in load_builtin_families().values():
-        paths.update(family.write_demo_loras(Path(folder)))
-    return paths
+    return _each_family(folder, lambda family, out: family.write_demo_loras(out))

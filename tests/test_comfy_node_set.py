@@ -170,6 +170,14 @@ REFERENCE = {
         ("conditioning_to_strength", "FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01})],
         ["CONDITIONING"]),
     "UpscaleModelLoader": ("Load Upscale Model", [("model_name", COMBO, {})], ["UPSCALE_MODEL"]),
+    "TripleCLIPLoader": ("TripleCLIPLoader", [(f"clip_name{i}", COMBO, {}) for i in (1, 2, 3)], ["CLIP"]),
+    "DualCLIPLoader": ("DualCLIPLoader", [("clip_name1", COMBO, {}), ("clip_name2", COMBO, {}), ("type", COMBO, {}),
+                                          ("device", ["default", "cpu"], {})], ["CLIP"]),
+    "CLIPLoader": ("Load CLIP", [("clip_name", COMBO, {}), ("type", COMBO, {}), ("device", ["default", "cpu"], {})],
+                   ["CLIP"]),
+    "CLIPTextEncodeSD3": ("CLIPTextEncodeSD3", [("clip", "CLIP", {})] + [
+        (name, "STRING", {"multiline": True, "dynamicPrompts": True}) for name in ("clip_l", "clip_g", "t5xxl")] + [
+        ("empty_padding", ["none", "empty_prompt"], {})], ["CONDITIONING"]),
     "ImageUpscaleWithModel": ("Upscale Image (using Model)", [("upscale_model", "UPSCALE_MODEL", {}),
                                                               ("image", "IMAGE", {})], ["IMAGE"]),
     "ConditioningSetArea": ("Conditioning (Set Area)", [("conditioning", "CONDITIONING", {})] + [
@@ -211,7 +219,8 @@ REFERENCE = {
         ("strength", "FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}),
         ("noise_augmentation", "FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01})], ["CONDITIONING"]),
 }
-OPTIONAL = {("LatentCompositeMasked", "mask"), ("ControlNetApplyAdvanced", "vae")}  # ComfyUI declares these optional
+OPTIONAL = {("LatentCompositeMasked", "mask"), ("ControlNetApplyAdvanced", "vae"), ("CLIPLoader", "device"),
+            ("DualCLIPLoader", "device")}  # ComfyUI declares these optional
 
 # comfyui-compat.md §13, in ComfyUI's order
 COMFY_SAMPLERS = ("euler euler_cfg_pp euler_ancestral euler_ancestral_cfg_pp heun heunpp2 dpm_2 dpm_2_ancestral lms "
@@ -233,6 +242,9 @@ def object_info(tmp_path_factory):
     (models / "checkpoints" / "folder" / "model_index.json").write_text("{}")
     (models / "vae").mkdir()
     (models / "vae" / "v.safetensors").write_bytes(b"")
+    for folder, name in (("clip", "sub/clip_g.safetensors"), ("text_encoders", "t5xxl_fp16.safetensors")):
+        (models / folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (models / folder / name).write_bytes(b"")
     rc, out, err = cli("nodes", "--json", "--models", str(models))
     assert rc == 0, err
     return json.loads(out)
@@ -264,6 +276,17 @@ def check_reference(object_info, class_type):
     if display is not None:
         assert entry["display_name"] == display
     assert entry["name"] == class_type and entry["category"]
+
+
+def test_text_encoder_loaders_list_both_folders_and_the_sd3_type(object_info):
+    """ComfyUI's text_encoders folder and its older name clip, merged; SD3's encoders as CLIPLoader's type sd3."""
+    files = ["sub/clip_g.safetensors", "t5xxl_fp16.safetensors"]
+    for node, inputs in (("TripleCLIPLoader", ("clip_name1", "clip_name2", "clip_name3")),
+                         ("DualCLIPLoader", ("clip_name1", "clip_name2")), ("CLIPLoader", ("clip_name",))):
+        for name in inputs:
+            assert object_info[node]["input"]["required"][name][0] == files, f"{node}.{name}"
+    for node in ("CLIPLoader", "DualCLIPLoader"):
+        assert "sd3" in object_info[node]["input"]["required"]["type"][0]
 
 
 @pytest.mark.parametrize("class_type", sorted(REFERENCE))

@@ -43,6 +43,8 @@ def test_package_build_bundles_the_canvas_its_library_and_the_workflows(tmp_path
     assert sorted(p.name for p in (bundle / "workflows").glob("*.json")) == \
         sorted(p.name for p in (REPO / "workflows").glob("*.json"))
     assert (out / "server" / "app.py").is_file()
+    vocab = out / "nodes" / "mmdit" / "t5-v1_1"  # the T5 tokenizer works offline, its notice travels with it
+    assert {p.name for p in vocab.iterdir()} == {"tokenizer.json.gz", "NOTICE", "LICENSE-2.0.txt"}
 
 
 def test_fetch_refuses_a_tarball_that_is_not_the_pinned_one(tmp_path):

@@ -27,22 +27,17 @@ from .. import demo
 from ..latent_format import LatentFormat
 from ..mmdit.mmdit import SD3_MEDIUM, MMDiT, MMDiTConfig, mmdit_config
 from ..mmdit.model import MMDiTModel
-from ..mmdit.t5 import FLOAT8, T5_XXL, T5TowerConfig, build_t5, hf_t5_config, load_t5, t5_state_shapes
-from ..mmdit.text import SD3TextEncoders
+from ..mmdit.text_weights import (TEXT_PREFIXES, TINY_CLIP_WIDTH, TINY_T5, checkpoint_text, demo_diffusers_text,
+                                   demo_text_states, folder_text, standalone_text, text_state_shapes)
 from ..sampling.schedules import DiscreteFlow
 from ..sdxl.configs import SDXL_VAE, TINY_VAE
 from ..sdxl.meta import empty_modules
-from ..sdxl.text import BIGG, CLIP_L, clip_l_state_shapes, hf_to_open_clip, load_clip_l, load_open_clip, tower_state
 from ..sdxl.vae import AutoencoderKL
-from ..weights import (CheckpointError, UnsupportedCheckpoint, build, read_component, read_config, read_shapes,
-                       read_tensors, read_tensors_keeping_float8)
+from ..weights import CheckpointError, UnsupportedCheckpoint, build, read_component, read_config, read_tensors
 from . import Checkpoint, Family, register
 from .ldm import UNET_PREFIX, VAE_PREFIX, infer_vae_config, load_diffusers_vae, strip_prefix
 
 MMDIT_PREFIX = UNET_PREFIX  # model.diffusion_model.
-TEXT_PREFIXES = {"clip_l": "text_encoders.clip_l.transformer.", "clip_g": "text_encoders.clip_g.transformer.",
-                 "t5xxl": "text_encoders.t5xxl.transformer."}
-TEXT_FOLDERS = {"clip_l": "text_encoder", "clip_g": "text_encoder_2", "t5xxl": "text_encoder_3"}
 SHIFT = 3.0
 SD3_LATENT = LatentFormat(
     channels=16, scale_factor=1.5305, shift_factor=0.0609,
@@ -54,10 +49,7 @@ SD3_LATENT = LatentFormat(
                  (-0.1418, -0.1457, -0.1259)))
 SD3_VAE = dataclasses.replace(SDXL_VAE, z_channels=16, scaling_factor=SD3_LATENT.scale_factor,
                               shift_factor=SD3_LATENT.shift_factor, use_quant_conv=False)
-# Tiny presets: 64-channel heads (what single files assume), CLIP-G as deep as the real one (32 layers: how a
-# standalone CLIP-G file is told from CLIP-L), a T5 wider than CLIP-L ‖ CLIP-G so the context is zero-padded.
-TINY_CLIP_WIDTH, TINY_CLIP_G_LAYERS = 32, 32
-TINY_T5 = T5TowerConfig(d_model=96, d_kv=16, d_ff=128, num_layers=2, num_heads=4)
+# Tiny presets: the MMDiT takes the tiny text towers' (nodes.mmdit.text_weights) widths.
 TINY_MMDIT = MMDiTConfig(depth=2, hidden_size=128, num_heads=2, context_dim=TINY_T5.d_model,
                          pooled_dim=2 * TINY_CLIP_WIDTH, pos_embed_max_size=32)
 TINY_SD3_VAE = dataclasses.replace(TINY_VAE, z_channels=16, scaling_factor=SD3_LATENT.scale_factor,
@@ -167,46 +159,6 @@ def mmdit_config_to_diffusers(cfg: MMDiTConfig) -> dict:
             "qk_norm": "rms_norm" if cfg.qk_norm else None, "dual_attention_layers": list(cfg.x_self_attn_layers)}
 
 
-# ---- text encoders -------------------------------------------------------------------------------------------
-
-def text_encoders(states: dict[str, dict[str, torch.Tensor]], dtype, device) -> SD3TextEncoders:
-    """The CLIP value from each present tower's transformers-named tensors (``states[clip_l | clip_g | t5xxl]``).
-    CLIP-L's pooled output is taken unprojected (SAI's reference, ComfyUI), so a text_projection it may carry (the
-    identity in diffusers' SD3 folders) is not used."""
-    clip_l = clip_g = t5 = None
-    if "clip_l" in states:
-        sd = {k: v for k, v in tower_state(states["clip_l"], "", "CLIP-L").items() if k != "text_projection.weight"}
-        clip_l = load_clip_l(sd, dtype, device)
-    if "clip_g" in states:
-        clip_g = load_open_clip(hf_to_open_clip(tower_state(states["clip_g"], "", "CLIP-G")), dtype, device, "CLIP-G")
-    if "t5xxl" in states:
-        t5 = load_t5(states["t5xxl"], dtype, device)
-    return SD3TextEncoders(clip_l, clip_g, t5)
-
-
-def text_tower_of(shapes: dict[str, tuple]) -> str | None:
-    """Which SD3 text encoder a standalone file (transformers' layout) holds, told as ComfyUI tells them: T5 by its
-    blocks, CLIP-G by a 31st layer (CLIP-L has 12, CLIP-G 32), else CLIP-L; None for none of them."""
-    if any(k.startswith("encoder.block.") for k in shapes):
-        return "t5xxl"
-    if "text_model.encoder.layers.30.mlp.fc1.weight" in shapes:
-        return "clip_g"
-    if "text_model.encoder.layers.0.mlp.fc1.weight" in shapes:
-        return "clip_l"
-    return None
-
-
-def hf_clip_g_shapes(prefix: str) -> dict[str, tuple[int, ...]]:
-    """CLIP-G as transformers' CLIPTextModelWithProjection stores it (SD3's layout), on meta."""
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
-
-    config = CLIPTextConfig(hidden_size=BIGG.width, intermediate_size=BIGG.mlp_width, num_attention_heads=BIGG.heads,
-                            num_hidden_layers=BIGG.layers, max_position_embeddings=BIGG.context, vocab_size=BIGG.vocab,
-                            hidden_act="gelu", projection_dim=BIGG.proj_dim)
-    with torch.device("meta"):
-        return {prefix + k: tuple(v.shape) for k, v in CLIPTextModelWithProjection(config).state_dict().items()}
-
-
 # ---- the family ----------------------------------------------------------------------------------------------
 
 class SD3(Family):
@@ -235,9 +187,7 @@ class SD3(Family):
         mmdit = build(MMDiT, cfg, read_tensors(path, strip_prefix(MMDIT_PREFIX), dtype, device), "MMDiT", path)
         vae = build(AutoencoderKL, infer_vae_config(vae_shapes, SD3_LATENT),
                     read_tensors(path, strip_prefix(VAE_PREFIX), dtype, device), "VAE", path)
-        states = {tower: read_tensors_keeping_float8(path, strip_prefix(prefix), dtype, device)
-                  for tower, prefix in TEXT_PREFIXES.items() if with_text and any(k.startswith(prefix) for k in shapes)}
-        text = self._text(states, dtype, device, path) if states else None
+        text = checkpoint_text(path, shapes, dtype, device, cfg.context_dim) if with_text else None
         return Checkpoint(self.name, mmdit, cfg, vae, text, path, dtype, DiscreteFlow(SHIFT))
 
     def load_folder(self, folder, device, dtype, with_text):
@@ -245,31 +195,13 @@ class SD3(Family):
         state = mmdit_from_diffusers(read_component(folder / "transformer", dtype, device), cfg, folder / "transformer")
         mmdit = build(MMDiT, cfg, state, "MMDiT", folder / "transformer")
         vae = load_diffusers_vae(folder / "vae", dtype, device)
-        states = {tower: read_component(folder / sub, dtype, device, read_tensors_keeping_float8)
-                  for tower, sub in TEXT_FOLDERS.items() if with_text and (folder / sub).is_dir()}
-        text = self._text(states, dtype, device, folder) if states else None
+        text = folder_text(folder, dtype, device, cfg.context_dim) if with_text else None
         scheduler = folder / "scheduler" / "scheduler_config.json"
         shift = json.loads(scheduler.read_text()).get("shift", SHIFT) if scheduler.is_file() else SHIFT
         return Checkpoint(self.name, mmdit, cfg, vae, text, folder, dtype, DiscreteFlow(shift))
 
-    def _text(self, states, dtype, device, where) -> SD3TextEncoders:
-        try:
-            return text_encoders(states, dtype, device)
-        except (KeyError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"{where}: text encoders do not load — {e}") from e
-
     def load_text_encoders(self, files, device, dtype):
-        states = {}
-        for file in files:
-            tower = text_tower_of(read_shapes(file))
-            if tower is None:
-                raise UnsupportedCheckpoint(f"{file.name}: not a CLIP-L, CLIP-G or T5-XXL text encoder (in "
-                                            "transformers' layout)")
-            if tower in states:
-                raise ValueError(f"{file.name}: a second {tower} text encoder; SD3 takes one CLIP-L, one CLIP-G and "
-                                 "one T5-XXL")
-            states[tower] = read_tensors_keeping_float8(file, lambda k: k, dtype, device)
-        return self._text(states, dtype, device, ", ".join(f.name for f in files))
+        return standalone_text(files, dtype, device)
 
     def model(self, checkpoint, name):
         return MMDiTModel(checkpoint.unet, self.name, checkpoint.sampling, SD3_LATENT, name)
@@ -279,12 +211,7 @@ class SD3(Family):
         with torch.device("meta"):
             parts = ((MMDIT_PREFIX, MMDiT(SD3_MEDIUM)), (VAE_PREFIX, AutoencoderKL(SD3_VAE)))
             shapes = {prefix + k: tuple(v.shape) for prefix, module in parts for k, v in module.state_dict().items()}
-        if with_text:
-            clip_l = clip_l_state_shapes(CLIP_L, TEXT_PREFIXES["clip_l"])
-            shapes.update({k: v for k, v in clip_l.items() if not k.endswith("position_ids")})
-            shapes.update(hf_clip_g_shapes(TEXT_PREFIXES["clip_g"]))
-            shapes.update(t5_state_shapes(T5_XXL, TEXT_PREFIXES["t5xxl"]))
-        return shapes
+        return {**shapes, **text_state_shapes()} if with_text else shapes
 
     def write_demo(self, folder, dtype):
         """``demo_sd3_medium.safetensors`` (MMDiT and VAE), ``demo_sd3_medium_incl_clips_t5xxlfp8.safetensors`` (and
@@ -314,22 +241,11 @@ class SD3(Family):
         mmdit = demo.randomize(MMDiT(TINY_MMDIT), g)
         mmdit.pos_embed.copy_(torch.randn(mmdit.pos_embed.shape, generator=g))
         vae = demo.randomize(AutoencoderKL(TINY_SD3_VAE), g)
-        clip_l = {k: v for k, v in demo.tiny_clip_l_state(TINY_CLIP_WIDTH, g).items() if not k.endswith("position_ids")}
-        clip_g = demo.open_clip_to_hf(demo.tiny_open_clip_state(TINY_CLIP_WIDTH, g, TINY_CLIP_G_LAYERS))
-        t5 = {k: v.to(FLOAT8[0]) for k, v in demo.randomize(build_t5(TINY_T5), g).state_dict().items()}
-        return mmdit, vae, {"clip_l": clip_l, "clip_g": clip_g, "t5xxl": t5}
+        return mmdit, vae, demo_text_states(g)
 
     def _write_demo_folder(self, folder: Path, mmdit: MMDiT, vae, towers: dict) -> Path:
-        """The diffusers layout of the same weights: CLIP-L as CLIPTextModelWithProjection with the identity
-        projection (as diffusers converts SD3 files), T5 in float32."""
-        eye = torch.eye(TINY_CLIP_WIDTH)
-        text = {"text_encoder": ({**towers["clip_l"], "text_projection.weight": eye},
-                                 demo.hf_text_config(TINY_CLIP_WIDTH, "CLIPTextModelWithProjection")),
-                "text_encoder_2": (towers["clip_g"], demo.hf_text_config(
-                    TINY_CLIP_WIDTH, "CLIPTextModelWithProjection", hidden_act="gelu",
-                    num_hidden_layers=TINY_CLIP_G_LAYERS)),
-                "text_encoder_3": ({k: v.float() for k, v in towers["t5xxl"].items()},
-                                   {**hf_t5_config(TINY_T5).to_dict(), "architectures": ["T5EncoderModel"]})}
+        """The diffusers layout of the same weights."""
+        text = demo_diffusers_text(towers)
         parts = {"transformer": (mmdit_to_diffusers(mmdit.state_dict(), mmdit.config),
                                  mmdit_config_to_diffusers(mmdit.config), "diffusion_pytorch_model.safetensors"),
                  "vae": demo.vae_diffusers_part(vae)}

@@ -1,7 +1,8 @@
 """Text encoders in files of their own, as ComfyUI loads them: CLIPLoader (one file, with a ``type`` naming the
-family it encodes for) and TripleCLIPLoader (SD3's CLIP-L, CLIP-G and T5-XXL). Files are read from
-<models>/text_encoders and, as ComfyUI still does, the older <models>/clip; which tower a file holds is told from
-its tensors, not its name or slot. The family (nodes.families, ``clip_type``) builds the CLIP value.
+family it encodes for), DualCLIPLoader (two, e.g. SD3 without T5) and TripleCLIPLoader (SD3's CLIP-L, CLIP-G and
+T5-XXL). Files are read from <models>/text_encoders and, as ComfyUI still does, the older <models>/clip; which
+tower a file holds is told from its tensors, not its name or slot. The family (nodes.families, ``clip_type``)
+builds the CLIP value.
 """
 from __future__ import annotations
 
@@ -93,11 +94,38 @@ class CLIPLoader:
         return _fingerprint(env, [values["clip_name"]])
 
     def run(self, ctx):
-        clip = load_text_encoders(ctx, [self.clip_name], self.type, "CLIPLoader: clip_name")
-        if self.device == "cpu":
-            clip = copy.copy(clip)
-            clip.keep_on_cpu = True
-        return (clip,)
+        return (with_device(load_text_encoders(ctx, [self.clip_name], self.type, "CLIPLoader: clip_name"),
+                            self.device),)
+
+
+@node(category="advanced/loaders", outputs=[Output(CLIP)], display_name="DualCLIPLoader", version="1.0.0")
+class DualCLIPLoader:
+    """[Recipes]
+
+    sd3: clip-l, clip-g / clip-l, t5 / clip-g, t5"""
+    clip_name1: str = Input(choices=text_encoder_names)
+    clip_name2: str = Input(choices=text_encoder_names)
+    type: str = Input(choices=clip_types)
+    device: str = Input(default="default", choices=["default", "cpu"], optional=True,
+                        description="cpu keeps the text encoders off the GPU")
+
+    @classmethod
+    def fingerprint(cls, values, env):
+        return _fingerprint(env, [values["clip_name1"], values["clip_name2"]])
+
+    def run(self, ctx):
+        clip = load_text_encoders(ctx, [self.clip_name1, self.clip_name2], self.type, "DualCLIPLoader")
+        return (with_device(clip, self.device),)
+
+
+def with_device(clip, device: str):
+    """The CLIP value as the loaders' ``device`` input asks: "cpu" encodes where the towers are, never moving them
+    to the compute device (a copy, so the shared cached value keeps its own setting)."""
+    if device != "cpu":
+        return clip
+    clip = copy.copy(clip)
+    clip.keep_on_cpu = True
+    return clip
 
 
 @node(category="advanced/loaders", outputs=[Output(CLIP)], display_name="TripleCLIPLoader", version="1.0.0")

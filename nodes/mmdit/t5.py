@@ -5,7 +5,8 @@ gzipped beside this module with its notice (t5-v1_1/), so it works offline.
 
 Checkpoints ship T5-XXL in float8 (``sd3_medium_incl_clips_t5xxlfp8``, ``t5xxl_fp8_e4m3fn``): those weights stay in
 float8 in memory, a quarter of fp32's 19 GB, and are upcast to the compute dtype each time a layer uses them
-(``upcast_on_use``), as ComfyUI's manual-cast layers do.
+(``upcast_on_use``), as ComfyUI's manual-cast layers do. ComfyUI's "scaled fp8" files (``t5xxl_fp8_e4m3fn_scaled``:
+a ``scaled_fp8`` marker, a per-tensor ``<layer>.scale_weight`` beside each float8 weight) are upcast times that scale.
 """
 from __future__ import annotations
 
@@ -21,11 +22,12 @@ from torch.nn.utils import parametrize
 
 from ..sdxl.meta import StateMismatch, adopt, empty_modules
 from ..sdxl.prompt_weights import parse_weights
+from ..weights import FLOAT8
 
 TOKENIZER_FILE = Path(__file__).parent / "t5-v1_1" / "tokenizer.json.gz"
 PAD, EOS = 0, 1  # <pad>, </s>
 MIN_TOKENS = 77
-FLOAT8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+SCALED_FP8 = "scaled_fp8"  # the marker tensor of ComfyUI's "scaled fp8" files
 
 
 @dataclass(frozen=True)
@@ -89,28 +91,43 @@ def t5_config(sd: dict[str, torch.Tensor]) -> T5TowerConfig:
 
 
 class Upcast(nn.Module):
-    """A parametrization: the stored (float8) tensor, as the compute dtype, whenever the layer reads it."""
+    """A parametrization: the stored (float8) tensor, as the compute dtype and times its per-tensor scale if it has
+    one, whenever the layer reads it."""
 
-    def __init__(self, dtype: torch.dtype):
+    def __init__(self, dtype: torch.dtype, scale: torch.Tensor | None = None):
         super().__init__()
         self.dtype = dtype
+        self.register_buffer("scale", scale, persistent=False)  # a buffer, so it moves with the model
 
     def forward(self, stored: torch.Tensor) -> torch.Tensor:
-        return stored.to(self.dtype)
+        weight = stored.to(self.dtype)
+        return weight if self.scale is None else weight * self.scale.to(self.dtype)
 
 
-def upcast_on_use(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """Keep the model's float8 tensors as they are and hand its layers ``dtype`` copies when they run."""
+def upcast_on_use(model: nn.Module, dtype: torch.dtype, scales: dict[str, torch.Tensor] | None = None) -> nn.Module:
+    """Keep the model's float8 tensors as they are and hand its layers ``dtype`` copies when they run, each times
+    its ``scales[parameter name]`` where given."""
+    scales = scales or {}
     for name, p in list(model.named_parameters()):
-        if p.dtype in FLOAT8:
+        if p.dtype in FLOAT8 or name in scales:
             owner, _, attr = name.rpartition(".")
-            parametrize.register_parametrization(model.get_submodule(owner), attr, Upcast(dtype), unsafe=True)
+            parametrize.register_parametrization(model.get_submodule(owner), attr, Upcast(dtype, scales.get(name)),
+                                                 unsafe=True)
     return model
 
 
 def load_t5(sd: dict[str, torch.Tensor], dtype: torch.dtype, device) -> nn.Module:
     """A T5 encoder from HF-named tensors; float8 tensors stay float8 and are upcast on use. The token embedding is
-    tied (``shared`` is ``encoder.embed_tokens``): files store it once or twice, the model keeps one."""
+    tied (``shared`` is ``encoder.embed_tokens``): files store it once or twice, the model keeps one. Scaled-fp8
+    files' scales multiply their weights; their ``scale_input`` tensors (for float8 matmuls) are not needed to
+    upcast and are dropped."""
+    scales = {k.removesuffix("scale_weight") + "weight": v.to(device) for k, v in sd.items()
+              if k.endswith(".scale_weight")}
+    blockwise = [k for k, v in scales.items() if v.numel() != 1]
+    if blockwise:
+        raise KeyError(f"T5 text encoder: only per-tensor float8 scales are supported, {blockwise[0]} has a block-wise "
+                       "one")
+    sd = {k: v for k, v in sd.items() if k != SCALED_FP8 and not k.endswith((".scale_weight", ".scale_input"))}
     cfg = t5_config(sd)
     state = {k: v.to(device=device, dtype=v.dtype if v.dtype in FLOAT8 else dtype) for k, v in sd.items()}
     state["shared.weight"] = state["encoder.embed_tokens.weight"] = \
@@ -122,7 +139,7 @@ def load_t5(sd: dict[str, torch.Tensor], dtype: torch.dtype, device) -> nn.Modul
     except StateMismatch as e:
         raise KeyError(f"T5 text encoder: {e}") from None
     model.encoder.embed_tokens = model.shared
-    return upcast_on_use(model, dtype)
+    return upcast_on_use(model, dtype, scales)
 
 
 def t5_state_shapes(cfg: T5TowerConfig, prefix: str = "") -> dict[str, tuple[int, ...]]:
