@@ -26,7 +26,7 @@ PACKAGE = Path("node_modules") / NAME  # inside the web folder
 FILES = ("package.json", "LICENSE", "dist/litegraph.es.js", "dist/css/litegraph.css")  # what the page loads, and why
 REGISTRY = os.environ.get("npm_config_registry", "https://registry.npmjs.org").rstrip("/")  # as npm reads it
 # the canvas's own files, as the page loads them (everything else in web/ is for npm)
-WEB_FILES = ("index.html", "styles.css", "package.json", "package-lock.json", "src/*.js")
+WEB_FILES = ("index.html", "*.css", "package.json", "package-lock.json", "src/*.js")
 
 
 def pinned(web_dir: Path) -> tuple[str, str]:

@@ -20,8 +20,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 from PIL import Image
+from patience import wait_until
 from server_helpers import PYTHON, REPO, free_port, http_json, image_prompt, local_ray_cluster, start_server
-from test_durability import alive, wait_for
+from test_durability import alive
 
 from nodes.demo import make_demo_models
 from server.cli import main
@@ -44,7 +45,7 @@ class Server:
     def start(self) -> None:
         self.proc = start_server(self.folder, self.port, "--ray", self.address, "--ray-files", "object-store",
                                  "--ray-max-wait", "60", "--watchdog", str(WATCHDOG))
-        wait_for(lambda: all(d.get("ready") for d in self.devices()) and len(self.devices()) == 2, timeout=300,
+        wait_until(lambda: all(d.get("ready") for d in self.devices()) and len(self.devices()) == 2, seconds=300,
                  every=0.5)
 
     def devices(self) -> list[dict]:
@@ -215,7 +216,8 @@ async def test_interrupt_reaches_the_actor_running_the_prompt_and_free_reaches_a
 
         async with http.post(f"{base}/free", json={"unload_models": True, "free_memory": True}) as r:
             assert r.status == 200
-        wait_for(lambda: all(d["resident"] == {} and d["cache"]["entries"] == 0 for d in server.devices()), timeout=60)
+        wait_until(lambda: all(d["resident"] == {} and d["cache"]["entries"] == 0 for d in server.devices()),
+                   seconds=60)
         await watcher.ws.close()
 
 
@@ -249,8 +251,8 @@ async def test_an_actor_lost_mid_prompt_loses_nothing_and_its_prompt_runs_elsewh
         assert "execution_interrupted" in [m["type"] for m in watcher.of(long)]  # clients saw it cut off
 
         # Ray restarted the actor; it is listed again, in a new process
-        wait_for(lambda: any(d["worker"] == victim["worker"] and d["ready"] and d["pid"] != victim["pid"]
-                             for d in server.devices()), timeout=120)
+        wait_until(lambda: any(d["worker"] == victim["worker"] and d["ready"] and d["pid"] != victim["pid"]
+                             for d in server.devices()), seconds=120)
         assert not alive(victim["pid"])
         await watcher.ws.close()
 
@@ -291,7 +293,7 @@ async def test_a_restarted_head_carries_on_from_the_queue_in_sqlite(server):
         ids = [await submit(http, base, image_prompt(color=i, prefix="restart"), "restart") for i in range(3)]
     server.proc.send_signal(signal.SIGKILL)
     server.proc.wait(30)
-    wait_for(lambda: not any(alive(pid) for pid in old_actors), timeout=60)  # Ray ends a dead driver's actors
+    wait_until(lambda: not any(alive(pid) for pid in old_actors), seconds=60)  # Ray ends a dead driver's actors
 
     server.start()
     async with aiohttp.ClientSession() as http:

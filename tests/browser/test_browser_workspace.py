@@ -118,7 +118,7 @@ def test_templates_browser_groups_shipped_workflows_by_family_with_thumbnails(pa
     dialog = page.locator("#templates")
     dialog.locator(".template-card img").first.wait_for()
     families = dialog.locator(".template-family").evaluate_all("(s) => s.map((x) => x.dataset.family)")
-    assert families == ["Basics", "SD15", "SD2", "SDXL"]
+    assert families == ["Basics", "SD15", "SD2", "SD3", "SDXL"]
     sdxl = dialog.locator('.template-family[data-family="SDXL"] .template-card')
     assert sorted(sdxl.evaluate_all("(c) => c.map((x) => x.dataset.name)")) == sorted(p.stem for p in WORKFLOWS.glob("sdxl_*.json"))
     page.wait_for_function("[...document.querySelectorAll('#templates img')].every((i) => i.complete && i.naturalWidth === 400)")
@@ -140,7 +140,7 @@ def test_sd3_templates_run_from_the_canvas(page):
         assert len(saves) == (1 if name == "sd3_txt2img" else 2)
         page.click("#queue-button")
         for node_id in saves:
-            wait_for_image_on(page, node_id, timeout=300000)
+            wait_for_image_on(page, node_id, seconds=300)
         page.shot(name)
 
 
