@@ -14,7 +14,7 @@ script and stopped at its end), or without Ray with `--device cpu` N times (N ex
   the submission to its final `executing` message on /ws, median over --overhead-prompts. The Ray server has one
   actor, the local one one child process. Target: the Ray path adds at most 20 ms.
 
-    flock /work/wt/heavy.lock .venv/bin/python benchmarks/ray_scaling.py [--prompts 12] [--workers 1 2 4]
+    .venv/bin/python benchmarks/ray_scaling.py [--prompts 12] [--workers 1 2 4]
 """
 from __future__ import annotations
 
