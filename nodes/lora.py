@@ -54,8 +54,10 @@ class Target:
     module 0; a CLIP's towers are numbered in ``towers()`` order)."""
     module: int
     weight: str  # the parameter's name in that module
-    rows: tuple[int, int] | None = None  # a block of rows: q, k or v inside a fused in_proj_weight
+    rows: tuple[int, int] | None = None  # a block of rows: q, k or v inside a fused in_proj_weight or qkv
     transposed: bool = False  # the module stores it as x @ W (open_clip's text_projection)
+    halves_swapped: bool = False  # the weight holds the LoRA's two output halves in the other order (an SD3
+    # AdaLayerNormContinuous in diffusers' names: (scale, shift) where the original has (shift, scale))
 
     def shape(self, weight_shape: torch.Size) -> tuple[int, ...]:
         """The shape of the part of a weight of ``weight_shape`` this target changes, as the LoRA sees it."""
@@ -63,6 +65,12 @@ class Target:
         if self.rows is not None:
             shape[0] = self.rows[1] - self.rows[0]
         return tuple(reversed(shape)) if self.transposed else tuple(shape)
+
+    def stored(self, delta: torch.Tensor) -> torch.Tensor:
+        """A change of ``shape()``, laid out as the weight (or its rows) stores it."""
+        if self.halves_swapped:
+            delta = torch.cat(delta.chunk(2)[::-1])
+        return delta.T if self.transposed else delta
 
 
 class LoraError(ValueError):
