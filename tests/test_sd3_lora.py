@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -47,19 +48,23 @@ KOHYA_TEXT = {"text_encoder.": "lora_te1_", "text_encoder_2.": "lora_te2_"}
 # ---- the LoRA file, as diffusers and peft write it ------------------------------------------------------------------
 
 @functools.cache
-def peft_lora_file() -> Path:
-    """A rank-4 LoRA (lora_alpha = r: scale 1, as files without alpha mean) on every nn.Linear / nn.Conv2d of the
-    demo's diffusers transformer and on both CLIP towers' attention and MLP layers, random by a seeded generator,
-    saved by diffusers: ``transformer.…`` / ``text_encoder.…`` / ``text_encoder_2.…`` with ``lora_A`` / ``lora_B``."""
+def peft_lora_file(alpha: float = RANK, rslora: bool = False, alpha_pattern: tuple = ()) -> Path:
+    """A rank-4 LoRA on every nn.Linear / nn.Conv2d of the demo's diffusers transformer and on both CLIP towers'
+    attention and MLP layers, random by a seeded generator, saved by diffusers: ``transformer.…`` /
+    ``text_encoder.…`` / ``text_encoder_2.…`` with ``lora_A`` / ``lora_B``. With lora_alpha = r (scale 1, what
+    files without alpha mean) as most shared files are; with another ``alpha``, peft's per-module ``alpha_pattern`` or rank-stabilised scaling, diffusers saves the transformer's LoraConfig in the file's header, as it does when asked."""
     from diffusers import StableDiffusion3Pipeline
     from peft import LoraConfig, inject_adapter_in_model
     from peft.utils import get_peft_model_state_dict
 
     pipe = sd3_pipeline()
     layers = [n for n, m in pipe.transformer.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-    pipe.transformer.add_adapter(LoraConfig(r=RANK, lora_alpha=RANK, target_modules=layers))
+    config = LoraConfig(r=RANK, lora_alpha=alpha, target_modules=layers, use_rslora=rslora,
+                        alpha_pattern=dict(alpha_pattern))
+    pipe.transformer.add_adapter(config)
+    text_config = LoraConfig(r=RANK, lora_alpha=RANK, target_modules=TEXT_LAYERS)
     for tower in (pipe.text_encoder, pipe.text_encoder_2):  # as diffusers' trainers do (transformers' add_adapter
-        inject_adapter_in_model(LoraConfig(r=RANK, lora_alpha=RANK, target_modules=TEXT_LAYERS), tower)  # wants peft 0.22)
+        inject_adapter_in_model(text_config, tower)  # wants peft 0.22)
     g = torch.Generator().manual_seed(12)
     with torch.no_grad():
         for module in (pipe.transformer, pipe.text_encoder, pipe.text_encoder_2):
@@ -70,10 +75,13 @@ def peft_lora_file() -> Path:
                     p.copy_(torch.randn(p.shape, generator=g) * 0.15)
     folder = Path(tempfile.mkdtemp(prefix="latentgraph-sd3-lora-"))
     atexit.register(shutil.rmtree, folder, True)
+    header = (alpha, rslora, alpha_pattern) != (RANK, False, ())  # diffusers then wants every part's config
     StableDiffusion3Pipeline.save_lora_weights(
         folder, transformer_lora_layers=get_peft_model_state_dict(pipe.transformer),
         text_encoder_lora_layers=get_peft_model_state_dict(pipe.text_encoder),
-        text_encoder_2_lora_layers=get_peft_model_state_dict(pipe.text_encoder_2))
+        text_encoder_2_lora_layers=get_peft_model_state_dict(pipe.text_encoder_2),
+        **{f"{part}_lora_adapter_metadata": c.to_dict() if header else None
+           for part, c in (("transformer", config), ("text_encoder", text_config), ("text_encoder_2", text_config))})
     return folder / "pytorch_lora_weights.safetensors"
 
 
@@ -193,6 +201,19 @@ def test_sd3_lora_matches_diffusers_load_lora_weights_and_fuse_lora(env, fmt, st
     else:
         kohya_file(path, source, on_original=fmt == "kohya_original_names")
     assert_matches(ours(env, path.name, *strengths), reference(source, *strengths), reference(None))
+
+
+def test_peft_alphas_from_the_file_header_match_diffusers(env):
+    """diffusers' header (the transformer's LoraConfig): lora_alpha 2r, so twice the change, and alpha_pattern /
+    rank-stabilised scaling for some modules; diffusers builds its LoRA layers from the same header."""
+    at_scale_1 = reference(peft_lora_file(), 0.8, -0.6)[0]
+    for i, source in enumerate((peft_lora_file(alpha=2 * RANK),
+                                peft_lora_file(rslora=True, alpha_pattern=(("proj_out", 1), ("ff.net.2", 6))))):
+        assert "lora_adapter_metadata" in safe_open(str(source), "pt").metadata()
+        shutil.copy(source, Path(env.models_dir) / "loras" / f"header_{i}.safetensors")
+        got, want = ours(env, f"header_{i}.safetensors", 0.8, -0.6), reference(source, 0.8, -0.6)
+        assert all(rel_err(a, b) <= TOL for a, b in zip(got, want)), [rel_err(a, b) for a, b in zip(got, want)]
+        assert rel_err(at_scale_1, want[0]) > 100 * TOL  # the header's scales make a difference
 
 
 def test_a_peft_file_names_every_layer_the_issue_lists_and_ours_fuses_q_k_v_into_qkv_rows():
