@@ -191,9 +191,13 @@ def read_lora(path: Path) -> dict[str, Adapter]:
     try:
         tensors = load_file(str(path))
         with safe_open(str(path), "pt") as f:
-            configs = _peft_configs(f.metadata() or {})
-    except (SafetensorError, OSError, ValueError) as exc:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError) as exc:
         raise LoraError(f"{path.name}: not a readable safetensors file ({exc})") from None
+    try:
+        configs = _peft_configs(header)
+    except (ValueError, AttributeError) as exc:
+        raise LoraError(f"{path.name}: its lora_adapter_metadata header is not a peft LoraConfig ({exc})") from None
     groups: dict[str, tuple[str | None, dict[str, torch.Tensor]]] = {}
     for key, value in tensors.items():
         for suffix, kind, slot in _SUFFIXES:

@@ -300,7 +300,7 @@ class SD3(Family):
                            if ".self_attn." in k and k.endswith("_proj.weight")})
         return {"sd3_lora": demo.save_lora(folder / "demo_sd3_lora.safetensors", chosen, False,
                                            torch.Generator().manual_seed(demo.SEED + 12),
-                                           "SD3 LoRAs (diffusers' pytorch_lora_weights.safetensors, kohya-ss)")}
+                                           "SD3 medium LoRAs")}
 
     def _demo_weights(self):
         """The tiny MMDiT, VAE and text towers (transformers' layouts, T5 in float8), from one seed."""
