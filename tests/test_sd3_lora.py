@@ -34,7 +34,8 @@ from nodes.node import Context
 from sdxl_helpers import demo_models_dir, environment, run_workflow
 from tests.oracles import demo_models, rel_err
 from tests.test_lora import PROMPT, assert_lora_leaves_the_base_untouched, call, env  # noqa: F401 (env: fixture)
-from tests.test_sd3 import mmdit_inputs, reference_velocity, sd3_pipeline
+from tests.test_sd3 import (SD35_DIFFUSERS, diffusers_transformer, mmdit_inputs, reference_velocity, sd3_pipeline,
+                            write_sd35_medium_tiny)
 from tests.test_workflows import pixels, workflow_path
 
 TOL = 1e-5
@@ -65,14 +66,7 @@ def peft_lora_file(alpha: float = RANK, rslora: bool = False, alpha_pattern: tup
     text_config = LoraConfig(r=RANK, lora_alpha=RANK, target_modules=TEXT_LAYERS)
     for tower in (pipe.text_encoder, pipe.text_encoder_2):  # as diffusers' trainers do (transformers' add_adapter
         inject_adapter_in_model(text_config, tower)  # wants peft 0.22)
-    g = torch.Generator().manual_seed(12)
-    with torch.no_grad():
-        for module in (pipe.transformer, pipe.text_encoder, pipe.text_encoder_2):
-            for name, p in module.named_parameters():
-                if ".lora_A." in name:
-                    p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
-                elif ".lora_B." in name:
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.15)
+    randomize_lora((pipe.transformer, pipe.text_encoder, pipe.text_encoder_2), seed=12)
     folder = Path(tempfile.mkdtemp(prefix="latentgraph-sd3-lora-"))
     atexit.register(shutil.rmtree, folder, True)
     header = (alpha, rslora, alpha_pattern) != (RANK, False, ())  # diffusers then wants every part's config
@@ -83,6 +77,19 @@ def peft_lora_file(alpha: float = RANK, rslora: bool = False, alpha_pattern: tup
         **{f"{part}_lora_adapter_metadata": c.to_dict() if header else None
            for part, c in (("transformer", config), ("text_encoder", text_config), ("text_encoder_2", text_config))})
     return folder / "pytorch_lora_weights.safetensors"
+
+
+def randomize_lora(modules, seed: int) -> None:
+    """Draw the peft LoRA layers' A and B (peft starts B at zero) from a seeded generator, sized to move outputs
+    clearly but not wildly."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in modules:
+            for name, p in module.named_parameters():
+                if ".lora_A." in name:
+                    p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
+                elif ".lora_B." in name:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.15)
 
 
 @functools.cache
@@ -230,6 +237,37 @@ def test_a_peft_file_names_every_layer_the_issue_lists_and_ours_fuses_q_k_v_into
     qkv = [keys[f"transformer.transformer_blocks.1.attn.{p}"] for p in ("add_q_proj", "add_k_proj", "add_v_proj")]
     assert {t.weight for t in qkv} == {"joint_blocks.1.context_block.attn.qkv.weight"}
     assert [t.rows for t in qkv] == [(0, 128), (128, 256), (256, 384)]
+
+
+def test_sd35_lora_on_mmdit_x_blocks_matches_diffusers(tmp_path):
+    """SD3.5 medium's MMDiT-X blocks (a second, image-only attention: ``attn2.to_q`` … into our ``attn2.qkv``) and qk
+    RMSNorm: a peft LoRA on every linear layer of diffusers' transformer, read back by diffusers'
+    ``load_lora_adapter`` and fused, against LoraLoaderModelOnly on our loader's model from the file."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    (tmp_path / "models" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "models" / "loras").mkdir()
+    checkpoint, _ = write_sd35_medium_tiny(tmp_path / "models" / "checkpoints")
+    model = diffusers_transformer(checkpoint, **SD35_DIFFUSERS)
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    assert "transformer_blocks.1.attn2.to_q" in layers
+    model.add_adapter(LoraConfig(r=RANK, lora_alpha=RANK, target_modules=layers))
+    randomize_lora([model], seed=13)
+    lora = {f"transformer.{k}": v for k, v in get_peft_model_state_dict(model).items()}
+    save_file(lora, str(tmp_path / "models" / "loras" / "sd35.safetensors"))
+    untouched = reference_velocity(diffusers_transformer(checkpoint, **SD35_DIFFUSERS), *mmdit_inputs())
+    want = diffusers_transformer(checkpoint, **SD35_DIFFUSERS)
+    want.load_lora_adapter(lora, prefix="transformer")
+    want.fuse_lora(lora_scale=-0.6)
+
+    ctx = Context("1", environment(str(tmp_path / "models"), tmp_path))
+    base = call(ctx, "CheckpointLoaderSimple", ckpt_name=checkpoint.name)[0]
+    (ours_model,) = call(ctx, "LoraLoaderModelOnly", model=base, lora_name="sd35.safetensors", strength_model=-0.6)
+    with torch.no_grad():
+        got = ours_model.module(*mmdit_inputs())
+    want = reference_velocity(want, *mmdit_inputs())
+    assert rel_err(got, want) <= TOL and rel_err(untouched, want) > 100 * TOL
 
 
 # ---- the base model is shared, never changed -------------------------------------------------------------------------
