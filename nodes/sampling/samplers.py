@@ -47,7 +47,7 @@ def _churn(ms: ModelSampling, x, sigma, n, noise, s_churn, s_tmin, s_tmax, s_noi
     """Karras et al.'s stochastic churn: raise σ to σ̂ = σ(1+γ) (at most pure noise) by the forward process, which
     scales the signal by α(σ̂)/α(σ) and adds the missing noise variance (γ = 0 by default: no-op)."""
     gamma = min(s_churn / n, 2 ** 0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
-    sigma_hat = min(sigma * (gamma + 1), ms.sigma_ceiling)
+    sigma_hat = (sigma * (gamma + 1)).clamp(max=ms.sigma_ceiling)
     if sigma_hat > sigma:
         keep = ms.alpha(sigma_hat) / ms.alpha(sigma)
         x = keep * x + noise(sigma, sigma_hat) * s_noise * (sigma_hat ** 2 - (keep * sigma) ** 2) ** 0.5
