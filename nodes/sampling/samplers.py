@@ -185,7 +185,7 @@ def linear_multistep_coeff(order: int, t: np.ndarray, i: int, j: int) -> float:
 @torch.no_grad()
 def sample_lms(model, x, sigmas, *, extra_args=None, callback=None, noise=None, model_sampling=None, order=4):
     """Linear multistep in σ on the last ``order`` slopes; x = D on the step to σ = 0."""
-    extra_args, noise, s_in, ms = _setup(x, extra_args, noise, model_sampling)
+    extra_args, noise, s_in, _ = _setup(x, extra_args, noise, model_sampling)
     sigmas_np = sigmas.detach().cpu().double().numpy()
     ds = []
     for i in range(len(sigmas) - 1):
@@ -263,7 +263,7 @@ def sample_dpmpp_sde(model, x, sigmas, *, extra_args=None, callback=None, noise=
 @torch.no_grad()
 def sample_dpmpp_2m(model, x, sigmas, *, extra_args=None, callback=None, noise=None, model_sampling=None):
     """DPM-Solver++(2M): 2nd-order multistep on the data prediction; 1 model call per step."""
-    extra_args, noise, s_in, ms = _setup(x, extra_args, noise, model_sampling)
+    extra_args, noise, s_in, _ = _setup(x, extra_args, noise, model_sampling)
     old_denoised, h_last = None, None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -403,7 +403,7 @@ def sample_ipndm(model, x, sigmas, *, extra_args=None, callback=None, noise=None
     step."""
     if not 1 <= max_order <= len(_ADAMS_BASHFORTH):
         raise ValueError(f"max_order: must be 1 to {len(_ADAMS_BASHFORTH)}, got {max_order}")
-    extra_args, noise, s_in, ms = _setup(x, extra_args, noise, model_sampling)
+    extra_args, noise, s_in, _ = _setup(x, extra_args, noise, model_sampling)
     ds = []  # slopes, newest first
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -456,7 +456,7 @@ def sample_uni_pc(model, x, sigmas, *, extra_args=None, callback=None, noise=Non
     to 1 on the last step; variant "bh1" or "bh2" picks B(h). 1 model call per step."""
     if variant not in ("bh1", "bh2"):
         raise ValueError(f"variant: must be 'bh1' or 'bh2', got {variant!r}")
-    extra_args, noise, s_in, ms = _setup(x, extra_args, noise, model_sampling)
+    extra_args, noise, s_in, _ = _setup(x, extra_args, noise, model_sampling)
     # As ComfyUI, the last step lands on σ = 0.001 rather than 0, where λ = −log σ would be infinite.
     sigmas_cpu = sigmas.detach().cpu().double()
     lambdas = _t_fn(torch.where(sigmas_cpu == 0, 1e-3, sigmas_cpu))

@@ -287,8 +287,9 @@ class DiscreteFlow(ModelSampling):
         return 1.0 - sigma
 
     def half_log_snr(self, sigma):
-        """log((1 − σ)/σ); at σ = 1 (pure noise, λ = −∞) it is taken at σ(t = 0.9999), as ComfyUI offsets the
-        first σ of its log-SNR samplers, so the solvers' step sizes stay finite."""
+        """log((1 − σ)/σ). At σ = 1 (pure noise) λ = −∞, so it is taken at σ(t = 0.9999) there and the solvers'
+        steps stay finite: ComfyUI moves its SDE samplers' first σ to that value (the model call too); here only λ
+        is moved, the model still sees σ = 1."""
         return sigma.clamp(max=self.percent_to_sigma(1e-4)).logit().neg()
 
     def sigma_at(self, half_log_snr):
