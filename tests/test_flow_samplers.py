@@ -171,6 +171,31 @@ def test_dpmpp_2s_ancestral_step_is_the_rectified_flow_step():
     assert torch.allclose(one_step("dpmpp_2s_ancestral", sigma, sigma_next), expected, atol=1e-6)
 
 
+def test_dpm_2_ancestral_step_is_the_rectified_flow_step():
+    """ComfyUI's sample_dpm_2_ancestral_RF: the same σ_down and re-noising around dpm_2's step to σ_down, whose
+    midpoint is the log-σ mean σ_mid = √(σ·σ_down): x₂ = x + d·(σ_mid − σ), x ← x + d(x₂; σ_mid)·(σ_down − σ)."""
+    sigma, sigma_next = 0.8, 0.6
+    sigma_down = sigma_next ** 2 / sigma
+    sigma_mid = math.sqrt(sigma * sigma_down)
+    slope = lambda x, s: (x - (0.4 * x * (1 - s) + 0.1)) / s  # noqa: E731
+    x_2 = X + slope(X, sigma) * (sigma_mid - sigma)
+    x = X + slope(x_2, sigma_mid) * (sigma_down - sigma)
+    a_next, a_down = 1 - sigma_next, 1 - sigma_down
+    expected = a_next / a_down * x + N * math.sqrt(sigma_next ** 2 - sigma_down ** 2 * a_next ** 2 / a_down ** 2)
+    assert torch.allclose(one_step("dpm_2_ancestral", sigma, sigma_next), expected, atol=1e-6)
+
+
+def test_dpmpp_2m_sde_first_step_is_the_flow_sde_step():
+    """DPM-Solver++(2M) SDE's first (1st-order) step for x = α·x₀ + σ·ε (Lu et al. 2022; as ComfyUI with
+    λ = log((1 − σ)/σ)): x ← (σ_next/σ)·e^(−ηh)·x + α_next·(1 − e^(−(1+η)h))·D + σ_next·√(1 − e^(−2ηh))·ε."""
+    sigma, sigma_next, eta = 0.8, 0.6, 1.0
+    h = math.log((1 - sigma_next) / sigma_next) - math.log((1 - sigma) / sigma)
+    d = 0.4 * X * (1 - sigma) + 0.1
+    expected = (sigma_next / sigma * math.exp(-eta * h) * X + (1 - sigma_next) * (1 - math.exp(-(1 + eta) * h)) * d
+                + N * sigma_next * math.sqrt(1 - math.exp(-2 * eta * h)))
+    assert torch.allclose(one_step("dpmpp_2m_sde", sigma, sigma_next, eta=eta), expected, atol=1e-6)
+
+
 def test_lcm_renoises_as_the_model_sampling_noises_a_latent():
     """ComfyUI's sample_lcm re-noises D with the model sampling's noise_scaling: on flow σ_next·ε + (1 − σ_next)·D."""
     expected = 0.6 * N + 0.4 * (0.4 * X * (1 - 0.8) + 0.1)
