@@ -6,11 +6,11 @@ The analytic problem: data x₀ ~ N(μ, s²) per channel, noised as x = α(σ)·
 D(x; σ) = μ + α·s²/(α²s² + σ²)·(x − α·μ), and the noisy marginal is N(α·μ, α²s² + σ²). A sampler started from that
 marginal at the schedule's first σ (pure noise for flow: σ = 1, as KSampler starts it) must end on N(μ, s²).
 
-Before this change the samplers assumed x = x₀ + σ·ε whatever the model, and on flow ended far off (simple, 60
-steps, 4 steps for lcm; mean and std of z = (x − μ)/s, which should be 0 and 1): euler_ancestral +0.60 / 1.96,
-dpm_2_ancestral +0.61 / 2.06, dpmpp_2s_ancestral +0.63 / 2.10, dpmpp_sde +0.68 / 2.23, dpmpp_2m_sde +0.72 / 2.32,
-dpmpp_2m_sde_heun +0.74 / 2.36, dpmpp_3m_sde +0.71 / 2.28, ddpm +0.60 / 1.96, lcm +2.46 / 5.95, euler with
-s_churn = 2 +0.69 / 1.59.
+Before this change the samplers assumed x = x₀ + σ·ε whatever the model, and on flow ended far off (μ = 0.5,
+s = 1.5, simple, 60 steps, 4 for lcm; mean and std of z = (x − μ)/s, which should be 0 and 1): euler_ancestral
++0.60 / 1.96, dpm_2_ancestral +0.61 / 2.06, dpmpp_2s_ancestral +0.63 / 2.10, dpmpp_sde +0.68 / 2.23, dpmpp_2m_sde
++0.72 / 2.32, dpmpp_2m_sde_heun +0.74 / 2.36, dpmpp_3m_sde +0.71 / 2.28, ddpm +0.60 / 1.96, lcm +2.46 / 5.95,
+euler with s_churn = 2 +0.69 / 1.59.
 """
 import math
 from pathlib import Path
