@@ -14,12 +14,15 @@ diffusers' (a file without its config, a transformer/ or unet/ folder, a pipelin
 """
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from oracles import demo_models, rel_err
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from sdxl_helpers import cli, demo_models_dir, environment, run_workflow
 
@@ -30,8 +33,7 @@ from nodes.families.sd3 import mmdit_to_diffusers
 from nodes.mmdit.mmdit import SD3_MEDIUM, MMDiT
 from nodes.node import REGISTRY, Context, load_builtin_nodes
 from nodes.sdxl.unet import UNetModel
-from nodes.weights import FLOAT8, UnsupportedCheckpoint
-from tests.test_sd3 import TOL, mmdit_inputs, reference_velocity
+from tests.test_sd3 import KEYS, TOL, block_pattern, mmdit_inputs, reference_velocity
 from tests.test_unet import compare
 from tests.test_unet import inputs as unet_inputs
 
@@ -175,3 +177,140 @@ def test_full_size_diffusion_models_are_told_apart_from_their_keys():
             names = unet_diffusers_names(infer_unet_config(bare))
             theirs = {names[k]: v for k, v in bare.items()}
         assert detect_diffusion_model(theirs) == name
+
+
+@pytest.mark.skipif(not KEYS.is_dir(), reason=f"reference key lists not found at {KEYS}")
+def test_demo_mmdit_alone_is_in_sd3_mediums_layout(models):
+    """make-demo-model's diffusion_models/ file holds exactly sd3_medium.txt's model.diffusion_model.* tensor names
+    (the tiny one has 2 joint blocks where the real one has 24), as the demo checkpoint's MMDiT."""
+    ref = {line.split("\t")[0] for line in (KEYS / "sd3_medium.txt").read_text().splitlines()
+           if not line.startswith("#")}
+    alone = load_file(str(models / "diffusion_models" / SD3_FILE))
+    assert block_pattern(alone) == block_pattern({k for k in ref if k.startswith(UNET_PREFIX)})
+    checkpoint = load_file(str(demo_models()["sd3"]))
+    assert all(torch.equal(v, checkpoint[k]) for k, v in alone.items())
+
+
+# ---- weight_dtype -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("weight_dtype,stored", [("fp8_e4m3fn", torch.float8_e4m3fn),
+                                                 ("fp8_e4m3fn_fast", torch.float8_e4m3fn),
+                                                 ("fp8_e5m2", torch.float8_e5m2)])
+def test_fp8_weight_dtype_stores_float8_and_upcasts_on_use(ctx, weight_dtype, stored):
+    """The matrices are held in float8 (under a quarter of the bytes in all) and each use computes with them upcast:
+    the output is the default model's with its matrices rounded to float8 and back, computed independently here.
+    The default model, loaded beside it, keeps its float32 weights."""
+    default, model = unet_loader(ctx, SD3_FILE), unet_loader(ctx, SD3_FILE, weight_dtype)
+    assert model.module is not default.module
+
+    def matrices(m):  # what the model holds of its learned matrices and kernels
+        return [v for k, v in m.state_dict().items() if v.ndim >= 2 and k != "pos_embed"]
+
+    assert {v.dtype for v in matrices(model.module)} == {stored}
+    assert sum(v.nbytes for v in matrices(model.module)) * 4 == sum(v.nbytes for v in matrices(default.module))
+    assert {p.dtype for p in default.module.parameters()} == {torch.float32}
+    rounded = copy.deepcopy(default.module)
+    for p in rounded.parameters():
+        if p.ndim >= 2:
+            p.data = p.data.to(stored).float()
+    inputs = mmdit_inputs()
+    with torch.no_grad():
+        got, want, exact = model.module(*inputs), rounded(*inputs), default.module(*inputs)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert 1e-3 < rel_err(got, exact) < 0.5  # float8 rounding, not another model
+
+
+def test_fp8_unet_samples_through_ksampler(ctx):
+    """An SDXL UNet stored in float8 runs a sampler (its convolutions and norms read upcast weights)."""
+    model = unet_loader(ctx, "sdxl_base_unet.safetensors", "fp8_e4m3fn")
+    (clip_model, clip, _) = call(ctx, "CheckpointLoaderSimple", ckpt_name="demo_sdxl_base.safetensors")
+    (cond,) = call(ctx, "CLIPTextEncode", clip=clip, text="a cat")
+    (latent,) = call(ctx, "EmptyLatentImage", width=64, height=64, batch_size=1)
+    outs = [call(ctx, "KSampler", model=m, seed=1, steps=2, cfg=5.0, sampler_name="euler", scheduler="normal",
+                 positive=cond, negative=cond, latent_image=latent, denoise=1.0)[0]["samples"]
+            for m in (model, clip_model)]
+    assert outs[0].isfinite().all() and 1e-3 < rel_err(outs[0], outs[1]) < 0.5
+
+
+# ---- errors ---------------------------------------------------------------------------------------------------------
+
+def test_a_file_that_is_no_diffusion_model_is_named_with_node_and_input(ctx):
+    with pytest.raises(ValueError, match=r"UNETLoader: unet_name: 'sub/a_vae.safetensors': found a standalone VAE"):
+        unet_loader(ctx, "sub/a_vae.safetensors")
+    with pytest.raises(FileNotFoundError, match=r"UNETLoader: unet_name: 'nope.safetensors' not found in "
+                                                r"\S+/diffusion_models or \S+/unet"):
+        unet_loader(ctx, "nope.safetensors")
+    with pytest.raises(ValueError, match=r"UNETLoader: unet_name: .*points outside"):
+        unet_loader(ctx, "../checkpoints/demo_sd3_medium.safetensors")
+
+
+# ---- through the entry points ---------------------------------------------------------------------------------------
+
+def sd3_prompt(model_loader: dict, vae: list, prefix: str) -> dict:
+    """A shared SD3 workflow's shape: the diffusion model, TripleCLIPLoader's text encoders and a VAE from their own
+    loaders → KSampler → SaveImage (API format)."""
+    return {
+        "1": model_loader,
+        "2": {"class_type": "TripleCLIPLoader", "inputs": {"clip_name1": "demo_clip_l.safetensors",
+                                                           "clip_name2": "demo_clip_g.safetensors",
+                                                           "clip_name3": "demo_t5xxl_fp8_e4m3fn.safetensors"}},
+        "3": {"class_type": "VAELoader", "inputs": {"vae_name": "sd3_vae.safetensors"}},
+        "4": {"class_type": "CLIPTextEncode", "inputs": {"text": "a lighthouse at dusk", "clip": ["2", 0]}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["2", 0]}},
+        "6": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "7": {"class_type": "KSampler", "inputs": {
+            "model": ["1", 0], "seed": 3, "steps": 3, "cfg": 4.5, "sampler_name": "euler", "scheduler": "sgm_uniform",
+            "positive": ["4", 0], "negative": ["5", 0], "latent_image": ["6", 0], "denoise": 1.0}},
+        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": vae}},
+        "9": {"class_type": "SaveImage", "inputs": {"images": ["8", 0], "filename_prefix": prefix}},
+    }
+
+
+UNET_ONLY = {"class_type": "UNETLoader", "inputs": {"unet_name": SD3_FILE, "weight_dtype": "default"}}
+
+
+def test_sd3_unet_only_workflow_runs_through_the_cli_as_the_checkpoint_does(models, tmp_path):
+    """latentgraph run: UNETLoader + TripleCLIPLoader + VAELoader gives the picture the same graph gives with the
+    checkpoint's MODEL and VAE, pixel for pixel."""
+    env = environment(str(models), tmp_path)
+    checkpoint = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "demo_sd3_medium.safetensors"}}
+    pictures = {}
+    for name, prompt in (("unet", sd3_prompt(UNET_ONLY, ["3", 0], "sd3_unet_only")),
+                         ("checkpoint", sd3_prompt(checkpoint, ["1", 2], "sd3_checkpoint"))):
+        (tmp_path / f"{name}.json").write_text(json.dumps(prompt))
+        (path,) = run_workflow(str(tmp_path / f"{name}.json"), env).values()
+        pictures[name] = np.asarray(Image.open(path).convert("RGB"))
+    assert pictures["unet"].shape == (64, 64, 3) and pictures["unet"].std() > 1
+    assert np.array_equal(pictures["unet"], pictures["checkpoint"])
+
+
+async def test_http_lists_the_folders_runs_the_workflow_and_keeps_the_queue_on_a_wrong_file(aiohttp_client, models,
+                                                                                            tmp_path):
+    """/object_info and /models/diffusion_models list diffusion_models/ and the older unet/ merged (files and
+    diffusers folders); a prompt whose UNETLoader names a VAE fails naming node and input, and the prompts queued
+    before and after it complete."""
+    from server_helpers import make_config, wait_history
+
+    from server.app import create_app
+
+    cfg = make_config(tmp_path, models_dir=models)
+    client = await aiohttp_client(create_app(cfg))
+    listed = (await (await client.get("/object_info/UNETLoader")).json())["UNETLoader"]["input"]["required"]
+    files = await (await client.get("/models/diffusion_models")).json()
+    assert listed["unet_name"][0] == files and {SD3_FILE, "sd3_transformer", "sd3_pipeline", "sdxl_base_unet.safetensors",
+                                                "sub/a_vae.safetensors"} <= set(files)
+    assert listed["weight_dtype"][0] == ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
+    assert await (await client.get("/models/unet")).json() == ["sdxl_base_unet.safetensors"]
+    wrong = {**UNET_ONLY, "inputs": {**UNET_ONLY["inputs"], "unet_name": "sub/a_vae.safetensors"}}
+    ids = []
+    for loader, prefix in ((UNET_ONLY, "first"), (wrong, "wrong"), (UNET_ONLY, "last")):
+        resp = await client.post("/prompt", json={"prompt": sd3_prompt(loader, ["3", 0], prefix)})
+        assert resp.status == 200, await resp.text()
+        ids.append((await resp.json())["prompt_id"])
+    first, bad, last = [await wait_history(client, i, 300) for i in ids]
+    for entry in (first, last):
+        assert entry["status"]["completed"] and entry["outputs"]["9"]["images"]
+    assert not bad["status"]["completed"]
+    (error,) = [m[1] for m in bad["status"]["messages"] if m[0] == "execution_error"]
+    assert error["node_id"] == "1" and error["node_type"] == "UNETLoader"
+    assert "UNETLoader: unet_name: 'sub/a_vae.safetensors': found a standalone VAE" in error["exception_message"]
