@@ -15,6 +15,7 @@ diffusers' (a file without its config, a transformer/ or unet/ folder, a pipelin
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import shutil
 
@@ -271,17 +272,25 @@ UNET_ONLY = {"class_type": "UNETLoader", "inputs": {"unet_name": SD3_FILE, "weig
 
 def test_sd3_unet_only_workflow_runs_through_the_cli_as_the_checkpoint_does(models, tmp_path):
     """latentgraph run: UNETLoader + TripleCLIPLoader + VAELoader gives the picture the same graph gives with the
-    checkpoint's MODEL and VAE, pixel for pixel."""
+    checkpoint's MODEL and VAE, pixel for pixel, and records each file's SHA-256."""
     env = environment(str(models), tmp_path)
     checkpoint = {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "demo_sd3_medium.safetensors"}}
-    pictures = {}
+    pictures, records = {}, {}
     for name, prompt in (("unet", sd3_prompt(UNET_ONLY, ["3", 0], "sd3_unet_only")),
                          ("checkpoint", sd3_prompt(checkpoint, ["1", 2], "sd3_checkpoint"))):
         (tmp_path / f"{name}.json").write_text(json.dumps(prompt))
         (path,) = run_workflow(str(tmp_path / f"{name}.json"), env).values()
-        pictures[name] = np.asarray(Image.open(path).convert("RGB"))
+        with Image.open(path) as image:
+            pictures[name] = np.asarray(image.convert("RGB"))
+            records[name] = json.loads(image.text["latentgraph"])["models"]
     assert pictures["unet"].shape == (64, 64, 3) and pictures["unet"].std() > 1
     assert np.array_equal(pictures["unet"], pictures["checkpoint"])
+    # provenance names every model file the graph read, the diffusion model and text encoders included
+    hashed = {(m["class_type"], m["input"]): m["sha256"] for m in records["unet"]}
+    assert set(hashed) == {("UNETLoader", "unet_name"), ("VAELoader", "vae_name")} | {
+        ("TripleCLIPLoader", f"clip_name{i}") for i in (1, 2, 3)}
+    assert hashed["UNETLoader", "unet_name"] == hashlib.sha256(
+        (models / "diffusion_models" / SD3_FILE).read_bytes()).hexdigest()
 
 
 async def test_http_lists_the_folders_runs_the_workflow_and_keeps_the_queue_on_a_wrong_file(aiohttp_client, models,
