@@ -65,13 +65,18 @@ def load_checkpoint(path, device="cpu", dtype: torch.dtype | None = None, with_t
     with building():
         if path.is_dir():
             return family_of(detect_folder(path)).load_folder(path, device, dtype, with_text)
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        if path.suffix.lower() not in (".safetensors", ".sft"):
-            raise UnsupportedCheckpoint(f"{path.name}: only .safetensors files are loaded (pickled .ckpt/.pt files "
-                                        "can run arbitrary code)")
-        shapes = read_shapes(path)
+        shapes = _single_file_shapes(path, "checkpoint")
         return family_of(detect(shapes)).load(path, shapes, device, dtype, with_text)
+
+
+def _single_file_shapes(path: Path, what: str) -> dict[str, tuple]:
+    """The tensor shapes of a single weights file; only safetensors are read."""
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if path.suffix.lower() not in (".safetensors", ".sft"):
+        raise UnsupportedCheckpoint(f"{path.name}: only .safetensors files are loaded (pickled .ckpt/.pt files "
+                                    "can run arbitrary code)")
+    return read_shapes(path)
 
 
 def detect_diffusion_model(shapes: dict[str, tuple]) -> str:
@@ -102,12 +107,7 @@ def load_diffusion_model(path, device="cpu", dtype: torch.dtype | None = None) -
     if path.is_dir():
         folder = next((path / sub for sub in ("unet", "transformer") if (path / sub).is_dir()), path)
         path = weights_file(folder)
-    elif not path.exists():
-        raise FileNotFoundError(f"diffusion model not found: {path}")
-    elif path.suffix.lower() not in (".safetensors", ".sft"):
-        raise UnsupportedCheckpoint(f"{path.name}: only .safetensors files are loaded (pickled .ckpt/.pt files can "
-                                    "run arbitrary code)")
-    shapes = read_shapes(path)
+    shapes = _single_file_shapes(path, "diffusion model")
     with building():
         return family_of(detect_diffusion_model(shapes)).load_diffusion_model(path, shapes, device, dtype, folder)
 

@@ -45,3 +45,12 @@ def store_as_float8(model: nn.Module, float8: torch.dtype, dtype: torch.dtype) -
         if p.is_floating_point() and p.ndim >= 2:
             p.data = p.data.to(float8)
     return upcast_on_use(model, dtype)
+
+
+def stored_name(model: nn.Module, name: str) -> str:
+    """The name of the tensor that holds parameter ``name`` (e.g. ``a.weight``): under an upcast it is the stored
+    float8 one (``a.parametrizations.weight.original``), which weight patches (LoRAs) replace."""
+    owner, _, attr = name.rpartition(".")
+    if parametrize.is_parametrized(model.get_submodule(owner), attr):
+        return f"{owner}.parametrizations.{attr}.original"
+    return name

@@ -51,11 +51,12 @@ def _unet_only(src, dst, prefix: str) -> None:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """A models folder: the demo checkpoints and text encoders; make-demo-model's diffusion_models/ (the SD3 MMDiT
-    alone) plus each layout written here; the legacy unet/ folder; the SD3 checkpoint as a VAE file."""
+    alone) plus each layout written here; the legacy unet/ folder; the SD3 checkpoint as a VAE file; the demo LoRAs."""
     demo, shared = demo_models(), demo_models_dir(tmp_path_factory)
     root = tmp_path_factory.mktemp("unet_models")
     (root / "checkpoints").symlink_to(demo["sd3"].parent, target_is_directory=True)
     (root / "text_encoders").symlink_to(f"{shared}/text_encoders", target_is_directory=True)
+    (root / "loras").symlink_to(f"{shared}/loras", target_is_directory=True)
     (root / "vae").mkdir()
     (root / "vae" / "sd3_vae.safetensors").symlink_to(demo["sd3"])
     rc, out, err = cli("make-demo-model", str(root / "made" / "checkpoints"))
@@ -231,6 +232,25 @@ def test_fp8_unet_samples_through_ksampler(ctx):
                  positive=cond, negative=cond, latent_image=latent, denoise=1.0)[0]["samples"]
             for m in (model, clip_model)]
     assert outs[0].isfinite().all() and 1e-3 < rel_err(outs[0], outs[1]) < 0.5
+
+
+def test_a_lora_patches_the_float8_stored_unet(ctx):
+    """LoraLoaderModelOnly on a float8-stored UNet: the patched weights are stored in float8 too, the LoRA changes
+    the output as it does on the default model, and the base model keeps its weights."""
+    args = unet_inputs(unet_loader(ctx, "sdxl_base_unet.safetensors").module.config)[:4]
+    out = {}
+    for weight_dtype in ("default", "fp8_e4m3fn"):
+        base = unet_loader(ctx, "sdxl_base_unet.safetensors", weight_dtype)
+        (patched,) = call(ctx, "LoraLoaderModelOnly", model=base, lora_name="demo_sdxl_lora.safetensors",
+                          strength_model=1.0)
+        with torch.no_grad():
+            out[weight_dtype] = (base.module(*args), patched.module(*args))
+        if weight_dtype != "default":
+            held = [v.dtype for k, v in patched.module.state_dict().items() if v.ndim >= 2]
+            assert set(held) == {torch.float8_e4m3fn}
+    (plain, lora), (plain8, lora8) = out["default"], out["fp8_e4m3fn"]
+    assert rel_err(lora, plain) > 1e-2  # the LoRA does something
+    assert rel_err(lora8 - plain8, lora - plain) < 0.5  # and the same on float8 weights, up to their rounding
 
 
 # ---- errors ---------------------------------------------------------------------------------------------------------
