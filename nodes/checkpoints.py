@@ -1,5 +1,6 @@
 """Find the family a checkpoint belongs to and let it load the file: single ``.safetensors`` files, diffusers
-pipeline folders, diffusion models alone (UNETLoader's) and standalone VAEs. The families (nodes.families) know the layouts; the reading is nodes.weights.
+pipeline folders, diffusion models alone (UNETLoader's) and standalone VAEs. The families (nodes.families) know
+the layouts; the reading is nodes.weights.
 """
 from __future__ import annotations
 

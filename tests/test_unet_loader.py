@@ -326,8 +326,9 @@ async def test_http_lists_the_folders_runs_the_workflow_and_keeps_the_queue_on_a
     client = await aiohttp_client(create_app(cfg))
     listed = (await (await client.get("/object_info/UNETLoader")).json())["UNETLoader"]["input"]["required"]
     files = await (await client.get("/models/diffusion_models")).json()
-    assert listed["unet_name"][0] == files and {SD3_FILE, "sd3_transformer", "sd3_pipeline", "sdxl_base_unet.safetensors",
-                                                "sub/a_vae.safetensors"} <= set(files)
+    assert listed["unet_name"][0] == files
+    assert {SD3_FILE, "sd3_transformer", "sd3_pipeline", "sdxl_base_unet.safetensors", "sub/a_vae.safetensors"} <= \
+        set(files)
     assert listed["weight_dtype"][0] == ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"]
     assert await (await client.get("/models/unet")).json() == ["sdxl_base_unet.safetensors"]
     wrong = {**UNET_ONLY, "inputs": {**UNET_ONLY["inputs"], "unet_name": "sub/a_vae.safetensors"}}

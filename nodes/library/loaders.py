@@ -79,7 +79,8 @@ def _is_diffusion_model_folder(path: str) -> bool:
 
 def diffusion_model_names(env: Environment) -> list[str]:
     """The diffusion models under <models>/diffusion_models and <models>/unet, by their path inside either."""
-    return sorted({n for folder in DIFFUSION_MODEL_FOLDERS for n in list_models(env, folder, _is_diffusion_model_folder)})
+    return sorted({name for folder in DIFFUSION_MODEL_FOLDERS
+                   for name in list_models(env, folder, _is_diffusion_model_folder)})
 
 
 def resolve(env: Environment, kind: str | tuple[str, ...], name: str, what: str) -> str:
@@ -90,7 +91,8 @@ def resolve(env: Environment, kind: str | tuple[str, ...], name: str, what: str)
     except ValueError as exc:
         raise ValueError(f"{what}: {exc}") from None
     if not os.path.exists(path):
-        where = " or ".join(os.path.abspath(model_folder(env, k)) for k in ((kind,) if isinstance(kind, str) else kind))
+        kinds = (kind,) if isinstance(kind, str) else kind
+        where = " or ".join(os.path.abspath(model_folder(env, k)) for k in kinds)
         raise FileNotFoundError(f"{what}: {name!r} not found in {where}")
     return path
 

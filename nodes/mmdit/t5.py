@@ -5,8 +5,9 @@ gzipped beside this module with its notice (t5-v1_1/), so it works offline.
 
 Checkpoints ship T5-XXL in float8 (``sd3_medium_incl_clips_t5xxlfp8``, ``t5xxl_fp8_e4m3fn``): those weights stay in
 float8 in memory, a quarter of fp32's 19 GB, and are upcast to the compute dtype each time a layer uses them
-(``nodes.float8.upcast_on_use``), as ComfyUI's manual-cast layers do. ComfyUI's "scaled fp8" files (``t5xxl_fp8_e4m3fn_scaled``:
-a ``scaled_fp8`` marker, a per-tensor ``<layer>.scale_weight`` beside each float8 weight) are upcast times that scale.
+(``nodes.float8.upcast_on_use``), as ComfyUI's manual-cast layers do. ComfyUI's "scaled fp8" files
+(``t5xxl_fp8_e4m3fn_scaled``: a ``scaled_fp8`` marker, a per-tensor ``<layer>.scale_weight`` beside each float8
+weight) are upcast times that scale.
 """
 from __future__ import annotations
 
