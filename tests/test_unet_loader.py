@@ -9,8 +9,8 @@ diffusers' (a file without its config, a transformer/ or unet/ folder, a pipelin
 - weight_dtype fp8: the matrices stored in float8 and upcast on use;
 - through the entry points: UNETLoader + TripleCLIPLoader + VAELoader → KSampler → SaveImage for SD3 via
   ``latentgraph run`` and over HTTP, the folders in /object_info and /models/diffusion_models, a wrong file named
-  by node and input without losing the prompts queued beside it;
-- every loader input that names a model file declares ``model_folder`` (what provenance hashes).
+  by node and input without losing the prompts queued beside it; provenance hashes of every file it read;
+- make-demo-model writes SD3's MMDiT alone into diffusion_models/, in sd3_medium.txt's layout.
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from sdxl_helpers import cli, demo_models_dir, environment, run_workflow
 
-from nodes.checkpoints import detect_diffusion_model, load_diffusion_model
+from nodes.checkpoints import detect_diffusion_model
+from nodes.demo import make_demo_diffusion_models
 from nodes.families import load_builtin_families
 from nodes.families.ldm import UNET_PREFIX, infer_unet_config, unet_diffusers_names
 from nodes.families.sd3 import mmdit_to_diffusers
@@ -50,8 +51,8 @@ def _unet_only(src, dst, prefix: str) -> None:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """A models folder: the demo checkpoints and text encoders; make-demo-model's diffusion_models/ (the SD3 MMDiT
-    alone) plus each layout written here; the legacy unet/ folder; the SD3 checkpoint as a VAE file; the demo LoRAs."""
+    """A models folder: the demo checkpoints and text encoders; the demo diffusion_models/ (the SD3 MMDiT alone)
+    plus each layout written here; the legacy unet/ folder; the SD3 checkpoint as a VAE file; the demo LoRAs."""
     demo, shared = demo_models(), demo_models_dir(tmp_path_factory)
     root = tmp_path_factory.mktemp("unet_models")
     (root / "checkpoints").symlink_to(demo["sd3"].parent, target_is_directory=True)
@@ -59,10 +60,8 @@ def models(tmp_path_factory):
     (root / "loras").symlink_to(f"{shared}/loras", target_is_directory=True)
     (root / "vae").mkdir()
     (root / "vae" / "sd3_vae.safetensors").symlink_to(demo["sd3"])
-    rc, out, err = cli("make-demo-model", str(root / "made" / "checkpoints"))
-    assert rc == 0, err
     dm, legacy = root / "diffusion_models", root / "unet"
-    shutil.copytree(root / "made" / "diffusion_models", dm)
+    make_demo_diffusion_models(dm)
     _unet_only(demo["sd3"], dm / "sd3_no_prefix.safetensors", "")
     shutil.copy(demo["sd3_diffusers"] / "transformer" / "diffusion_pytorch_model.safetensors",
                 dm / "sd3_diffusers_layout.safetensors")  # without its config.json
@@ -182,12 +181,19 @@ def test_full_size_diffusion_models_are_told_apart_from_their_keys():
 
 
 @pytest.mark.skipif(not KEYS.is_dir(), reason=f"reference key lists not found at {KEYS}")
-def test_demo_mmdit_alone_is_in_sd3_mediums_layout(models):
+def test_make_demo_model_writes_the_mmdit_alone_in_sd3_mediums_layout(tmp_path, monkeypatch):
     """make-demo-model's diffusion_models/ file holds exactly sd3_medium.txt's model.diffusion_model.* tensor names
-    (the tiny one has 2 joint blocks where the real one has 24), as the demo checkpoint's MMDiT."""
+    (the tiny one has 2 joint blocks where the real one has 24): the demo checkpoint's MMDiT."""
+    import nodes.demo
+
+    monkeypatch.setattr(nodes.demo, "make_demo_models", lambda folder: {})  # the checkpoints have their own tests
+    rc, out, err = cli("make-demo-model", str(tmp_path / "models" / "checkpoints"))
+    assert rc == 0, err
+    written = tmp_path / "models" / "diffusion_models" / SD3_FILE
+    assert str(written) in out.splitlines()
     ref = {line.split("\t")[0] for line in (KEYS / "sd3_medium.txt").read_text().splitlines()
            if not line.startswith("#")}
-    alone = load_file(str(models / "diffusion_models" / SD3_FILE))
+    alone = load_file(str(written))
     assert block_pattern(alone) == block_pattern({k for k in ref if k.startswith(UNET_PREFIX)})
     checkpoint = load_file(str(demo_models()["sd3"]))
     assert all(torch.equal(v, checkpoint[k]) for k, v in alone.items())
