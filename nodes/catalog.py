@@ -27,8 +27,9 @@ MODEL_SUFFIXES = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 
 
 def model_names(env: Environment, path: Path, folder: str) -> list[str]:
-    """The models in one folder (``path`` is <models>/<folder>), as every listing route answers. Checkpoints and
-    VAEs are exactly what the loader nodes offer (a diffusers folder is one model); other folders list their
+    """The models in one folder (``path`` is <models>/<folder>), as every listing route answers. Checkpoints, VAEs,
+    text encoders and diffusion models are exactly what the loader nodes offer (a diffusers folder is one model;
+    text_encoders and diffusion_models include ComfyUI's older clip and unet folders); other folders list their
     weight files."""
     if folder in ("checkpoints", "vae"):
         from .library.loaders import checkpoint_names, vae_names
@@ -36,6 +37,9 @@ def model_names(env: Environment, path: Path, folder: str) -> list[str]:
     if folder == "text_encoders":  # with the older clip/ folder, as the loaders read them
         from .library.text_encoders import text_encoder_names
         return text_encoder_names(env)
+    if folder == "diffusion_models":  # with the older unet/ folder, as UNETLoader reads them
+        from .library.loaders import diffusion_model_names
+        return diffusion_model_names(env)
     if not path.is_dir():
         return []
     return sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
@@ -91,10 +95,12 @@ def ensure_demo_models(checkpoints: Path) -> str | None:
 
 
 def make_demo_models(folder) -> dict[str, Path]:
-    """Every family's demo checkpoints in ``folder``, and their standalone text encoders in text_encoders/ beside
-    it."""
-    from .demo import make_demo_models as make, make_demo_text_encoders
-    return {**make(folder), **make_demo_text_encoders(Path(folder).absolute().parent / "text_encoders")}
+    """Every family's demo checkpoints in ``folder``, their standalone text encoders in text_encoders/ beside it and
+    their diffusion models alone in diffusion_models/."""
+    from .demo import make_demo_diffusion_models, make_demo_models as make, make_demo_text_encoders
+    beside = Path(folder).absolute().parent
+    return {**make(folder), **make_demo_text_encoders(beside / "text_encoders"),
+            **make_demo_diffusion_models(beside / "diffusion_models")}
 
 
 def _ensure(folder: Path, write) -> None:

@@ -1,5 +1,6 @@
 """Find the family a checkpoint belongs to and let it load the file: single ``.safetensors`` files, diffusers
-pipeline folders and standalone VAEs. The families (nodes.families) know the layouts; the reading is nodes.weights.
+pipeline folders, diffusion models alone (UNETLoader's) and standalone VAEs. The families (nodes.families) know
+the layouts; the reading is nodes.weights.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from .families import Checkpoint, family_of, load_builtin_families
 from .families.ldm import load_diffusers_unet, load_diffusers_vae, load_vae_file  # noqa: F401
 from .latent_format import LatentFormat
 from .sdxl.meta import building
-from .weights import UnsupportedCheckpoint, default_dtype, read_shapes
+from .weights import UnsupportedCheckpoint, default_dtype, read_shapes, weights_file
 
 DIFFUSION_PREFIX = "model.diffusion_model."  # where every single-file layout we know keeps the denoising network
 
@@ -65,13 +66,51 @@ def load_checkpoint(path, device="cpu", dtype: torch.dtype | None = None, with_t
     with building():
         if path.is_dir():
             return family_of(detect_folder(path)).load_folder(path, device, dtype, with_text)
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        if path.suffix.lower() not in (".safetensors", ".sft"):
-            raise UnsupportedCheckpoint(f"{path.name}: only .safetensors files are loaded (pickled .ckpt/.pt files "
-                                        "can run arbitrary code)")
-        shapes = read_shapes(path)
+        shapes = _single_file_shapes(path, "checkpoint")
         return family_of(detect(shapes)).load(path, shapes, device, dtype, with_text)
+
+
+def _single_file_shapes(path: Path, what: str) -> dict[str, tuple]:
+    """The tensor shapes of a single weights file; only safetensors are read."""
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    if path.suffix.lower() not in (".safetensors", ".sft"):
+        raise UnsupportedCheckpoint(f"{path.name}: only .safetensors files are loaded (pickled .ckpt/.pt files "
+                                    "can run arbitrary code)")
+    return read_shapes(path)
+
+
+def detect_diffusion_model(shapes: dict[str, tuple]) -> str:
+    """The family of a file holding a diffusion model alone (UNETLoader's), or UnsupportedCheckpoint saying what
+    the file is."""
+    for family in load_builtin_families().values():
+        if family.claims_diffusion_model(shapes):
+            return family.name
+    keys = list(shapes)
+    if any(k.startswith(("encoder.", "decoder.", "first_stage_model.")) for k in keys):
+        what = "a standalone VAE; load it with Load VAE"
+    elif any(k.startswith(("lora_", "lora_unet_")) or ".lora_" in k for k in keys[:200]):
+        what = "a LoRA; load it with Load LoRA"
+    elif any(k.startswith(("text_model.", "encoder.block.", "transformer.resblocks.", "text_encoders.")) for k in keys):
+        what = "text encoders; load them with Load CLIP / TripleCLIPLoader"
+    else:
+        what = f"no diffusion model ({len(keys)} tensors, e.g. {', '.join(keys[:3])})"
+    families = ", ".join(f.title for f in load_builtin_families().values())
+    raise UnsupportedCheckpoint(f"found {what}; a diffusion model file holds the UNet or MMDiT of {families} in the "
+                                f"original layout (with or without {DIFFUSION_PREFIX}) or diffusers'")
+
+
+def load_diffusion_model(path, device="cpu", dtype: torch.dtype | None = None) -> Checkpoint:
+    """A diffusion model alone (a Checkpoint without VAE and text encoders): a single file in any layout its family
+    reads, a diffusers unet/ or transformer/ folder, or a diffusers pipeline folder holding one."""
+    path, dtype = Path(path), dtype or default_dtype(device)
+    folder = None
+    if path.is_dir():
+        folder = next((path / sub for sub in ("unet", "transformer") if (path / sub).is_dir()), path)
+        path = weights_file(folder)
+    shapes = _single_file_shapes(path, "diffusion model")
+    with building():
+        return family_of(detect_diffusion_model(shapes)).load_diffusion_model(path, shapes, device, dtype, folder)
 
 
 def load_vae(path, device="cpu", dtype: torch.dtype | None = None):

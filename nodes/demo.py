@@ -188,6 +188,11 @@ def make_demo_models(out_dir, dtype: torch.dtype = torch.float32) -> dict[str, P
     return _each_family(out_dir, lambda family, out: family.write_demo(out, dtype))
 
 
+def make_demo_diffusion_models(out_dir, dtype: torch.dtype = torch.float32) -> dict[str, Path]:
+    """Every family's demo diffusion models alone in ``out_dir`` (<models>/diffusion_models)."""
+    return _each_family(out_dir, lambda family, out: family.write_demo_diffusion_models(out, dtype))
+
+
 def make_demo_text_encoders(out_dir, dtype: torch.dtype = torch.float32) -> dict[str, Path]:
     """Every family's standalone demo text encoders in ``out_dir`` (<models>/text_encoders)."""
     return _each_family(out_dir, lambda family, out: family.write_demo_text_encoders(out, dtype))

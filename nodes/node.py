@@ -70,7 +70,9 @@ class Input:
     display: str | None = None  # "slider" / "number" hint for the canvas
     label_on: str | None = None
     label_off: str | None = None
-    model_folder: str | None = None  # the value names a file in <models>/<model_folder>: outputs record its SHA-256
+    # the value names a file in <models>/<model_folder> (or in the first of several folders holding it, as ComfyUI
+    # keeps text_encoders/ and clip/): outputs record its SHA-256
+    model_folder: str | tuple[str, ...] | None = None
     # filled in by @node from the annotation and attribute name
     name: str = ""
     type: SocketType | None = None
@@ -238,10 +240,14 @@ class Environment:
     output_dir: str | None = None
     temp_dir: str | None = None
 
-    def model_path(self, folder: str, name: str) -> str:
+    def model_path(self, folder: str | tuple[str, ...], name: str) -> str:
         """Where the model `name` (a file or a diffusers folder) in <models>/<folder> lives; ValueError for a name
         that escapes the folder. The check is on the name, not the resolved path: people symlink their model files
-        and folders in from elsewhere, and a link the owner placed is meant to be followed."""
+        and folders in from elsewhere, and a link the owner placed is meant to be followed. Given several folders
+        (one kind of model under ComfyUI's new and old names), the first that holds `name`, else the first."""
+        if not isinstance(folder, str):
+            paths = [self.model_path(f, name) for f in folder]
+            return next((p for p in paths if os.path.exists(p)), paths[0])
         root = os.path.abspath(os.path.join(self.models_dir or "models", folder))
         path = os.path.normpath(os.path.join(root, name))
         if os.path.isabs(name) or os.path.commonpath([root, path]) != root:

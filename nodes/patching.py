@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .float8 import stored_name
 from .lora import Adapter, Target
 
 
@@ -45,7 +46,7 @@ def patched_copy(module: nn.Module, index: int, patches: tuple[Patch, ...]) -> n
     memo: dict[int, Any] = {id(t): t for t in named.values()}  # deepcopy keeps these objects as they are
     with torch.no_grad():
         for name, changes in updates.items():
-            base = named[name]
+            base = named[stored_name(module, name)]  # a float8-stored weight is patched and stored as float8
             acc = base.detach().to(torch.float32, copy=True)
             for target, adapter, strength in changes:
                 part = acc if target.rows is None else acc[target.rows[0]:target.rows[1]]

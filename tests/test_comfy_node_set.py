@@ -19,6 +19,9 @@ COMBO = "COMBO"  # a list of choices in the schema
 REFERENCE = {
     "CheckpointLoaderSimple": ("Load Checkpoint", [("ckpt_name", COMBO, {})], ["MODEL", "CLIP", "VAE"]),
     "VAELoader": ("Load VAE", [("vae_name", COMBO, {})], ["VAE"]),
+    "UNETLoader": ("Load Diffusion Model", [
+        ("unet_name", COMBO, {}), ("weight_dtype", ["default", "fp8_e4m3fn", "fp8_e4m3fn_fast", "fp8_e5m2"], {})],
+        ["MODEL"]),
     "LoraLoader": ("Load LoRA (Model and CLIP)", [
         ("model", "MODEL", {}), ("clip", "CLIP", {}), ("lora_name", COMBO, {}),
         ("strength_model", "FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01}),
@@ -242,7 +245,9 @@ def object_info(tmp_path_factory):
     (models / "checkpoints" / "folder" / "model_index.json").write_text("{}")
     (models / "vae").mkdir()
     (models / "vae" / "v.safetensors").write_bytes(b"")
-    for folder, name in (("clip", "sub/clip_g.safetensors"), ("text_encoders", "t5xxl_fp16.safetensors")):
+    for folder, name in (("clip", "sub/clip_g.safetensors"), ("text_encoders", "t5xxl_fp16.safetensors"),
+                         ("unet", "sdxl_unet.safetensors"), ("diffusion_models", "sd3_medium.safetensors"),
+                         ("diffusion_models", "sd3_diffusers/transformer/config.json")):
         (models / folder / name).parent.mkdir(parents=True, exist_ok=True)
         (models / folder / name).write_bytes(b"")
     rc, out, err = cli("nodes", "--json", "--models", str(models))
@@ -325,6 +330,9 @@ def test_model_combos_list_files_and_diffusers_folders(object_info):
     assert object_info["CheckpointLoaderSimple"]["input"]["required"]["ckpt_name"][0] == ["folder", "sub/a.safetensors"]
     assert object_info["SDXLCheckpointLoader"]["input"]["required"]["ckpt_name"][0] == ["folder", "sub/a.safetensors"]
     assert object_info["VAELoader"]["input"]["required"]["vae_name"][0] == ["v.safetensors"]
+    # diffusion_models and ComfyUI's older name unet, merged; a diffusers folder holding a transformer/ is one model
+    assert object_info["UNETLoader"]["input"]["required"]["unet_name"][0] == [
+        "sd3_diffusers", "sd3_medium.safetensors", "sdxl_unet.safetensors"]
 
 
 def test_every_node_is_listed_with_category_inputs_and_outputs(object_info):
@@ -365,6 +373,8 @@ def test_comfyui_widget_values_map_to_the_right_inputs():
     assert one("RandomNoise", [5, "randomize"]) == {"noise_seed": 5}
     assert one("ModelSamplingDiscrete", ["lcm", False]) == {"sampling": "lcm", "zsnr": False}
     assert one("CLIPSetLastLayer", [-2]) == {"stop_at_clip_layer": -2}
+    assert one("UNETLoader", ["sd3_medium.safetensors", "fp8_e4m3fn"]) == {  # as ComfyUI's SD3 templates save it
+        "unet_name": "sd3_medium.safetensors", "weight_dtype": "fp8_e4m3fn"}
     assert one("CLIPTextEncodeSDXL", [4096, 4096, 0, 0, 4096, 4096, "g", "l"]) == {
         "width": 4096, "height": 4096, "crop_w": 0, "crop_h": 0, "target_width": 4096, "target_height": 4096,
         "text_g": "g", "text_l": "l"}

@@ -155,3 +155,29 @@ def test_inspect_reads_what_it_can_of_an_odd_image(tmp_path):
     code, out, err = cli("inspect", str(tmp_path / "odd.png"))
     assert code == 0 and "Traceback" not in err
     assert "no provenance record" in out and "1     KSampler  seed   7" in out
+
+
+def test_every_loader_input_that_names_a_model_file_declares_its_folder(tmp_path):
+    """Provenance hashes the files of inputs declared with model_folder: a loader input that lists model files
+    without declaring it would silently go unhashed. With a file in every model folder, each combo that offers it
+    declares a folder that holds it, and the folder the missing-model hints use is among them."""
+    from nodes.catalog import INPUT_FOLDERS, MODEL_FOLDERS, input_folder
+    from nodes.node import Environment, load_builtin_nodes
+
+    for folder in {*MODEL_FOLDERS, *INPUT_FOLDERS.values()}:
+        (tmp_path / folder).mkdir(exist_ok=True)
+        (tmp_path / folder / f"probe_{folder}.safetensors").write_bytes(b"")
+    env = Environment(models_dir=str(tmp_path))
+    offered = []
+    for class_type, spec in load_builtin_nodes().items():
+        for name, inp in spec.inputs.items():
+            probes = [o for o in inp.options(env) if o.startswith("probe_")] if inp.is_combo else []
+            if not probes:
+                continue
+            offered.append((class_type, name))
+            assert inp.model_folder, f"{class_type}.{name} lists model files but declares no model_folder"
+            assert all(os.path.isfile(env.model_path(inp.model_folder, p)) for p in probes), (class_type, name)
+            folders = (inp.model_folder,) if isinstance(inp.model_folder, str) else inp.model_folder
+            assert input_folder(class_type, name) in folders, (class_type, name)
+    assert {("CheckpointLoaderSimple", "ckpt_name"), ("UNETLoader", "unet_name"), ("TripleCLIPLoader", "clip_name3"),
+            ("LoraLoader", "lora_name"), ("CLIPVisionLoader", "clip_name")} <= set(offered)

@@ -5,14 +5,17 @@ A family module subclasses ``Family`` and registers an instance at import, as no
 ``load_builtin_families`` imports them all. What a family declares:
 
 - detection: ``claims`` (a single file's tensor names and shapes) and ``claims_folder`` (a diffusers folder);
+  ``claims_diffusion_model`` for a file holding its diffusion model alone (UNETLoader's, any layout);
 - loading: ``load`` / ``load_folder`` build its UNet, VAE and text encoders (full-size and tiny configs live with
   it) and pick its prediction type (``Checkpoint.sampling``: eps, v, and flow for later families);
+  ``load_diffusion_model`` the diffusion model alone;
 - its latent format (``latent_format``: channels, scale, shift, preview factors);
 - the values its checkpoints put on the sockets: ``model`` the MODEL (nodes.sampling.denoiser.Denoiser, which
   knows the extra conditioning its network takes) and the checkpoint's text encoders the CLIP (``TextEncoder``:
   what its text encoding produces);
-- its demo writer (``write_demo``), its full-size key layout on the meta device (``full_size_shapes``) and the
-  names people give its files (``file_names``, for hints about missing models);
+- its demo writers (``write_demo``; ``write_demo_diffusion_models`` for its diffusion model alone), its full-size
+  key layout on the meta device (``full_size_shapes``) and the names people give its files (``file_names``, for
+  hints about missing models);
 - optionally, text encoders in files of their own (``clip_type``, ComfyUI's CLIPLoader type naming them;
   ``load_text_encoders``; ``write_demo_text_encoders``);
 - the names LoRA files give its weights (``lora_model_keys`` / ``lora_clip_keys``: nodes.lora) and its demo LoRAs.
@@ -59,8 +62,8 @@ class Checkpoint:
     kind: str  # the family's name
     unet: nn.Module  # the denoising network
     unet_config: object
-    vae: nn.Module
-    text: TextEncoder | None  # None when loaded with_text=False
+    vae: nn.Module | None  # None for a diffusion model alone (load_diffusion_model)
+    text: TextEncoder | None  # None when loaded with_text=False or without text encoders
     path: Path
     dtype: torch.dtype
     sampling: object  # nodes.sampling.schedules.ModelSampling: the prediction type the file calls for
@@ -91,6 +94,18 @@ class Family:
     def load_folder(self, folder: Path, device, dtype, with_text: bool) -> Checkpoint:
         raise NotImplementedError
 
+    def claims_diffusion_model(self, shapes: dict[str, tuple]) -> bool:
+        """Whether a file holding only a diffusion model, with these tensors, is this family's: the original layout
+        with or without ``model.diffusion_model.`` (a whole checkpoint's model counts too), or diffusers' layout. May
+        raise like ``claims``."""
+        return False
+
+    def load_diffusion_model(self, path: Path, shapes: dict[str, tuple], device, dtype,
+                             folder: Path | None = None) -> Checkpoint:
+        """The diffusion model of the file ``path`` alone (a Checkpoint without VAE and text). ``folder``: the
+        diffusers component folder (unet/, transformer/) holding the file, whose config.json describes it."""
+        raise NotImplementedError
+
     def model(self, checkpoint, name: str):
         """The MODEL value (a Denoiser) of a loaded checkpoint (``Checkpoint`` or the loaders' container)."""
         raise NotImplementedError
@@ -109,6 +124,11 @@ class Family:
         """The CLIP value from standalone text-encoder files (CLIPLoader, TripleCLIPLoader), told apart by their
         tensors."""
         raise NotImplementedError
+
+    def write_demo_diffusion_models(self, folder: Path, dtype: torch.dtype) -> dict[str, Path]:
+        """Tiny random-weight diffusion models alone (for <models>/diffusion_models, UNETLoader's), if the family's
+        are shared so."""
+        return {}
 
     def write_demo_text_encoders(self, folder: Path, dtype: torch.dtype) -> dict[str, Path]:
         """Tiny random-weight standalone text encoders (for <models>/text_encoders), if the family has such files."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -106,6 +107,24 @@ def infer_vae_config(shapes: dict, latent: LatentFormat = SDXL_LATENT) -> VAECon
                      shift_factor=latent.shift_factor, use_quant_conv="quant_conv.weight" in shapes)
 
 
+def unet_structure_from_diffusers_shapes(shapes: dict) -> UNetConfig:
+    """The structure of a diffusers-layout UNet from its tensor shapes (a ``diffusion_pytorch_model.safetensors``
+    without its config.json): enough to name its tensors in the original layout. The head count is not in the
+    weights: the family reads it from those (``LDMFamily.unet_config``)."""
+    levels = _count(shapes, "down_blocks.")
+    out = [shapes[f"down_blocks.{i}.resnets.0.conv1.weight"][0] for i in range(levels)]
+    proj_in = next((v for k, v in shapes.items() if k.endswith(".proj_in.weight")), ())
+    return UNetConfig(
+        model_channels=out[0], channel_mult=tuple(c // out[0] for c in out),
+        transformer_depth=tuple(_count(shapes, f"down_blocks.{i}.attentions.0.transformer_blocks.")
+                                for i in range(levels)),
+        transformer_depth_middle=_count(shapes, "mid_block.attentions.0.transformer_blocks."),
+        context_dim=next((v[1] for k, v in shapes.items() if k.endswith("attn2.to_k.weight")), 0),
+        adm_in_channels=shapes.get("add_embedding.linear_1.weight", (0, 0))[1],
+        num_res_blocks=_count(shapes, "down_blocks.0.resnets."), in_channels=shapes["conv_in.weight"][1],
+        out_channels=shapes["conv_out.weight"][0], use_linear_in_transformer=len(proj_in) != 4)
+
+
 def _vae_config_from_diffusers_shapes(shapes: dict, latent: LatentFormat) -> VAEConfig:
     ch = shapes["encoder.conv_in.weight"][0]
     levels = _count(shapes, "encoder.down_blocks.")
@@ -122,8 +141,9 @@ _RESNET_UNET = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": 
                 "out_layers.0": "norm2", "out_layers.3": "conv2", "skip_connection": "conv_shortcut"}
 
 
+@functools.lru_cache(maxsize=8)
 def unet_diffusers_names(cfg: UNetConfig) -> dict[str, str]:
-    """Original UNet key → diffusers ``UNet2DConditionModel`` key, for every tensor of ``cfg``."""
+    """Original UNet key → diffusers ``UNet2DConditionModel`` key, for every tensor of ``cfg`` (cached: read only)."""
     prefixes = {"time_embed.0": "time_embedding.linear_1", "time_embed.2": "time_embedding.linear_2",
                 "label_emb.0.0": "add_embedding.linear_1", "label_emb.0.2": "add_embedding.linear_2",
                 "input_blocks.0.0": "conv_in", "out.0": "conv_norm_out", "out.2": "conv_out",
@@ -325,18 +345,46 @@ def load_vae_file(path: Path, shapes: dict, latent: LatentFormat, dtype, device)
     return build(AutoencoderKL, cfg, state, "VAE", path)
 
 
-def require_plain_unet(shapes: dict, title: str) -> None:
+def require_plain_unet(shapes: dict, title: str, prefix: str = UNET_PREFIX) -> None:
     """The UNet takes the 4 latent channels alone: inpainting (9) and other variants are not supported yet."""
-    conv_in = shapes[UNET_PREFIX + "input_blocks.0.0.weight"]
+    conv_in = shapes[prefix + "input_blocks.0.0.weight"]
     if conv_in[1] != 4:
         variant = "an inpainting" if conv_in[1] == 9 else f"a {conv_in[1]}-channel-input"
         raise UnsupportedCheckpoint(f"found {variant} {title} UNet (input_blocks.0.0.weight {list(conv_in)}); "
                                     f"only 4-channel {title} checkpoints are supported")
 
 
+def is_sd_unet(unet: dict, title: str, linear: bool) -> bool:
+    """Whether original-layout UNet shapes (no prefix) are an SD 1.x UNet (1×1-conv projections, ``linear`` False)
+    or an SD 2.x one (linear projections): no vector input. One with other input channels raises, as
+    ``require_plain_unet``."""
+    proj_in = next((v for k, v in unet.items() if k.endswith(".proj_in.weight")), None)
+    if "label_emb.0.0.weight" in unet or proj_in is None or (len(proj_in) == 2) != linear:
+        return False
+    require_plain_unet(unet, title, prefix="")
+    return True
+
+
 def strip_prefix(prefix: str):
     """A read_tensors rename: the keys under ``prefix``, without it."""
     return lambda k: k[len(prefix):] if k.startswith(prefix) else None
+
+
+def unet_file_layout(shapes: dict) -> tuple[Callable[[str], str | None], dict] | None:
+    """How a file holding a UNet names it: (read_tensors rename from the file's names to the original layout's
+    without prefix, the UNet's shapes under those names). The original layout with ``model.diffusion_model.`` (a
+    UNet-only file, or a whole checkpoint) or without, and diffusers' ``UNet2DConditionModel`` layout; None for a
+    file holding no UNet."""
+    if UNET_PREFIX + "input_blocks.0.0.weight" in shapes:
+        return strip_prefix(UNET_PREFIX), {k[len(UNET_PREFIX):]: v for k, v in shapes.items()
+                                           if k.startswith(UNET_PREFIX)}
+    if "input_blocks.0.0.weight" in shapes:
+        return (lambda k: k), dict(shapes)
+    if "conv_in.weight" in shapes and "down_blocks.0.resnets.0.conv1.weight" in shapes:
+        names = unet_diffusers_names(unet_structure_from_diffusers_shapes(shapes))
+        original = {d: o for o, d in names.items()}
+        return (lambda k: original.get(k, "unexpected:" + k)), {o: shapes[d] for o, d in names.items() if d in shapes}
+    return None
 
 
 class LDMFamily(Family):
@@ -369,9 +417,28 @@ class LDMFamily(Family):
     def unet_config(self, shapes: dict) -> UNetConfig:
         return infer_unet_config(shapes, self.num_head_channels, self.num_heads)
 
-    def sampling_for(self, path: Path, shapes: dict):
-        """The prediction type of a single file (eps unless the family can tell otherwise)."""
+    def sampling_for(self, path: Path, unet: dict, rename: Callable[[str], str | None]):
+        """The prediction type of a single file (eps unless the family can tell otherwise), from its UNet's shapes in
+        the original layout without prefix, which ``rename`` gives the file's names."""
         return DiscreteEps()
+
+    def claims_unet(self, unet: dict) -> bool:
+        """Whether a UNet with these original-layout shapes (no prefix) is this family's, text encoders unseen."""
+        return False
+
+    def claims_diffusion_model(self, shapes):
+        layout = unet_file_layout(shapes)
+        return layout is not None and self.claims_unet(layout[1])
+
+    def load_diffusion_model(self, path, shapes, device, dtype, folder=None):
+        if folder is not None:
+            unet, cfg = load_diffusers_unet(folder, device, dtype)
+            # a pipeline's unet/ folder: the scheduler beside it says the prediction type
+            return Checkpoint(self.name, unet, cfg, None, None, folder, dtype, self.sampling_for_folder(folder.parent))
+        rename, own = unet_file_layout(shapes)
+        cfg = self.unet_config(own)
+        unet = build(UNetModel, cfg, read_tensors(path, rename, dtype, device), "UNet", path)
+        return Checkpoint(self.name, unet, cfg, None, None, path, dtype, self.sampling_for(path, own, rename))
 
     def sampling_for_folder(self, folder: Path):
         return DiscreteEps()
@@ -388,7 +455,8 @@ class LDMFamily(Family):
         if unknown:
             raise CheckpointError(f"{path}: {len(unknown)} tensors outside the {self.title} components, "
                                   f"e.g. {unknown[:3]}")
-        unet_cfg = self.unet_config({k[len(UNET_PREFIX):]: v for k, v in shapes.items() if k.startswith(UNET_PREFIX)})
+        unet_shapes = {k[len(UNET_PREFIX):]: v for k, v in shapes.items() if k.startswith(UNET_PREFIX)}
+        unet_cfg = self.unet_config(unet_shapes)
         vae_cfg = infer_vae_config({k[len(VAE_PREFIX):]: v for k, v in shapes.items() if k.startswith(VAE_PREFIX)},
                                    self.latent_format)
         unet = build(UNetModel, unet_cfg, read_tensors(path, strip_prefix(UNET_PREFIX), dtype, device), "UNet", path)
@@ -399,7 +467,8 @@ class LDMFamily(Family):
 
         text = self._text(read_tensors(path, text_name, dtype, device), "original", dtype, device, path) \
             if with_text else None
-        return Checkpoint(self.name, unet, unet_cfg, vae, text, path, dtype, self.sampling_for(path, shapes))
+        return Checkpoint(self.name, unet, unet_cfg, vae, text, path, dtype,
+                          self.sampling_for(path, unet_shapes, strip_prefix(UNET_PREFIX)))
 
     def load_folder(self, folder: Path, device, dtype, with_text: bool) -> Checkpoint:
         unet, cfg = load_diffusers_unet(folder / "unet", device, dtype)

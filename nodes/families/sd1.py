@@ -2,7 +2,7 @@
 
 - Detection: a UNet without a vector input and CLIP-L at ``cond_stage_model.transformer`` (v1-inference.yaml's
   layout, ``keys/v1-5-pruned-emaonly.txt``); diffusers folders with a single text_encoder/ that is CLIP-L
-  (quick_gelu).
+  (quick_gelu). A UNet alone (UNETLoader): no vector input and 1×1-conv projections (SD 2.x's are linear).
 - Configs: ``SD15_UNET`` (v1-inference.yaml: 320 channels × 1, 2, 4, 4, attention at the first three levels with 8
   heads and 1×1-conv projections, a 768-wide context); the VAE is the KL-f8 one SDXL also uses; tiny presets for
   the demo. Single files also carry the LatentDiffusion schedule buffers and EMA scalars (``ldm_extras``).
@@ -29,7 +29,7 @@ from ..sdxl.unet import UNetModel
 from ..sdxl.vae import AutoencoderKL
 from ..weights import read_config
 from . import register
-from .ldm import UNET_PREFIX, LDMFamily, ldm_extras, require_plain_unet
+from .ldm import UNET_PREFIX, LDMFamily, is_sd_unet, ldm_extras, require_plain_unet
 
 SD_LATENT = LatentFormat(channels=4, scale_factor=0.18215,
                          rgb_factors=((0.298, 0.207, 0.208), (0.187, 0.286, 0.173),
@@ -112,6 +112,9 @@ class SD1(LDMFamily):
 
     def claims_folder(self, folder):
         return single_text_encoder_act(folder) == "quick_gelu"
+
+    def claims_unet(self, unet):
+        return is_sd_unet(unet, self.title, linear=False)
 
     def text_encoders(self, state, layout, dtype, device):
         prefix = "clip_l." if layout == "original" else "text_encoder."

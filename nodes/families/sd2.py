@@ -3,7 +3,8 @@ context from OpenCLIP ViT-H/14, and v-prediction for the 768 models.
 
 - Detection: a UNet without a vector input and an open_clip text tower at ``cond_stage_model.model``
   (v2-inference-v.yaml's layout, ``keys/v2-1_768-ema-pruned.txt``); diffusers folders with a single text_encoder/
-  that is OpenCLIP-H as transformers stores it (gelu).
+  that is OpenCLIP-H as transformers stores it (gelu). A UNet alone (UNETLoader): no vector input and linear
+  projections.
 - Configs: ``SD21_UNET`` and ``OPENCLIP_H`` (24 blocks, 1024 wide); the VAE and latent format are SD 1.x's.
 - Text: the penultimate block's output through ln_final (LatentDiffusion's FrozenOpenCLIPEmbedder, layer
   "penultimate"), prompts padded with 0 (open_clip's rule), not with the end token as CLIP-L is. diffusers stores
@@ -32,7 +33,7 @@ from ..sdxl.unet import UNetModel
 from ..sdxl.vae import AutoencoderKL
 from ..weights import read_metadata, read_tensors
 from . import register
-from .ldm import UNET_PREFIX, LDMFamily, ldm_extras, require_plain_unet
+from .ldm import UNET_PREFIX, LDMFamily, is_sd_unet, ldm_extras, require_plain_unet
 from .sd1 import SD_LATENT, SD_VAE, TINY_SD_VAE, TINY_TEXT_WIDTH, pipeline_index, single_text_encoder_act
 
 SD21_UNET = UNetConfig(320, (1, 2, 4, 4), (1, 1, 1, 0), 1, context_dim=1024, adm_in_channels=0)
@@ -79,13 +80,10 @@ class SD2TextEncoder(ClipTextEncoder):
         return [[hidden.cpu(), {}]]
 
 
-def _v_probe_key(shapes: dict) -> str:
-    last = max(int(k.split(".")[3]) for k in shapes if k.startswith(UNET_PREFIX + "output_blocks."))
-    return f"{UNET_PREFIX}output_blocks.{last}.1.transformer_blocks.0.norm1.bias"
-
-
-def is_v_prediction(path: Path, shapes: dict) -> bool:
-    """Whether a single SD 2.x file is v-prediction (the module docstring says how it is told)."""
+def is_v_prediction(path: Path, unet: dict, rename) -> bool:
+    """Whether a single SD 2.x file is v-prediction (the module docstring says how it is told); ``unet``: its UNet's
+    shapes in the original layout without prefix, which ``rename`` gives the file's names (whole checkpoints,
+    UNet-only files in either layout)."""
     declared = read_metadata(path).get("modelspec.prediction_type")
     if declared:
         return declared.lower().startswith("v")
@@ -95,10 +93,11 @@ def is_v_prediction(path: Path, shapes: dict) -> bool:
 
         params = ((yaml.safe_load(config.read_text()) or {}).get("model") or {}).get("params") or {}
         return params.get("parameterization", "eps") == "v"
-    key = _v_probe_key(shapes)
-    if key not in shapes:  # no attention in the last output block: nothing to probe
+    last = max(int(k.split(".")[1]) for k in unet if k.startswith("output_blocks."))
+    key = f"output_blocks.{last}.1.transformer_blocks.0.norm1.bias"
+    if key not in unet:  # no attention in the last output block: nothing to probe
         return False
-    bias = read_tensors(path, lambda k: k if k == key else None, torch.float32, "cpu")[key]
+    bias = read_tensors(path, lambda k: key if rename(k) == key else None, torch.float32, "cpu")[key]
     return bool(bias.std(unbiased=False) > V_PROBE_STD)
 
 
@@ -120,8 +119,11 @@ class SD2(LDMFamily):
     def claims_folder(self, folder):
         return single_text_encoder_act(folder) == "gelu"
 
-    def sampling_for(self, path, shapes):
-        return DiscreteV() if is_v_prediction(path, shapes) else DiscreteEps()
+    def claims_unet(self, unet):  # SD 1.x's UNet with linear projections (and a 1024-wide context)
+        return is_sd_unet(unet, self.title, linear=True)
+
+    def sampling_for(self, path, unet, rename):
+        return DiscreteV() if is_v_prediction(path, unet, rename) else DiscreteEps()
 
     def sampling_for_folder(self, folder):
         config = folder / "scheduler" / "scheduler_config.json"

@@ -6,7 +6,8 @@ CLIP-L, CLIP-G and optionally T5-XXL, and a 16-channel VAE.
   TripleCLIPLoader loads them) and ``keys/sd3_medium_incl_clips_t5xxlfp8.txt`` (with ``text_encoders.clip_l``,
   ``.clip_g`` and ``.t5xxl`` ``.transformer.`` in transformers' layouts, T5 stored in float8 and upcast on use).
   Diffusers folders: transformer/ is an ``SD3Transformer2DModel``; text_encoder/, _2/, _3/ (T5 optional, maybe
-  sharded); the scheduler config's ``shift``.
+  sharded); the scheduler config's ``shift``. The MMDiT alone (UNETLoader): those layouts' MMDiT tensors, in a
+  file or a transformer/ folder.
 - Configs: ``SD3_MEDIUM`` (depth 24, 1536 wide, 24 heads, patch 2, 16 channels, a 192² position table); the VAE is
   the KL-f8 one with 16 latent channels and no quant convs; tiny presets for the demo.
 - Latent format: 16 channels, sampling-space latent = (z − 0.0609)·1.5305; preview factors from Stability AI's SD3
@@ -20,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -161,6 +163,27 @@ def mmdit_config_to_diffusers(cfg: MMDiTConfig) -> dict:
             "qk_norm": "rms_norm" if cfg.qk_norm else None, "dual_attention_layers": list(cfg.x_self_attn_layers)}
 
 
+def mmdit_config_from_diffusers_shapes(shapes: dict[str, tuple]) -> MMDiTConfig:
+    """The config of a diffusers-layout transformer from its tensor shapes (a ``diffusion_pytorch_model.safetensors``
+    without its config.json); heads are 64 channels wide, as ``mmdit_config`` assumes."""
+    hidden, in_channels, patch, _ = shapes["pos_embed.proj.weight"]
+    blocks = {int(k.split(".")[1]) for k in shapes if k.startswith("transformer_blocks.")}
+    return mmdit_config_from_diffusers({
+        "num_layers": len(blocks), "num_attention_heads": hidden // 64, "attention_head_dim": 64, "patch_size": patch,
+        "in_channels": in_channels, "out_channels": shapes["proj_out.weight"][0] // patch ** 2,
+        "joint_attention_dim": shapes["context_embedder.weight"][1],
+        "pooled_projection_dim": shapes["time_text_embed.text_embedder.linear_1.weight"][1],
+        "pos_embed_max_size": math.isqrt(shapes["pos_embed.pos_embed"][1]),
+        "qk_norm": "rms_norm" if "transformer_blocks.0.attn.norm_q.weight" in shapes else None,
+        "dual_attention_layers": sorted({int(k.split(".")[1]) for k in shapes if ".attn2." in k})})
+
+
+def _shift(folder: Path) -> float:
+    """The flow shift a diffusers pipeline folder's scheduler config gives (3.0 without one)."""
+    scheduler = folder / "scheduler" / "scheduler_config.json"
+    return json.loads(scheduler.read_text()).get("shift", SHIFT) if scheduler.is_file() else SHIFT
+
+
 # ---- LoRA names (nodes.lora) ----------------------------------------------------------------------------------
 
 LORA_TOWERS = {"clip_l": ("lora_te1_", "text_encoder.", None), "clip_g": ("lora_te2_", "text_encoder_2.", None)}
@@ -231,9 +254,27 @@ class SD3(Family):
         mmdit = build(MMDiT, cfg, state, "MMDiT", folder / "transformer")
         vae = load_diffusers_vae(folder / "vae", dtype, device)
         text = folder_text(folder, dtype, device, cfg.context_dim) if with_text else None
-        scheduler = folder / "scheduler" / "scheduler_config.json"
-        shift = json.loads(scheduler.read_text()).get("shift", SHIFT) if scheduler.is_file() else SHIFT
-        return Checkpoint(self.name, mmdit, cfg, vae, text, folder, dtype, DiscreteFlow(shift))
+        return Checkpoint(self.name, mmdit, cfg, vae, text, folder, dtype, DiscreteFlow(_shift(folder)))
+
+    def claims_diffusion_model(self, shapes):
+        return any(prefix + "x_embedder.proj.weight" in shapes and prefix + "joint_blocks.0.x_block.attn.qkv.weight"
+                   in shapes for prefix in (MMDIT_PREFIX, "")) or \
+            "pos_embed.proj.weight" in shapes and "transformer_blocks.0.attn.to_q.weight" in shapes
+
+    def load_diffusion_model(self, path, shapes, device, dtype, folder=None):
+        """The original layout with or without ``model.diffusion_model.``, or diffusers' (with the config.json of its
+        transformer/ folder, or read from the shapes); a pipeline's transformer/ folder takes the scheduler's shift."""
+        if "pos_embed.proj.weight" in shapes:
+            cfg = mmdit_config_from_diffusers(read_config(folder)) if folder is not None else \
+                mmdit_config_from_diffusers_shapes(shapes)
+            state = mmdit_from_diffusers(read_tensors(path, lambda k: k, dtype, device), cfg, path)
+        else:
+            prefix = MMDIT_PREFIX if MMDIT_PREFIX + "x_embedder.proj.weight" in shapes else ""
+            cfg = mmdit_config({k[len(prefix):]: v for k, v in shapes.items() if k.startswith(prefix)})
+            state = read_tensors(path, strip_prefix(prefix), dtype, device)
+        mmdit = build(MMDiT, cfg, state, "MMDiT", path)
+        shift = _shift(folder.parent) if folder is not None else SHIFT
+        return Checkpoint(self.name, mmdit, cfg, None, None, path, dtype, DiscreteFlow(shift))
 
     def load_text_encoders(self, files, device, dtype):
         return standalone_text(files, dtype, device)
@@ -274,6 +315,14 @@ class SD3(Family):
                                                         state, dtype, what)
         paths["sd3_diffusers"] = self._write_demo_folder(folder / "demo_sd3_medium_diffusers", mmdit, vae, towers)
         return paths
+
+    def write_demo_diffusion_models(self, folder, dtype):
+        """``demo_sd3_medium_mmdit.safetensors``: the demo checkpoint's MMDiT alone, under ``model.diffusion_model.``
+        as in ``keys/sd3_medium.txt`` (what UNETLoader reads)."""
+        state = {MMDIT_PREFIX + k: v for k, v in self._demo_weights()[0].state_dict().items()}
+        what = "SD3 diffusion models (sd3_medium.safetensors)"
+        return {"sd3_mmdit": demo.save_single_file(folder / "demo_sd3_medium_mmdit.safetensors", state, dtype, what,
+                                                   "diffusion_models")}
 
     def write_demo_text_encoders(self, folder, dtype):
         """``demo_clip_l.safetensors``, ``demo_clip_g.safetensors`` and ``demo_t5xxl_fp8_e4m3fn.safetensors``, the

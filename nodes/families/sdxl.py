@@ -3,7 +3,8 @@
 - Detection: the UNet has SDXL's vector input (``label_emb``); the base carries CLIP-L and OpenCLIP bigG
   (``conditioner.embedders.0.transformer`` / ``.1.model``), the refiner bigG alone (``conditioner.embedders.0.model``);
   the vector input must be bigG's projection plus 6 (base) or 5 (refiner) 256-d Fourier features. Diffusers folders:
-  text_encoder/ + text_encoder_2/ (base) or text_encoder_2/ (refiner), checked the same way.
+  text_encoder/ + text_encoder_2/ (base) or text_encoder_2/ (refiner), checked the same way. A UNet alone
+  (UNETLoader): the widths of its context and vector input tell (``sdxl_unet_kind``).
 - Configs: nodes.sdxl.configs (full size: paper Table 1; tiny: the demo). Modules: nodes.sdxl.
 - Latent format: 4 channels × 0.13025. Text: CLIP-L and bigG penultimate states joined on channels, bigG's pooled
   vector (nodes.sdxl.text). Extra conditioning: the vector ``y`` of sizes and aesthetic score (nodes.sdxl.model).
@@ -56,6 +57,25 @@ def sdxl_kind(shapes: dict[str, tuple]) -> str | None:
     return kind
 
 
+def sdxl_unet_kind(unet: dict[str, tuple]) -> str | None:
+    """"sdxl_base" / "sdxl_refiner" for an SDXL UNet alone (original-layout shapes, no prefix), None for another
+    UNet. Without the text encoders the widths tell: the base's context is CLIP-L ‖ bigG and its vector input bigG's
+    pooled width plus 6 Fourier features, a pooled width below the context's; the refiner's context is bigG alone
+    and its vector input that width plus 5."""
+    label = unet.get("label_emb.0.0.weight")
+    if label is None:
+        return None
+    require_plain_unet(unet, "SDXL", prefix="")
+    context = next((v[1] for k, v in unet.items() if k.endswith("attn2.to_k.weight")), 0)
+    if label[1] == context + N_SCALARS["sdxl_refiner"] * FOURIER_DIM:
+        return "sdxl_refiner"
+    if 0 < label[1] - N_SCALARS["sdxl_base"] * FOURIER_DIM < context:
+        return "sdxl_base"
+    raise UnsupportedCheckpoint(f"found an SDXL-like UNet (vector input {label[1]}, context {context}) that is neither "
+                                f"the base (pooled + {N_SCALARS['sdxl_base']}×{FOURIER_DIM}, a wider context) nor "
+                                f"the refiner (context + {N_SCALARS['sdxl_refiner']}×{FOURIER_DIM})")
+
+
 def sdxl_folder_kind(path: Path) -> str | None:
     """Base has text_encoder/ (CLIP-L) and text_encoder_2/ (bigG), the refiner only text_encoder_2/; the UNet's
     vector input must be bigG's projection plus 6 (base) or 5 (refiner) Fourier features."""
@@ -91,6 +111,9 @@ class SDXL(LDMFamily):
 
     def claims_folder(self, folder):
         return sdxl_folder_kind(folder) == self.name
+
+    def claims_unet(self, unet):
+        return sdxl_unet_kind(unet) == self.name
 
     def text_encoders(self, state, layout, dtype, device):
         return build_text_encoders(self.name, state, layout, dtype, device)

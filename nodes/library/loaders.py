@@ -1,5 +1,5 @@
 """Loaders: checkpoints of every supported family (single file or diffusers folder; nodes.checkpoints finds the
-family) and standalone VAEs.
+family), diffusion models alone (UNETLoader) and standalone VAEs.
 
 A loaded checkpoint is shared: the executor caches the loader's outputs by content key (file name plus the
 ``fingerprint`` below, so a replaced file reloads), and when a residency service is present (``ctx.resources``,
@@ -16,8 +16,9 @@ import os
 import torch
 from torch import nn
 
-from ..checkpoints import load_checkpoint, load_vae
+from ..checkpoints import load_checkpoint, load_diffusion_model, load_vae
 from ..families import family_of
+from ..float8 import store_as_float8
 from ..node import Environment, Input, Output, node
 from ..types import CLIP, MODEL, VAE
 
@@ -67,15 +68,32 @@ def vae_names(env: Environment) -> list[str]:
     return list_models(env, "vae", _is_vae_folder)
 
 
-def resolve(env: Environment, kind: str, name: str, what: str) -> str:
-    """The path of `name` inside <models>/<kind> (Environment.model_path); `what` names the node and input for
-    messages."""
+DIFFUSION_MODEL_FOLDERS = ("diffusion_models", "unet")  # ComfyUI's folder_paths["diffusion_models"], new name first
+
+
+def _is_diffusion_model_folder(path: str) -> bool:
+    """A diffusers unet/ or transformer/ folder, or a pipeline folder holding one."""
+    return os.path.isfile(os.path.join(path, "config.json")) or \
+        any(os.path.isdir(os.path.join(path, sub)) for sub in ("unet", "transformer"))
+
+
+def diffusion_model_names(env: Environment) -> list[str]:
+    """The diffusion models under <models>/diffusion_models and <models>/unet, by their path inside either."""
+    return sorted({name for folder in DIFFUSION_MODEL_FOLDERS
+                   for name in list_models(env, folder, _is_diffusion_model_folder)})
+
+
+def resolve(env: Environment, kind: str | tuple[str, ...], name: str, what: str) -> str:
+    """The path of `name` inside <models>/<kind>, or inside the first of several folders that holds it
+    (Environment.model_path); `what` names the node and input for messages."""
     try:
         path = env.model_path(kind, name)
     except ValueError as exc:
         raise ValueError(f"{what}: {exc}") from None
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{what}: {name!r} not found in {os.path.abspath(model_folder(env, kind))}")
+        kinds = (kind,) if isinstance(kind, str) else kind
+        where = " or ".join(os.path.abspath(model_folder(env, k)) for k in kinds)
+        raise FileNotFoundError(f"{what}: {name!r} not found in {where}")
     return path
 
 
@@ -92,7 +110,7 @@ def file_fingerprint(path: str) -> tuple:
     return tuple(sorted(entries))
 
 
-def _fingerprint(env: Environment, kind: str, name: str):
+def _fingerprint(env: Environment, kind: str | tuple[str, ...], name: str):
     try:
         path = resolve(env, kind, name, "")
     except (OSError, ValueError):
@@ -103,7 +121,8 @@ def _fingerprint(env: Environment, kind: str, name: str):
 # -- loading ------------------------------------------------------------------------------------------------------
 
 class LoadedCheckpoint(nn.Module):
-    """One checkpoint's modules in one container, so the residency service can account for and share them."""
+    """One checkpoint's modules in one container, so the residency service can account for and share them (a
+    diffusion model alone has no VAE and no text encoders)."""
 
     def __init__(self, ckpt):
         super().__init__()
@@ -145,6 +164,30 @@ def load_model(ctx, name: str, what: str = "CheckpointLoaderSimple: ckpt_name") 
     else:
         loaded = build()
     return family_of(loaded.kind).model(loaded, name), loaded.text, loaded.vae
+
+
+WEIGHT_DTYPES = {"default": None, "fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e4m3fn_fast": torch.float8_e4m3fn,
+                 "fp8_e5m2": torch.float8_e5m2}
+
+
+def load_diffusion_model_file(ctx, name: str, weight_dtype: str, what: str = "UNETLoader: unet_name"):
+    """The MODEL of the diffusion model `name` in <models>/diffusion_models (or unet), its weights in the residency
+    service's dtype or, for an fp8 ``weight_dtype``, stored in float8 and upcast on use (nodes.float8)."""
+    path = resolve(ctx.env, DIFFUSION_MODEL_FOLDERS, name, what)
+    dtype, stored = _weights_dtype(ctx.resources), WEIGHT_DTYPES[weight_dtype]
+
+    def build():
+        try:
+            ckpt = load_diffusion_model(path, "cpu", dtype)
+        except ValueError as exc:  # UnsupportedCheckpoint, CheckpointError: say which node and input
+            raise ValueError(f"{what}: {name!r}: {exc}") from None
+        if stored is not None:
+            store_as_float8(ckpt.unet, stored, dtype)
+        return LoadedCheckpoint(ckpt)
+
+    key = ("diffusion_model", path, file_fingerprint(path), str(dtype), str(stored))
+    loaded = ctx.resources.cached(key, build) if ctx.resources is not None else build()
+    return family_of(loaded.kind).model(loaded, name)
 
 
 def load_vae_file(ctx, name: str, what: str = "VAELoader: vae_name") -> nn.Module:
@@ -222,6 +265,25 @@ class CheckpointLoaderSimple:
 
     def run(self, ctx):
         return load_model(ctx, self.ckpt_name)
+
+
+@node(category="advanced/loaders", outputs=[Output(MODEL)], display_name="Load Diffusion Model", version="1.0.0")
+class UNETLoader:
+    """Load a diffusion model alone (the UNet of SD 1.x, 2.x or SDXL base/refiner, or SD3's MMDiT), in the original
+    layout with or without model.diffusion_model., or diffusers' (a file, or a unet/ or transformer/ folder); its
+    text encoders and VAE come from their own loaders."""
+    unet_name: str = Input(choices=diffusion_model_names, model_folder=DIFFUSION_MODEL_FOLDERS,
+                           description="a file or diffusers folder in <models>/diffusion_models or <models>/unet")
+    weight_dtype: str = Input(choices=list(WEIGHT_DTYPES), description=(
+        "default: as Load Checkpoint stores weights; fp8: stored in float8 (a quarter of fp32's memory) and upcast "
+        "when used (the _fast variant is the same here)"))
+
+    @classmethod
+    def fingerprint(cls, values, env):
+        return _fingerprint(env, DIFFUSION_MODEL_FOLDERS, values["unet_name"])
+
+    def run(self, ctx):
+        return (load_diffusion_model_file(ctx, self.unet_name, self.weight_dtype),)
 
 
 @node(category="loaders", outputs=[Output(VAE)], display_name="Load VAE", version="1.0.0")

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 from ..families import family_of
+from ..float8 import stored_name
 from ..lora import Lora, LoraError, match, read_lora
 from ..node import Input, Output, node
 from ..patching import Patch, PatchedModel, PatchedTextEncoder, stacked, unpatched
@@ -55,7 +56,7 @@ def apply_lora(ctx, name: str, model, clip, strength_model: float, strength_clip
     family = family_of(base_model.kind)
     params = dict(base_model.module.named_parameters())
     model_keys = _keys(family.lora_model_keys, base_model, what)
-    found_model = match(lora, model_keys, lambda t: params[t.weight].shape, what)
+    found_model = match(lora, model_keys, lambda t: params[stored_name(base_model.module, t.weight)].shape, what)
     clip_keys, found_clip = {}, {}
     if clip is not None:
         base_clip = unpatched(clip)

@@ -7,7 +7,6 @@ builds the CLIP value.
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 from torch import nn
@@ -15,20 +14,14 @@ from torch import nn
 from ..families import load_builtin_families
 from ..node import Environment, Input, Output, node
 from ..types import CLIP
-from .loaders import WEIGHT_SUFFIXES, file_fingerprint, model_folder, resolve, _weights_dtype
+from .loaders import file_fingerprint, list_models, resolve, _weights_dtype
 
 FOLDERS = ("text_encoders", "clip")  # ComfyUI's folder_paths["text_encoders"], the new name first
 
 
 def text_encoder_names(env: Environment) -> list[str]:
     """The weight files under <models>/text_encoders and <models>/clip, by their path inside either."""
-    names = set()
-    for folder in FOLDERS:
-        root = model_folder(env, folder)
-        for here, _, files in os.walk(root, followlinks=True):
-            names.update(os.path.relpath(os.path.join(here, f), root).replace(os.sep, "/") for f in files
-                         if f.lower().endswith(WEIGHT_SUFFIXES))
-    return sorted(names)
+    return sorted({name for folder in FOLDERS for name in list_models(env, folder, lambda path: False)})
 
 
 def clip_types(env: Environment | None = None) -> list[str]:
@@ -36,12 +29,7 @@ def clip_types(env: Environment | None = None) -> list[str]:
 
 
 def _path(env: Environment, name: str, what: str) -> str:
-    for folder in FOLDERS[:-1]:
-        try:
-            return resolve(env, folder, name, what)
-        except FileNotFoundError:
-            pass
-    return resolve(env, FOLDERS[-1], name, what)
+    return resolve(env, FOLDERS, name, what)
 
 
 def _fingerprint(env: Environment, names: list[str]):
@@ -84,7 +72,8 @@ def load_text_encoders(ctx, names: list[str], clip_type: str, what: str):
 class CLIPLoader:
     """Load a text encoder from its own file for the model family ``type`` names (sd3: CLIP-L, CLIP-G or T5-XXL;
     the SD3 CLIP then has only that tower)."""
-    clip_name: str = Input(choices=text_encoder_names, description="a file in <models>/text_encoders or <models>/clip")
+    clip_name: str = Input(choices=text_encoder_names, model_folder=FOLDERS,
+                           description="a file in <models>/text_encoders or <models>/clip")
     type: str = Input(choices=clip_types)
     device: str = Input(default="default", choices=["default", "cpu"], optional=True,
                         description="cpu keeps the text encoder off the GPU")
@@ -103,8 +92,8 @@ class DualCLIPLoader:
     """[Recipes]
 
     sd3: clip-l, clip-g / clip-l, t5 / clip-g, t5"""
-    clip_name1: str = Input(choices=text_encoder_names)
-    clip_name2: str = Input(choices=text_encoder_names)
+    clip_name1: str = Input(choices=text_encoder_names, model_folder=FOLDERS)
+    clip_name2: str = Input(choices=text_encoder_names, model_folder=FOLDERS)
     type: str = Input(choices=clip_types)
     device: str = Input(default="default", choices=["default", "cpu"], optional=True,
                         description="cpu keeps the text encoders off the GPU")
@@ -133,9 +122,9 @@ class TripleCLIPLoader:
     """[Recipes]
 
     sd3: clip-l, clip-g, t5"""
-    clip_name1: str = Input(choices=text_encoder_names)
-    clip_name2: str = Input(choices=text_encoder_names)
-    clip_name3: str = Input(choices=text_encoder_names)
+    clip_name1: str = Input(choices=text_encoder_names, model_folder=FOLDERS)
+    clip_name2: str = Input(choices=text_encoder_names, model_folder=FOLDERS)
+    clip_name3: str = Input(choices=text_encoder_names, model_folder=FOLDERS)
 
     @classmethod
     def fingerprint(cls, values, env):

@@ -49,13 +49,22 @@ class MMDiTConfig:
         return self.hidden_size // self.num_heads
 
 
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return torch.addcmul(shift[:, None], x, 1 + scale[:, None])
+# The elementwise steps below write into the tensor the step before just made (a LayerNorm's or a GEMM's output,
+# used nowhere else): at SD3's widths each fresh activation is megabytes of new pages to fault in, and on a CPU that
+# costs about as much as the arithmetic.
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """x·(1 + scale) + shift, per batch item; ``inplace`` overwrites x."""
+    return torch.addcmul(shift[:, None], x, 1 + scale[:, None], out=x if inplace else None)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Multi-head attention on [B, L, heads, head_dim] inputs; [B, L, heads·head_dim] out."""
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+def gated(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x + gate·y (adaLN-Zero's gated residual), written over y."""
+    return torch.addcmul(x, gate[:, None], y, out=y)
+
+
+def heads_out(out: torch.Tensor) -> torch.Tensor:
+    """[B, heads, L, head_dim] → contiguous [B, L, heads·head_dim], so the projection after it is one plain GEMM."""
     return out.transpose(1, 2).flatten(2)
 
 
@@ -72,12 +81,24 @@ class SelfAttention(nn.Module):
             self.ln_q = nn.RMSNorm(dim // heads, eps=1e-6)
             self.ln_k = nn.RMSNorm(dim // heads, eps=1e-6)
 
-    def qkv_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def qkv_heads(self, x: torch.Tensor, keys_only: bool = False) -> list[torch.Tensor]:
+        """[q, k, v] (or [k, v]: a pre-only last block's queries are never used), each [B, heads, L, head_dim].
+        Three GEMMs on row views of the fused weight rather than one: each output is a third of the size, small
+        enough for the allocator to reuse (a fresh allocation above 32 MB is mmapped and page-faulted anew)."""
         b, n, c = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, c // self.heads).unbind(2)
+        weights, biases = self.qkv.weight.chunk(3), self.qkv.bias.chunk(3)
+        parts = [F.linear(x, weights[i], biases[i]).view(b, n, self.heads, -1).transpose(1, 2)
+                 for i in range(1 if keys_only else 0, 3)]
         if hasattr(self, "ln_q"):
-            q, k = self.ln_q(q), self.ln_k(k)
-        return q, k, v
+            parts[-2] = self.ln_k(parts[-2])
+            if not keys_only:
+                parts[0] = self.ln_q(parts[0])
+        return parts
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Multi-head attention on [B, heads, L, head_dim] inputs."""
+    return F.scaled_dot_product_attention(q, k, v)
 
 
 class Mlp(nn.Module):
@@ -86,7 +107,7 @@ class Mlp(nn.Module):
         self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
 
     def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+        return self.fc2(torch.ops.aten.gelu_(self.fc1(x), approximate="tanh"))  # in place, as above
 
 
 class DismantledBlock(nn.Module):
@@ -110,18 +131,20 @@ class DismantledBlock(nn.Module):
         self.adaLN_modulation = indexed({1: nn.Linear(h, self.n_mod * h)})  # the reference's [SiLU, Linear]
 
     def pre_attention(self, x: torch.Tensor, c: torch.Tensor):
-        """(q, k, v) for the joint attention, (q, k, v) of the self-attention or None, and what post_attention needs."""
+        """The joint attention's [q, k, v] ([k, v] when pre-only), the self-attention's [q, k, v] or None, and what
+        post_attention needs."""
         mod = self.adaLN_modulation["1"](F.silu(c)).chunk(self.n_mod, dim=1)
         normed = self.norm1(x)
-        qkv = self.attn.qkv_heads(modulate(normed, mod[0], mod[1]))
         qkv2 = self.attn2.qkv_heads(modulate(normed, mod[6], mod[7])) if self.self_attn else None
+        qkv = self.attn.qkv_heads(modulate(normed, mod[0], mod[1], inplace=True), keys_only=self.pre_only)
         return qkv, qkv2, (x, mod)
 
     def post_attention(self, attn: torch.Tensor, attn2: torch.Tensor | None, x: torch.Tensor, mod) -> torch.Tensor:
-        x = x + mod[2][:, None] * self.attn.proj(attn)
+        """``attn`` (and ``attn2``) as [B, heads, L, head_dim]."""
+        x = gated(x, mod[2], self.attn.proj(heads_out(attn)))
         if attn2 is not None:
-            x = x + mod[8][:, None] * self.attn2.proj(attn2)
-        return x + mod[5][:, None] * self.mlp(modulate(self.norm2(x), mod[3], mod[4]))
+            x = gated(x, mod[8], self.attn2.proj(heads_out(attn2)))
+        return gated(x, mod[5], self.mlp(modulate(self.norm2(x), mod[3], mod[4], inplace=True)))
 
 
 class JointBlock(nn.Module):
@@ -131,14 +154,18 @@ class JointBlock(nn.Module):
         self.x_block = DismantledBlock(cfg, self_attn=index in cfg.x_self_attn_layers)
 
     def forward(self, context: torch.Tensor, x: torch.Tensor, c: torch.Tensor):
-        (cq, ck, cv), _, context_state = self.context_block.pre_attention(context, c)
+        """One attention over the text tokens followed by the image tokens; each stream takes its rows back. A
+        pre-only context stream asks no queries, so only the image rows are computed."""
+        context_qkv, _, context_state = self.context_block.pre_attention(context, c)
         (xq, xk, xv), x_self, x_state = self.x_block.pre_attention(x, c)
-        n = context.shape[1]
-        joint = attention(torch.cat([cq, xq], dim=1), torch.cat([ck, xk], dim=1), torch.cat([cv, xv], dim=1))
-        x = self.x_block.post_attention(joint[:, n:], None if x_self is None else attention(*x_self), *x_state)
+        k, v = torch.cat([context_qkv[-2], xk], dim=2), torch.cat([context_qkv[-1], xv], dim=2)
+        x_self = None if x_self is None else attention(*x_self)
         if self.context_block.pre_only:
-            return None, x
-        return self.context_block.post_attention(joint[:, :n], None, *context_state), x
+            return None, self.x_block.post_attention(attention(xq, k, v), x_self, *x_state)
+        n = context.shape[1]
+        joint = attention(torch.cat([context_qkv[0], xq], dim=2), k, v)
+        x = self.x_block.post_attention(joint[:, :, n:], x_self, *x_state)
+        return self.context_block.post_attention(joint[:, :, :n], None, *context_state), x
 
 
 class PatchEmbed(nn.Module):
@@ -147,7 +174,9 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(cfg.in_channels, cfg.hidden_size, cfg.patch_size, stride=cfg.patch_size)
 
     def forward(self, x):
-        return self.proj(x).flatten(2).transpose(1, 2)
+        # tokens-major and contiguous: left as the convolution's transposed view, every later elementwise op and
+        # GEMM on the image stream would read strided memory (or copy it first)
+        return self.proj(x).flatten(2).transpose(1, 2).contiguous()
 
 
 class EmbedderMLP(nn.Module):
@@ -171,7 +200,7 @@ class FinalLayer(nn.Module):
 
     def forward(self, x, c):
         shift, scale = self.adaLN_modulation["1"](F.silu(c)).chunk(2, dim=1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        return self.linear(modulate(self.norm_final(x), shift, scale, inplace=True))
 
 
 class MMDiT(nn.Module):

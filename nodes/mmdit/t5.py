@@ -5,8 +5,9 @@ gzipped beside this module with its notice (t5-v1_1/), so it works offline.
 
 Checkpoints ship T5-XXL in float8 (``sd3_medium_incl_clips_t5xxlfp8``, ``t5xxl_fp8_e4m3fn``): those weights stay in
 float8 in memory, a quarter of fp32's 19 GB, and are upcast to the compute dtype each time a layer uses them
-(``upcast_on_use``), as ComfyUI's manual-cast layers do. ComfyUI's "scaled fp8" files (``t5xxl_fp8_e4m3fn_scaled``:
-a ``scaled_fp8`` marker, a per-tensor ``<layer>.scale_weight`` beside each float8 weight) are upcast times that scale.
+(``nodes.float8.upcast_on_use``), as ComfyUI's manual-cast layers do. ComfyUI's "scaled fp8" files
+(``t5xxl_fp8_e4m3fn_scaled``: a ``scaled_fp8`` marker, a per-tensor ``<layer>.scale_weight`` beside each float8
+weight) are upcast times that scale.
 """
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from ..sdxl.meta import StateMismatch, adopt, empty_modules
 from ..sdxl.prompt_weights import parse_weights
+from ..float8 import upcast_on_use
 from ..weights import FLOAT8
 
 TOKENIZER_FILE = Path(__file__).parent / "t5-v1_1" / "tokenizer.json.gz"
@@ -88,32 +89,6 @@ def t5_config(sd: dict[str, torch.Tensor]) -> T5TowerConfig:
         d_kv=sd["encoder.block.0.layer.0.SelfAttention.q.weight"].shape[0] // heads,
         d_ff=sd["encoder.block.0.layer.1.DenseReluDense.wi_0.weight"].shape[0],
         num_layers=len({m.group(1) for k in sd if (m := re.match(r"encoder\.block\.(\d+)\.", k))}))
-
-
-class Upcast(nn.Module):
-    """A parametrization: the stored (float8) tensor, as the compute dtype and times its per-tensor scale if it has
-    one, whenever the layer reads it."""
-
-    def __init__(self, dtype: torch.dtype, scale: torch.Tensor | None = None):
-        super().__init__()
-        self.dtype = dtype
-        self.register_buffer("scale", scale, persistent=False)  # a buffer, so it moves with the model
-
-    def forward(self, stored: torch.Tensor) -> torch.Tensor:
-        weight = stored.to(self.dtype)
-        return weight if self.scale is None else weight * self.scale.to(self.dtype)
-
-
-def upcast_on_use(model: nn.Module, dtype: torch.dtype, scales: dict[str, torch.Tensor] | None = None) -> nn.Module:
-    """Keep the model's float8 tensors as they are and hand its layers ``dtype`` copies when they run, each times
-    its ``scales[parameter name]`` where given."""
-    scales = scales or {}
-    for name, p in list(model.named_parameters()):
-        if p.dtype in FLOAT8 or name in scales:
-            owner, _, attr = name.rpartition(".")
-            parametrize.register_parametrization(model.get_submodule(owner), attr, Upcast(dtype, scales.get(name)),
-                                                 unsafe=True)
-    return model
 
 
 def load_t5(sd: dict[str, torch.Tensor], dtype: torch.dtype, device) -> nn.Module:

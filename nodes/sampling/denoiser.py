@@ -7,7 +7,8 @@ It never asks which family it runs: a family differs only in what these members 
 
 - ``sampling`` — the parameterisation (nodes.sampling.schedules.ModelSampling): the σ table or flow schedule the
   schedulers space their steps over, the timestep the network sees at σ, and how its raw output becomes x0
-  (ε-, v- or x0-prediction, LCM's boundary condition; rectified flow fits the same six methods).
+  (ε-, v- or x0-prediction, LCM's boundary condition; rectified flow fits the same methods), and for the samplers
+  that inject noise how a sample holds its signal (α, the half-log-SNR, the ancestral split: σ-space by default).
 - ``latent_format`` — the latent space it denoises (channels, scale, preview factors).
 - ``prepare`` — CONDITIONING entries → condition entries: the network's inputs as tensors batched on dim 0
   (``context``, SDXL's vector ``y``; ``control``, the ControlNets applied, is an object) plus the guidance keys

@@ -119,7 +119,8 @@ def sample(eps_fn, model_sampling: ModelSampling, latent: dict, positive, negati
         if callback is not None:
             callback(info["i"] + 1, total, info["denoised"])
 
-    x = declared.fn(model, x, sigmas, callback=report, noise=step_noise(declared.noise, x, sigmas, seed))
+    x = declared.fn(model, x, sigmas, callback=report, noise=step_noise(declared.noise, x, sigmas, seed),
+                    model_sampling=model_sampling)
     x = model_sampling.inverse_noise_scaling(sigmas[-1], x)
     if mask is not None:
         # The unmasked area ends exactly on the input (noised to the final σ when leftover noise is kept).

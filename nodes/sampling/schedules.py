@@ -4,7 +4,9 @@ A ``ModelSampling`` is everything a sampler needs to know about a model's parame
 its weights. SD 1.x and SDXL are ``DiscreteEps``: the scaled-linear DDPM schedule over 1000 timesteps with
 ε-prediction (sdxl.md §5); SD 2.x 768-v is ``DiscreteV`` on the same schedule; ``DISCRETE`` lists the
 parameterisations ComfyUI's ModelSamplingDiscrete picks from. SD3's rectified flow is ``DiscreteFlow``: the same
-methods, so the schedulers and samplers run it unchanged.
+methods, so the schedulers and samplers run it unchanged. Where a sampler injects fresh noise it also asks how
+much signal a sample at σ keeps (``alpha``), its half-log-SNR and the ancestral split of a step: the defaults are
+the σ-space form x = x₀ + σ·noise k-diffusion's samplers were written for; flow overrides them.
 
 Schedulers turn (model sampling, steps) into a descending float32 σ list that ends with 0 (sdxl.md §7); the names
 and formulas are the ones ComfyUI users know.
@@ -67,6 +69,36 @@ class ModelSampling:
         if percent >= 1.0:
             return 0.0
         return float(self.sigma(torch.tensor((1.0 - percent) * (len(self.sigmas) - 1))))
+
+    # What the noise-injecting samplers ask. A sample at σ is x = α(σ)·x₀ + σ·noise; the defaults are σ-space
+    # (α = 1), the form of every discrete model here (ε, v, x0, LCM all step in σ-space).
+    sigma_ceiling = math.inf  # the noise level of pure noise: no sample is noisier
+
+    def alpha(self, sigma):
+        """The signal scale α(σ)."""
+        return 1.0
+
+    def half_log_snr(self, sigma: torch.Tensor) -> torch.Tensor:
+        """λ = log(α/σ), the time variable of DPM-Solver++ (Lu et al. 2022)."""
+        return sigma.log().neg()
+
+    def sigma_at(self, half_log_snr: torch.Tensor) -> torch.Tensor:
+        """The σ whose half-log-SNR is ``half_log_snr``."""
+        return half_log_snr.neg().exp()
+
+    def ancestral_step(self, sigma, sigma_next, eta=1.0):
+        """Split a step σ → σ_next into a deterministic step down to σ_down and fresh noise of std σ_up, added after
+        scaling the sample by α(σ_next)/α(σ_down). σ-space: σ_down² + σ_up² = σ_next², with η = 1 the DDPM posterior
+        variance (k-diffusion's ``get_ancestral_step``)."""
+        return get_ancestral_step(sigma, sigma_next, eta)
+
+
+def get_ancestral_step(sigma, sigma_next, eta=1.0):
+    """σ-space ancestral split: σ_up = η·σ_next·√(1 − σ_next²/σ²) (capped at σ_next), σ_down = √(σ_next² − σ_up²)."""
+    if not eta or sigma_next == 0:
+        return sigma_next, sigma_next * 0.0
+    sigma_up = min(sigma_next, eta * (sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2) ** 0.5)
+    return (sigma_next ** 2 - sigma_up ** 2) ** 0.5, sigma_up
 
 
 def _bcast(sigma, x: torch.Tensor) -> torch.Tensor:
@@ -247,6 +279,31 @@ class DiscreteFlow(ModelSampling):
         if percent >= 1.0:
             return 0.0
         return float(self.sigma(torch.tensor((1.0 - percent) * self.MULTIPLIER)))
+
+    # Noise injection on the flow x = (1 − σ)·x₀ + σ·noise (ComfyUI's choices for its "CONST" models).
+    sigma_ceiling = 1.0
+
+    def alpha(self, sigma):
+        return 1.0 - sigma
+
+    def half_log_snr(self, sigma):
+        """log((1 − σ)/σ). At σ = 1 (pure noise) λ = −∞, so it is taken at σ(t = 0.9999) there and the solvers'
+        steps stay finite: ComfyUI moves its SDE samplers' first σ to that value (the model call too); here only λ
+        is moved, the model still sees σ = 1."""
+        return sigma.clamp(max=self.percent_to_sigma(1e-4)).logit().neg()
+
+    def sigma_at(self, half_log_snr):
+        return half_log_snr.neg().sigmoid()
+
+    def ancestral_step(self, sigma, sigma_next, eta=1.0):
+        """The rectified-flow ancestral step (ComfyUI's *_RF samplers): σ_down = σ_next·(1 + (σ_next/σ − 1)·η), which
+        is linear in η and equals the σ-space σ_next²/σ at η = 1, and σ_up the std that brings the rescaled
+        sample back to noise level σ_next: σ_up² = σ_next² − (σ_down·α(σ_next)/α(σ_down))²."""
+        if not eta or sigma_next == 0:
+            return sigma_next, sigma_next * 0.0
+        sigma_down = sigma_next * (1 + (sigma_next / sigma - 1) * eta)
+        scaled = sigma_down * self.alpha(sigma_next) / self.alpha(sigma_down)
+        return sigma_down, (sigma_next ** 2 - scaled ** 2) ** 0.5
 
 
 # --- schedulers ---------------------------------------------------------------------------------------------------
