@@ -5,8 +5,10 @@ A LoRA file holds, for each module it adapts, a few small tensors named ``<modul
 - kohya-ss ``sd-scripts`` (and LyCORIS's LoCon): ``lora_unet_…`` / ``lora_te_…`` / ``lora_te1_…`` / ``lora_te2_…``
   module names (dots turned into underscores) with ``lora_down.weight`` [r, in(, kh, kw)], ``lora_up.weight``
   [out, r(, 1, 1)] and ``alpha``; the change is ``up · down · alpha / r`` (Hu et al. 2021, with kohya's alpha);
-- diffusers / PEFT: ``unet.…`` / ``text_encoder.…`` / ``text_encoder_2.…`` dotted names with ``lora_A.weight``
-  (down) and ``lora_B.weight`` (up), no alpha (scale 1);
+- diffusers / PEFT: ``unet.…`` / ``transformer.…`` / ``text_encoder.…`` / ``text_encoder_2.…`` dotted names with
+  ``lora_A.weight`` (down) and ``lora_B.weight`` (up), no alpha (scale 1), unless the file's header carries each
+  part's peft ``LoraConfig`` (diffusers' ``lora_adapter_metadata``): then peft's ``lora_alpha / r`` (its
+  ``alpha_pattern`` / ``rank_pattern`` per module, ``/ √r`` with rsLoRA);
 - diffusers' older exports: ``lora.down.weight`` / ``lora.up.weight`` (``lora_linear_layer.…`` in text encoders,
   ``to_q_lora.down.weight`` on attention processors), with ``alpha`` beside them in single-file exports;
 - LyCORIS LoHa (``hada_w1_a``, ``hada_w1_b``, ``hada_w2_a``, ``hada_w2_b``, optional Tucker cores ``hada_t1`` /
@@ -20,8 +22,10 @@ the base weights is nodes.patching.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,8 +58,10 @@ class Target:
     module 0; a CLIP's towers are numbered in ``towers()`` order)."""
     module: int
     weight: str  # the parameter's name in that module
-    rows: tuple[int, int] | None = None  # a block of rows: q, k or v inside a fused in_proj_weight
+    rows: tuple[int, int] | None = None  # a block of rows: q, k or v inside a fused in_proj_weight or qkv
     transposed: bool = False  # the module stores it as x @ W (open_clip's text_projection)
+    halves_swapped: bool = False  # the weight holds the LoRA's two output halves in the other order (an SD3
+    # AdaLayerNormContinuous in diffusers' names: (scale, shift) where the original has (shift, scale))
 
     def shape(self, weight_shape: torch.Size) -> tuple[int, ...]:
         """The shape of the part of a weight of ``weight_shape`` this target changes, as the LoRA sees it."""
@@ -63,6 +69,12 @@ class Target:
         if self.rows is not None:
             shape[0] = self.rows[1] - self.rows[0]
         return tuple(reversed(shape)) if self.transposed else tuple(shape)
+
+    def stored(self, delta: torch.Tensor) -> torch.Tensor:
+        """A change of ``shape()``, laid out as the weight (or its rows) stores it."""
+        if self.halves_swapped:
+            delta = torch.cat(delta.chunk(2)[::-1])
+        return delta.T if self.transposed else delta
 
 
 class LoraError(ValueError):
@@ -148,15 +160,44 @@ def _normalise(name: str, suffix: str) -> str:
     return name
 
 
+def _peft_configs(header: dict[str, str]) -> dict[str, dict]:
+    """{name prefix: peft LoraConfig as a dict} from diffusers' ``lora_adapter_metadata`` header entry: a pipeline's
+    files key each part's config fields by the part ("transformer.lora_alpha" → prefix "transformer."), a model's
+    own ``save_lora_adapter`` writes one config for all ("lora_alpha" → prefix "")."""
+    fields = json.loads(header.get("lora_adapter_metadata") or "{}")
+    configs: dict[str, dict] = {}
+    for key, value in fields.items():
+        part, _, field = key.rpartition(".")
+        configs.setdefault(part + "." if part else "", {})[field] = value
+    return {prefix: c for prefix, c in configs.items() if "lora_alpha" in c and "r" in c}
+
+
+def _peft_alpha(config: dict, module: str, rank: int) -> float:
+    """The alpha that gives ``module`` (its name inside the adapted model) peft's scale under ours (alpha / rank):
+    lora_alpha / r, or / √r with rsLoRA, each taken from the config's per-module patterns where one matches (peft
+    matches a pattern against the end of the name, after a dot)."""
+    def pick(patterns, default):
+        return next((v for k, v in (patterns or {}).items() if re.match(rf"(.*\.)?({k})$", module)), default)
+
+    alpha, r = pick(config.get("alpha_pattern"), config["lora_alpha"]), pick(config.get("rank_pattern"), config["r"])
+    return alpha / (math.sqrt(r) if config.get("use_rslora") else r) * rank
+
+
 def read_lora(path: Path) -> dict[str, Adapter]:
     """Every adapter in a LoRA safetensors file, by module name. Raises LoraError for a file that is not one."""
-    from safetensors import SafetensorError
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     try:
         tensors = load_file(str(path))
+        with safe_open(str(path), "pt") as f:
+            header = f.metadata() or {}
     except (SafetensorError, OSError) as exc:
         raise LoraError(f"{path.name}: not a readable safetensors file ({exc})") from None
+    try:
+        configs = _peft_configs(header)
+    except (ValueError, AttributeError) as exc:
+        raise LoraError(f"{path.name}: its lora_adapter_metadata header is not a peft LoraConfig ({exc})") from None
     groups: dict[str, tuple[str | None, dict[str, torch.Tensor]]] = {}
     for key, value in tensors.items():
         for suffix, kind, slot in _SUFFIXES:
@@ -178,6 +219,9 @@ def read_lora(path: Path) -> dict[str, Adapter]:
         if not _complete(kind, set(slots)):
             raise LoraError(f"{path.name}: {name} has only {sorted(slots)} of its {kind} tensors")
         alpha = slots.pop("alpha", None)
+        prefix = next((p for p in configs if name.startswith(p)), None) if alpha is None and kind == "lora" else None
+        if prefix is not None:
+            alpha = _peft_alpha(configs[prefix], name[len(prefix):], slots["down"].shape[0])
         adapters[name] = Adapter(name, kind, slots, None if alpha is None else float(alpha))
     if not adapters:
         raise LoraError(f"{path.name}: no LoRA weights in it (expected names ending in lora_down/lora_up, lora_A/"

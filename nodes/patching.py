@@ -51,7 +51,7 @@ def patched_copy(module: nn.Module, index: int, patches: tuple[Patch, ...]) -> n
             for target, adapter, strength in changes:
                 part = acc if target.rows is None else acc[target.rows[0]:target.rows[1]]
                 delta = adapter.delta(target.shape(part.shape if target.rows else acc.shape), acc.device)
-                part += strength * (delta.T if target.transposed else delta)
+                part += strength * target.stored(delta)
             new = acc.to(base.dtype)
             memo[id(base)] = nn.Parameter(new, requires_grad=base.requires_grad) \
                 if isinstance(base, nn.Parameter) else new

@@ -212,30 +212,37 @@ def test_stacked_loras_match_diffusers_fusing_one_after_the_other(env, family):
 # ---- the base model is shared, never changed ----------------------------------------------------------------------
 
 def test_strength_zero_is_the_untouched_model_and_removing_a_lora_leaves_the_cached_base_bit_identical(env):
-    resources = ModelResidency("cpu", ram_budget=8 << 30)
-    ctx = Context("1", env, resources=resources)
     pipe = reference_pipeline("sdxl")
     write_lora(env.models_dir + "/loras/style.safetensors", pipe, "sdxl", "kohya", seed=5)
-    model, clip, _ = call(ctx, "CheckpointLoaderSimple", ckpt_name=CHECKPOINTS["sdxl"])
+    assert_lora_leaves_the_base_untouched(env, CHECKPOINTS["sdxl"], "style.safetensors", unet_inputs(pipe)[0],
+                                          "EmptyLatentImage")
+
+
+def assert_lora_leaves_the_base_untouched(env, ckpt_name: str, lora_name: str, args, empty_latent: str):
+    """Strength 0 gives the loaders' inputs back as they are; a LoRA at strength 1, sampled with, is its own cached
+    value sharing every tensor it leaves alone and counted by the memory budget, and the cached base model (network,
+    text towers, outputs, conditioning) stays bit-identical. ``args``: what the MODEL's network is called with."""
+    resources = ModelResidency("cpu", ram_budget=8 << 30)
+    ctx = Context("1", env, resources=resources)
+    model, clip, _ = call(ctx, "CheckpointLoaderSimple", ckpt_name=ckpt_name)
     base = {name: t.clone() for name, t in model.module.state_dict().items()}
     towers = [{name: t.clone() for name, t in tower.state_dict().items()} for tower in clip.towers()]
-    args, _ = unet_inputs(pipe)
     with torch.no_grad():
         before = model.module(*args)
     (cond_before,) = call(ctx, "CLIPTextEncode", clip=clip, text=PROMPT)
 
-    assert call(ctx, "LoraLoader", model=model, clip=clip, lora_name="style.safetensors", strength_model=0.0,
+    assert call(ctx, "LoraLoader", model=model, clip=clip, lora_name=lora_name, strength_model=0.0,
                 strength_clip=0.0) == (model, clip)
-    assert call(ctx, "LoraLoaderModelOnly", model=model, lora_name="style.safetensors", strength_model=0.0) == (model,)
+    assert call(ctx, "LoraLoaderModelOnly", model=model, lora_name=lora_name, strength_model=0.0) == (model,)
 
     used = resources.stats()["ram_bytes"]
-    patched, patched_clip = call(ctx, "LoraLoader", model=model, clip=clip, lora_name="style.safetensors",
+    patched, patched_clip = call(ctx, "LoraLoader", model=model, clip=clip, lora_name=lora_name,
                                  strength_model=1.0, strength_clip=1.0)
     (cond,) = call(ctx, "CLIPTextEncode", clip=patched_clip, text=PROMPT)
-    (latent,) = call(ctx, "EmptyLatentImage", width=64, height=64, batch_size=1)
+    (latent,) = call(ctx, empty_latent, width=64, height=64, batch_size=1)
     call(ctx, "KSampler", model=patched, seed=1, steps=1, cfg=5.0, sampler_name="euler", scheduler="normal",
          positive=cond, negative=cond, latent_image=latent, denoise=1.0)
-    # the patched UNet is its own cached value: only the weights the LoRA changes are new, and they are counted
+    # the patched network is its own cached value: only the weights the LoRA changes are new, and they are counted
     ours, theirs = model.module, patched.module
     assert patched.module is theirs and theirs is not ours
     shared = [n for n, t in theirs.state_dict().items() if t.data_ptr() == ours.state_dict()[n].data_ptr()]
@@ -244,7 +251,7 @@ def test_strength_zero_is_the_untouched_model_and_removing_a_lora_leaves_the_cac
     grown = sum(t.numel() * t.element_size() for t in changed.values())
     assert resources.stats()["ram_bytes"] - used >= grown
     # the base, as cached for every other graph: bit-identical weights, outputs and conditioning
-    again, clip_again, _ = call(ctx, "CheckpointLoaderSimple", ckpt_name=CHECKPOINTS["sdxl"])
+    again, clip_again, _ = call(ctx, "CheckpointLoaderSimple", ckpt_name=ckpt_name)
     assert again.module is ours
     assert all(torch.equal(t, base[n]) for n, t in ours.state_dict().items())
     assert all(torch.equal(t, saved[n]) for tower, saved in zip(clip_again.towers(), towers)
@@ -305,7 +312,8 @@ def test_make_demo_model_writes_the_demo_loras_beside_the_checkpoints(tmp_path, 
 
     monkeypatch.setattr(nodes.demo, "make_demo_models", lambda folder: {})  # the checkpoints have their own tests
     assert main(["make-demo-model", str(tmp_path / "models" / "checkpoints")]) == 0
-    names = ["demo_sd15_lora.safetensors", "demo_sdxl_lora.safetensors", "demo_lcm_lora_sdxl.safetensors"]
+    names = ["demo_sd15_lora.safetensors", "demo_sdxl_lora.safetensors", "demo_lcm_lora_sdxl.safetensors",
+             "demo_sd3_lora.safetensors"]
     assert sorted(p.name for p in (tmp_path / "models" / "loras").iterdir()) == sorted(names)
     assert main(["make-demo-model", str(tmp_path / "c"), "--loras", str(tmp_path / "l")]) == 0
     assert sorted(p.name for p in (tmp_path / "l").iterdir()) == sorted(names)

@@ -107,9 +107,12 @@ def test_position_table_is_centre_cropped_and_bounded(reference_mmdit):
         ours(torch.randn(1, 16, 66, 64), torch.tensor([500.0]), context, y)
 
 
-def test_sd35_variants_load_and_match_diffusers(tmp_path):
-    """SD3.5's MMDiT changes: RMSNorm on each head's queries and keys (large and medium) and MMDiT-X blocks whose
-    image stream also attends to itself (medium), read from an original-layout file by the same loader."""
+SD35_DIFFUSERS = dict(num_layers=3, qk_norm="rms_norm", dual_attention_layers=(0, 1))
+
+
+def write_sd35_medium_tiny(folder: Path) -> tuple[Path, object]:
+    """A random tiny single file with SD3.5 medium's MMDiT changes (SD35_DIFFUSERS in diffusers' terms) and its
+    MMDiTConfig."""
     cfg = dataclasses.replace(mmdit_config({k[len("model.diffusion_model."):]: tuple(v.shape) for k, v in
                                             load_file(str(demo_models()["sd3"])).items()
                                             if k.startswith("model.diffusion_model.")}),
@@ -118,11 +121,17 @@ def test_sd35_variants_load_and_match_diffusers(tmp_path):
     vae = rerandomize(AutoencoderKL(TINY_SD3_VAE), seed=6)
     state = {**{"model.diffusion_model." + k: v for k, v in mmdit.state_dict().items()},
              **{"first_stage_model." + k: v for k, v in vae.state_dict().items()}}
-    save_file(state, str(tmp_path / "sd3.5_medium_tiny.safetensors"))
-    ours = load_checkpoint(tmp_path / "sd3.5_medium_tiny.safetensors", with_text=False)
+    save_file(state, str(folder / "sd3.5_medium_tiny.safetensors"))
+    return folder / "sd3.5_medium_tiny.safetensors", cfg
+
+
+def test_sd35_variants_load_and_match_diffusers(tmp_path):
+    """SD3.5's MMDiT changes: RMSNorm on each head's queries and keys (large and medium) and MMDiT-X blocks whose
+    image stream also attends to itself (medium), read from an original-layout file by the same loader."""
+    path, cfg = write_sd35_medium_tiny(tmp_path)
+    ours = load_checkpoint(path, with_text=False)
     assert ours.unet.config == cfg
-    ref = diffusers_transformer(tmp_path / "sd3.5_medium_tiny.safetensors", num_layers=3, qk_norm="rms_norm",
-                                dual_attention_layers=(0, 1))
+    ref = diffusers_transformer(path, **SD35_DIFFUSERS)
     inputs = mmdit_inputs(seed=1)
     with torch.no_grad():
         assert rel_err(ours.unet(*inputs), reference_velocity(ref, *inputs)) <= TOL

@@ -237,12 +237,13 @@ def unet_lora_keys(cfg: UNetConfig) -> dict[str, Target]:
 
 def text_lora_keys(towers: list, prefixes) -> dict[str, Target]:
     """Every name LoRA files give a text tower's weights → where it is in ours; ``prefixes`` has, per tower in order,
-    the kohya-ss, diffusers/PEFT and single-file name prefixes (``lora_te1_``, ``text_encoder.``, the checkpoint's)."""
+    the kohya-ss, diffusers/PEFT and single-file name prefixes (``lora_te1_``, ``text_encoder.``, the checkpoint's;
+    None where the checkpoint names the tower otherwise than ours). Towers beyond ``prefixes`` take no LoRA."""
     keys = {}
     for index, (tower, (kohya, dotted, single)) in enumerate(zip(towers, prefixes)):
         for name, (weight, rows, transposed) in lora_weight_names(tower).items():
             keys[kohya + name.replace(".", "_")] = keys[dotted + name] = Target(index, weight, rows, transposed)
-        for weight, value in tower.named_parameters():
+        for weight, value in tower.named_parameters() if single is not None else ():
             if weight.endswith(".weight") and value.ndim >= 2:
                 keys[single + weight[:-len(".weight")]] = Target(index, weight)
     return keys

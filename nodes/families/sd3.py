@@ -19,6 +19,7 @@ CLIP-L, CLIP-G and optionally T5-XXL, and a 16-channel VAE.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 from pathlib import Path
@@ -27,6 +28,7 @@ import torch
 
 from .. import demo
 from ..latent_format import LatentFormat
+from ..lora import Target
 from ..mmdit.mmdit import SD3_MEDIUM, MMDiT, MMDiTConfig, mmdit_config
 from ..mmdit.model import MMDiTModel
 from ..mmdit.text_weights import (TEXT_PREFIXES, TINY_CLIP_WIDTH, TINY_T5, checkpoint_text, demo_diffusers_text,
@@ -37,7 +39,7 @@ from ..sdxl.meta import empty_modules
 from ..sdxl.vae import AutoencoderKL
 from ..weights import CheckpointError, UnsupportedCheckpoint, build, read_component, read_config, read_tensors
 from . import Checkpoint, Family, register
-from .ldm import UNET_PREFIX, VAE_PREFIX, infer_vae_config, load_diffusers_vae, strip_prefix
+from .ldm import UNET_PREFIX, VAE_PREFIX, infer_vae_config, load_diffusers_vae, strip_prefix, text_lora_keys
 
 MMDIT_PREFIX = UNET_PREFIX  # model.diffusion_model.
 SHIFT = 3.0
@@ -182,6 +184,39 @@ def _shift(folder: Path) -> float:
     return json.loads(scheduler.read_text()).get("shift", SHIFT) if scheduler.is_file() else SHIFT
 
 
+# ---- LoRA names (nodes.lora) ----------------------------------------------------------------------------------
+
+LORA_TOWERS = {"clip_l": ("lora_te1_", "text_encoder.", None), "clip_g": ("lora_te2_", "text_encoder_2.", None)}
+
+
+@functools.lru_cache(maxsize=4)
+def mmdit_lora_keys(cfg: MMDiTConfig) -> dict[str, Target]:
+    """Every name LoRA files give an MMDiT weight → where it is in ours (the original layout):
+
+    - on the original modules (``joint_blocks.0.x_block.attn.qkv``): kohya-ss sd-scripts' ``lora_unet_…`` (dots
+      turned into underscores; the fused qkv adapted whole) and the single file's ``diffusion_model.…``;
+    - on diffusers' ``SD3Transformer2DModel`` modules (``transformer_blocks.0.attn.to_q``): diffusers/PEFT's dotted
+      names, with the ``transformer.`` prefix diffusers saves, PeftModel's ``base_model.model.`` or none, and the
+      kohya-style ``lora_transformer_…`` that SD3 trainers on diffusers' model write. diffusers' q, k and v
+      (``add_q_proj``… for the text stream) change row blocks of our fused qkv; its ``norm1_context`` of the last
+      block and ``norm_out`` change our adaLN layers with their two halves swapped (``_diffusers_layers``)."""
+    with empty_modules():
+        shapes = {k: v.shape for k, v in MMDiT(cfg).state_dict().items()}
+    keys = {}
+    for layer, (theirs, how) in _diffusers_layers(cfg).items():
+        weight = layer + ".weight"
+        if len(shapes.get(weight, ())) < 2:  # norms, and layers this configuration does not have
+            continue
+        keys[f"lora_unet_{layer.replace('.', '_')}"] = keys[f"diffusion_model.{layer}"] = Target(0, weight)
+        rows = shapes[weight][0] // len(theirs)
+        for j, name in enumerate(theirs):
+            target = Target(0, weight, (j * rows, (j + 1) * rows) if how == QKV else None, halves_swapped=how == SWAP)
+            for prefix in ("", "transformer.", "base_model.model."):
+                keys[prefix + name] = target
+            keys[f"lora_transformer_{name.replace('.', '_')}"] = target
+    return keys
+
+
 # ---- the family ----------------------------------------------------------------------------------------------
 
 class SD3(Family):
@@ -244,6 +279,19 @@ class SD3(Family):
     def load_text_encoders(self, files, device, dtype):
         return standalone_text(files, dtype, device)
 
+    # CLIP-L and CLIP-G take LoRAs (kohya-ss lora_te1_/lora_te2_, diffusers text_encoder./text_encoder_2.); T5-XXL's
+    # (lora_te3_, text_encoder_3.) are known, so the model-only loader passes over them, but not applied: its
+    # weights are often float8, upcast on use (nodes.mmdit.t5), which a patched copy would have to keep.
+    lora_text_prefixes = ("lora_te1_", "lora_te2_", "lora_te3_", "text_encoder.", "text_encoder_2.",
+                          "text_encoder_3.")
+
+    def lora_model_keys(self, model):
+        return mmdit_lora_keys(model.module.config)
+
+    def lora_clip_keys(self, clip):
+        present = [LORA_TOWERS[t] for t in ("clip_l", "clip_g") if getattr(clip, t) is not None]
+        return text_lora_keys(clip.towers(), present)
+
     def model(self, checkpoint, name):
         return MMDiTModel(checkpoint.unet, self.name, checkpoint.sampling, SD3_LATENT, name)
 
@@ -283,6 +331,25 @@ class SD3(Family):
         names = {"clip_l": "demo_clip_l", "clip_g": "demo_clip_g", "t5xxl": "demo_t5xxl_fp8_e4m3fn"}
         return {f"sd3_{tower}": demo.save_single_file(folder / f"{names[tower]}.safetensors", sd, dtype, what)
                 for tower, sd in self._demo_weights()[2].items()}
+
+    def write_demo_loras(self, folder):
+        """``demo_sd3_lora``: diffusers/PEFT names as diffusers' SD3 DreamBooth LoRA script saves them, on the layers
+        it adapts by default (both streams' attention projections: to_q/k/v, add_q/k/v_proj, to_out.0, to_add_out)
+        and, as with its text-encoder option, CLIP-L's and CLIP-G's attention projections."""
+        with empty_modules():
+            shapes = {k: v.shape for k, v in MMDiT(TINY_MMDIT).state_dict().items()}
+        chosen = {}
+        for layer, (theirs, _) in _diffusers_layers(TINY_MMDIT).items():
+            if layer.endswith((".attn.qkv", ".attn.proj")) and layer + ".weight" in shapes:
+                out, width = shapes[layer + ".weight"]
+                chosen.update({f"transformer.{name}": (out // len(theirs), width) for name in theirs})
+        towers = self._demo_weights()[2]
+        for tower, (_, prefix, _) in LORA_TOWERS.items():
+            chosen.update({prefix + k[:-len(".weight")]: tuple(v.shape) for k, v in towers[tower].items()
+                           if ".self_attn." in k and k.endswith("_proj.weight")})
+        return {"sd3_lora": demo.save_lora(folder / "demo_sd3_lora.safetensors", chosen, False,
+                                           torch.Generator().manual_seed(demo.SEED + 12),
+                                           "SD3 medium LoRAs")}
 
     def _demo_weights(self):
         """The tiny MMDiT, VAE and text towers (transformers' layouts, T5 in float8), from one seed."""

@@ -37,7 +37,8 @@ def load_lora(ctx, name: str, what: str) -> Lora:
 
 def _examples(keys) -> list[str]:
     """A few of a family's LoRA names, one per layout, for messages."""
-    return [k for k in keys if k.endswith(("attn1_to_q", "attn1.to_q", "self_attn_q_proj", "self_attn.q_proj"))][:5]
+    return [k for k in keys if k.endswith(("attn1_to_q", "attn1.to_q", "self_attn_q_proj", "self_attn.q_proj",
+                                           "x_block_attn_qkv", "attn.to_q", "attn_to_q"))][:5]
 
 
 def _keys(method, value, what: str) -> dict:

@@ -47,6 +47,14 @@ class SD3TextEncoders(ClipTextEncoder):
     def towers(self) -> list[nn.Module]:
         return [t for t in (self.clip_l, self.clip_g, self.t5) if t is not None]
 
+    def with_towers(self, towers: list[nn.Module]) -> "SD3TextEncoders":
+        """The same encoder on other copies of its present towers, in ``towers()`` order (LoRA-patched ones)."""
+        given = iter(towers)
+        clip_l, clip_g, t5 = (None if t is None else next(given) for t in (self.clip_l, self.clip_g, self.t5))
+        out = SD3TextEncoders(clip_l, clip_g, t5, self._tokenizer, self.layer, self.context_width)
+        out.keep_on_cpu = self.keep_on_cpu
+        return out
+
     def with_layer(self, layer: int) -> "SD3TextEncoders":
         depths = ([self.clip_l.config.num_hidden_layers] if self.clip_l is not None else []) + \
                  ([len(self.clip_g.transformer.resblocks)] if self.clip_g is not None else [])
