@@ -337,9 +337,31 @@ def test_ksampler_gives_noise_injecting_samplers_the_flow(sampler_name, steps):
     assert abs(z.mean().item()) < TOL_MEAN and abs(z.std().item() - 1) < TOL_STD, (z.mean(), z.std())
 
 
+@pytest.mark.parametrize("sampler_name,first_timesteps", [
+    ("dpmpp_2m_sde", [OFFSET_SIGMA * 1000]), ("dpmpp_3m_sde_gpu", [OFFSET_SIGMA * 1000]),
+    ("dpmpp_sde", [OFFSET_SIGMA * 1000]), ("dpmpp_2s_ancestral", [1000.0, torch.tensor(0.9999) * 1000]),
+    ("euler_ancestral", [1000.0])])
+def test_ksampler_hands_the_flow_network_comfyuis_first_timesteps(sampler_name, first_timesteps):
+    """Through KSampler on SD3's model sampling (shift 3) the network's first timesteps are ComfyUI's: σ(0.9999)·1000
+    for the SDE samplers, 1000 then 999.9 for dpmpp_2s_ancestral, 1000 for the others."""
+    from nodes.sampling.ksampler import sample
+
+    seen = []
+
+    class Recording(FlowVelocity):
+        def __call__(self, x_in, t, context, y):
+            seen.append(t[0])
+            return super().__call__(x_in, t, context, y)
+    context = torch.zeros(1, 77, 8)
+    cond = [{"context": context, "y": None}]
+    sample(Recording(), DiscreteFlow(), {"samples": torch.zeros(1, 4, 8, 8)}, cond, cond, seed=3, cfg=1.0,
+           sampler_name=sampler_name, steps=3, scheduler="simple")
+    assert seen[:len(first_timesteps)] == [torch.as_tensor(t, dtype=torch.float32) for t in first_timesteps]
+
+
 # --- the shipped SD3 workflow through `latentgraph run` -----------------------------------------------------------
 
-@pytest.mark.parametrize("sampler_name", ["euler_ancestral", "dpmpp_2m_sde"])
+@pytest.mark.parametrize("sampler_name", ["euler_ancestral", "dpmpp_2m_sde", "dpmpp_2s_ancestral"])
 def test_sd3_workflow_runs_noise_injecting_samplers(tmp_path_factory, sampler_name):
     """workflows/sd3_txt2img.json (demo SD3, 4 steps) with its KSampler switched to a noise-injecting sampler writes
     a full, non-degenerate image, unlike the shipped deterministic dpmpp_2m's (the fresh noise reached it)."""
