@@ -217,7 +217,7 @@ def test_dpmpp_2s_ancestral_first_step_from_pure_noise_is_comfyuis():
     u = 0.9999·x + 0.0001·D(x; 1) and x ← σ_down·x + (1 − σ_down)·D(u; 0.9999), then the same re-noising."""
     sigma_next = 0.6
     sigma_down = sigma_next ** 2
-    u = 0.9999 * X + 0.0001 * (0.4 * X * 0 + 0.1)
+    u = 0.9999 * X + 0.0001 * 0.1  # D(x; 1) = 0.1 for affine_model
     x = sigma_down * X + (1 - sigma_down) * (0.4 * u * (1 - 0.9999) + 0.1)
     a_next, a_down = 1 - sigma_next, 1 - sigma_down
     expected = a_next / a_down * x + N * math.sqrt(sigma_next ** 2 - sigma_down ** 2 * a_next ** 2 / a_down ** 2)
