@@ -17,9 +17,9 @@ def demo_models_dir(tmp_path_factory) -> str:
     files (SD3's text encoders, MMDiT and VAE)."""
     from oracles import demo_models
 
+    from nodes.catalog import make_demo_parts
     from nodes.clip_vision import write_demo_clip_vision
     from nodes.controlnet import write_demo_controlnet
-    from nodes.catalog import make_demo_parts
     from nodes.demo import make_demo_loras
     from nodes.upscale_models import write_demo_upscaler
 

@@ -645,8 +645,7 @@ def sdxl_lcm_lora() -> Workflow:
 
 ALL = [base_fine_grained, base_comfy, base_refiner, refiner_sdedit, img2img, inpaint, aspect_buckets,
        hires_upscale_model, outpaint, controlnet_canny, revision, sd15_txt2img, sd15_img2img, sd2_768v_txt2img,
-       sdxl_turbo_1step, sdxl_lora, sdxl_lcm_lora, sd3_txt2img, sd3_img2img,
-       sd3_unet_only]
+       sdxl_turbo_1step, sdxl_lora, sdxl_lcm_lora, sd3_txt2img, sd3_img2img, sd3_unet_only]
 
 if __name__ == "__main__":
     for make in ALL:

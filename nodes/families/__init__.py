@@ -14,9 +14,8 @@ A family module subclasses ``Family`` and registers an instance at import, as no
   knows the extra conditioning its network takes) and the checkpoint's text encoders the CLIP (``TextEncoder``:
   what its text encoding produces);
 - its demo writers (``write_demo``; ``write_demo_diffusion_models`` for its diffusion model alone,
-  ``write_demo_vaes`` for its VAE alone), its full-size
-  key layout on the meta device (``full_size_shapes``) and the names people give its files (``file_names``, for
-  hints about missing models);
+  ``write_demo_vaes`` for its VAE alone), its full-size key layout on the meta device (``full_size_shapes``) and the
+  names people give its files (``file_names``, for hints about missing models);
 - optionally, text encoders in files of their own (``clip_type``, ComfyUI's CLIPLoader type naming them;
   ``load_text_encoders``; ``write_demo_text_encoders``);
 - the names LoRA files give its weights (``lora_model_keys`` / ``lora_clip_keys``: nodes.lora) and its demo LoRAs.
