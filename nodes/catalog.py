@@ -63,16 +63,19 @@ def input_folder(class_type: str | None, input_name: str | None) -> str | None:
 
 def substitute(env: Environment, folder: str, name: str, installed: list[str]) -> tuple[str | None, str]:
     """(installed file that could stand in for the missing `name`, or None; a sentence saying so, or ""). A
-    checkpoint stands in when it is the only installed one of the family the missing file's name suggests."""
+    checkpoint stands in when it is the only installed one of the family the missing file's name suggests; another
+    file when it is the only one in its folder and its name suggests no other family (the demo SD3 VAE is no
+    sdxl_vae)."""
+    from .families import family_from_name, family_of
     if folder == "checkpoints":
-        from .families import family_from_name, family_of
         family = family_from_name(name)
         root = os.path.join(env.models_dir or "models", folder)
         same = [f for f in installed if family and installed_family(os.path.join(root, f)) == family]
         if family and len(same) == 1:
             return same[0], f"; the only installed {family_of(family).title} checkpoint is {same[0]!r}"
         return None, ""
-    if len(installed) == 1:
+    wanted = family_from_name(name)
+    if len(installed) == 1 and (wanted is None or family_from_name(installed[0]) in (None, wanted)):
         return installed[0], f"; the only file installed there is {installed[0]!r}"
     return None, ""
 
@@ -88,6 +91,7 @@ def ensure_demo_models(checkpoints: Path) -> str | None:
     if not found():
         make_demo_models(checkpoints)
     if all(p.parts[0].startswith("demo_") for p in found()):
+        make_demo_parts(checkpoints, only_into_empty=True)  # a demo folder made before a part was written apart
         return (f"no real checkpoint found: only the random-weight demo models are in {checkpoints}. They produce "
                 "noise, not pictures. Put real checkpoints (e.g. sd_xl_base_1.0.safetensors, "
                 "v1-5-pruned-emaonly.safetensors) in that folder.")
@@ -95,19 +99,32 @@ def ensure_demo_models(checkpoints: Path) -> str | None:
 
 
 def make_demo_models(folder) -> dict[str, Path]:
-    """Every family's demo checkpoints in ``folder``, their standalone text encoders in text_encoders/ beside it and
-    their diffusion models alone in diffusion_models/."""
-    from .demo import make_demo_diffusion_models, make_demo_models as make, make_demo_text_encoders
-    beside = Path(folder).absolute().parent
-    return {**make(folder), **make_demo_text_encoders(beside / "text_encoders"),
-            **make_demo_diffusion_models(beside / "diffusion_models")}
+    """Every family's demo checkpoints in ``folder`` and, beside it, their parts as separate files."""
+    from .demo import make_demo_models as make
+    return {**make(folder), **make_demo_parts(folder)}
+
+
+def make_demo_parts(checkpoints, only_into_empty: bool = False) -> dict[str, Path]:
+    """The demo checkpoints' parts as people also download them, in the folders beside ``checkpoints``: standalone
+    text encoders in text_encoders/, diffusion models alone in diffusion_models/, VAEs alone in vae/. With
+    ``only_into_empty``, folders already holding a model file are left as they are."""
+    from .demo import make_demo_diffusion_models, make_demo_text_encoders, make_demo_vaes
+    beside, paths = Path(checkpoints).absolute().parent, {}
+    for name, write in (("text_encoders", make_demo_text_encoders), ("diffusion_models", make_demo_diffusion_models),
+                        ("vae", make_demo_vaes)):
+        if not (only_into_empty and _holds_models(beside / name)):
+            paths.update(write(beside / name))
+    return paths
+
+
+def _holds_models(folder: Path) -> bool:
+    return folder.is_dir() and any(p.suffix in MODEL_SUFFIXES for p in folder.rglob("*"))
 
 
 def _ensure(folder: Path, write) -> None:
     """Without any model file in ``folder``, ``write`` its tiny random-weight demo model there."""
-    if folder.is_dir() and any(p.suffix in MODEL_SUFFIXES for p in folder.rglob("*")):
-        return
-    write(folder)
+    if not _holds_models(folder):
+        write(folder)
 
 
 def ensure_demo_upscaler(folder: Path) -> None:

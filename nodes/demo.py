@@ -193,6 +193,11 @@ def make_demo_diffusion_models(out_dir, dtype: torch.dtype = torch.float32) -> d
     return _each_family(out_dir, lambda family, out: family.write_demo_diffusion_models(out, dtype))
 
 
+def make_demo_vaes(out_dir, dtype: torch.dtype = torch.float32) -> dict[str, Path]:
+    """Every family's demo VAEs alone in ``out_dir`` (<models>/vae)."""
+    return _each_family(out_dir, lambda family, out: family.write_demo_vaes(out, dtype))
+
+
 def make_demo_text_encoders(out_dir, dtype: torch.dtype = torch.float32) -> dict[str, Path]:
     """Every family's standalone demo text encoders in ``out_dir`` (<models>/text_encoders)."""
     return _each_family(out_dir, lambda family, out: family.write_demo_text_encoders(out, dtype))

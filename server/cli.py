@@ -451,8 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fetch_canvas)
 
     p = sub.add_parser("make-demo-model", help="write the tiny demo checkpoints (one set per model family) into DIR, "
-                                               "their standalone text encoders and diffusion models alone into "
-                                               "text_encoders and diffusion_models beside DIR and a "
+                                               "their standalone text encoders, diffusion models alone and VAEs "
+                                               "alone into text_encoders, diffusion_models and vae beside DIR and a "
                                                "demo upscale model, ControlNet, LoRAs and CLIP vision model")
     p.add_argument("dir", help="the checkpoints folder, e.g. models/checkpoints")
     p.add_argument("--upscale-models", help="folder for the demo upscale model (default: upscale_models beside DIR)")

@@ -13,19 +13,21 @@ def demo_models_dir(tmp_path_factory) -> str:
     """A models folder whose checkpoints/ is the session's demo checkpoints (oracles.demo_models writes them once):
     demo_sdxl_base.safetensors, demo_sdxl_refiner.safetensors and demo_sdxl_base_diffusers/ …; whose
     upscale_models/ holds the demo upscaler, controlnet/ the demo ControlNet, loras/ the demo LoRAs, clip_vision/
-    the demo CLIP vision tower and text_encoders/ the standalone demo text encoders (SD3's)."""
+    the demo CLIP vision tower, and text_encoders/, diffusion_models/ and vae/ the demo checkpoints' parts as separate
+    files (SD3's text encoders, MMDiT and VAE)."""
     from oracles import demo_models
 
+    from nodes.catalog import make_demo_parts
     from nodes.clip_vision import write_demo_clip_vision
     from nodes.controlnet import write_demo_controlnet
-    from nodes.demo import make_demo_loras, make_demo_text_encoders
+    from nodes.demo import make_demo_loras
     from nodes.upscale_models import write_demo_upscaler
 
     root = tmp_path_factory.getbasetemp() / "sdxl_models"
     if not root.exists():
         root.mkdir()
         (root / "checkpoints").symlink_to(demo_models()["sdxl_base"].parent, target_is_directory=True)
-        make_demo_text_encoders(root / "text_encoders")
+        make_demo_parts(root / "checkpoints")
         write_demo_upscaler(root / "upscale_models")
         write_demo_controlnet(root / "controlnet")
         make_demo_loras(root / "loras")

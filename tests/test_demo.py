@@ -1,10 +1,12 @@
 """The demo models: deterministic, real single-file layout, a diffusers copy that diffusers itself loads, and
 weights that give non-constant outputs."""
 import hashlib
+import os
 
 import torch
 from safetensors.torch import load_file
 
+from nodes.catalog import ensure_demo_models
 from nodes.checkpoints import load_checkpoint
 from nodes.demo import make_demo_models, notice
 from nodes.sdxl.vae import vae_decode
@@ -64,3 +66,26 @@ def test_diffusers_loads_the_diffusers_copy():
         assert rel_err(ours.unet(x, torch.tensor([300.0]), ctx, y), want) <= 1e-4
         z = torch.randn(1, 4, 8, 8, generator=g)
         assert rel_err(ours.vae.decode(z), vae.decode(z).sample) <= 1e-4
+
+
+def test_a_demo_folder_made_before_the_separate_parts_gets_them_and_real_models_are_left_alone(tmp_path):
+    """What serve runs at start (catalog.ensure_demo_models): a models folder holding only demo checkpoints, made
+    before make-demo-model wrote the SD3 VAE alone into vae/, gets each part whose folder is empty (so shipped
+    sd3_unet_only runs); a folder holding the user's own file, or a models folder with a real checkpoint, is not
+    touched."""
+    old = tmp_path / "old"
+    (old / "checkpoints").mkdir(parents=True)
+    os.link(demo_models()["sd3"], old / "checkpoints" / "demo_sd3_medium.safetensors")
+    (old / "text_encoders").mkdir()
+    (old / "text_encoders" / "mine.safetensors").write_bytes(b"")
+    assert "only the random-weight demo models" in ensure_demo_models(old / "checkpoints")
+    assert sorted(p.name for p in (old / "vae").iterdir()) == ["demo_sd3_vae.safetensors"]
+    assert sorted(p.name for p in (old / "diffusion_models").iterdir()) == ["demo_sd3_medium_mmdit.safetensors"]
+    assert sorted(p.name for p in (old / "text_encoders").iterdir()) == ["mine.safetensors"]
+    assert len(list((old / "checkpoints").iterdir())) == 1  # the checkpoints are not rewritten
+
+    real = tmp_path / "real"
+    (real / "checkpoints").mkdir(parents=True)
+    os.link(demo_models()["sd3"], real / "checkpoints" / "sd3_medium.safetensors")
+    assert ensure_demo_models(real / "checkpoints") is None
+    assert sorted(p.name for p in real.iterdir()) == ["checkpoints"]

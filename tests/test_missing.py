@@ -6,6 +6,7 @@ import shutil
 from server_helpers import make_config
 from template_helpers import demo_checkpoints, load_template
 
+from nodes.demo import make_demo_vaes
 from nodes.node import Environment
 from server.app import create_app
 from server.cli import main
@@ -108,6 +109,20 @@ def test_missing_vae_names_the_vae_folder(registry, tmp_path):
     (err,) = validate(prompt, registry, env).node_errors["1"]["errors"]
     assert err["type"] == "missing_model" and err["extra_info"]["folder"] == "vae"
     assert "'sdxl_vae.safetensors' is not installed: expected in" in err["message"]
+
+
+def test_the_demo_sd3_vae_stands_in_for_an_sd3_vae_only(registry, tmp_path):
+    """With the demo's vae/ (the SD3 VAE alone) installed, a missing sd3_vae gets it as the suggestion; a missing
+    sdxl_vae does not: its latents have 4 channels, not 16."""
+    make_demo_vaes(tmp_path / "models" / "vae")
+    env = Environment(models_dir=str(tmp_path / "models"))
+    for name, suggestion in (("sdxl_vae.safetensors", None), ("sd3_vae.safetensors", "demo_sd3_vae.safetensors")):
+        prompt = {"1": {"class_type": "VAELoader", "inputs": {"vae_name": name}},
+                  "5": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+                  "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 0]}},
+                  "9": dict(SAVE, inputs={"images": ["6", 0], "filename_prefix": "t"})}
+        (err,) = validate(prompt, registry, env).node_errors["1"]["errors"]
+        assert err["type"] == "missing_model" and err["extra_info"]["suggestion"] == suggestion, name
 
 
 def test_a_wrong_non_model_combo_is_still_value_not_in_list(registry):

@@ -10,7 +10,8 @@ diffusers' (a file without its config, a transformer/ or unet/ folder, a pipelin
 - through the entry points: UNETLoader + TripleCLIPLoader + VAELoader → KSampler → SaveImage for SD3 via
   ``latentgraph run`` and over HTTP, the folders in /object_info and /models/diffusion_models, a wrong file named
   by node and input without losing the prompts queued beside it; provenance hashes of every file it read;
-- make-demo-model writes SD3's MMDiT alone into diffusion_models/, in sd3_medium.txt's layout.
+- make-demo-model writes SD3's MMDiT alone into diffusion_models/ and its VAE alone into vae/, in sd3_medium.txt's
+  layout.
 """
 from __future__ import annotations
 
@@ -27,11 +28,11 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from sdxl_helpers import cli, demo_models_dir, environment, run_workflow
 
-from nodes.checkpoints import detect_diffusion_model
+from nodes.checkpoints import detect_diffusion_model, load_vae
 from nodes.demo import make_demo_diffusion_models
 from nodes.families import load_builtin_families
 from nodes.families.ldm import UNET_PREFIX, infer_unet_config, unet_diffusers_names
-from nodes.families.sd3 import mmdit_to_diffusers
+from nodes.families.sd3 import VAE_PREFIX, mmdit_to_diffusers
 from nodes.mmdit.mmdit import SD3_MEDIUM, MMDiT
 from nodes.node import REGISTRY, Context, load_builtin_nodes
 from nodes.sdxl.unet import UNetModel
@@ -181,11 +182,13 @@ def test_full_size_diffusion_models_are_told_apart_from_their_keys():
 
 
 @pytest.mark.skipif(not KEYS.is_dir(), reason=f"reference key lists not found at {KEYS}")
-def test_make_demo_model_writes_the_mmdit_alone_in_sd3_mediums_layout(tmp_path, monkeypatch):
+def test_make_demo_model_writes_the_mmdit_and_vae_alone_in_sd3_mediums_layout(tmp_path, monkeypatch):
     """make-demo-model's diffusion_models/ file holds exactly sd3_medium.txt's model.diffusion_model.* tensor names
-    (the tiny one has 2 joint blocks where the real one has 24): the demo checkpoint's MMDiT."""
+    (the tiny one has 2 joint blocks where the real one has 24): the demo checkpoint's MMDiT; its vae/ file the
+    checkpoint's VAE under sd3_medium.txt's first_stage_model.* names less the prefix."""
     import nodes.demo
 
+    checkpoint = load_file(str(demo_models()["sd3"]))  # before make_demo_models is patched out
     monkeypatch.setattr(nodes.demo, "make_demo_models", lambda folder: {})  # the checkpoints have their own tests
     rc, out, err = cli("make-demo-model", str(tmp_path / "models" / "checkpoints"))
     assert rc == 0, err
@@ -195,8 +198,19 @@ def test_make_demo_model_writes_the_mmdit_alone_in_sd3_mediums_layout(tmp_path, 
            if not line.startswith("#")}
     alone = load_file(str(written))
     assert block_pattern(alone) == block_pattern({k for k in ref if k.startswith(UNET_PREFIX)})
-    checkpoint = load_file(str(demo_models()["sd3"]))
     assert all(torch.equal(v, checkpoint[k]) for k, v in alone.items())
+
+    # vae/: the checkpoint's VAE alone, without first_stage_model. (sd3_vae.safetensors); the tiny VAE is narrower
+    # than the real one, so it lacks two of its channel-changing shortcuts
+    vae = tmp_path / "models" / "vae" / "demo_sd3_vae.safetensors"
+    assert str(vae) in out.splitlines()
+    alone = load_file(str(vae))
+    real = {k.removeprefix(VAE_PREFIX) for k in ref if k.startswith(VAE_PREFIX)}
+    assert set(alone) <= real and {k.rsplit(".", 1)[0] for k in real - set(alone)} == \
+        {"decoder.up.1.block.0.nin_shortcut", "encoder.down.2.block.0.nin_shortcut"}
+    assert all(torch.equal(v, checkpoint[VAE_PREFIX + k]) for k, v in alone.items())
+    loaded = load_vae(vae)  # as VAELoader reads it: SD3's 16-channel latent space, told from the shapes
+    assert loaded.config.z_channels == 16 and loaded.config.shift_factor == 0.0609
 
 
 # ---- weight_dtype -------------------------------------------------------------------------------------------------

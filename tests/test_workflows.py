@@ -23,7 +23,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOWS = ["sdxl_base", "sdxl_base_comfy", "sdxl_base_refiner", "sdxl_refiner_sdedit", "sdxl_img2img",
              "sdxl_inpaint", "sdxl_aspect_buckets", "sdxl_hires_upscale_model", "sdxl_outpaint", "sdxl_controlnet_canny",
              "sdxl_revision", "sd15_txt2img", "sd15_img2img", "sd2_768v_txt2img", "sdxl_turbo_1step", "sdxl_lora",
-             "sdxl_lcm_lora", "sd3_txt2img", "sd3_img2img"]
+             "sdxl_lcm_lora", "sd3_txt2img", "sd3_img2img",
+             "sd3_unet_only"]
 
 
 def workflow_path(name: str) -> str:
@@ -138,6 +139,14 @@ def test_other_families_text_to_image(ran, env, name):
     first = pixels(by_prefix(ran[name], name))
     assert first.shape == (256, 256, 3) and first.std() > 5
     assert np.array_equal(first, pixels(next(iter(run_workflow(workflow_path(name), env).values()))))
+
+
+def test_sd3_from_separate_files_draws_what_the_checkpoint_draws(ran):
+    """sd3_unet_only (UNETLoader + TripleCLIPLoader + VAELoader) reads the demo checkpoint's MMDiT, text encoders and
+    VAE as separate files; with sd3_txt2img's prompt, seed, size and sampler it gives the same pixels."""
+    separate = pixels(by_prefix(ran["sd3_unet_only"], "sd3_unet_only"))
+    assert separate.shape == (256, 256, 3) and separate.std() > 5
+    assert np.array_equal(separate, pixels(by_prefix(ran["sd3_txt2img"], "sd3_txt2img")))
 
 
 def test_inpaint_changes_pixels_only_inside_the_mask(ran):

@@ -23,6 +23,7 @@ BASE, REFINER = "demo_sdxl_base.safetensors", "demo_sdxl_refiner.safetensors"
 SD15, SD2_768V = "demo_sd15.safetensors", "demo_sd2_768v.safetensors"
 SD3, SD3_INCL_CLIPS = "demo_sd3_medium.safetensors", "demo_sd3_medium_incl_clips_t5xxlfp8.safetensors"
 SD3_TEXT = ("demo_clip_l.safetensors", "demo_clip_g.safetensors", "demo_t5xxl_fp8_e4m3fn.safetensors")
+SD3_MMDIT, SD3_VAE = "demo_sd3_medium_mmdit.safetensors", "demo_sd3_vae.safetensors"
 SDXL_LORA, LCM_LORA = "demo_sdxl_lora.safetensors", "demo_lcm_lora_sdxl.safetensors"
 PROMPT = "a majestic lion jumping from a big stone at night, highly detailed"
 NEGATIVE = "blurry, low quality"
@@ -547,13 +548,19 @@ SD3_ABOUT = ("The MMDiT reads the prompt as CLIP-L ‖ CLIP-G penultimate states
              "(EmptySD3LatentImage). The demo runs at 256² in 4 steps; SD3 medium wants 1024² and about 28 steps.")
 
 
+def _sd3_txt2img(w: Workflow, model, clip, vae, y: int) -> None:
+    """SD3 text-to-image from the loaders' outputs (empty latent and ModelSamplingSD3 from row ``y`` of the loader
+    column): the same prompt, seed, size and sampler in every SD3 text-to-image workflow."""
+    latent = w.add("EmptySD3LatentImage", (0, y), width=256, height=256, batch_size=1)
+    sampling = w.add("ModelSamplingSD3", (0, y + 180), model=model, shift=3.0)
+    sampled = _sd3_sampler(w, sampling, clip, PROMPT, (latent, 0), 0, "KSampler", seed=42, denoise=1.0)
+    _decode_and_save(w, sampled, vae, 1480)
+
+
 def sd3_txt2img() -> Workflow:
     w = Workflow("sd3_txt2img")
     ckpt = w.add("CheckpointLoaderSimple", (0, 200), ckpt_name=SD3_INCL_CLIPS)
-    latent = w.add("EmptySD3LatentImage", (0, 420), width=256, height=256, batch_size=1)
-    model = w.add("ModelSamplingSD3", (0, 600), model=(ckpt, 0), shift=3.0)
-    sampled = _sd3_sampler(w, model, (ckpt, 1), PROMPT, (latent, 0), 0, "KSampler", seed=42, denoise=1.0)
-    _decode_and_save(w, sampled, (ckpt, 2), 1480)
+    _sd3_txt2img(w, (ckpt, 0), (ckpt, 1), (ckpt, 2), 420)
     w.note("SD3 medium text-to-image from the checkpoint that includes its text encoders "
            "(sd3_medium_incl_clips_t5xxlfp8: T5-XXL stored in float8). " + SD3_ABOUT + "\n"
            + RUN.format(name=w.name, family="SD3"), (0, 1000))
@@ -581,6 +588,24 @@ def sd3_img2img() -> Workflow:
            "workflow needs no input file; the VAE encodes it ((z − 0.0609)·1.5305), denoise 0.6 runs the last 60 % "
            "of the schedule, from σ·noise + (1 − σ)·latent at its first σ, with a new prompt. " + SD3_ABOUT + "\n"
            + RUN.format(name=w.name, family="SD3"), (0, 1900))
+    return w
+
+
+def sd3_unet_only() -> Workflow:
+    """sd3_txt2img from separate files, as SD3 is often downloaded."""
+    w = Workflow("sd3_unet_only")
+    unet = w.add("UNETLoader", (0, 200), unet_name=SD3_MMDIT, weight_dtype="default")
+    clip = w.add("TripleCLIPLoader", (0, 360), "CLIP-L, CLIP-G, T5-XXL", clip_name1=SD3_TEXT[0],
+                 clip_name2=SD3_TEXT[1], clip_name3=SD3_TEXT[2])
+    vae = w.add("VAELoader", (0, 560), vae_name=SD3_VAE)
+    _sd3_txt2img(w, (unet, 0), (clip, 0), (vae, 0), 680)
+    w.note("SD3 medium text-to-image from separate files: the MMDiT, the three text encoders and the VAE each in "
+           "its own file. Load Diffusion Model (UNETLoader) reads the MMDiT from models/diffusion_models "
+           "(sd3_medium.safetensors, or diffusers' transformer/ folder), TripleCLIPLoader clip_l, clip_g and t5xxl "
+           "from models/text_encoders (or models/clip), Load VAE the 16-channel VAE from models/vae "
+           "(sd3_vae.safetensors, or diffusers' vae/ folder). With the same weights, prompt, seed and settings it "
+           "draws what sd3_txt2img draws from the one checkpoint. " + SD3_ABOUT + "\n"
+           + RUN.format(name=w.name, family="SD3"), (0, 1000))
     return w
 
 
@@ -620,7 +645,7 @@ def sdxl_lcm_lora() -> Workflow:
 
 ALL = [base_fine_grained, base_comfy, base_refiner, refiner_sdedit, img2img, inpaint, aspect_buckets,
        hires_upscale_model, outpaint, controlnet_canny, revision, sd15_txt2img, sd15_img2img, sd2_768v_txt2img,
-       sdxl_turbo_1step, sdxl_lora, sdxl_lcm_lora, sd3_txt2img, sd3_img2img]
+       sdxl_turbo_1step, sdxl_lora, sdxl_lcm_lora, sd3_txt2img, sd3_img2img, sd3_unet_only]
 
 if __name__ == "__main__":
     for make in ALL:

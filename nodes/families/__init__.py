@@ -13,9 +13,9 @@ A family module subclasses ``Family`` and registers an instance at import, as no
 - the values its checkpoints put on the sockets: ``model`` the MODEL (nodes.sampling.denoiser.Denoiser, which
   knows the extra conditioning its network takes) and the checkpoint's text encoders the CLIP (``TextEncoder``:
   what its text encoding produces);
-- its demo writers (``write_demo``; ``write_demo_diffusion_models`` for its diffusion model alone), its full-size
-  key layout on the meta device (``full_size_shapes``) and the names people give its files (``file_names``, for
-  hints about missing models);
+- its demo writers (``write_demo``; ``write_demo_diffusion_models`` for its diffusion model alone,
+  ``write_demo_vaes`` for its VAE alone), its full-size key layout on the meta device (``full_size_shapes``) and the
+  names people give its files (``file_names``, for hints about missing models);
 - optionally, text encoders in files of their own (``clip_type``, ComfyUI's CLIPLoader type naming them;
   ``load_text_encoders``; ``write_demo_text_encoders``);
 - the names LoRA files give its weights (``lora_model_keys`` / ``lora_clip_keys``: nodes.lora) and its demo LoRAs.
@@ -128,6 +128,11 @@ class Family:
     def write_demo_diffusion_models(self, folder: Path, dtype: torch.dtype) -> dict[str, Path]:
         """Tiny random-weight diffusion models alone (for <models>/diffusion_models, UNETLoader's), if the family's
         are shared so."""
+        return {}
+
+    def write_demo_vaes(self, folder: Path, dtype: torch.dtype) -> dict[str, Path]:
+        """Tiny random-weight VAEs alone (for <models>/vae, VAELoader's), if workflows for the family load theirs
+        so."""
         return {}
 
     def write_demo_text_encoders(self, folder: Path, dtype: torch.dtype) -> dict[str, Path]:

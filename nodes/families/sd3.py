@@ -324,6 +324,13 @@ class SD3(Family):
         return {"sd3_mmdit": demo.save_single_file(folder / "demo_sd3_medium_mmdit.safetensors", state, dtype, what,
                                                    "diffusion_models")}
 
+    def write_demo_vaes(self, folder, dtype):
+        """``demo_sd3_vae.safetensors``: the demo checkpoint's VAE alone, without ``first_stage_model.``, as
+        ``keys/sd3_medium.txt`` holds it (what ComfyUI users' sd3_vae.safetensors is; VAELoader reads it)."""
+        what = "SD3 VAEs (sd3_vae.safetensors)"
+        return {"sd3_vae": demo.save_single_file(folder / "demo_sd3_vae.safetensors",
+                                                 self._demo_weights()[1].state_dict(), dtype, what, "vae")}
+
     def write_demo_text_encoders(self, folder, dtype):
         """``demo_clip_l.safetensors``, ``demo_clip_g.safetensors`` and ``demo_t5xxl_fp8_e4m3fn.safetensors``, the
         demo checkpoint's text encoders as standalone files (what TripleCLIPLoader reads)."""
