@@ -157,8 +157,7 @@ def test_euler_ancestral_step_is_the_rectified_flow_step(eta):
 def test_dpmpp_2s_ancestral_step_is_the_rectified_flow_step():
     """ComfyUI's sample_dpmpp_2s_ancestral_RF: the same σ_down and re-noising; in between DPM-Solver++(2S) (Lu et al.
     2022) in λ = log((1 − σ)/σ): midpoint σ_s = 1/(1 + e^((λ(σ) + λ(σ_down))/2)), u = (σ_s/σ)·x + (1 − σ_s/σ)·D,
-    x ← (σ_down/σ)·x + (1 − σ_down/σ)·D(u; σ_s). (ComfyUI's shortcut σ_s = 0.9999 at σ = 1 is not followed here:
-    there λ(σ) is taken at σ(t = 0.9999), see DiscreteFlow.half_log_snr.)"""
+    x ← (σ_down/σ)·x + (1 − σ_down/σ)·D(u; σ_s). (From σ = 1: the next test.)"""
     sigma, sigma_next = 0.8, 0.6
     sigma_down = sigma_next ** 2 / sigma
     lam = lambda s: math.log((1 - s) / s)  # noqa: E731
@@ -213,9 +212,93 @@ def test_ddpm_step_is_the_flow_posterior():
     assert torch.allclose(one_step("ddpm", t, s), expected, atol=1e-6)
 
 
+def test_dpmpp_2s_ancestral_first_step_from_pure_noise_is_comfyuis():
+    """ComfyUI's sample_dpmpp_2s_ancestral_RF at σ = 1 exactly: the midpoint is the constant σ_s = 0.9999, so
+    u = 0.9999·x + 0.0001·D(x; 1) and x ← σ_down·x + (1 − σ_down)·D(u; 0.9999), then the same re-noising."""
+    sigma_next = 0.6
+    sigma_down = sigma_next ** 2
+    u = 0.9999 * X + 0.0001 * 0.1  # D(x; 1) = 0.1 for affine_model
+    x = sigma_down * X + (1 - sigma_down) * (0.4 * u * (1 - 0.9999) + 0.1)
+    a_next, a_down = 1 - sigma_next, 1 - sigma_down
+    expected = a_next / a_down * x + N * math.sqrt(sigma_next ** 2 - sigma_down ** 2 * a_next ** 2 / a_down ** 2)
+    assert torch.allclose(one_step("dpmpp_2s_ancestral", 1.0, sigma_next), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("eta", [1.0, 0.0])
+def test_dpmpp_2m_sde_first_step_from_pure_noise_is_comfyuis(eta):
+    """ComfyUI's SDE samplers on flow replace a first σ = 1 by σ(t = 0.9999) = 3·0.9999/(1 + 2·0.9999) at shift 3
+    for the whole step, so it is the flow SDE step of the test above from that σ. (With η = 0 the x term is
+    σ_next/σ·x: taking σ = 1 there instead is off by 1.4e-5.)"""
+    sigma, sigma_next = 3 * 0.9999 / (1 + 2 * 0.9999), 0.6
+    h = math.log((1 - sigma_next) / sigma_next) - math.log((1 - sigma) / sigma)
+    d = 0.4 * X * (1 - sigma) + 0.1
+    expected = (sigma_next / sigma * math.exp(-eta * h) * X + (1 - sigma_next) * (1 - math.exp(-(1 + eta) * h)) * d
+                + N * sigma_next * math.sqrt(1 - math.exp(-2 * eta * h)))
+    assert torch.allclose(one_step("dpmpp_2m_sde", 1.0, sigma_next, eta=eta), expected, atol=1e-6)
+
+
+def model_sigmas(name, parameterisation, sigmas):
+    """The σ of every model call ``name`` makes on ``sigmas``."""
+    ms, alpha = PARAMETERISATIONS[parameterisation]
+    seen = []
+
+    def model(x, sigma):
+        seen.append(sigma[0])
+        return gaussian_denoiser(alpha)(x, sigma)
+    x = standard_noise(8)
+    noise = (BrownianTreeNoiseSampler(x, float(sigmas[sigmas > 0].min()), float(sigmas.max()), 1)
+             if name in SDE_SAMPLERS else ancestral_noise_sampler(x, 1))
+    SAMPLERS[name](model, x, sigmas, noise=noise, model_sampling=ms)
+    return torch.stack(seen)
+
+
+# ComfyUI's σ at t = 0.9999 (its percent_to_sigma(1e-4), a Python float) at SD3's shift 3, as float32.
+OFFSET_SIGMA = torch.tensor(3 * 0.9999 / (1 + 2 * 0.9999), dtype=torch.float32)
+SDE_NAMES = ["dpmpp_sde", "dpmpp_2m_sde", "dpmpp_2m_sde_heun", "dpmpp_3m_sde"]
+
+
+@pytest.mark.parametrize("name", SDE_NAMES)
+def test_sde_samplers_hand_the_model_comfyuis_first_sigma_on_flow(name):
+    """ComfyUI's SDE samplers on flow run their first step from σ(t = 0.9999), not 1, model call included; the later
+    steps are the schedule's own σ. (dpmpp_sde's substep: halfway in λ from that σ.)"""
+    sigmas = ksampler_sigmas(DiscreteFlow(), "simple", 4)
+    assert float(sigmas[0]) == 1.0
+    seen = model_sigmas(name, "flow", sigmas)
+    assert seen[0] == OFFSET_SIGMA
+    if name == "dpmpp_sde":
+        lam = lambda s: math.log((1 - s) / s)  # noqa: E731
+        midpoint = 1 / (1 + math.exp((lam(float(OFFSET_SIGMA)) + lam(float(sigmas[1]))) / 2))
+        assert float(seen[1]) == pytest.approx(midpoint, rel=1e-6)
+        assert torch.equal(seen[2::2], sigmas[1:-1])
+    else:
+        assert torch.equal(seen[1:], sigmas[1:-1])
+
+
+def test_dpmpp_2s_ancestral_hands_the_model_comfyuis_first_midpoint_on_flow():
+    """ComfyUI's dpmpp_2s_ancestral on flow calls the model at σ = 1, then at the constant midpoint 0.9999."""
+    sigmas = ksampler_sigmas(DiscreteFlow(), "simple", 4)
+    seen = model_sigmas("dpmpp_2s_ancestral", "flow", sigmas)
+    assert seen[0] == 1.0 and seen[1] == torch.tensor(0.9999, dtype=torch.float32)
+    lam = lambda s: math.log((1 - s) / s)  # noqa: E731
+    sigma, sigma_down = float(sigmas[1]), float(sigmas[2]) ** 2 / float(sigmas[1])
+    assert float(seen[3]) == pytest.approx(1 / (1 + math.exp((lam(sigma) + lam(sigma_down)) / 2)), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", SDE_NAMES + ["dpmpp_2s_ancestral"])
+def test_sigma_space_samplers_start_at_the_schedules_first_sigma(name):
+    """σ-space has a finite λ everywhere: the model sees the schedule's first σ and 2S's λ-midpoint √(σ·σ_down)."""
+    sigmas = ksampler_sigmas(PARAMETERISATIONS["eps"][0], "karras", 4)
+    seen = model_sigmas(name, "eps", sigmas)
+    assert seen[0] == sigmas[0]
+    if name == "dpmpp_2s_ancestral":
+        sigma, sigma_next = float(sigmas[0]), float(sigmas[1])
+        sigma_down = math.sqrt(sigma_next ** 2 - sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2)
+        assert float(seen[1]) == pytest.approx(math.sqrt(sigma * sigma_down), rel=1e-5)
+
+
 @pytest.mark.parametrize("name", ["dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde", "dpmpp_2s_ancestral"])
 def test_log_snr_samplers_start_finite_from_pure_noise(name):
-    """At σ = 1 flow's half-log-SNR is −∞; the solvers take it at σ(t = 0.9999) (ComfyUI's offset) and stay finite."""
+    """At σ = 1 flow's half-log-SNR is −∞; the solvers step from ComfyUI's first σ (above) and stay finite."""
     ms = DiscreteFlow()
     sigmas = ksampler_sigmas(ms, "simple", 6)
     x = standard_noise(64)
@@ -223,7 +306,6 @@ def test_log_snr_samplers_start_finite_from_pure_noise(name):
              else ancestral_noise_sampler(x, 1))
     out = SAMPLERS[name](gaussian_denoiser(PARAMETERISATIONS["flow"][1]), x, sigmas, noise=noise, model_sampling=ms)
     assert torch.isfinite(out).all()
-    assert ms.half_log_snr(torch.tensor(1.0)).item() == pytest.approx(np.log(1 / 29997), rel=1e-3)
 
 
 # --- through KSampler: the model sampling reaches the sampler -----------------------------------------------------
@@ -255,9 +337,31 @@ def test_ksampler_gives_noise_injecting_samplers_the_flow(sampler_name, steps):
     assert abs(z.mean().item()) < TOL_MEAN and abs(z.std().item() - 1) < TOL_STD, (z.mean(), z.std())
 
 
+@pytest.mark.parametrize("sampler_name,first_timesteps", [
+    ("dpmpp_2m_sde", [OFFSET_SIGMA * 1000]), ("dpmpp_3m_sde_gpu", [OFFSET_SIGMA * 1000]),
+    ("dpmpp_sde", [OFFSET_SIGMA * 1000]), ("dpmpp_2s_ancestral", [1000.0, torch.tensor(0.9999) * 1000]),
+    ("euler_ancestral", [1000.0])])
+def test_ksampler_hands_the_flow_network_comfyuis_first_timesteps(sampler_name, first_timesteps):
+    """Through KSampler on SD3's model sampling (shift 3) the network's first timesteps are ComfyUI's: σ(0.9999)·1000
+    for the SDE samplers, 1000 then 999.9 for dpmpp_2s_ancestral, 1000 for the others."""
+    from nodes.sampling.ksampler import sample
+
+    seen = []
+
+    class Recording(FlowVelocity):
+        def __call__(self, x_in, t, context, y):
+            seen.append(t[0])
+            return super().__call__(x_in, t, context, y)
+    context = torch.zeros(1, 77, 8)
+    cond = [{"context": context, "y": None}]
+    sample(Recording(), DiscreteFlow(), {"samples": torch.zeros(1, 4, 8, 8)}, cond, cond, seed=3, cfg=1.0,
+           sampler_name=sampler_name, steps=3, scheduler="simple")
+    assert seen[:len(first_timesteps)] == [torch.as_tensor(t, dtype=torch.float32) for t in first_timesteps]
+
+
 # --- the shipped SD3 workflow through `latentgraph run` -----------------------------------------------------------
 
-@pytest.mark.parametrize("sampler_name", ["euler_ancestral", "dpmpp_2m_sde"])
+@pytest.mark.parametrize("sampler_name", ["euler_ancestral", "dpmpp_2m_sde", "dpmpp_2s_ancestral"])
 def test_sd3_workflow_runs_noise_injecting_samplers(tmp_path_factory, sampler_name):
     """workflows/sd3_txt2img.json (demo SD3, 4 steps) with its KSampler switched to a noise-injecting sampler writes
     a full, non-degenerate image, unlike the shipped deterministic dpmpp_2m's (the fresh noise reached it)."""

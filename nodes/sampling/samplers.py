@@ -9,7 +9,8 @@ global RNG. ``model_sampling`` (nodes.sampling.schedules; default σ-space ε) s
 x = α(σ)·x₀ + σ·noise, α = 1 in σ-space, 1 − σ on rectified flow. The deterministic samplers never need it: the
 probability-flow ODE dx/dσ = (x − D)/σ is the same in both. The update rules are sdxl.md §8, with ComfyUI's choices
 where it differs from k-diffusion (x = D on the final step of the ancestral/SDE/LMS samplers, a log-σ midpoint for
-dpm_2). Notation: d = (x − D)/σ, λ = log(α/σ) (−log σ in σ-space), h = λ_next − λ.
+dpm_2) and, on flow, for the first step from pure noise, where λ = −∞ (ModelSampling.solver_sigmas and
+dpmpp_2s_midpoint). Notation: d = (x − D)/σ, λ = log(α/σ) (−log σ in σ-space), h = λ_next − λ.
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def _report(callback, i, x, sigma, sigma_hat, denoised):
 
 def _churn(ms: ModelSampling, x, sigma, n, noise, s_churn, s_tmin, s_tmax, s_noise):
     """Karras et al.'s stochastic churn: raise σ to σ̂ = σ(1+γ) (at most pure noise) by the forward process, which
-    scales the signal by α(σ̂)/α(σ) and adds the missing noise variance (γ = 0 by default: no-op)."""
+    scales the signal by α(σ̂)/α(σ) and adds the missing noise variance (γ = 0 by default: no-op). (ComfyUI adds
+    σ-space noise with σ̂ uncapped on flow too, so there churn gives other images than this forward process.)"""
     gamma = min(s_churn / n, 2 ** 0.5 - 1) if s_tmin <= sigma <= s_tmax else 0.0
     sigma_hat = (sigma * (gamma + 1)).clamp(max=ms.sigma_ceiling)
     if sigma_hat > sigma:
@@ -218,8 +220,9 @@ def sample_dpmpp_2s_ancestral(model, x, sigmas, *, extra_args=None, callback=Non
         else:
             t, t_next = ms.half_log_snr(sigma), ms.half_log_snr(sigma_down)
             h = t_next - t
-            sigma_t, sigma_s = ms.sigma_at(t), ms.sigma_at(t + h / 2)
-            x_2 = (sigma_s / sigma_t) * x - ms.alpha(sigma_s) * torch.expm1(-h / 2) * denoised
+            sigma_t = ms.sigma_at(t)
+            sigma_s, h_s = ms.dpmpp_2s_midpoint(sigma, t, h)
+            x_2 = (sigma_s / sigma_t) * x - ms.alpha(sigma_s) * torch.expm1(-h_s) * denoised
             denoised_2 = model(x_2, sigma_s * s_in, **extra_args)
             x = (ms.sigma_at(t_next) / sigma_t) * x - ms.alpha(sigma_down) * torch.expm1(-h) * denoised_2
         if sigma_next > 0:
@@ -232,6 +235,7 @@ def sample_dpmpp_sde(model, x, sigmas, *, extra_args=None, callback=None, noise=
                      eta=1.0, s_noise=1.0, r=0.5):
     """DPM-Solver++ (stochastic): a substep at λ + r·h and the full step, each with Brownian noise; 2 calls/step."""
     extra_args, noise, s_in, ms = _setup(x, extra_args, noise, model_sampling)
+    sigmas = ms.solver_sigmas(sigmas)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         denoised = model(x, sigma * s_in, **extra_args)
@@ -289,6 +293,7 @@ def sample_dpmpp_2m_sde(model, x, sigmas, *, extra_args=None, callback=None, noi
     if solver_type not in ("midpoint", "heun"):
         raise ValueError(f"solver_type: must be 'midpoint' or 'heun', got {solver_type!r}")
     extra_args, noise, s_in, ms = _setup(x, extra_args, noise, model_sampling)
+    sigmas = ms.solver_sigmas(sigmas)
     old_denoised, h_last = None, None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -327,6 +332,7 @@ def sample_dpmpp_3m_sde(model, x, sigmas, *, extra_args=None, callback=None, noi
     and the DPM-Solver code, the 2nd-difference term has half its Taylor weight, so with η = 0 it converges at
     2nd order in practice; it is kept for parity."""
     extra_args, noise, s_in, ms = _setup(x, extra_args, noise, model_sampling)
+    sigmas = ms.solver_sigmas(sigmas)
     denoised_1 = denoised_2 = h_1 = h_2 = None
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -339,8 +345,8 @@ def sample_dpmpp_3m_sde(model, x, sigmas, *, extra_args=None, callback=None, noi
         h = ms.half_log_snr(sigma_next) - t
         h_eta = h * (eta + 1)
         alpha_next = ms.alpha(sigma_next)
-        # (σ_next/σ)·e^(−ηh) = (α_next/α)·e^(−h(η+1)); α at the σ the (possibly offset) λ is taken at.
-        x = alpha_next / ms.alpha(ms.sigma_at(t)) * torch.exp(-h_eta) * x - alpha_next * torch.expm1(-h_eta) * denoised
+        # (σ_next/σ)·e^(−ηh) = (α_next/α)·e^(−h(η+1))
+        x = alpha_next / ms.alpha(sigma) * torch.exp(-h_eta) * x - alpha_next * torch.expm1(-h_eta) * denoised
         phi_2 = torch.expm1(-h_eta) / h_eta + 1
         if h_2 is not None:
             # Divided differences of D over the last three λ, for the 1st and 2nd derivative terms.
@@ -363,7 +369,8 @@ def sample_ddpm(model, x, sigmas, *, extra_args=None, callback=None, noise=None,
     """Ancestral DDPM (Ho et al. 2020): draw from the posterior q(x_σnext | x_σ, x₀ = D) with its variance β̃,
     between any two noise levels. For x = α·x₀ + σ·noise (Kingma et al. 2021, VDM eq. 31-33, with a = α/α_next) it
     is N(α_next·D + a·(σ_next/σ)²·(x − α·D), σ_next²·(1 − a²·(σ_next/σ)²)); in σ-space (a = 1) the law of
-    euler_ancestral's step. The last step gives D. 1 model call per step."""
+    euler_ancestral's step. The last step gives D. 1 model call per step. (ComfyUI's ddpm takes the σ-space form
+    whatever the model, so on flow its images differ from these, which are the true posterior.)"""
     extra_args, noise, s_in, ms = _setup(x, extra_args, noise, model_sampling)
     for i in range(len(sigmas) - 1):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]

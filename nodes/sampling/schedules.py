@@ -86,6 +86,16 @@ class ModelSampling:
         """The σ whose half-log-SNR is ``half_log_snr``."""
         return half_log_snr.neg().exp()
 
+    def solver_sigmas(self, sigmas: torch.Tensor) -> torch.Tensor:
+        """The σ list the DPM-Solver++ SDE samplers (dpmpp_sde, dpmpp_2m_sde(+heun), dpmpp_3m_sde) step on, model
+        calls included: the schedule itself wherever every σ has a finite λ."""
+        return sigmas
+
+    def dpmpp_2s_midpoint(self, sigma, t, h):
+        """Where DPM-Solver++(2S) evaluates its second model call on a step from σ (λ = t) over λ-length h, as
+        (σ_s, λ_s − t): halfway in λ."""
+        return self.sigma_at(t + h / 2), h / 2
+
     def ancestral_step(self, sigma, sigma_next, eta=1.0):
         """Split a step σ → σ_next into a deterministic step down to σ_down and fresh noise of std σ_up, added after
         scaling the sample by α(σ_next)/α(σ_down). σ-space: σ_down² + σ_up² = σ_next², with η = 1 the DDPM posterior
@@ -235,6 +245,11 @@ class DiscreteLCM(DiscreteEps):
 DISCRETE = {"eps": DiscreteEps, "v_prediction": DiscreteV, "lcm": DiscreteLCM, "x0": DiscreteX0}
 
 
+def _shift_time(shift, t):
+    """SD3's timestep shift σ(t) = shift·t / (1 + (shift − 1)·t), for floats and tensors alike."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
 class DiscreteFlow(ModelSampling):
     """Rectified flow (Esser et al. 2024, SD3): the noisy sample is x_σ = (1 − σ)·x₀ + σ·ε and the network predicts
     the velocity v = ε − x₀, so x₀ = x − σ·v; it sees the timestep σ·1000. Training shifted the timesteps towards
@@ -252,8 +267,7 @@ class DiscreteFlow(ModelSampling):
         return torch.as_tensor(sigma, dtype=torch.float32) * self.MULTIPLIER
 
     def sigma(self, t):
-        t = torch.as_tensor(t, dtype=torch.float32) / self.MULTIPLIER
-        return self.shift * t / (1 + (self.shift - 1) * t)
+        return _shift_time(self.shift, torch.as_tensor(t, dtype=torch.float32) / self.MULTIPLIER)
 
     def calculate_input(self, sigma, x):
         return x
@@ -278,7 +292,8 @@ class DiscreteFlow(ModelSampling):
             return 1.0
         if percent >= 1.0:
             return 0.0
-        return float(self.sigma(torch.tensor((1.0 - percent) * self.MULTIPLIER)))
+        # In double precision, as ComfyUI's (a Python float): it is also the first σ of solver_sigmas.
+        return _shift_time(self.shift, 1.0 - percent)
 
     # Noise injection on the flow x = (1 − σ)·x₀ + σ·noise (ComfyUI's choices for its "CONST" models).
     sigma_ceiling = 1.0
@@ -287,13 +302,32 @@ class DiscreteFlow(ModelSampling):
         return 1.0 - sigma
 
     def half_log_snr(self, sigma):
-        """log((1 − σ)/σ). At σ = 1 (pure noise) λ = −∞, so it is taken at σ(t = 0.9999) there and the solvers'
-        steps stay finite: ComfyUI moves its SDE samplers' first σ to that value (the model call too); here only λ
-        is moved, the model still sees σ = 1."""
-        return sigma.clamp(max=self.percent_to_sigma(1e-4)).logit().neg()
+        """log((1 − σ)/σ): −∞ at σ = 1 (pure noise), which solver_sigmas and dpmpp_2s_midpoint keep out of the
+        solvers' steps as ComfyUI does."""
+        return sigma.logit().neg()
 
     def sigma_at(self, half_log_snr):
         return half_log_snr.neg().sigmoid()
+
+    def solver_sigmas(self, sigmas):
+        """ComfyUI's SDE samplers on flow ("offset first sigma for SNR", in dpmpp_sde, dpmpp_2m_sde(+heun),
+        dpmpp_3m_sde and their _gpu forms) replace a first σ ≥ 1 by percent_to_sigma(1e-4) = σ(t = 0.9999)
+        (0.99996667 at shift 3) for the whole first step, the model call included, so that λ is finite. (The
+        Brownian noise is still built over the schedule's own range, as there.)"""
+        if len(sigmas) < 2 or sigmas[0] < 1:
+            return sigmas
+        sigmas = sigmas.clone()
+        sigmas[0] = self.percent_to_sigma(1e-4)
+        return sigmas
+
+    def dpmpp_2s_midpoint(self, sigma, t, h):
+        """ComfyUI's dpmpp_2s_ancestral on flow (sample_dpmpp_2s_ancestral_RF) takes σ_s = 0.9999 as the midpoint
+        of a step from σ = 1 exactly (λ = −∞ there), so that first step is Euler-like: with λ_s − t = ∞ the
+        substep is x_s = 0.9999·x + 0.0001·D and the step x = σ_down·x + (1 − σ_down)·D(x_s; σ_s)."""
+        if sigma != 1:
+            return super().dpmpp_2s_midpoint(sigma, t, h)
+        sigma_s = torch.full_like(sigma, 0.9999)
+        return sigma_s, self.half_log_snr(sigma_s) - t
 
     def ancestral_step(self, sigma, sigma_next, eta=1.0):
         """The rectified-flow ancestral step (ComfyUI's *_RF samplers): σ_down = σ_next·(1 + (σ_next/σ − 1)·η), which
