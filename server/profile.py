@@ -4,6 +4,8 @@ cache, and why it ran again (which inputs or upstream results changed since it l
 Memory is the peak during the node above what was in use when it started: on a CUDA device torch's peak allocated
 memory; on the CPU the process's resident-set high-water mark (``ru_maxrss``), which Linux lets us reset to the
 current size before each node (``/proc/self/clear_refs``; elsewhere it is only the growth of the process's peak).
+On the CPU it is memory the node added to the process: what it placed in pages the process already held (freed but
+still resident) does not count.
 Reading it costs a few system calls (~6 µs on a busy VM), so a node that finishes within MEMORY_AFTER_NS is not
 measured (``peak_bytes`` None): touching new memory costs about a microsecond per page, so such a node cannot
 add more than a few MB, and the next measured node counts what it did add. A fast node thus costs two clock
